@@ -1,0 +1,61 @@
+//! `plugd-runtime`: the SDK a plugd plugin links.
+//!
+//! A plugin is a small program that declares its routes and handlers and calls [`Plugin::run`]. The
+//! runtime connects to the socket the supervisor gave it, performs the handshake, and then serves
+//! every request concurrently on its own task: a panicking handler answers that one request with a
+//! 500 and the plugin keeps serving. It stops gracefully when the supervisor asks it to (finishing
+//! requests in flight) or when the socket closes, calling `on_unload` either way. Logs written
+//! through `tracing` go to stderr, where the supervisor collects them under the plugin's name.
+//!
+//! ```no_run
+//! use plugd_runtime::{Json, Plugin, Request};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//!
+//! #[derive(Default)]
+//! struct Visits(AtomicU64);
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), plugd_runtime::Error> {
+//!     Plugin::new("greeter", "1.0.0")
+//!         .with_state(Visits::default())
+//!         .get("/hello/{name}", |req: Request, visits: Arc<Visits>| async move {
+//!             let n = visits.0.fetch_add(1, Ordering::Relaxed) + 1;
+//!             format!("hello, {}! (visit {n})", req.param("name").unwrap_or("stranger"))
+//!         })
+//!         .post("/echo", |req: Request, _| async move {
+//!             let value: serde_json::Value = req.json()?;
+//!             Ok::<_, plugd_runtime::HttpError>(Json(value))
+//!         })
+//!         .run()
+//!         .await
+//! }
+//! ```
+//!
+//! Run it under `plugd serve` with a `plugin.toml` beside it whose `command` names the binary; run
+//! on its own it exits with an error saying it must be started by plugd.
+
+mod connection;
+mod plugin;
+mod request;
+mod response;
+
+pub use plugin::{Error, Plugin};
+pub use plugd_protocol as protocol;
+pub use request::Request;
+pub use response::{HttpError, IntoResponse, Json, Response};
+
+/// Installs a `tracing` subscriber that writes plain lines to stderr (the supervisor adds the
+/// time and the plugin's name). Filtered by `RUST_LOG`, `info` by default. Does nothing when a
+/// subscriber is already installed. [`Plugin::run`] calls it for you.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}

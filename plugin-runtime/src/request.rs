@@ -1,0 +1,94 @@
+//! The request a handler receives: the proxied HTTP request plus convenient accessors.
+
+use crate::response::HttpError;
+use plugd_protocol::message::http::HttpRequest;
+use serde::de::DeserializeOwned;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An HTTP request forwarded by the supervisor to one of this plugin's routes.
+#[derive(Debug, Clone)]
+pub struct Request {
+    inner: HttpRequest,
+}
+
+impl Request {
+    pub(crate) fn new(inner: HttpRequest) -> Self {
+        Request { inner }
+    }
+
+    /// The HTTP method, in upper case.
+    pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    /// The path below the plugin's mount point, such as `/items/42`.
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The route pattern that matched, such as `/items/{id}`.
+    pub fn route(&self) -> &str {
+        &self.inner.route
+    }
+
+    /// The value captured by `{name}` in the route pattern.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.inner.params.get(name).map(String::as_str)
+    }
+
+    /// The raw query string, without `?`.
+    pub fn query_string(&self) -> &str {
+        &self.inner.query
+    }
+
+    /// The first value of query parameter `name`, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.inner.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All headers, names in lower case, in the order received.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.inner.headers
+    }
+
+    /// The body bytes.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.body
+    }
+
+    /// The body as UTF-8 text, or a 400 error.
+    pub fn text(&self) -> Result<&str, HttpError> {
+        std::str::from_utf8(&self.inner.body)
+            .map_err(|e| HttpError::bad_request(format!("request body is not UTF-8: {e}")))
+    }
+
+    /// The body parsed as JSON, or a 400 error that says what was wrong with it.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
+        serde_json::from_slice(&self.inner.body)
+            .map_err(|e| HttpError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+
+    /// The request id the supervisor assigned (also in the `x-request-id` header).
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// Time left before the supervisor stops waiting for the answer.
+    pub fn time_left(&self) -> Duration {
+        let deadline = UNIX_EPOCH + Duration::from_millis(self.inner.deadline_unix_ms);
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+}

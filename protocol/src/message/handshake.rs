@@ -1,0 +1,107 @@
+//! The handshake: the first message on every connection, sent by the plugin.
+//!
+//! The plugin proves it is the child the supervisor started (token and epoch from its environment)
+//! and declares what it offers. The supervisor answers with a [`Welcome`] or refuses with an error
+//! (`HANDSHAKE_REFUSED` for a version mismatch, `UNAUTHORIZED` for a wrong token or epoch) and
+//! closes the connection.
+
+use super::Method;
+use crate::version::ProtocolVersion;
+use serde::{Deserialize, Serialize};
+
+/// `handshake`: plugin → supervisor, exactly once, before anything else.
+#[derive(Debug)]
+pub struct Handshake;
+
+impl Method for Handshake {
+    const NAME: &'static str = "handshake";
+    type Params = Hello;
+    type Result = Welcome;
+}
+
+/// What the plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the plugin speaks.
+    pub protocol: ProtocolVersion,
+    /// The plugin's name; must equal the name in its manifest.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// The instance epoch from `PLUGD_EPOCH`, new at every start.
+    pub epoch: u64,
+    /// The one-time token from `PLUGD_TOKEN`.
+    pub token: String,
+    /// The largest frame body the plugin accepts.
+    pub max_frame: u32,
+    /// HTTP routes the plugin serves.
+    #[serde(default)]
+    pub routes: Vec<RouteDecl>,
+    /// Hooks the plugin handles.
+    #[serde(default)]
+    pub hooks: Vec<HookDecl>,
+    /// Named services the plugin provides to other plugins.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Permissions the plugin defines.
+    #[serde(default)]
+    pub permissions: Vec<PermissionDecl>,
+}
+
+/// One HTTP route: a method and a path pattern such as `/items/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteDecl {
+    /// HTTP method in upper case, such as `GET`.
+    pub method: String,
+    /// Path pattern relative to the plugin's mount point; `{name}` captures one segment and
+    /// `{*name}` the rest of the path.
+    pub path: String,
+    /// A permission the caller must hold, if any.
+    #[serde(default)]
+    pub permission: Option<String>,
+}
+
+/// How the answers of several plugins to one hook are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// Every handler is called; all results are returned.
+    Collect,
+    /// Handlers run in priority order, each transforming the previous output.
+    Filter,
+    /// Handlers run in priority order; the first non-empty answer wins.
+    First,
+    /// Any handler may reject.
+    Veto,
+}
+
+/// One hook the plugin handles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookDecl {
+    /// The hook's name, such as `document.before_save`.
+    pub name: String,
+    /// How answers are combined.
+    pub mode: HookMode,
+    /// Lower runs first.
+    pub priority: i32,
+}
+
+/// One permission the plugin defines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionDecl {
+    /// The permission key, such as `notes.write`.
+    pub key: String,
+    /// What holding it allows.
+    pub description: String,
+}
+
+/// The supervisor's acceptance of a handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the supervisor speaks.
+    pub protocol: ProtocolVersion,
+    /// The supervisor's name and version, such as `plugd 0.1.0`.
+    pub supervisor: String,
+    /// The largest frame body either side may send from now on (the smaller of both limits).
+    pub max_frame: u32,
+}

@@ -1,0 +1,51 @@
+//! HTTP messages: the supervisor forwards a request for one of the plugin's routes and the plugin
+//! answers with a response.
+
+use super::Method;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `http`: supervisor → plugin, one per proxied HTTP request.
+#[derive(Debug)]
+pub struct Http;
+
+impl Method for Http {
+    const NAME: &'static str = "http";
+    type Params = HttpRequest;
+    type Result = HttpResponse;
+}
+
+/// An HTTP request for one of the plugin's routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// An id for logs and tracing, unique per request (also sent as `x-request-id`).
+    pub request_id: String,
+    /// HTTP method in upper case.
+    pub method: String,
+    /// The path below the plugin's mount point, starting with `/`.
+    pub path: String,
+    /// The route pattern that matched, as the plugin declared it.
+    pub route: String,
+    /// Values captured by the pattern's `{name}` segments.
+    pub params: BTreeMap<String, String>,
+    /// The raw query string without `?` (empty when there is none).
+    pub query: String,
+    /// Header names (lower case) and values, in order; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: Bytes,
+    /// When the supervisor stops waiting, in milliseconds since the Unix epoch.
+    pub deadline_unix_ms: u64,
+}
+
+/// The plugin's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The response body.
+    pub body: Bytes,
+}

@@ -1,0 +1,27 @@
+//! Typed messages, one module per family. Each method names its wire name and its parameter and
+//! result types, so both peers encode and decode through the same definitions.
+
+pub mod control;
+pub mod handshake;
+pub mod http;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A request/response method.
+pub trait Method {
+    /// The method name on the wire.
+    const NAME: &'static str;
+    /// The request's parameters.
+    type Params: Serialize + DeserializeOwned;
+    /// The successful response's result.
+    type Result: Serialize + DeserializeOwned;
+}
+
+/// A one-way notification.
+pub trait NotificationKind {
+    /// The notification name on the wire.
+    const NAME: &'static str;
+    /// Its parameters.
+    type Params: Serialize + DeserializeOwned;
+}

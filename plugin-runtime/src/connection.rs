@@ -1,0 +1,374 @@
+//! The connection loop: handshake, then dispatch every incoming message until shutdown.
+//!
+//! One reader (this loop) decodes frames and starts a task per HTTP request; one writer task
+//! sends the frames those tasks produce. Requests in flight are tracked by id so a `cancel` can
+//! abort one and a `shutdown` can wait for all of them.
+
+use crate::plugin::{Callback, Error, Plugin, Route};
+use crate::request::Request;
+use crate::response::{HttpError, IntoResponse};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
+use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
+use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
+use plugd_protocol::message::http::{Http, HttpRequest};
+use plugd_protocol::message::{Method, NotificationKind};
+use plugd_protocol::{
+    codes, ErrorObject, FrameCodec, Message, Notification, ProtocolVersion, Request as WireRequest,
+    DEFAULT_MAX_FRAME_LEN, ENV_EPOCH, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
+};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio_util::codec::FramedRead;
+
+/// How many outgoing frames may queue before handlers wait for the writer.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// What the supervisor put in the plugin's environment.
+pub(crate) struct Env {
+    pub(crate) socket: String,
+    token: String,
+    epoch: u64,
+    max_frame: usize,
+}
+
+impl Env {
+    pub(crate) fn from_process() -> Result<Env, Error> {
+        fn var(name: &'static str) -> Result<String, Error> {
+            std::env::var(name).map_err(|e| Error::NotUnderSupervisor {
+                var: name,
+                problem: e.to_string(),
+            })
+        }
+        let epoch = var(ENV_EPOCH)?;
+        let epoch = epoch.parse().map_err(|_| Error::NotUnderSupervisor {
+            var: ENV_EPOCH,
+            problem: format!("{epoch:?}, not an unsigned integer"),
+        })?;
+        let max_frame = match std::env::var(ENV_MAX_FRAME) {
+            Ok(v) => v.parse().map_err(|_| Error::NotUnderSupervisor {
+                var: ENV_MAX_FRAME,
+                problem: format!("{v:?}, not a byte count"),
+            })?,
+            Err(_) => DEFAULT_MAX_FRAME_LEN,
+        };
+        Ok(Env {
+            socket: var(ENV_SOCKET)?,
+            token: var(ENV_TOKEN)?,
+            epoch,
+            max_frame,
+        })
+    }
+}
+
+/// State shared by the reader loop and the request tasks.
+struct Shared<S> {
+    routes: Vec<Route<S>>,
+    state: Arc<S>,
+    out: mpsc::Sender<Bytes>,
+    max_frame: AtomicUsize,
+    draining: AtomicBool,
+    in_flight: Mutex<HashMap<u64, AbortHandle>>,
+    /// Number of requests in flight, so shutdown can wait for zero.
+    count: watch::Sender<usize>,
+    on_unload: Mutex<Option<Callback<S>>>,
+}
+
+impl<S: Send + Sync + 'static> Shared<S> {
+    fn max_frame(&self) -> usize {
+        self.max_frame.load(Ordering::Relaxed)
+    }
+
+    /// Queues a frame for the writer; a closed writer means the connection is gone, and the
+    /// reader loop will see that too.
+    async fn send(&self, frame: Bytes) {
+        let _ = self.out.send(frame).await;
+    }
+
+    async fn reply_error(&self, id: u64, code: i32, message: String) {
+        let error = ErrorObject::new(code, message);
+        if let Ok(frame) = encode_error(id, &error, self.max_frame()) {
+            self.send(frame).await;
+        }
+    }
+
+    /// Forgets request `id`; whoever removes it from the map lowers the count.
+    fn finish(&self, id: u64) -> Option<AbortHandle> {
+        let handle = self.lock_in_flight().remove(&id);
+        if handle.is_some() {
+            self.count.send_modify(|n| *n -= 1);
+        }
+        handle
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
+        // A poisoned map is still a consistent map: tasks only insert and remove.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run_unload(&self) {
+        let callback = self
+            .on_unload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(callback) = callback {
+            if let Err(e) = callback(self.state.clone()).await {
+                tracing::warn!("on_unload failed: {e}");
+            }
+        }
+    }
+}
+
+/// Handshakes on `stream` and serves until shutdown or until the supervisor closes the socket.
+pub(crate) async fn serve<S: Send + Sync + 'static>(
+    plugin: Plugin<S>,
+    stream: UnixStream,
+    env: Env,
+) -> Result<(), Error> {
+    let (rd, wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, FrameCodec::new(env.max_frame));
+    let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+    let writer = tokio::spawn(plugd_protocol::frame::write_frames(out_rx, wr));
+
+    let hello = Hello {
+        protocol: ProtocolVersion::CURRENT,
+        name: plugin.name.clone(),
+        version: plugin.version.clone(),
+        epoch: env.epoch,
+        token: env.token,
+        max_frame: u32::try_from(env.max_frame).unwrap_or(u32::MAX),
+        routes: plugin
+            .routes
+            .iter()
+            .map(|r| RouteDecl {
+                method: r.method.clone(),
+                path: r.path.clone(),
+                permission: None,
+            })
+            .collect(),
+        hooks: Vec::new(),
+        services: Vec::new(),
+        permissions: Vec::new(),
+    };
+    let _ = out
+        .send(encode_request::<Handshake>(0, &hello, env.max_frame)?)
+        .await;
+    let welcome = match frames.next().await {
+        Some(Ok(Message::Response(resp))) if resp.id == 0 => {
+            match resp.decode_result::<Handshake>()? {
+                Ok(welcome) => welcome,
+                Err(refusal) => return Err(Error::Refused(refusal)),
+            }
+        }
+        Some(Ok(other)) => {
+            return Err(Error::Protocol(plugd_protocol::DecodeError::Malformed(
+                format!("expected the handshake response, got {other:?}"),
+            )))
+        }
+        Some(Err(e)) => return Err(e.into()),
+        None => {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the supervisor closed the connection during the handshake",
+            )))
+        }
+    };
+    let max_frame = (welcome.max_frame as usize).min(env.max_frame);
+    frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
+    tracing::debug!(supervisor = %welcome.supervisor, "handshake accepted");
+
+    let (count, _) = watch::channel(0usize);
+    let shared = Arc::new(Shared {
+        routes: plugin.routes,
+        state: plugin.state,
+        out,
+        max_frame: AtomicUsize::new(max_frame),
+        draining: AtomicBool::new(false),
+        in_flight: Mutex::new(HashMap::new()),
+        count,
+        on_unload: Mutex::new(plugin.on_unload),
+    });
+    if let Some(on_load) = plugin.on_load {
+        on_load(shared.state.clone()).await.map_err(Error::OnLoad)?;
+    }
+
+    let (stopped_tx, mut stopped) = oneshot::channel::<()>();
+    let mut stopped_tx = Some(stopped_tx);
+    let result = loop {
+        tokio::select! {
+            message = frames.next() => match message {
+                Some(Ok(Message::Request(req))) => {
+                    dispatch_request(&shared, req, &mut stopped_tx).await;
+                }
+                Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
+                Some(Ok(Message::Response(resp))) => {
+                    tracing::warn!(id = resp.id, "ignoring a response to a request this plugin never sent");
+                }
+                Some(Err(e)) => {
+                    tracing::error!("closing the connection after a bad frame from the supervisor: {e}");
+                    break Err(Error::Protocol(e));
+                }
+                None => {
+                    tracing::info!("the supervisor closed the connection; stopping");
+                    break Ok(());
+                }
+            },
+            _ = &mut stopped => break Ok(()),
+        }
+    };
+
+    // Whatever ended the loop, nothing more can be answered: stop every task still running.
+    for (_, handle) in shared.lock_in_flight().drain() {
+        handle.abort();
+    }
+    shared.run_unload().await;
+    drop(shared);
+    drop(frames);
+    let _ = writer.await;
+    result
+}
+
+async fn dispatch_request<S: Send + Sync + 'static>(
+    shared: &Arc<Shared<S>>,
+    req: WireRequest,
+    stopped: &mut Option<oneshot::Sender<()>>,
+) {
+    match req.method.as_str() {
+        Http::NAME => start_http(shared, req).await,
+        Ping::NAME => {
+            if let Ok(frame) = encode_response(req.id, &Empty {}, shared.max_frame()) {
+                shared.send(frame).await;
+            }
+        }
+        Shutdown::NAME => {
+            let grace = match req.decode_params::<Shutdown>() {
+                Ok(p) => Duration::from_millis(p.grace_ms),
+                Err(e) => {
+                    return shared
+                        .reply_error(req.id, codes::INVALID_PARAMS, e.to_string())
+                        .await
+                }
+            };
+            shared.draining.store(true, Ordering::SeqCst);
+            if let Some(stopped) = stopped.take() {
+                tokio::spawn(drain_and_stop(shared.clone(), req.id, grace, stopped));
+            }
+        }
+        other => {
+            shared
+                .reply_error(
+                    req.id,
+                    codes::METHOD_NOT_FOUND,
+                    format!("this plugin does not implement method {other:?}"),
+                )
+                .await
+        }
+    }
+}
+
+/// Waits for the requests in flight (at most `grace`), runs `on_unload`, answers the shutdown
+/// request, and tells the reader loop to stop.
+async fn drain_and_stop<S: Send + Sync + 'static>(
+    shared: Arc<Shared<S>>,
+    id: u64,
+    grace: Duration,
+    stopped: oneshot::Sender<()>,
+) {
+    let mut count = shared.count.subscribe();
+    let drained = tokio::time::timeout(grace, count.wait_for(|n| *n == 0))
+        .await
+        .is_ok();
+    if !drained {
+        tracing::warn!(
+            "shutting down with {} requests still in flight after {grace:?}",
+            *count.borrow()
+        );
+    }
+    shared.run_unload().await;
+    if let Ok(frame) = encode_response(id, &Empty {}, shared.max_frame()) {
+        shared.send(frame).await;
+    }
+    let _ = stopped.send(());
+}
+
+async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
+    let id = req.id;
+    let params: HttpRequest = match req.decode_params::<Http>() {
+        Ok(p) => p,
+        Err(e) => return shared.reply_error(id, codes::INVALID_PARAMS, e.to_string()).await,
+    };
+    if shared.draining.load(Ordering::SeqCst) {
+        return shared
+            .reply_error(id, codes::SHUTTING_DOWN, "the plugin is shutting down".into())
+            .await;
+    }
+    let Some(route) = shared
+        .routes
+        .iter()
+        .find(|r| r.method == params.method && r.path == params.route)
+    else {
+        let message = format!("no route {} {}", params.method, params.route);
+        return shared.reply_error(id, codes::NO_ROUTE, message).await;
+    };
+    let route_name = params.route.clone();
+    let handler_future = (route.handler)(Request::new(params), shared.state.clone());
+    let task_shared = shared.clone();
+    let mut in_flight = shared.lock_in_flight();
+    // The task cannot finish before it is registered and counted: finish() needs this lock.
+    shared.count.send_modify(|n| *n += 1);
+    let task = tokio::spawn(async move {
+        let response = match AssertUnwindSafe(handler_future).catch_unwind().await {
+            Ok(response) => response,
+            Err(panic) => {
+                let what = panic_message(&panic);
+                tracing::error!(route = %route_name, "handler panicked: {what}");
+                HttpError::internal(format!("handler panicked: {what}")).into_response()
+            }
+        };
+        let max = task_shared.max_frame();
+        let frame = encode_response(id, &response.into_wire(), max).or_else(|e| {
+            tracing::error!(route = %route_name, "cannot send response: {e}");
+            encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
+        });
+        if let Ok(frame) = frame {
+            task_shared.send(frame).await;
+        }
+        task_shared.finish(id);
+    });
+    in_flight.insert(id, task.abort_handle());
+    drop(in_flight);
+}
+
+fn handle_notification<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, note: Notification) {
+    if note.method != Cancel::NAME {
+        tracing::debug!(method = %note.method, "ignoring an unknown notification");
+        return;
+    }
+    match note.decode_params::<Cancel>() {
+        Ok(cancel) => {
+            if let Some(handle) = shared.finish(cancel.id) {
+                handle.abort();
+                tracing::debug!(id = cancel.id, "request cancelled by the supervisor");
+            }
+        }
+        Err(e) => tracing::warn!("bad cancel notification: {e}"),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

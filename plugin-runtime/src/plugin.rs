@@ -1,0 +1,247 @@
+//! The plugin builder: routes, handlers, state and lifecycle callbacks, then [`Plugin::run`].
+
+use crate::connection;
+use crate::request::Request;
+use crate::response::{IntoResponse, Response};
+use plugd_protocol::{DecodeError, EncodeError, ErrorObject};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub(crate) type Handler<S> = Arc<dyn Fn(Request, Arc<S>) -> BoxFuture<Response> + Send + Sync>;
+pub(crate) type Callback<S> = Box<dyn FnOnce(Arc<S>) -> BoxFuture<Result<(), BoxError>> + Send>;
+
+/// Any error an `on_load` or `on_unload` callback may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a plugin stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program was not started by plugd (a variable it sets is missing or invalid).
+    #[error("environment variable {var} is {problem}: this program is a plugd plugin and must be started by `plugd serve`")]
+    NotUnderSupervisor {
+        /// The variable.
+        var: &'static str,
+        /// `missing` or what is wrong with its value.
+        problem: String,
+    },
+    /// The supervisor's socket could not be reached.
+    #[error("cannot connect to the supervisor at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The supervisor refused the handshake.
+    #[error("the supervisor refused the handshake: {0}")]
+    Refused(ErrorObject),
+    /// The supervisor sent something that is not a valid message.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] DecodeError),
+    /// A message could not be encoded.
+    #[error("cannot encode a message: {0}")]
+    Encode(#[from] EncodeError),
+    /// Two routes share a method and path, or a path is not valid.
+    #[error("invalid route {method} {path}: {reason}")]
+    InvalidRoute {
+        /// HTTP method.
+        method: String,
+        /// Path pattern.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The `on_load` callback failed, so the plugin did not start serving.
+    #[error("on_load failed: {0}")]
+    OnLoad(BoxError),
+    /// Reading or writing the socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One declared route.
+pub(crate) struct Route<S> {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) handler: Handler<S>,
+}
+
+/// A plugin under construction: its name, version, shared state, routes and callbacks.
+pub struct Plugin<S = ()> {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) state: Arc<S>,
+    pub(crate) routes: Vec<Route<S>>,
+    pub(crate) on_load: Option<Callback<S>>,
+    pub(crate) on_unload: Option<Callback<S>>,
+}
+
+impl<S> std::fmt::Debug for Plugin<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("routes", &routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin<()> {
+    /// A plugin with no state. `name` must match the `name` in its `plugin.toml`.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Plugin {
+            name: name.into(),
+            version: version.into(),
+            state: Arc::new(()),
+            routes: Vec::new(),
+            on_load: None,
+            on_unload: None,
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> Plugin<S> {
+    /// Gives every handler shared access to `state` (use atomics or a lock inside it to mutate).
+    /// Call before declaring routes: routes declared earlier are dropped.
+    pub fn with_state<T: Send + Sync + 'static>(self, state: T) -> Plugin<T> {
+        Plugin {
+            name: self.name,
+            version: self.version,
+            state: Arc::new(state),
+            routes: Vec::new(),
+            on_load: None,
+            on_unload: None,
+        }
+    }
+
+    /// Declares a route: `method` such as `GET`, and a path such as `/items/{id}` where `{id}`
+    /// captures one segment (read it with [`Request::param`]) and `{*rest}` the rest of the path.
+    pub fn route<H, F, R>(mut self, method: &str, path: &str, handler: H) -> Self
+    where
+        H: Fn(Request, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = R> + Send + 'static,
+        R: IntoResponse + 'static,
+    {
+        let handler: Handler<S> = Arc::new(move |req, state| {
+            let fut = handler(req, state);
+            Box::pin(async move { fut.await.into_response() })
+        });
+        self.routes.push(Route {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            handler,
+        });
+        self
+    }
+
+    /// Declares a `GET` route.
+    pub fn get<H, F, R>(self, path: &str, handler: H) -> Self
+    where
+        H: Fn(Request, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = R> + Send + 'static,
+        R: IntoResponse + 'static,
+    {
+        self.route("GET", path, handler)
+    }
+
+    /// Declares a `POST` route.
+    pub fn post<H, F, R>(self, path: &str, handler: H) -> Self
+    where
+        H: Fn(Request, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = R> + Send + 'static,
+        R: IntoResponse + 'static,
+    {
+        self.route("POST", path, handler)
+    }
+
+    /// Declares a `PUT` route.
+    pub fn put<H, F, R>(self, path: &str, handler: H) -> Self
+    where
+        H: Fn(Request, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = R> + Send + 'static,
+        R: IntoResponse + 'static,
+    {
+        self.route("PUT", path, handler)
+    }
+
+    /// Declares a `DELETE` route.
+    pub fn delete<H, F, R>(self, path: &str, handler: H) -> Self
+    where
+        H: Fn(Request, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = R> + Send + 'static,
+        R: IntoResponse + 'static,
+    {
+        self.route("DELETE", path, handler)
+    }
+
+    /// Runs `f` after the handshake and before the first request; an error stops the plugin.
+    pub fn on_load<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Arc<S>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.on_load = Some(Box::new(move |s| Box::pin(f(s))));
+        self
+    }
+
+    /// Runs `f` once when the plugin stops, after the requests in flight have finished.
+    pub fn on_unload<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Arc<S>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.on_unload = Some(Box::new(move |s| Box::pin(f(s))));
+        self
+    }
+
+    /// Connects to the supervisor named by the environment, handshakes, and serves until asked
+    /// to shut down or until the connection closes. Installs stderr logging first.
+    pub async fn run(self) -> Result<(), Error> {
+        crate::init_logging();
+        let result = self.run_inner().await;
+        if let Err(e) = &result {
+            tracing::error!("plugin stopped: {e}");
+        }
+        result
+    }
+
+    async fn run_inner(self) -> Result<(), Error> {
+        self.check_routes()?;
+        let env = connection::Env::from_process()?;
+        let stream = tokio::net::UnixStream::connect(&env.socket)
+            .await
+            .map_err(|source| Error::Connect {
+                path: env.socket.clone(),
+                source,
+            })?;
+        connection::serve(self, stream, env).await
+    }
+
+    fn check_routes(&self) -> Result<(), Error> {
+        for (i, r) in self.routes.iter().enumerate() {
+            let invalid = |reason| Error::InvalidRoute {
+                method: r.method.clone(),
+                path: r.path.clone(),
+                reason,
+            };
+            if !r.path.starts_with('/') {
+                return Err(invalid("a path must start with '/'"));
+            }
+            if self.routes[..i]
+                .iter()
+                .any(|o| o.method == r.method && o.path == r.path)
+            {
+                return Err(invalid("declared twice"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The command line: `plugd serve` runs the supervisor; `plugd check` validates manifests.
+
+use crate::manifest;
+use crate::server::Application;
+use crate::settings::{Settings, ENV_CONFIG};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// plugd: runs plugins as separate processes and serves their routes over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "plugd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the supervisor: discover plugins, start them, serve HTTP until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Validate every plugin manifest and exit (1 when any is broken).
+    Check {
+        /// Directory holding one sub-directory per plugin.
+        #[arg(long, default_value = "plugins")]
+        plugins_dir: PathBuf,
+    },
+}
+
+/// Flags of `plugd serve`; each overrides the config file and the `PLUGD_*` variable of the same
+/// name.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (default: $PLUGD_CONFIG, else none).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory holding one sub-directory per plugin [default: ./plugins].
+    #[arg(long)]
+    plugins_dir: Option<String>,
+    /// Directory for persistent state [default: ./data].
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Directory for the plugins' sockets [default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/plugd, or /tmp/plugd-UID].
+    #[arg(long)]
+    runtime_dir: Option<String>,
+    /// Time a plugin has to connect and handshake [default: 10s].
+    #[arg(long)]
+    handshake_timeout: Option<String>,
+    /// Default time a plugin has to answer a request [default: 30s].
+    #[arg(long)]
+    request_timeout: Option<String>,
+    /// Time shutdown waits for requests, then for plugins [default: 10s].
+    #[arg(long)]
+    shutdown_timeout: Option<String>,
+    /// Default largest request body [default: 8MiB].
+    #[arg(long)]
+    max_body: Option<String>,
+    /// Largest protocol frame [default: 16MiB].
+    #[arg(long)]
+    max_frame: Option<String>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> Vec<(&'static str, String)> {
+        [
+            ("listen", &self.listen),
+            ("plugins_dir", &self.plugins_dir),
+            ("data_dir", &self.data_dir),
+            ("runtime_dir", &self.runtime_dir),
+            ("handshake_timeout", &self.handshake_timeout),
+            ("request_timeout", &self.request_timeout),
+            ("shutdown_timeout", &self.shutdown_timeout),
+            ("max_body", &self.max_body),
+            ("max_frame", &self.max_frame),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// Entry point of the `plugd` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check { plugins_dir } => check(&plugins_dir),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLUGD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = args
+        .config
+        .clone()
+        .or_else(|| std::env::var_os(ENV_CONFIG).map(PathBuf::from));
+    let settings = match Settings::load(config.as_deref(), |k| std::env::var(k).ok(), &args.flags())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("plugd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plugd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("plugd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("received {which}");
+}
+
+fn check(dir: &std::path::Path) -> ExitCode {
+    match manifest::discover(dir) {
+        Ok(found) => {
+            for m in &found.manifests {
+                println!("ok     {} {} ({})", m.name, m.version, m.dir.display());
+            }
+            for e in &found.errors {
+                println!("error  {e}");
+            }
+            if found.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("plugd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

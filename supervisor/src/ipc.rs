@@ -1,0 +1,353 @@
+//! One multiplexed protocol connection per plugin.
+//!
+//! [`handshake`] reads and checks the plugin's first message and answers it. After that, a
+//! [`Connection`] lets many callers have requests in flight at once: each call registers a
+//! one-shot channel under a fresh id, a reader task routes each response to its caller, and a
+//! writer task batches outgoing frames. When the plugin sends a bad frame or the socket closes,
+//! every waiting caller is told at once why; nobody waits for a timeout on a dead plugin.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use plugd_protocol::envelope::{encode_error, encode_notification, encode_request, encode_response};
+use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping};
+use plugd_protocol::message::handshake::{Handshake, Hello, Welcome};
+use plugd_protocol::message::Method;
+use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, ProtocolVersion, Response};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+/// Outgoing frames that may queue before callers wait for the writer.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Why a call to a plugin did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The connection is gone (the plugin exited, was cut off, or is being stopped).
+    #[error("connection to the plugin closed: {0}")]
+    Closed(String),
+    /// No answer within the deadline; the plugin was sent a cancel.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The plugin answered with an error.
+    #[error("the plugin answered with an error: {0}")]
+    Remote(ErrorObject),
+    /// The request or its answer could not be encoded or decoded.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// What the supervisor expects of a plugin's handshake.
+#[derive(Debug)]
+pub struct Expected<'a> {
+    /// The name in the plugin's manifest.
+    pub name: &'a str,
+    /// The one-time token passed to the process.
+    pub token: &'a str,
+    /// The instance epoch passed to the process.
+    pub epoch: u64,
+    /// The supervisor's frame limit.
+    pub max_frame: usize,
+}
+
+/// Reads the plugin's handshake from `stream`, checks it, lets `accept` inspect it (for example
+/// to build the route table) and answers. On any failure the plugin is sent the reason, the
+/// socket is closed, and the same reason is returned.
+pub async fn handshake<T>(
+    stream: UnixStream,
+    expected: &Expected<'_>,
+    accept: impl FnOnce(&Hello) -> Result<T, String>,
+) -> Result<(Hello, T, Arc<Connection>), String> {
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, FrameCodec::new(expected.max_frame));
+    let request = match frames.next().await {
+        Some(Ok(Message::Request(req))) if req.method == Handshake::NAME => req,
+        Some(Ok(other)) => return Err(format!("first message was not a handshake: {other:?}")),
+        Some(Err(e)) => return Err(format!("bad handshake frame: {e}")),
+        None => return Err("closed the connection before sending its handshake".into()),
+    };
+    let id = request.id;
+    let max = expected.max_frame;
+    let hello = match request.decode_params::<Handshake>() {
+        Ok(hello) => hello,
+        Err(e) => return Err(refuse(&mut wr, id, codes::INVALID_PARAMS, format!("bad handshake: {e}"), max).await),
+    };
+    let ours = ProtocolVersion::CURRENT;
+    if !ours.is_compatible_with(hello.protocol) {
+        let message = format!(
+            "protocol version mismatch: the plugin speaks {}, the supervisor speaks {ours}",
+            hello.protocol
+        );
+        return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await);
+    }
+    let token_ok: bool = hello
+        .token
+        .as_bytes()
+        .ct_eq(expected.token.as_bytes())
+        .into();
+    if !token_ok {
+        let message = "handshake refused: wrong token (it must be the PLUGD_TOKEN this process was started with)";
+        return Err(refuse(&mut wr, id, codes::UNAUTHORIZED, message.into(), max).await);
+    }
+    if hello.epoch != expected.epoch {
+        let message = format!(
+            "handshake refused: epoch {} is not this instance's epoch {}",
+            hello.epoch, expected.epoch
+        );
+        return Err(refuse(&mut wr, id, codes::UNAUTHORIZED, message, max).await);
+    }
+    if hello.name != expected.name {
+        let message = format!(
+            "handshake refused: the plugin calls itself {:?} but its manifest names it {:?}",
+            hello.name, expected.name
+        );
+        return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await);
+    }
+    let accepted = match accept(&hello) {
+        Ok(accepted) => accepted,
+        Err(message) => return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await),
+    };
+    let max_frame = expected.max_frame.min(hello.max_frame as usize);
+    let welcome = Welcome {
+        protocol: ours,
+        supervisor: format!("plugd {}", env!("CARGO_PKG_VERSION")),
+        max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
+    };
+    let frame = encode_response(id, &welcome, expected.max_frame).map_err(|e| e.to_string())?;
+    wr.write_all(&frame)
+        .await
+        .map_err(|e| format!("cannot answer the handshake: {e}"))?;
+    frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
+    let conn = Connection::start(expected.name.to_owned(), frames, wr, max_frame);
+    Ok((hello, accepted, conn))
+}
+
+/// Sends the plugin an error answer to its handshake, closes our side, and returns the message.
+async fn refuse(wr: &mut OwnedWriteHalf, id: u64, code: i32, message: String, max: usize) -> String {
+    let error = ErrorObject::new(code, message.clone());
+    if let Ok(frame) = encode_error(id, &error, max) {
+        let _ = wr.write_all(&frame).await;
+        let _ = wr.shutdown().await;
+    }
+    message
+}
+
+/// A live connection to one plugin instance.
+#[derive(Debug)]
+pub struct Connection {
+    plugin: String,
+    out: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Response, String>>>>,
+    next_id: AtomicU64,
+    max_frame: usize,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl Connection {
+    fn start(
+        plugin: String,
+        frames: FramedRead<OwnedReadHalf, FrameCodec>,
+        wr: OwnedWriteHalf,
+        max_frame: usize,
+    ) -> Arc<Connection> {
+        let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let conn = Arc::new(Connection {
+            plugin,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_frame,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+        });
+        let token = conn.closed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = plugd_protocol::frame::write_frames(out_rx, wr) => {}
+                _ = token.cancelled() => {}
+            }
+        });
+        tokio::spawn(read_loop(conn.clone(), frames));
+        conn
+    }
+
+    /// Sends request `M` and waits at most `timeout` for its result. On timeout the plugin is
+    /// sent a `cancel` for the request.
+    pub async fn call<M: Method>(
+        &self,
+        params: &M::Params,
+        timeout: Duration,
+    ) -> Result<M::Result, CallError> {
+        if let Some(reason) = self.close_reason() {
+            return Err(CallError::Closed(reason));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_request::<M>(id, params, self.max_frame)
+            .map_err(|e| CallError::Protocol(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id, tx);
+        let mut guard = PendingGuard {
+            conn: self,
+            id,
+            armed: true,
+        };
+        // A close that drained the map before our insert would never answer us.
+        if let Some(reason) = self.close_reason() {
+            return Err(CallError::Closed(reason));
+        }
+        if self.out.send(frame).await.is_err() {
+            return Err(CallError::Closed("the writer stopped".into()));
+        }
+        let answer = tokio::time::timeout(timeout, rx).await;
+        match answer {
+            Ok(Ok(Ok(response))) => {
+                guard.armed = false;
+                match response.decode_result::<M>() {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(error)) => Err(CallError::Remote(error)),
+                    Err(e) => Err(CallError::Protocol(e.to_string())),
+                }
+            }
+            Ok(Ok(Err(reason))) => {
+                guard.armed = false;
+                Err(CallError::Closed(reason))
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(CallError::Closed("connection dropped".into()))
+            }
+            // The guard removes the pending entry and sends the cancel.
+            Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
+
+    /// Pings the plugin; `Ok` when it answered within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), CallError> {
+        self.call::<Ping>(&Empty {}, timeout).await.map(|_| ())
+    }
+
+    /// Closes the connection: every caller waiting now or later gets `reason`.
+    pub fn close(&self, reason: &str) {
+        {
+            let mut slot = self
+                .close_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(reason.to_owned());
+        }
+        self.closed.cancel();
+        let waiting: Vec<_> = self.lock_pending().drain().collect();
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(reason.to_owned()));
+        }
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves once the connection has closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// How many calls are waiting for an answer.
+    pub fn in_flight(&self) -> usize {
+        self.lock_pending().len()
+    }
+
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Response, String>>>> {
+        // Only inserts and removals happen under this lock, so a poisoned map is still whole.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_send(&self, frame: Bytes) {
+        if self.out.try_send(frame).is_err() {
+            tracing::debug!(plugin = %self.plugin, "outgoing queue full or closed; frame dropped");
+        }
+    }
+}
+
+/// Removes a call's pending entry and tells the plugin to stop working on it when the call ends
+/// without an answer: on timeout, or when the caller itself went away (an HTTP client hung up).
+struct PendingGuard<'a> {
+    conn: &'a Connection,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.conn.lock_pending().remove(&self.id).is_some() && self.conn.close_reason().is_none()
+        {
+            let params = CancelParams { id: self.id };
+            if let Ok(frame) = encode_notification::<Cancel>(&params, self.conn.max_frame) {
+                self.conn.try_send(frame);
+            }
+        }
+    }
+}
+
+async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
+    let reason = loop {
+        tokio::select! {
+            _ = conn.closed.cancelled() => return,
+            message = frames.next() => match message {
+                Some(Ok(Message::Response(response))) => {
+                    let waiter = conn.lock_pending().remove(&response.id);
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(Ok(response));
+                        }
+                        None => tracing::debug!(plugin = %conn.plugin, id = response.id, "late answer to a call that already ended"),
+                    }
+                }
+                Some(Ok(Message::Request(request))) => {
+                    let frame = if request.method == Ping::NAME {
+                        encode_response(request.id, &Empty {}, conn.max_frame)
+                    } else {
+                        let error = ErrorObject::new(
+                            codes::METHOD_NOT_FOUND,
+                            format!("the supervisor does not implement method {:?}", request.method),
+                        );
+                        encode_error(request.id, &error, conn.max_frame)
+                    };
+                    if let Ok(frame) = frame {
+                        let _ = conn.out.send(frame).await;
+                    }
+                }
+                Some(Ok(Message::Notification(note))) => {
+                    tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
+                }
+                Some(Err(e)) => {
+                    let reason = format!("the plugin sent a bad frame and was cut off: {e}");
+                    tracing::error!(plugin = %conn.plugin, "{reason}");
+                    break reason;
+                }
+                None => break "the plugin closed the connection".to_owned(),
+            }
+        }
+    };
+    conn.close(&reason);
+}

@@ -1,0 +1,117 @@
+//! The one helper that starts plugin processes. Nothing else calls `Command::new` for a plugin.
+//!
+//! Each child gets: its own process group (so a stop reaches its children too), a death signal
+//! tied to the supervisor (`PR_SET_PDEATHSIG`, so it cannot outlive a supervisor killed with
+//! SIGKILL), the protocol's environment variables (socket, one-time token, epoch), and piped
+//! stdout/stderr whose lines are logged under the plugin's name.
+#![allow(unsafe_code)]
+
+use crate::manifest::Manifest;
+use anyhow::Context;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_TOKEN};
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Longest piece of a log line logged as one event; longer lines are split and marked.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// What a plugin process is started with, besides its manifest.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    /// The plugin's manifest (command, args, env, directory).
+    pub manifest: &'a Manifest,
+    /// The socket the plugin must connect to.
+    pub socket: &'a Path,
+    /// The one-time token it must present.
+    pub token: &'a str,
+    /// The instance epoch it must echo.
+    pub epoch: u64,
+    /// The largest frame the supervisor accepts.
+    pub max_frame: usize,
+}
+
+/// Starts the plugin's process and begins logging its output.
+pub fn spawn(spec: &SpawnSpec<'_>) -> anyhow::Result<Child> {
+    let m = spec.manifest;
+    let program = m.program();
+    let mut cmd = Command::new(&program);
+    cmd.args(&m.args)
+        .current_dir(&m.dir)
+        .envs(&m.env)
+        .env(ENV_SOCKET, spec.socket)
+        .env(ENV_TOKEN, spec.token)
+        .env(ENV_EPOCH, spec.epoch.to_string())
+        .env(ENV_PLUGIN_NAME, &m.name)
+        .env(ENV_MAX_FRAME, spec.max_frame.to_string())
+        .env_remove("PLUGD_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let supervisor = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The supervisor may have died between fork and prctl; then nobody would kill us.
+            if nix::unistd::getppid() != supervisor {
+                return Err(std::io::Error::other("the supervisor exited during the spawn"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => "command not found".to_string(),
+            std::io::ErrorKind::PermissionDenied => "command is not executable".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot start {}: {what}", program.display())
+    })?;
+    let pid = child.id().context("the child exited at once")?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(log_lines(m.name.clone(), pid, "stdout", out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(log_lines(m.name.clone(), pid, "stderr", err));
+    }
+    Ok(child)
+}
+
+/// Sends `signal` to the whole process group led by `pid`.
+pub fn signal_group(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Logs each line of a child's stdout or stderr as a tracing event tagged with the plugin.
+/// A line longer than [`MAX_LOG_LINE`] is logged in pieces, each marked as continued.
+async fn log_lines(plugin: String, pid: u32, stream: &'static str, output: impl AsyncRead + Unpin) {
+    let mut reader = BufReader::new(output);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LOG_LINE as u64);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {
+                let whole = line.ends_with(b"\n");
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let marker = if whole { "" } else { " [line continues]" };
+                tracing::info!(target: "plugd::plugin", plugin, pid, stream, "{text}{marker}");
+            }
+            Err(e) => {
+                tracing::warn!(target: "plugd::plugin", plugin, pid, stream, "cannot read output: {e}");
+                break;
+            }
+        }
+    }
+}

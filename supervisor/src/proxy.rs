@@ -1,0 +1,288 @@
+//! The HTTP side: `/plugins/{name}/{path}` is forwarded to the plugin's matching route over its
+//! multiplexed connection; `/healthz` and `/readyz` report on the supervisor itself.
+//!
+//! Every error is JSON `{"error": …, "detail": …}`: 404 unknown plugin or route, 405 wrong
+//! method (with `Allow`), 413 body over the limit, 503 plugin not ready, 502 plugin died or
+//! misbehaved during the request, 504 no answer within the request timeout.
+
+use crate::ipc::CallError;
+use crate::plugin::{PluginSlot, PluginState};
+use crate::router::Lookup;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use plugd_protocol::codes;
+use plugd_protocol::message::http::{Http, HttpRequest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Shared by every HTTP handler.
+#[derive(Debug)]
+pub struct AppState {
+    /// Every discovered plugin, by name.
+    pub plugins: HashMap<String, Arc<PluginSlot>>,
+    /// Set once every plugin has been started (or has failed to).
+    pub ready: AtomicBool,
+    next_request: AtomicU64,
+    request_prefix: String,
+}
+
+impl AppState {
+    /// State over `plugins`, not yet ready.
+    pub fn new(plugins: HashMap<String, Arc<PluginSlot>>) -> AppState {
+        AppState {
+            plugins,
+            ready: AtomicBool::new(false),
+            next_request: AtomicU64::new(1),
+            request_prefix: format!("{:08x}", rand::random::<u32>()),
+        }
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.request_prefix)
+    }
+}
+
+/// A JSON error body with a status.
+pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": error, "detail": detail.into() });
+    (status, Json(body)).into_response()
+}
+
+/// Headers that describe one hop, not the message, and are never forwarded (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// Forwards one request to a plugin.
+pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let full_path = parts.uri.path();
+    let rest = full_path.strip_prefix("/plugins/").unwrap_or_default();
+    let (name, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let Some(slot) = app.plugins.get(name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown plugin",
+            format!("no plugin named {name:?} is installed"),
+        );
+    };
+    let state = slot.state();
+    let instance = match &*state {
+        PluginState::Ready(instance) => instance,
+        other => {
+            let why = match other {
+                PluginState::Failed(r) | PluginState::Stopped(r) => format!(": {r}"),
+                _ => String::new(),
+            };
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin not ready",
+                format!("plugin {name:?} is {}{why}", other.name()),
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
+    let method = parts.method.as_str();
+    let (route, params) = match instance.routes.lookup(method, path) {
+        Lookup::Found { pattern, params } => (pattern.to_owned(), params),
+        Lookup::NotFound => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such route",
+                format!("plugin {name:?} has no route for {path}"),
+            )
+        }
+        Lookup::MethodNotAllowed { allowed } => {
+            let allow = allowed.join(", ");
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                format!("{path} of plugin {name:?} accepts {allow}, not {method}"),
+            );
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(ALLOW, value);
+            }
+            return response;
+        }
+    };
+
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            format!(
+                "plugin {name:?} accepts request bodies of at most {} bytes",
+                slot.max_body
+            ),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > slot.max_body as u64) {
+        return too_large();
+    }
+    let body = match Limited::new(body, slot.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "cannot read request body",
+                e.to_string(),
+            )
+        }
+    };
+
+    let request_id = match parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
+        _ => app.request_id(),
+    };
+    let deadline = SystemTime::now() + slot.request_timeout;
+    let wire = HttpRequest {
+        request_id: request_id.clone(),
+        method: method.to_owned(),
+        path: path.to_owned(),
+        route,
+        params,
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: forward_headers(&parts.headers),
+        body,
+        deadline_unix_ms: deadline
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let answer = instance.conn.call::<Http>(&wire, slot.request_timeout).await;
+    let mut response = match answer {
+        Ok(answer) => match build_response(answer) {
+            Ok(response) => response,
+            Err(detail) => error(
+                StatusCode::BAD_GATEWAY,
+                "invalid response from plugin",
+                format!("plugin {name:?}: {detail}"),
+            ),
+        },
+        Err(CallError::Closed(reason)) => error(
+            StatusCode::BAD_GATEWAY,
+            "plugin died during the request",
+            format!("plugin {name:?}: {reason}"),
+        ),
+        Err(CallError::Timeout(after)) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "plugin timed out",
+            format!("plugin {name:?} did not answer within {after:?}; the request was cancelled"),
+        ),
+        Err(CallError::Remote(e)) if e.code == codes::SHUTTING_DOWN => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin not ready",
+            format!("plugin {name:?} is shutting down"),
+        ),
+        Err(CallError::Remote(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            "plugin error",
+            format!("plugin {name:?} answered with an error: {e}"),
+        ),
+        Err(CallError::Protocol(detail)) => error(
+            StatusCode::BAD_GATEWAY,
+            "protocol error",
+            format!("plugin {name:?}: {detail}"),
+        ),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+        .map(|(k, v)| {
+            let value = match v.to_str() {
+                Ok(s) => s.to_owned(),
+                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            };
+            (k.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+fn build_response(
+    answer: plugd_protocol::message::http::HttpResponse,
+) -> Result<Response, String> {
+    let status = StatusCode::from_u16(answer.status)
+        .map_err(|_| format!("status {} is not a valid HTTP status", answer.status))?;
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in answer.headers {
+        let lower = name.to_ascii_lowercase();
+        if is_hop_by_hop(&lower) {
+            continue;
+        }
+        let header = HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("value of header {name:?} is not valid"))?;
+        headers.append(header, value);
+    }
+    Ok(response)
+}
+
+/// `GET /healthz`: the supervisor is alive.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 once every plugin has been started or has failed to, with each plugin's
+/// state; 503 while plugins are still starting.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let mut plugins = serde_json::Map::new();
+    for (name, slot) in &app.plugins {
+        let state = slot.state();
+        let mut entry = serde_json::json!({ "state": state.name() });
+        if let PluginState::Failed(reason) | PluginState::Stopped(reason) = &*state {
+            entry["reason"] = reason.clone().into();
+        }
+        if let PluginState::Ready(instance) = &*state {
+            entry["pid"] = instance.pid.into();
+        }
+        plugins.insert(name.clone(), entry);
+    }
+    let ready = app.ready.load(Ordering::SeqCst);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(serde_json::json!({ "ready": ready, "plugins": plugins }))).into_response()
+}

@@ -1,0 +1,191 @@
+//! The application: prepares directories, binds, discovers and starts plugins, serves HTTP, and
+//! shuts down in order (stop accepting, finish requests in flight, stop plugins, clean up).
+
+use crate::manifest::{self, Manifest};
+use crate::plugin::{self, PluginSlot, StartContext};
+use crate::proxy::{self, AppState};
+use crate::settings::Settings;
+use anyhow::{bail, Context};
+use axum::routing::{any, get};
+use axum::Router;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Longest socket path the kernel accepts (`sun_path` is 108 bytes with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A bound, not yet running supervisor.
+#[derive(Debug)]
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    state: Arc<AppState>,
+    socket_dir: PathBuf,
+}
+
+impl Application {
+    /// Creates the data and runtime directories, binds the listen address and discovers the
+    /// plugins. Broken manifests are logged and skipped.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!("cannot create data directory {}", settings.data_dir.display())
+        })?;
+        let socket_dir = private_socket_dir(&settings.runtime_dir)?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+
+        let manifests = discover(&settings.plugins_dir);
+        let max_body = usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX);
+        let plugins = manifests
+            .into_iter()
+            .map(|m| {
+                let slot = PluginSlot::new(m, settings.request_timeout, max_body);
+                (slot.name().to_owned(), slot)
+            })
+            .collect::<HashMap<_, _>>();
+        Ok(Application {
+            settings,
+            listener,
+            state: Arc::new(AppState::new(plugins)),
+            socket_dir,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and stops everything.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            listener,
+            state,
+            socket_dir,
+        } = self;
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/plugins/{*rest}", any(proxy::proxy))
+            .route("/plugins/", any(proxy::proxy))
+            .route("/healthz", get(proxy::healthz))
+            .route("/readyz", get(proxy::readyz))
+            .with_state(state.clone());
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = http_stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "listening");
+        announce(&format!("plugd listening on http://{addr}"));
+
+        let ctx = StartContext {
+            socket_dir: socket_dir.clone(),
+            handshake_timeout: settings.handshake_timeout,
+            max_frame: usize::try_from(settings.max_frame.as_u64()).unwrap_or(usize::MAX),
+        };
+        let starting = state
+            .plugins
+            .values()
+            .map(|slot| plugin::start(slot.clone(), ctx.clone()));
+        let startup = async {
+            futures_util::future::join_all(starting).await;
+            state.ready.store(true, Ordering::SeqCst);
+            let ready = state
+                .plugins
+                .values()
+                .filter(|s| s.state().name() == "ready")
+                .count();
+            let failed = state.plugins.len() - ready;
+            tracing::info!(ready, failed, "plugins started");
+            announce(&format!("plugd ready: {ready} plugins ready, {failed} failed"));
+        };
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = startup => shutdown.await,
+            _ = &mut shutdown => {}
+        }
+
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = stop_http.send(());
+        match tokio::time::timeout(settings.shutdown_timeout, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("HTTP server error: {e}"),
+            Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+            Err(_) => tracing::warn!(
+                "requests still in flight after {:?}; stopping anyway",
+                settings.shutdown_timeout
+            ),
+        }
+        let stopping = state
+            .plugins
+            .values()
+            .map(|slot| plugin::stop(slot, settings.shutdown_timeout, "supervisor shutting down"));
+        futures_util::future::join_all(stopping).await;
+        let _ = std::fs::remove_dir_all(&socket_dir);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Prints a line for whoever started plugd (scripts and tests wait for these on stdout).
+fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn discover(dir: &Path) -> Vec<Manifest> {
+    match manifest::discover(dir) {
+        Ok(found) => {
+            for e in &found.errors {
+                tracing::error!("plugin skipped: {e}");
+            }
+            found.manifests
+        }
+        Err(e) => {
+            tracing::error!("no plugins: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Creates `<runtime_dir>/p<pid>`, readable by this user only, for the plugins' sockets.
+fn private_socket_dir(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(runtime_dir)
+        .with_context(|| format!("cannot create runtime directory {}", runtime_dir.display()))?;
+    let dir = runtime_dir.join(format!("p{}", std::process::id()));
+    if dir.exists() {
+        // Left by an earlier process with the same pid; nothing in it can be in use.
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove stale {}", dir.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    // The umask may have narrowed the mode; it must not have widened it, but say exactly.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let longest = dir.join(format!("{}.sock", u64::MAX)).as_os_str().len();
+    if longest > MAX_SOCKET_PATH {
+        bail!(
+            "runtime directory {} is too long for Unix socket paths ({longest} > {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir",
+            runtime_dir.display()
+        );
+    }
+    Ok(dir)
+}

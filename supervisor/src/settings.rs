@@ -1,0 +1,227 @@
+//! One settings tree, layered: built-in defaults, then the TOML config file, then `PLUGD_*`
+//! environment variables, then command-line flags. Every layer uses the same keys, so
+//! `listen = "…"` in the file, `PLUGD_LISTEN` in the environment and `--listen` on the command line
+//! set the same thing. A bad value is reported with the layer it came from.
+
+use anyhow::{bail, Context};
+use bytesize::ByteSize;
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Everything `plugd serve` needs to know.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server binds (port 0 picks a free port).
+    #[serde(deserialize_with = "from_str")]
+    pub listen: SocketAddr,
+    /// Directory whose `*/plugin.toml` are the plugins to run.
+    pub plugins_dir: PathBuf,
+    /// Directory for the supervisor's persistent state.
+    pub data_dir: PathBuf,
+    /// Directory under which a private `0700` directory holds the plugins' sockets.
+    pub runtime_dir: PathBuf,
+    /// How long a started plugin has to connect and complete its handshake.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Default time a plugin has to answer one HTTP request (a manifest may set its own).
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// How long shutdown waits for HTTP requests and then for plugins before killing them.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Default largest HTTP request body forwarded to a plugin (a manifest may set its own).
+    #[serde(deserialize_with = "from_str")]
+    pub max_body: ByteSize,
+    /// Largest protocol frame either side may send.
+    #[serde(deserialize_with = "from_str")]
+    pub max_frame: ByteSize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            plugins_dir: PathBuf::from("plugins"),
+            data_dir: PathBuf::from("data"),
+            runtime_dir: default_runtime_dir(),
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            max_body: ByteSize::mib(8),
+            max_frame: ByteSize::mib(16),
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/plugd` (systemd's `RUNTIME_DIRECTORY` takes precedence), else a per-user
+/// directory under the system temporary directory.
+fn default_runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("plugd");
+    }
+    std::env::temp_dir().join(format!("plugd-{}", nix::unistd::getuid()))
+}
+
+/// The keys every layer may set, with their environment variable.
+pub const KEYS: &[(&str, &str)] = &[
+    ("listen", "PLUGD_LISTEN"),
+    ("plugins_dir", "PLUGD_PLUGINS_DIR"),
+    ("data_dir", "PLUGD_DATA_DIR"),
+    ("runtime_dir", "PLUGD_RUNTIME_DIR"),
+    ("handshake_timeout", "PLUGD_HANDSHAKE_TIMEOUT"),
+    ("request_timeout", "PLUGD_REQUEST_TIMEOUT"),
+    ("shutdown_timeout", "PLUGD_SHUTDOWN_TIMEOUT"),
+    ("max_body", "PLUGD_MAX_BODY"),
+    ("max_frame", "PLUGD_MAX_FRAME"),
+];
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const ENV_CONFIG: &str = "PLUGD_CONFIG";
+
+impl Settings {
+    /// Layers the config file (if any), the environment and the flags over the defaults.
+    ///
+    /// `flags` are `(key, value)` pairs from the command line, keys as in [`KEYS`].
+    pub fn load(
+        config: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &[(&str, String)],
+    ) -> anyhow::Result<Settings> {
+        let mut table = toml::Table::new();
+        if let Some(path) = config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            table = text
+                .parse::<toml::Table>()
+                .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            check(&table).with_context(|| format!("config file {}", path.display()))?;
+        }
+        for (key, var) in KEYS {
+            if let Some(value) = env(var) {
+                set(&mut table, key, value).with_context(|| format!("environment variable {var}"))?;
+            }
+        }
+        for (key, value) in flags {
+            set(&mut table, key, value.clone())
+                .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
+        }
+        let settings = check(&table)?;
+        if settings.max_body.as_u64() >= settings.max_frame.as_u64() {
+            bail!(
+                "max_body ({}) must be smaller than max_frame ({}): a request body travels in one frame",
+                settings.max_body,
+                settings.max_frame
+            );
+        }
+        Ok(settings)
+    }
+}
+
+/// Sets one key, checking its value on its own so the error names this layer.
+fn set(table: &mut toml::Table, key: &str, value: String) -> anyhow::Result<()> {
+    let mut single = toml::Table::new();
+    single.insert(key.to_owned(), toml::Value::String(value.clone()));
+    check(&single)?;
+    table.insert(key.to_owned(), toml::Value::String(value));
+    Ok(())
+}
+
+fn check(table: &toml::Table) -> anyhow::Result<Settings> {
+    Settings::deserialize(table.clone()).map_err(|e| anyhow::anyhow!("{}", e.message()))
+}
+
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}")))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (write it like \"30s\" or \"1m 30s\")"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), text).expect("write");
+        file
+    }
+
+    #[test]
+    fn defaults_apply_without_any_layer() {
+        let s = Settings::load(None, env_of(&[]), &[]).expect("defaults load");
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(s.plugins_dir, PathBuf::from("plugins"));
+        assert_eq!(s.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_override_environment_which_overrides_the_file() {
+        let file = config_file(
+            "listen = \"127.0.0.1:1000\"\nplugins_dir = \"/from/file\"\ndata_dir = \"/file/data\"\n",
+        );
+        let env = env_of(&[
+            ("PLUGD_LISTEN", "127.0.0.1:2000"),
+            ("PLUGD_PLUGINS_DIR", "/from/env"),
+        ]);
+        let flags = [("listen", "127.0.0.1:3000".to_string())];
+        let s = Settings::load(Some(file.path()), env, &flags).expect("load");
+        assert_eq!(s.listen.port(), 3000, "flag wins");
+        assert_eq!(s.plugins_dir, PathBuf::from("/from/env"), "env beats file");
+        assert_eq!(s.data_dir, PathBuf::from("/file/data"), "file beats default");
+    }
+
+    #[test]
+    fn unknown_key_in_the_file_is_named() {
+        let file = config_file("listen = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        let err = Settings::load(Some(file.path()), env_of(&[]), &[]).expect_err("unknown key");
+        let text = format!("{err:#}");
+        assert!(text.contains("listen_port"), "{text}");
+        assert!(text.contains(&file.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn bad_environment_value_names_the_variable() {
+        let env = env_of(&[("PLUGD_REQUEST_TIMEOUT", "soon")]);
+        let err = Settings::load(None, env, &[]).expect_err("bad duration");
+        let text = format!("{err:#}");
+        assert!(text.contains("PLUGD_REQUEST_TIMEOUT"), "{text}");
+        assert!(text.contains("soon"), "{text}");
+    }
+
+    #[test]
+    fn body_limit_must_fit_in_a_frame() {
+        let flags = [("max_body", "32MiB".to_string())];
+        let err = Settings::load(None, env_of(&[]), &flags).expect_err("too big");
+        assert!(format!("{err:#}").contains("max_frame"));
+    }
+}

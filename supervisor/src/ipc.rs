@@ -14,7 +14,7 @@ use plugd_protocol::message::handshake::{Handshake, Hello, Welcome};
 use plugd_protocol::message::Method;
 use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, ProtocolVersion, Response};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -150,6 +150,7 @@ pub struct Connection {
     max_frame: usize,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
+    cut_off: AtomicBool,
 }
 
 impl Connection {
@@ -168,6 +169,7 @@ impl Connection {
             max_frame,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            cut_off: AtomicBool::new(false),
         });
         let token = conn.closed.clone();
         tokio::spawn(async move {
@@ -262,6 +264,11 @@ impl Connection {
             .clone()
     }
 
+    /// Whether the supervisor closed the connection because the plugin broke the protocol.
+    pub fn was_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::SeqCst)
+    }
+
     /// Resolves once the connection has closed.
     pub async fn closed(&self) {
         self.closed.cancelled().await
@@ -343,6 +350,7 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
                 Some(Err(e)) => {
                     let reason = format!("the plugin sent a bad frame and was cut off: {e}");
                     tracing::error!(plugin = %conn.plugin, "{reason}");
+                    conn.cut_off.store(true, Ordering::SeqCst);
                     break reason;
                 }
                 None => break "the plugin closed the connection".to_owned(),

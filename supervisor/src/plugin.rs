@@ -265,19 +265,29 @@ async fn try_start(slot: &Arc<PluginSlot>, ctx: &StartContext) -> Result<Arc<Ins
     Ok(instance)
 }
 
-/// Follows a ready instance: a cut-off connection kills the process, and the process's exit
-/// closes the connection and records why.
+/// How long a plugin that closed its connection has to exit on its own before it is killed.
+const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(2);
+
+/// Follows a ready instance: the process's exit closes the connection and records why; a
+/// connection cut off for a bad frame kills the process at once, and a plugin that closed its
+/// connection but keeps running is killed after [`EXIT_AFTER_CLOSE`].
 async fn watch_instance(slot: Arc<PluginSlot>, instance: Arc<Instance>) {
     let mut exited = instance.exited.clone();
     let exit = tokio::select! {
         reason = wait_exit(&mut exited) => reason,
         _ = instance.conn.closed() => {
-            process::signal_group(instance.pid, Signal::SIGKILL);
-            wait_exit(&mut exited).await
+            let grace = if instance.conn.was_cut_off() { Duration::ZERO } else { EXIT_AFTER_CLOSE };
+            match tokio::time::timeout(grace, wait_exit(&mut exited)).await {
+                Ok(reason) => reason,
+                Err(_) => {
+                    process::signal_group(instance.pid, Signal::SIGKILL);
+                    wait_exit(&mut exited).await
+                }
+            }
         }
     };
     let reason = match instance.conn.close_reason() {
-        Some(cut) if cut.contains("bad frame") => format!("{cut}; {exit}"),
+        Some(cut) if instance.conn.was_cut_off() => format!("{cut}; {exit}"),
         _ => exit,
     };
     instance.conn.close(&reason);

@@ -1,0 +1,102 @@
+//! Test plugin: echoes requests back and offers routes that misbehave on request (slow, hang,
+//! crash, panic). It takes its name from `PLUGD_PLUGIN_NAME`, so one binary can be installed
+//! under several names.
+
+use plugd_runtime::{Json, Plugin, Request, Response};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Counters {
+    /// Requests to /slow and /hang currently running.
+    in_flight: AtomicU64,
+    /// /hang requests whose future was dropped (cancelled by the supervisor).
+    cancelled: AtomicU64,
+}
+
+/// Counts a running request and, if dropped before finishing, a cancellation.
+struct Running<'a> {
+    counters: &'a Counters,
+    finished: bool,
+}
+
+impl<'a> Running<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        counters.in_flight.fetch_add(1, Ordering::SeqCst);
+        Running { counters, finished: false }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.finished {
+            self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn echo(req: &Request) -> Response {
+    let body = serde_json::json!({
+        "method": req.method(),
+        "path": req.path(),
+        "route": req.route(),
+        "id": req.param("id"),
+        "rest": req.param("rest"),
+        "query": req.query_string(),
+        "q": req.query("q"),
+        "headers": req.headers(),
+        "body": String::from_utf8_lossy(req.body()),
+        "request_id": req.request_id(),
+    });
+    let status = req.query("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    Response::json(&body).with_status(status).with_header("x-echo", "yes")
+}
+
+#[tokio::main]
+async fn main() -> Result<(), plugd_runtime::Error> {
+    let name = std::env::var("PLUGD_PLUGIN_NAME").unwrap_or_else(|_| "echo".into());
+    Plugin::new(name, "0.0.1")
+        .with_state(Counters::default())
+        .get("/echo/{id}", |req: Request, _| async move { echo(&req) })
+        .post("/echo/{id}", |req: Request, _| async move { echo(&req) })
+        .route("PUT", "/files/{*rest}", |req: Request, _| async move { echo(&req) })
+        .post("/bytes", |req: Request, _| async move { req.body().to_vec() })
+        .get("/slow", |req: Request, c: Arc<Counters>| async move {
+            let mut running = Running::new(&c);
+            let ms = req.query("ms").and_then(|s| s.parse().ok()).unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            running.finished = true;
+            format!("slept {ms} ms")
+        })
+        .get("/hang", |_req: Request, c: Arc<Counters>| async move {
+            let _running = Running::new(&c);
+            std::future::pending::<()>().await;
+            "unreachable"
+        })
+        .get("/counters", |_req: Request, c: Arc<Counters>| async move {
+            Json(serde_json::json!({
+                "in_flight": c.in_flight.load(Ordering::SeqCst),
+                "cancelled": c.cancelled.load(Ordering::SeqCst),
+            }))
+        })
+        .get("/pid", |_req: Request, _| async { std::process::id().to_string() })
+        .get("/crash", |_req: Request, _| async {
+            eprintln!("crashing on purpose");
+            std::process::exit(7);
+            #[allow(unreachable_code)]
+            ""
+        })
+        .get("/panic", |_req: Request, _| async {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            ""
+        })
+        .get("/big", |req: Request, _| async move {
+            let n = req.query("bytes").and_then(|s| s.parse().ok()).unwrap_or(0usize);
+            vec![b'x'; n]
+        })
+        .run()
+        .await
+}

@@ -1,0 +1,186 @@
+//! Every error status, and plugins that crash, hang, lie or send garbage: each gets a clear
+//! error and none of them disturbs the other plugins.
+
+use crate::harness::{PluginDef, TestSupervisor};
+
+/// The `detail` of a JSON error response, after checking its status.
+async fn error_detail(sup: &TestSupervisor, path: &str, status: u16) -> String {
+    let body = sup.get_json(path, status).await;
+    assert!(body["error"].is_string(), "{body}");
+    body["detail"].as_str().expect("detail").to_owned()
+}
+
+#[tokio::test]
+async fn routing_errors_are_404_405_and_413() {
+    let sup = TestSupervisor::start(
+        &[PluginDef::echo("echo", "[limits]\nmax_body = \"1KiB\"\n")],
+        &[],
+    )
+    .await;
+    let detail = error_detail(&sup, "/plugins/nope/echo/1", 404).await;
+    assert!(detail.contains("no plugin named \"nope\""), "{detail}");
+    let detail = error_detail(&sup, "/plugins/echo/missing", 404).await;
+    assert!(detail.contains("no route for /missing"), "{detail}");
+
+    let r = sup
+        .client
+        .delete(sup.url("/plugins/echo/echo/1"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, POST");
+
+    let r = sup
+        .client
+        .post(sup.url("/plugins/echo/echo/1"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .expect("big body");
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(body["detail"].as_str().expect("detail").contains("1024 bytes"));
+
+    // A chunked body without Content-Length is measured as it arrives.
+    let chunks = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
+    let r = sup
+        .client
+        .post(sup.url("/plugins/echo/echo/1"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("chunked body");
+    assert_eq!(r.status(), 413);
+
+    let r = sup.get("/plugins/echo/echo/1").await.expect("still fine");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() {
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::echo("echo", ""),
+            PluginDef::raw("silent", "silent"),
+            PluginDef::raw("early", "exit-early"),
+            PluginDef::raw("liar", "bad-token"),
+            PluginDef::raw("future", "bad-version"),
+            PluginDef::manifest(
+                "missing",
+                "name = \"missing\"\nversion = \"1\"\ncommand = \"./no-such-binary\"\n",
+            ),
+            PluginDef::manifest("broken", "name = \"broken\"\nversion = \"1\"\ncolour = 3\n"),
+        ],
+        &["--handshake-timeout", "1s"],
+    )
+    .await;
+
+    let cases = [
+        ("silent", "no handshake within 1s"),
+        ("early", "exited with code 3 before completing the handshake"),
+        ("liar", "wrong token"),
+        ("future", "the plugin speaks 99.0, the supervisor speaks 1.0"),
+        ("missing", "command not found"),
+    ];
+    for (name, reason) in cases {
+        let r = sup
+            .get(&format!("/plugins/{name}/x"))
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 503, "{name}");
+        assert_eq!(r.headers()["retry-after"], "1");
+        let body: serde_json::Value = r.json().await.expect("json");
+        let detail = body["detail"].as_str().expect("detail");
+        assert!(detail.contains("is failed") && detail.contains(reason), "{name}: {detail}");
+        assert_eq!(sup.plugin_status(name).await["state"], "failed");
+    }
+    // The broken manifest is skipped (and logged with its file and field); the rest still serve.
+    let detail = error_detail(&sup, "/plugins/broken/x", 404).await;
+    assert!(detail.contains("broken"));
+    assert!(sup.log_tail().contains("colour"), "the log names the bad field");
+    let r = sup.get("/plugins/echo/echo/1").await.expect("echo");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn crash_panic_and_hang_during_requests() {
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::echo("echo", "[limits]\nrequest_timeout = \"500ms\"\n"),
+            PluginDef::echo("crashy", ""),
+        ],
+        &[],
+    )
+    .await;
+
+    // A panicking handler answers 500 for that request only.
+    let r = sup.get("/plugins/echo/panic").await.expect("panic");
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(body["error"].as_str().expect("error").contains("boom"));
+    assert_eq!(sup.get("/plugins/echo/echo/1").await.expect("after").status(), 200);
+
+    // A hung handler: 504 after the plugin's timeout, and the plugin is told to cancel it.
+    let detail = error_detail(&sup, "/plugins/echo/hang", 504).await;
+    assert!(detail.contains("did not answer within 500ms"), "{detail}");
+    sup.wait_until("the plugin saw the cancel", || async {
+        let counters = sup.get_json("/plugins/echo/counters", 200).await;
+        counters["cancelled"] == 1 && counters["in_flight"] == 0
+    })
+    .await;
+
+    // A plugin that dies in the middle of a request: 502 at once, then 503 with the exit code.
+    let detail = error_detail(&sup, "/plugins/crashy/crash", 502).await;
+    assert!(detail.contains("exited with code 7") || detail.contains("closed"), "{detail}");
+    sup.wait_until("crashy is marked failed", || async {
+        sup.plugin_status("crashy").await["state"] == "failed"
+    })
+    .await;
+    let detail = error_detail(&sup, "/plugins/crashy/echo/1", 503).await;
+    assert!(detail.contains("exited with code 7"), "{detail}");
+    assert_eq!(sup.get("/plugins/echo/echo/1").await.expect("others").status(), 200);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_cut_the_plugin_off() {
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::echo("echo", ""),
+            PluginDef::raw("garbage", "garbage"),
+            PluginDef::raw("huge", "oversized"),
+        ],
+        &[],
+    )
+    .await;
+    let pids: Vec<u64> = [
+        sup.plugin_status("garbage").await,
+        sup.plugin_status("huge").await,
+    ]
+    .iter()
+    .map(|s| s["pid"].as_u64().expect("pid"))
+    .collect();
+
+    let detail = error_detail(&sup, "/plugins/garbage/x", 502).await;
+    assert!(detail.contains("bad frame"), "{detail}");
+    let detail = error_detail(&sup, "/plugins/huge/x", 502).await;
+    assert!(
+        detail.contains("bad frame") && detail.contains("exceeds the maximum"),
+        "{detail}"
+    );
+    for name in ["garbage", "huge"] {
+        sup.wait_until("the cut-off plugin is marked failed", || async {
+            sup.plugin_status(name).await["state"] == "failed"
+        })
+        .await;
+        let status = sup.plugin_status(name).await;
+        assert_eq!(status["state"], "failed", "{name}: {status}");
+        assert!(status["reason"].as_str().expect("reason").contains("cut off"));
+    }
+    // Both were killed (they would otherwise sleep forever).
+    sup.wait_until("the cut-off plugins are gone", || async {
+        pids.iter().all(|&pid| crate::harness::process_gone(pid as u32))
+    })
+    .await;
+    assert_eq!(sup.get("/plugins/echo/echo/1").await.expect("echo").status(), 200);
+}

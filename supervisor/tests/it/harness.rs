@@ -1,0 +1,230 @@
+//! `TestSupervisor`: the real `plugd` binary in a temporary directory, on port 0, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any wait in these tests may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A binary built from this workspace (`cargo build --workspace --bins` builds them all).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let plugd = Path::new(env!("CARGO_BIN_EXE_plugd"));
+    let path = plugd.parent().expect("target dir").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`, which scripts/test runs)",
+        path.display()
+    );
+    path
+}
+
+/// One plugin directory to create for a test.
+#[derive(Debug, Clone)]
+pub struct PluginDef {
+    pub name: String,
+    pub manifest: String,
+}
+
+impl PluginDef {
+    /// A plugin run from a workspace binary, with extra manifest lines (such as `[limits]`).
+    pub fn bin(name: &str, bin: &str, args: &[&str], extra: &str) -> PluginDef {
+        let command = workspace_bin(bin);
+        let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+        PluginDef {
+            name: name.to_owned(),
+            manifest: format!(
+                "name = {name:?}\nversion = \"0.0.1\"\ncommand = {:?}\nargs = [{}]\n{extra}\n",
+                command.display().to_string(),
+                args.join(", ")
+            ),
+        }
+    }
+
+    /// The test echo plugin under `name`.
+    pub fn echo(name: &str, extra: &str) -> PluginDef {
+        PluginDef::bin(name, "plugd-testkit-echo", &[], extra)
+    }
+
+    /// The raw-protocol test plugin misbehaving in `mode`.
+    pub fn raw(name: &str, mode: &str) -> PluginDef {
+        PluginDef::bin(name, "plugd-testkit-raw", &[mode], "")
+    }
+
+    /// A plugin whose manifest is exactly `text`.
+    pub fn manifest(name: &str, text: &str) -> PluginDef {
+        PluginDef {
+            name: name.to_owned(),
+            manifest: text.to_owned(),
+        }
+    }
+}
+
+/// A running `plugd serve`.
+pub struct TestSupervisor {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl TestSupervisor {
+    /// Starts plugd with `plugins` and extra command-line flags, and waits until it reports ready.
+    pub async fn start(plugins: &[PluginDef], flags: &[&str]) -> TestSupervisor {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins_dir = dir.path().join("plugins");
+        for p in plugins {
+            let pd = plugins_dir.join(&p.name);
+            std::fs::create_dir_all(&pd).expect("plugin dir");
+            std::fs::write(pd.join("plugin.toml"), &p.manifest).expect("manifest");
+        }
+        std::fs::create_dir_all(&plugins_dir).expect("plugins dir");
+        let log = std::fs::File::create(dir.path().join("plugd.log")).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--plugins-dir")
+            .arg(&plugins_dir)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--runtime-dir")
+            .arg(dir.path().join("run"))
+            .args(flags)
+            .env("PLUGD_LOG", "debug")
+            .env_remove("PLUGD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start plugd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("plugd listening on http://") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.path().join("plugd.log")).unwrap_or_default();
+                panic!("plugd did not announce its address within {DEADLINE:?}; log:\n{log}");
+            }
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let sup = TestSupervisor {
+            child: Some(child),
+            addr,
+            dir,
+            client,
+        };
+        sup.wait_until("plugd reports ready", || async {
+            sup.get("/readyz").await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        sup
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.client.get(self.url(path)).send().await
+    }
+
+    /// GET `path` and parse the JSON body, asserting the status.
+    pub async fn get_json(&self, path: &str, status: u16) -> serde_json::Value {
+        let r = self.get(path).await.expect("request");
+        assert_eq!(r.status().as_u16(), status, "GET {path}");
+        r.json().await.expect("JSON body")
+    }
+
+    /// The `/readyz` entry of plugin `name`.
+    pub async fn plugin_status(&self, name: &str) -> serde_json::Value {
+        let ready = self.get("/readyz").await.expect("readyz");
+        let body: serde_json::Value = ready.json().await.expect("json");
+        body["plugins"][name].clone()
+    }
+
+    /// Polls `check` until it holds, failing the test after [`DEADLINE`].
+    pub async fn wait_until<F, Fut>(&self, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !check().await {
+            if start.elapsed() > DEADLINE {
+                panic!("timed out waiting until {what}; log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process id of plugd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` to plugd.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal plugd");
+    }
+
+    /// Waits for plugd to exit, failing after [`DEADLINE`].
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("plugd did not exit; log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines plugd logged.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("plugd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for TestSupervisor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- plugd log tail ---\n{}", self.log_tail());
+        }
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet, which runs no code).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}

@@ -1,0 +1,83 @@
+//! Sample messages shared by the vector and property tests.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use plugd_protocol::message::handshake::{
+    HookDecl, HookMode, Hello, PermissionDecl, RouteDecl, Welcome,
+};
+use plugd_protocol::message::http::{HttpRequest, HttpResponse};
+use plugd_protocol::{ErrorObject, ProtocolVersion};
+
+pub fn hello() -> Hello {
+    Hello {
+        protocol: ProtocolVersion { major: 1, minor: 0 },
+        name: "notes".into(),
+        version: "1.2.3".into(),
+        epoch: 1_763_900_000_000_001,
+        token: "3f1c9a".into(),
+        max_frame: 16 * 1024 * 1024,
+        routes: vec![
+            RouteDecl { method: "GET".into(), path: "/notes/{id}".into(), permission: None },
+            RouteDecl {
+                method: "POST".into(),
+                path: "/notes".into(),
+                permission: Some("notes.write".into()),
+            },
+        ],
+        hooks: vec![HookDecl { name: "document.before_save".into(), mode: HookMode::Veto, priority: 10 }],
+        services: vec!["notes.search".into()],
+        permissions: vec![PermissionDecl {
+            key: "notes.write".into(),
+            description: "create and change notes".into(),
+        }],
+    }
+}
+
+pub fn welcome() -> Welcome {
+    Welcome {
+        protocol: ProtocolVersion { major: 1, minor: 0 },
+        supervisor: "plugd 0.1.0".into(),
+        max_frame: 16 * 1024 * 1024,
+    }
+}
+
+pub fn http_request() -> HttpRequest {
+    HttpRequest {
+        request_id: "5a1d-7".into(),
+        method: "POST".into(),
+        path: "/notes/42".into(),
+        route: "/notes/{id}".into(),
+        params: [("id".to_string(), "42".to_string())].into_iter().collect(),
+        query: "draft=1".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(b"{\"title\":\"hi\"}"),
+        deadline_unix_ms: 1_763_900_030_000,
+    }
+}
+
+pub fn http_response() -> HttpResponse {
+    HttpResponse {
+        status: 201,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(b"{\"id\":42}"),
+    }
+}
+
+pub fn refusal() -> ErrorObject {
+    ErrorObject::new(
+        plugd_protocol::codes::HANDSHAKE_REFUSED,
+        "protocol version mismatch: the plugin speaks 2.0, the supervisor speaks 1.0",
+    )
+}
+
+pub fn error_with_data() -> ErrorObject {
+    ErrorObject {
+        code: plugd_protocol::codes::INVALID_PARAMS,
+        message: "bad params".into(),
+        data: Some(rmpv::Value::Map(vec![(
+            rmpv::Value::from("field"),
+            rmpv::Value::from("path"),
+        )])),
+    }
+}

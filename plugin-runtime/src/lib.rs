@@ -59,3 +59,8 @@ pub fn init_logging() {
         .with_target(false)
         .try_init();
 }
+
+/// The README's plugin example is compiled as a doctest so it cannot drift from the API.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

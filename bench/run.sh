@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Proxy benchmark: GET /plugins/hello/hello, same load tool and connections, in one run, against
+#   (a) the same handler served in-process by axum          — the limit;
+#   (b) nginx proxying to that handler on a Unix socket      — what users run instead;
+#   (c) plugd proxying to the hello example plugin           — this project.
+# Prints requests/s and p50/p99 latency of each, and the ratios c/a and c/b.
+# Installs wrk and nginx when absent (Debian packages). Settings: DURATION (default 10s),
+# CONNECTIONS (default 64), THREADS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -q -p plugd -p plugd-bench -p plugd-example-hello
+
+work=$(mktemp -d /tmp/plugd-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 200); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "no answer from $1" >&2; return 1
+}
+
+port_a=$(free_port); port_b=$(free_port); port_c=$(free_port)
+
+# (a) in-process axum on TCP.
+target/release/plugd-bench --tcp "127.0.0.1:$port_a" >"$work/a.log" 2>&1 & pids+=($!)
+
+# (b) nginx -> axum on a Unix socket, upstream keep-alive as a tuned deployment would use.
+target/release/plugd-bench --unix "$work/upstream.sock" >"$work/b.log" 2>&1 & pids+=($!)
+user_line=""; [ "$(id -u)" = 0 ] && user_line="user root;"
+cat >"$work/nginx.conf" <<CONF
+$user_line
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/body;
+  proxy_temp_path $work/proxy;
+  fastcgi_temp_path $work/fastcgi;
+  uwsgi_temp_path $work/uwsgi;
+  scgi_temp_path $work/scgi;
+  upstream app { server unix:$work/upstream.sock; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port_b;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+"$NGINX" -p "$work" -c "$work/nginx.conf" -g 'daemon on;'
+
+# (c) plugd with the hello example plugin only.
+mkdir -p "$work/plugins/hello"
+sed "s|^command = .*|command = \"$PWD/target/release/plugd-example-hello\"|" plugins/hello/plugin.toml >"$work/plugins/hello/plugin.toml"
+PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port_c" --plugins-dir "$work/plugins" \
+  --data-dir "$work/data" --runtime-dir "$work/run" >"$work/c.log" 2>&1 & pids+=($!)
+
+path=/plugins/hello/hello
+wait_http "http://127.0.0.1:$port_a$path"
+wait_http "http://127.0.0.1:$port_b$path"
+wait_http "http://127.0.0.1:$port_c$path"
+
+# Prints "rps p50_ms p99_ms" for one URL.
+measure() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1" >/dev/null   # warm-up
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec:/ { rps=$2 }
+    /^ +50%/ { p50=ms($2) }
+    /^ +99%/ { p99=ms($2) }
+    /Non-2xx/ { bad=$NF }
+    END { if (bad) { print "non-2xx responses: " bad > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+
+echo "GET $path, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores"
+read -r a_rps a_p50 a_p99 < <(measure "http://127.0.0.1:$port_a$path")
+read -r b_rps b_p50 b_p99 < <(measure "http://127.0.0.1:$port_b$path")
+read -r c_rps c_p50 c_p99 < <(measure "http://127.0.0.1:$port_c$path")
+
+printf '%-34s %12s %10s %10s\n' "setup" "requests/s" "p50 ms" "p99 ms"
+printf '%-34s %12.0f %10.3f %10.3f\n' "(a) axum in-process (limit)" "$a_rps" "$a_p50" "$a_p99"
+printf '%-34s %12.0f %10.3f %10.3f\n' "(b) nginx -> axum over UDS" "$b_rps" "$b_p50" "$b_p99"
+printf '%-34s %12.0f %10.3f %10.3f\n' "(c) plugd -> hello plugin" "$c_rps" "$c_p50" "$c_p99"
+awk -v a="$a_rps" -v b="$b_rps" -v c="$c_rps" 'BEGIN { printf "ratio c/a = %.2f   ratio c/b = %.2f\n", c/a, c/b }'

@@ -303,11 +303,19 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
     let id = req.id;
     let params: HttpRequest = match req.decode_params::<Http>() {
         Ok(p) => p,
-        Err(e) => return shared.reply_error(id, codes::INVALID_PARAMS, e.to_string()).await,
+        Err(e) => {
+            return shared
+                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
+                .await
+        }
     };
     if shared.draining.load(Ordering::SeqCst) {
         return shared
-            .reply_error(id, codes::SHUTTING_DOWN, "the plugin is shutting down".into())
+            .reply_error(
+                id,
+                codes::SHUTTING_DOWN,
+                "the plugin is shutting down".into(),
+            )
             .await;
     }
     let Some(route) = shared

@@ -40,8 +40,8 @@ mod plugin;
 mod request;
 mod response;
 
-pub use plugin::{Error, Plugin};
 pub use plugd_protocol as protocol;
+pub use plugin::{Error, Plugin};
 pub use request::Request;
 pub use response::{HttpError, IntoResponse, Json, Response};
 

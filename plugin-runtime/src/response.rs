@@ -34,7 +34,9 @@ impl Response {
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Self {
         match serde_json::to_vec(value) {
             Ok(body) => Response::new("application/json", body),
-            Err(e) => HttpError::internal(format!("cannot serialise response: {e}")).into_response(),
+            Err(e) => {
+                HttpError::internal(format!("cannot serialise response: {e}")).into_response()
+            }
         }
     }
 

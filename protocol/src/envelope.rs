@@ -289,7 +289,9 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn need(&self, n: usize, what: &str) -> Result<(), DecodeError> {
         if self.buf.len() - self.pos < n {
-            Err(DecodeError::Malformed(format!("message ends inside {what}")))
+            Err(DecodeError::Malformed(format!(
+                "message ends inside {what}"
+            )))
         } else {
             Ok(())
         }

@@ -122,8 +122,18 @@ mod tests {
         let mut src = BytesMut::from(&[0x00, 0x10, 0x00, 0x01][..]);
         let before = src.capacity();
         let err = split_frame(&mut src, 1024).expect_err("must refuse");
-        assert!(matches!(err, DecodeError::FrameTooLarge { len: 1_048_577, max: 1024 }));
-        assert_eq!(src.capacity(), before, "no memory reserved for a refused frame");
+        assert!(matches!(
+            err,
+            DecodeError::FrameTooLarge {
+                len: 1_048_577,
+                max: 1024
+            }
+        ));
+        assert_eq!(
+            src.capacity(),
+            before,
+            "no memory reserved for a refused frame"
+        );
     }
 
     #[test]
@@ -131,7 +141,9 @@ mod tests {
         let mut src = BytesMut::from(&[0, 0, 0, 3, 0x91][..]);
         assert!(split_frame(&mut src, 1024).expect("ok").is_none());
         src.extend_from_slice(&[0x01, 0x02]);
-        let body = split_frame(&mut src, 1024).expect("ok").expect("whole frame");
+        let body = split_frame(&mut src, 1024)
+            .expect("ok")
+            .expect("whole frame");
         assert_eq!(&body[..], &[0x91, 0x01, 0x02]);
         assert!(src.is_empty());
     }
@@ -139,13 +151,19 @@ mod tests {
     #[test]
     fn empty_frame_is_an_error() {
         let mut src = BytesMut::from(&[0, 0, 0, 0][..]);
-        assert!(matches!(split_frame(&mut src, 8), Err(DecodeError::EmptyFrame)));
+        assert!(matches!(
+            split_frame(&mut src, 8),
+            Err(DecodeError::EmptyFrame)
+        ));
     }
 
     #[test]
     fn eof_in_the_middle_of_a_frame_is_reported() {
         let mut codec = FrameCodec::new(64);
         let mut src = BytesMut::from(&[0, 0, 0, 9, 1, 2][..]);
-        assert!(matches!(codec.decode_eof(&mut src), Err(DecodeError::Truncated(6))));
+        assert!(matches!(
+            codec.decode_eof(&mut src),
+            Err(DecodeError::Truncated(6))
+        ));
     }
 }

@@ -4,7 +4,9 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use plugd_protocol::envelope::{encode_error, encode_notification, encode_request, encode_response};
+use plugd_protocol::envelope::{
+    encode_error, encode_notification, encode_request, encode_response,
+};
 use plugd_protocol::message::control::{Cancel, CancelParams, Shutdown, ShutdownParams};
 use plugd_protocol::message::handshake::{Handshake, Hello, HookDecl, HookMode, RouteDecl};
 use plugd_protocol::message::http::{Http, HttpRequest, HttpResponse};
@@ -21,7 +23,11 @@ fn decode_one(frame: &[u8]) -> Message {
         .expect("valid frame")
         .expect("whole frame");
     assert!(buf.is_empty());
-    assert_eq!(message.to_frame().as_ref(), frame, "raw re-encoding is exact");
+    assert_eq!(
+        message.to_frame().as_ref(),
+        frame,
+        "raw re-encoding is exact"
+    );
     message
 }
 
@@ -40,17 +46,19 @@ fn http_request() -> impl Strategy<Value = HttpRequest> {
         prop::collection::vec(any::<u8>(), 0..512),
         any::<u64>(),
     )
-        .prop_map(|(request_id, method, path, params, query, headers, body, deadline)| HttpRequest {
-            request_id,
-            method,
-            route: path.clone(),
-            path,
-            params,
-            query,
-            headers,
-            body: Bytes::from(body),
-            deadline_unix_ms: deadline,
-        })
+        .prop_map(
+            |(request_id, method, path, params, query, headers, body, deadline)| HttpRequest {
+                request_id,
+                method,
+                route: path.clone(),
+                path,
+                params,
+                query,
+                headers,
+                body: Bytes::from(body),
+                deadline_unix_ms: deadline,
+            },
+        )
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
@@ -62,24 +70,34 @@ fn hello() -> impl Strategy<Value = Hello> {
         any::<u32>(),
         prop::collection::vec(("[A-Z]{1,6}", "/.{0,20}", any::<i32>()), 0..5),
     )
-        .prop_map(|((major, minor), name, epoch, token, max_frame, routes)| Hello {
-            protocol: ProtocolVersion { major, minor },
-            version: name.clone(),
-            name,
-            epoch,
-            token,
-            max_frame,
-            hooks: routes
-                .iter()
-                .map(|(_, p, prio)| HookDecl { name: p.clone(), mode: HookMode::Filter, priority: *prio })
-                .collect(),
-            routes: routes
-                .into_iter()
-                .map(|(method, path, _)| RouteDecl { method, path, permission: None })
-                .collect(),
-            services: vec![],
-            permissions: vec![],
-        })
+        .prop_map(
+            |((major, minor), name, epoch, token, max_frame, routes)| Hello {
+                protocol: ProtocolVersion { major, minor },
+                version: name.clone(),
+                name,
+                epoch,
+                token,
+                max_frame,
+                hooks: routes
+                    .iter()
+                    .map(|(_, p, prio)| HookDecl {
+                        name: p.clone(),
+                        mode: HookMode::Filter,
+                        priority: *prio,
+                    })
+                    .collect(),
+                routes: routes
+                    .into_iter()
+                    .map(|(method, path, _)| RouteDecl {
+                        method,
+                        path,
+                        permission: None,
+                    })
+                    .collect(),
+                services: vec![],
+                permissions: vec![],
+            },
+        )
 }
 
 proptest! {
@@ -188,7 +206,9 @@ fn a_huge_length_prefix_is_refused_without_allocating() {
 
 #[test]
 fn trailing_bytes_and_wrong_shapes_are_malformed() {
-    let mut frame = encode_response(1, &common::welcome(), MAX).expect("encode").to_vec();
+    let mut frame = encode_response(1, &common::welcome(), MAX)
+        .expect("encode")
+        .to_vec();
     frame.push(0xc0);
     let len = (frame.len() - 4) as u32;
     frame[..4].copy_from_slice(&len.to_be_bytes());
@@ -204,6 +224,9 @@ fn trailing_bytes_and_wrong_shapes_are_malformed() {
         (&[0x94, 0x00, 0xa1, 0x61, 0xa1][..], "request id"),
     ] {
         let err = Message::decode(Bytes::copy_from_slice(body)).expect_err("malformed");
-        assert!(err.to_string().contains(expect), "{err} should mention {expect}");
+        assert!(
+            err.to_string().contains(expect),
+            "{err} should mention {expect}"
+        );
     }
 }

@@ -5,8 +5,12 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use plugd_protocol::envelope::{encode_error, encode_notification, encode_request, encode_response};
-use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdown, ShutdownParams};
+use plugd_protocol::envelope::{
+    encode_error, encode_notification, encode_request, encode_response,
+};
+use plugd_protocol::message::control::{
+    Cancel, CancelParams, Empty, Ping, Shutdown, ShutdownParams,
+};
 use plugd_protocol::message::handshake::Handshake;
 use plugd_protocol::message::http::Http;
 use plugd_protocol::{FrameCodec, Message, DEFAULT_MAX_FRAME_LEN};
@@ -29,7 +33,10 @@ fn cases() -> Vec<Case> {
             check: |m| match m {
                 Message::Request(r) => {
                     assert_eq!((r.id, r.method.as_str()), (0, "handshake"));
-                    assert_eq!(r.decode_params::<Handshake>().expect("hello"), common::hello());
+                    assert_eq!(
+                        r.decode_params::<Handshake>().expect("hello"),
+                        common::hello()
+                    );
                 }
                 other => panic!("{other:?}"),
             },
@@ -50,7 +57,10 @@ fn cases() -> Vec<Case> {
             frame: encode_error(0, &common::refusal(), MAX).expect("encode"),
             check: |m| match m {
                 Message::Response(r) => {
-                    let err = r.decode_result::<Handshake>().expect("decode").expect_err("error");
+                    let err = r
+                        .decode_result::<Handshake>()
+                        .expect("decode")
+                        .expect_err("error");
                     assert_eq!(err, common::refusal());
                 }
                 other => panic!("{other:?}"),
@@ -62,7 +72,10 @@ fn cases() -> Vec<Case> {
             check: |m| match m {
                 Message::Request(r) => {
                     assert_eq!(r.id, 7);
-                    assert_eq!(r.decode_params::<Http>().expect("req"), common::http_request());
+                    assert_eq!(
+                        r.decode_params::<Http>().expect("req"),
+                        common::http_request()
+                    );
                 }
                 other => panic!("{other:?}"),
             },
@@ -83,7 +96,10 @@ fn cases() -> Vec<Case> {
             frame: encode_error(9, &common::error_with_data(), MAX).expect("encode"),
             check: |m| match m {
                 Message::Response(r) => {
-                    assert_eq!(r.outcome.as_ref().expect_err("error"), &common::error_with_data());
+                    assert_eq!(
+                        r.outcome.as_ref().expect_err("error"),
+                        &common::error_with_data()
+                    );
                 }
                 other => panic!("{other:?}"),
             },
@@ -92,7 +108,9 @@ fn cases() -> Vec<Case> {
             name: "ping_request",
             frame: encode_request::<Ping>(8, &Empty {}, MAX).expect("encode"),
             check: |m| match m {
-                Message::Request(r) => assert_eq!(r.decode_params::<Ping>().expect("ping"), Empty {}),
+                Message::Request(r) => {
+                    assert_eq!(r.decode_params::<Ping>().expect("ping"), Empty {})
+                }
                 other => panic!("{other:?}"),
             },
         },
@@ -101,7 +119,10 @@ fn cases() -> Vec<Case> {
             frame: encode_response(8, &Empty {}, MAX).expect("encode"),
             check: |m| match m {
                 Message::Response(r) => {
-                    assert_eq!(r.decode_result::<Ping>().expect("decode").expect("ok"), Empty {});
+                    assert_eq!(
+                        r.decode_result::<Ping>().expect("decode").expect("ok"),
+                        Empty {}
+                    );
                 }
                 other => panic!("{other:?}"),
             },
@@ -123,7 +144,10 @@ fn cases() -> Vec<Case> {
             check: |m| match m {
                 Message::Notification(n) => {
                     assert_eq!(n.method, "cancel");
-                    assert_eq!(n.decode_params::<Cancel>().expect("p"), CancelParams { id: 7 });
+                    assert_eq!(
+                        n.decode_params::<Cancel>().expect("p"),
+                        CancelParams { id: 7 }
+                    );
                 }
                 other => panic!("{other:?}"),
             },
@@ -140,7 +164,12 @@ fn vector_path(name: &str) -> PathBuf {
 fn to_hex_lines(bytes: &[u8]) -> String {
     bytes
         .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
@@ -174,8 +203,17 @@ fn golden_frames_decode_and_reencode_byte_for_byte() {
             .decode(&mut buf)
             .unwrap_or_else(|e| panic!("{}: {e}", case.name))
             .expect("a whole frame");
-        assert!(buf.is_empty(), "{}: the frame was consumed whole", case.name);
+        assert!(
+            buf.is_empty(),
+            "{}: the frame was consumed whole",
+            case.name
+        );
         (case.check)(&message);
-        assert_eq!(message.to_frame().to_vec(), golden, "{}: re-encoding", case.name);
+        assert_eq!(
+            message.to_frame().to_vec(),
+            golden,
+            "{}: re-encoding",
+            case.name
+        );
     }
 }

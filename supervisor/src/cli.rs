@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the supervisor: discover plugins, start them, serve HTTP until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate every plugin manifest and exit (1 when any is broken).
     Check {
         /// Directory holding one sub-directory per plugin.
@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check { plugins_dir } => check(&plugins_dir),
     }
 }

@@ -8,7 +8,9 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use plugd_protocol::envelope::{encode_error, encode_notification, encode_request, encode_response};
+use plugd_protocol::envelope::{
+    encode_error, encode_notification, encode_request, encode_response,
+};
 use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping};
 use plugd_protocol::message::handshake::{Handshake, Hello, Welcome};
 use plugd_protocol::message::Method;
@@ -78,7 +80,16 @@ pub async fn handshake<T>(
     let max = expected.max_frame;
     let hello = match request.decode_params::<Handshake>() {
         Ok(hello) => hello,
-        Err(e) => return Err(refuse(&mut wr, id, codes::INVALID_PARAMS, format!("bad handshake: {e}"), max).await),
+        Err(e) => {
+            return Err(refuse(
+                &mut wr,
+                id,
+                codes::INVALID_PARAMS,
+                format!("bad handshake: {e}"),
+                max,
+            )
+            .await)
+        }
     };
     let ours = ProtocolVersion::CURRENT;
     if !ours.is_compatible_with(hello.protocol) {
@@ -113,7 +124,9 @@ pub async fn handshake<T>(
     }
     let accepted = match accept(&hello) {
         Ok(accepted) => accepted,
-        Err(message) => return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await),
+        Err(message) => {
+            return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await)
+        }
     };
     let max_frame = expected.max_frame.min(hello.max_frame as usize);
     let welcome = Welcome {
@@ -131,7 +144,13 @@ pub async fn handshake<T>(
 }
 
 /// Sends the plugin an error answer to its handshake, closes our side, and returns the message.
-async fn refuse(wr: &mut OwnedWriteHalf, id: u64, code: i32, message: String, max: usize) -> String {
+async fn refuse(
+    wr: &mut OwnedWriteHalf,
+    id: u64,
+    code: i32,
+    message: String,
+    max: usize,
+) -> String {
     let error = ErrorObject::new(code, message.clone());
     if let Ok(frame) = encode_error(id, &error, max) {
         let _ = wr.write_all(&frame).await;
@@ -240,10 +259,7 @@ impl Connection {
     /// Closes the connection: every caller waiting now or later gets `reason`.
     pub fn close(&self, reason: &str) {
         {
-            let mut slot = self
-                .close_reason
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
             if slot.is_some() {
                 return;
             }

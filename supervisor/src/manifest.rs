@@ -131,7 +131,7 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
         let line = e
             .span()
             .filter(|span| span.start > 0)
-            .map(|span| text[..span.start].lines().count().max(1));
+            .map(|span| text[..span.start].matches('\n').count() + 1);
         match line {
             Some(line) => format!("line {line}: {}", e.message()),
             None => e.message().to_owned(),
@@ -144,7 +144,8 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
 fn validate(m: &Manifest) -> Result<(), String> {
     let name_ok = !m.name.is_empty()
         && m.name.len() <= 64
-        && m.name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && m.name
+            .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && m.name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
@@ -165,7 +166,11 @@ fn validate(m: &Manifest) -> Result<(), String> {
             "field `env.{key}`: variables starting with PLUGD_ are set by the supervisor"
         ));
     }
-    if let Some(key) = m.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+    if let Some(key) = m
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains(['=', '\0']))
+    {
         return Err(format!("field `env`: {key:?} is not a valid variable name"));
     }
     Ok(())
@@ -245,19 +250,19 @@ max_body = "1MiB"
             "name = \"a\"\nversion = \"1\"\ncommand = \"x\"\n[limits]\nrequest_timeout = \"often\"\n",
         );
         let err = bad_timeout.expect_err("bad duration");
-        assert!(err.contains("request_timeout") || err.contains("often"), "{err}");
-        let reserved = parse("name = \"a\"\nversion = \"1\"\ncommand = \"x\"\n[env]\nPLUGD_TOKEN = \"x\"\n");
+        assert!(
+            err.contains("request_timeout") || err.contains("often"),
+            "{err}"
+        );
+        let reserved =
+            parse("name = \"a\"\nversion = \"1\"\ncommand = \"x\"\n[env]\nPLUGD_TOKEN = \"x\"\n");
         assert!(reserved.expect_err("reserved").contains("env.PLUGD_TOKEN"));
     }
 
     #[test]
     fn discovery_keeps_good_manifests_and_reports_broken_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for (sub, text) in [
-            ("good", GOOD),
-            ("broken", "name = \"b\"\n"),
-            ("dup", GOOD),
-        ] {
+        for (sub, text) in [("good", GOOD), ("broken", "name = \"b\"\n"), ("dup", GOOD)] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
             std::fs::write(dir.path().join(sub).join(MANIFEST_FILE), text).expect("write");
         }

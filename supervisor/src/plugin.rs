@@ -95,10 +95,9 @@ impl PluginSlot {
     pub fn new(manifest: Manifest, request_timeout: Duration, max_body: usize) -> Arc<PluginSlot> {
         Arc::new(PluginSlot {
             request_timeout: manifest.limits.request_timeout.unwrap_or(request_timeout),
-            max_body: manifest
-                .limits
-                .max_body
-                .map_or(max_body, |b| usize::try_from(b.as_u64()).unwrap_or(usize::MAX)),
+            max_body: manifest.limits.max_body.map_or(max_body, |b| {
+                usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
+            }),
             manifest,
             state: ArcSwap::from_pointee(PluginState::Stopped("not started".into())),
         })

@@ -61,7 +61,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> anyhow::Result<Child> {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The supervisor may have died between fork and prctl; then nobody would kill us.
             if nix::unistd::getppid() != supervisor {
-                return Err(std::io::Error::other("the supervisor exited during the spawn"));
+                return Err(std::io::Error::other(
+                    "the supervisor exited during the spawn",
+                ));
             }
             Ok(())
         });

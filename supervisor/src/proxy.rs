@@ -10,7 +10,7 @@ use crate::plugin::{PluginSlot, PluginState};
 use crate::router::Lookup;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -133,14 +133,19 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
     };
 
     let too_large = || {
-        error(
+        let mut response = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             format!(
                 "plugin {name:?} accepts request bodies of at most {} bytes",
                 slot.max_body
             ),
-        )
+        );
+        // The rest of the body is never read, so this connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        response
     };
     let declared = parts
         .headers
@@ -162,7 +167,11 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         }
     };
 
-    let request_id = match parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    let request_id = match parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
         _ => app.request_id(),
     };
@@ -180,7 +189,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let answer = instance.conn.call::<Http>(&wire, slot.request_timeout).await;
+    let answer = instance
+        .conn
+        .call::<Http>(&wire, slot.request_timeout)
+        .await;
     let mut response = match answer {
         Ok(answer) => match build_response(answer) {
             Ok(response) => response,
@@ -236,9 +248,7 @@ fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-fn build_response(
-    answer: plugd_protocol::message::http::HttpResponse,
-) -> Result<Response, String> {
+fn build_response(answer: plugd_protocol::message::http::HttpResponse) -> Result<Response, String> {
     let status = StatusCode::from_u16(answer.status)
         .map_err(|_| format!("status {} is not a valid HTTP status", answer.status))?;
     let mut response = Response::new(Body::from(answer.body));
@@ -284,5 +294,9 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(serde_json::json!({ "ready": ready, "plugins": plugins }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "plugins": plugins })),
+    )
+        .into_response()
 }

@@ -46,8 +46,8 @@ impl RouteTable {
     pub fn build(routes: &[RouteDecl]) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
         for route in routes {
-            let method_ok = !route.method.is_empty()
-                && route.method.bytes().all(|b| b.is_ascii_uppercase());
+            let method_ok =
+                !route.method.is_empty() && route.method.bytes().all(|b| b.is_ascii_uppercase());
             if !method_ok {
                 return Err(format!(
                     "route {} {}: method must be an upper-case HTTP method",

@@ -35,7 +35,10 @@ impl Application {
     /// plugins. Broken manifests are logged and skipped.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!("cannot create data directory {}", settings.data_dir.display())
+            format!(
+                "cannot create data directory {}",
+                settings.data_dir.display()
+            )
         })?;
         let socket_dir = private_socket_dir(&settings.runtime_dir)?;
         let listener = TcpListener::bind(settings.listen)
@@ -109,7 +112,9 @@ impl Application {
                 .count();
             let failed = state.plugins.len() - ready;
             tracing::info!(ready, failed, "plugins started");
-            announce(&format!("plugd ready: {ready} plugins ready, {failed} failed"));
+            announce(&format!(
+                "plugd ready: {ready} plugins ready, {failed} failed"
+            ));
         };
         tokio::pin!(shutdown);
         tokio::select! {

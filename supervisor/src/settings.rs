@@ -105,7 +105,8 @@ impl Settings {
         }
         for (key, var) in KEYS {
             if let Some(value) = env(var) {
-                set(&mut table, key, value).with_context(|| format!("environment variable {var}"))?;
+                set(&mut table, key, value)
+                    .with_context(|| format!("environment variable {var}"))?;
             }
         }
         for (key, value) in flags {
@@ -197,7 +198,11 @@ mod tests {
         let s = Settings::load(Some(file.path()), env, &flags).expect("load");
         assert_eq!(s.listen.port(), 3000, "flag wins");
         assert_eq!(s.plugins_dir, PathBuf::from("/from/env"), "env beats file");
-        assert_eq!(s.data_dir, PathBuf::from("/file/data"), "file beats default");
+        assert_eq!(
+            s.data_dir,
+            PathBuf::from("/file/data"),
+            "file beats default"
+        );
     }
 
     #[test]

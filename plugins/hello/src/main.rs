@@ -17,14 +17,17 @@ async fn main() -> Result<(), plugd_runtime::Error> {
     Plugin::new("hello", env!("CARGO_PKG_VERSION"))
         .with_state(Visits::default())
         .get("/hello", |_req: Request, _| async { "hello, world\n" })
-        .get("/hello/{name}", |req: Request, visits: Arc<Visits>| async move {
-            let name = req.param("name").unwrap_or("stranger").to_owned();
-            let greeting = req.query("greeting").unwrap_or_else(|| "hello".into());
-            let mut counts = visits.0.lock().unwrap_or_else(|e| e.into_inner());
-            let n = counts.entry(name.clone()).or_default();
-            *n += 1;
-            format!("{greeting}, {name}! (visit {n})\n")
-        })
+        .get(
+            "/hello/{name}",
+            |req: Request, visits: Arc<Visits>| async move {
+                let name = req.param("name").unwrap_or("stranger").to_owned();
+                let greeting = req.query("greeting").unwrap_or_else(|| "hello".into());
+                let mut counts = visits.0.lock().unwrap_or_else(|e| e.into_inner());
+                let n = counts.entry(name.clone()).or_default();
+                *n += 1;
+                format!("{greeting}, {name}! (visit {n})\n")
+            },
+        )
         .get("/stats", |_req: Request, visits: Arc<Visits>| async move {
             let counts = visits.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
             Json(serde_json::json!({ "visits": counts }))

@@ -65,34 +65,47 @@ async fn main() -> Result<(), plugd_runtime::Error> {
                 *next += 1;
                 *next
             };
-            let note = Note { id, title: input.title, body: input.body };
+            let note = Note {
+                id,
+                title: input.title,
+                body: input.body,
+            };
             notes.notes().insert(id, note.clone());
             Ok::<_, HttpError>((201, Json(note)))
         })
-        .get("/notes/{id}", |req: Request, notes: Arc<Notes>| async move {
-            let id = note_id(&req)?;
-            let note = notes.notes().get(&id).cloned();
-            note.map(Json)
-                .ok_or_else(|| HttpError::not_found(format!("no note {id}")))
-        })
-        .put("/notes/{id}", |req: Request, notes: Arc<Notes>| async move {
-            let id = note_id(&req)?;
-            let input: NoteInput = req.json()?;
-            let mut all = notes.notes();
-            let note = all
-                .get_mut(&id)
-                .ok_or_else(|| HttpError::not_found(format!("no note {id}")))?;
-            note.title = input.title;
-            note.body = input.body;
-            Ok::<_, HttpError>(Json(note.clone()))
-        })
-        .delete("/notes/{id}", |req: Request, notes: Arc<Notes>| async move {
-            let id = note_id(&req)?;
-            match notes.notes().remove(&id) {
-                Some(_) => Ok(()),
-                None => Err(HttpError::not_found(format!("no note {id}"))),
-            }
-        })
+        .get(
+            "/notes/{id}",
+            |req: Request, notes: Arc<Notes>| async move {
+                let id = note_id(&req)?;
+                let note = notes.notes().get(&id).cloned();
+                note.map(Json)
+                    .ok_or_else(|| HttpError::not_found(format!("no note {id}")))
+            },
+        )
+        .put(
+            "/notes/{id}",
+            |req: Request, notes: Arc<Notes>| async move {
+                let id = note_id(&req)?;
+                let input: NoteInput = req.json()?;
+                let mut all = notes.notes();
+                let note = all
+                    .get_mut(&id)
+                    .ok_or_else(|| HttpError::not_found(format!("no note {id}")))?;
+                note.title = input.title;
+                note.body = input.body;
+                Ok::<_, HttpError>(Json(note.clone()))
+            },
+        )
+        .delete(
+            "/notes/{id}",
+            |req: Request, notes: Arc<Notes>| async move {
+                let id = note_id(&req)?;
+                match notes.notes().remove(&id) {
+                    Some(_) => Ok(()),
+                    None => Err(HttpError::not_found(format!("no note {id}"))),
+                }
+            },
+        )
         .run()
         .await
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use plugd_protocol::message::handshake::{
-    HookDecl, HookMode, Hello, PermissionDecl, RouteDecl, Welcome,
+    Hello, HookDecl, HookMode, PermissionDecl, RouteDecl, Welcome,
 };
 use plugd_protocol::message::http::{HttpRequest, HttpResponse};
 use plugd_protocol::{ErrorObject, ProtocolVersion};
@@ -18,14 +18,22 @@ pub fn hello() -> Hello {
         token: "3f1c9a".into(),
         max_frame: 16 * 1024 * 1024,
         routes: vec![
-            RouteDecl { method: "GET".into(), path: "/notes/{id}".into(), permission: None },
+            RouteDecl {
+                method: "GET".into(),
+                path: "/notes/{id}".into(),
+                permission: None,
+            },
             RouteDecl {
                 method: "POST".into(),
                 path: "/notes".into(),
                 permission: Some("notes.write".into()),
             },
         ],
-        hooks: vec![HookDecl { name: "document.before_save".into(), mode: HookMode::Veto, priority: 10 }],
+        hooks: vec![HookDecl {
+            name: "document.before_save".into(),
+            mode: HookMode::Veto,
+            priority: 10,
+        }],
         services: vec!["notes.search".into()],
         permissions: vec![PermissionDecl {
             key: "notes.write".into(),

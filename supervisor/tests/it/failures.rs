@@ -40,10 +40,14 @@ async fn routing_errors_are_404_405_and_413() {
         .expect("big body");
     assert_eq!(r.status(), 413);
     let body: serde_json::Value = r.json().await.expect("json");
-    assert!(body["detail"].as_str().expect("detail").contains("1024 bytes"));
+    assert!(body["detail"]
+        .as_str()
+        .expect("detail")
+        .contains("1024 bytes"));
 
     // A chunked body without Content-Length is measured as it arrives.
-    let chunks = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
+    let chunks =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
     let r = sup
         .client
         .post(sup.url("/plugins/echo/echo/1"))
@@ -78,9 +82,15 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
 
     let cases = [
         ("silent", "no handshake within 1s"),
-        ("early", "exited with code 3 before completing the handshake"),
+        (
+            "early",
+            "exited with code 3 before completing the handshake",
+        ),
         ("liar", "wrong token"),
-        ("future", "the plugin speaks 99.0, the supervisor speaks 1.0"),
+        (
+            "future",
+            "the plugin speaks 99.0, the supervisor speaks 1.0",
+        ),
         ("missing", "command not found"),
     ];
     for (name, reason) in cases {
@@ -92,13 +102,19 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
         assert_eq!(r.headers()["retry-after"], "1");
         let body: serde_json::Value = r.json().await.expect("json");
         let detail = body["detail"].as_str().expect("detail");
-        assert!(detail.contains("is failed") && detail.contains(reason), "{name}: {detail}");
+        assert!(
+            detail.contains("is failed") && detail.contains(reason),
+            "{name}: {detail}"
+        );
         assert_eq!(sup.plugin_status(name).await["state"], "failed");
     }
     // The broken manifest is skipped (and logged with its file and field); the rest still serve.
     let detail = error_detail(&sup, "/plugins/broken/x", 404).await;
     assert!(detail.contains("broken"));
-    assert!(sup.log_tail().contains("colour"), "the log names the bad field");
+    assert!(
+        sup.log_tail().contains("colour"),
+        "the log names the bad field"
+    );
     let r = sup.get("/plugins/echo/echo/1").await.expect("echo");
     assert_eq!(r.status(), 200);
 }
@@ -119,7 +135,13 @@ async fn crash_panic_and_hang_during_requests() {
     assert_eq!(r.status(), 500);
     let body: serde_json::Value = r.json().await.expect("json");
     assert!(body["error"].as_str().expect("error").contains("boom"));
-    assert_eq!(sup.get("/plugins/echo/echo/1").await.expect("after").status(), 200);
+    assert_eq!(
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("after")
+            .status(),
+        200
+    );
 
     // A hung handler: 504 after the plugin's timeout, and the plugin is told to cancel it.
     let detail = error_detail(&sup, "/plugins/echo/hang", 504).await;
@@ -132,14 +154,23 @@ async fn crash_panic_and_hang_during_requests() {
 
     // A plugin that dies in the middle of a request: 502 at once, then 503 with the exit code.
     let detail = error_detail(&sup, "/plugins/crashy/crash", 502).await;
-    assert!(detail.contains("exited with code 7") || detail.contains("closed"), "{detail}");
+    assert!(
+        detail.contains("exited with code 7") || detail.contains("closed"),
+        "{detail}"
+    );
     sup.wait_until("crashy is marked failed", || async {
         sup.plugin_status("crashy").await["state"] == "failed"
     })
     .await;
     let detail = error_detail(&sup, "/plugins/crashy/echo/1", 503).await;
     assert!(detail.contains("exited with code 7"), "{detail}");
-    assert_eq!(sup.get("/plugins/echo/echo/1").await.expect("others").status(), 200);
+    assert_eq!(
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("others")
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -175,12 +206,22 @@ async fn malformed_and_oversized_frames_cut_the_plugin_off() {
         .await;
         let status = sup.plugin_status(name).await;
         assert_eq!(status["state"], "failed", "{name}: {status}");
-        assert!(status["reason"].as_str().expect("reason").contains("cut off"));
+        assert!(status["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("cut off"));
     }
     // Both were killed (they would otherwise sleep forever).
     sup.wait_until("the cut-off plugins are gone", || async {
-        pids.iter().all(|&pid| crate::harness::process_gone(pid as u32))
+        pids.iter()
+            .all(|&pid| crate::harness::process_gone(pid as u32))
     })
     .await;
-    assert_eq!(sup.get("/plugins/echo/echo/1").await.expect("echo").status(), 200);
+    assert_eq!(
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("echo")
+            .status(),
+        200
+    );
 }

@@ -6,7 +6,12 @@ use crate::harness::{PluginDef, TestSupervisor};
 fn examples() -> Vec<PluginDef> {
     vec![
         PluginDef::bin("hello", "plugd-example-hello", &[], ""),
-        PluginDef::bin("notes", "plugd-example-notes", &[], "[limits]\nmax_body = \"64KiB\"\n"),
+        PluginDef::bin(
+            "notes",
+            "plugd-example-notes",
+            &[],
+            "[limits]\nmax_body = \"64KiB\"\n",
+        ),
         PluginDef::echo("echo", ""),
     ]
 }
@@ -19,8 +24,13 @@ async fn example_plugins_answer_through_the_proxy() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("text"), "hello, world\n");
 
-    sup.get("/plugins/hello/hello/ann").await.expect("first visit");
-    let r = sup.get("/plugins/hello/hello/ann?greeting=hi").await.expect("second visit");
+    sup.get("/plugins/hello/hello/ann")
+        .await
+        .expect("first visit");
+    let r = sup
+        .get("/plugins/hello/hello/ann?greeting=hi")
+        .await
+        .expect("second visit");
     assert_eq!(r.text().await.expect("text"), "hi, ann! (visit 2)\n");
     let stats = sup.get_json("/plugins/hello/stats", 200).await;
     assert_eq!(stats["visits"]["ann"], 2);
@@ -36,7 +46,9 @@ async fn example_plugins_answer_through_the_proxy() {
     assert_eq!(created.status(), 201);
     let note: serde_json::Value = created.json().await.expect("json");
     let id = note["id"].as_u64().expect("id");
-    let got = sup.get_json(&format!("/plugins/notes/notes/{id}"), 200).await;
+    let got = sup
+        .get_json(&format!("/plugins/notes/notes/{id}"), 200)
+        .await;
     assert_eq!(got["title"], "t1");
     let updated = sup
         .client
@@ -58,7 +70,10 @@ async fn example_plugins_answer_through_the_proxy() {
         .expect("bad create");
     assert_eq!(bad.status(), 400);
     let error: serde_json::Value = bad.json().await.expect("json");
-    assert!(error["error"].as_str().expect("message").contains("not valid JSON"));
+    assert!(error["error"]
+        .as_str()
+        .expect("message")
+        .contains("not valid JSON"));
     let deleted = sup
         .client
         .delete(sup.url(&format!("/plugins/notes/notes/{id}")))
@@ -66,7 +81,8 @@ async fn example_plugins_answer_through_the_proxy() {
         .await
         .expect("delete");
     assert_eq!(deleted.status(), 204);
-    sup.get_json(&format!("/plugins/notes/notes/{id}"), 404).await;
+    sup.get_json(&format!("/plugins/notes/notes/{id}"), 404)
+        .await;
 }
 
 #[tokio::test]
@@ -117,7 +133,10 @@ async fn request_and_response_parts_travel_both_ways() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &all_bytes[..]);
 
-    let big = sup.get("/plugins/echo/big?bytes=3000000").await.expect("big");
+    let big = sup
+        .get("/plugins/echo/big?bytes=3000000")
+        .await
+        .expect("big");
     assert_eq!(big.bytes().await.expect("body").len(), 3_000_000);
 }
 

@@ -6,7 +6,9 @@ use nix::sys::signal::Signal;
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_then_exits_zero() {
     let mut sup = TestSupervisor::start(&[PluginDef::echo("echo", "")], &[]).await;
-    let pid = sup.plugin_status("echo").await["pid"].as_u64().expect("pid") as u32;
+    let pid = sup.plugin_status("echo").await["pid"]
+        .as_u64()
+        .expect("pid") as u32;
 
     let client = sup.client.clone();
     let url = sup.url("/plugins/echo/slow?ms=1500");
@@ -27,7 +29,10 @@ async fn sigterm_finishes_requests_in_flight_then_exits_zero() {
     assert_eq!(exit.code(), Some(0), "clean exit");
     assert!(process_gone(pid), "the plugin was stopped");
     let log = sup.log_tail();
-    assert!(log.contains("supervisor shutting down (exited with code 0)"), "{log}");
+    assert!(
+        log.contains("supervisor shutting down (exited with code 0)"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

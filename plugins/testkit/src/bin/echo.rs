@@ -24,7 +24,10 @@ struct Running<'a> {
 impl<'a> Running<'a> {
     fn new(counters: &'a Counters) -> Self {
         counters.in_flight.fetch_add(1, Ordering::SeqCst);
-        Running { counters, finished: false }
+        Running {
+            counters,
+            finished: false,
+        }
     }
 }
 
@@ -50,8 +53,13 @@ fn echo(req: &Request) -> Response {
         "body": String::from_utf8_lossy(req.body()),
         "request_id": req.request_id(),
     });
-    let status = req.query("status").and_then(|s| s.parse().ok()).unwrap_or(200);
-    Response::json(&body).with_status(status).with_header("x-echo", "yes")
+    let status = req
+        .query("status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    Response::json(&body)
+        .with_status(status)
+        .with_header("x-echo", "yes")
 }
 
 #[tokio::main]
@@ -61,8 +69,13 @@ async fn main() -> Result<(), plugd_runtime::Error> {
         .with_state(Counters::default())
         .get("/echo/{id}", |req: Request, _| async move { echo(&req) })
         .post("/echo/{id}", |req: Request, _| async move { echo(&req) })
-        .route("PUT", "/files/{*rest}", |req: Request, _| async move { echo(&req) })
-        .post("/bytes", |req: Request, _| async move { req.body().to_vec() })
+        .route("PUT", "/files/{*rest}", |req: Request, _| async move {
+            echo(&req)
+        })
+        .post(
+            "/bytes",
+            |req: Request, _| async move { req.body().to_vec() },
+        )
         .get("/slow", |req: Request, c: Arc<Counters>| async move {
             let mut running = Running::new(&c);
             let ms = req.query("ms").and_then(|s| s.parse().ok()).unwrap_or(100);
@@ -81,7 +94,9 @@ async fn main() -> Result<(), plugd_runtime::Error> {
                 "cancelled": c.cancelled.load(Ordering::SeqCst),
             }))
         })
-        .get("/pid", |_req: Request, _| async { std::process::id().to_string() })
+        .get("/pid", |_req: Request, _| async {
+            std::process::id().to_string()
+        })
         .get("/crash", |_req: Request, _| async {
             eprintln!("crashing on purpose");
             std::process::exit(7);
@@ -94,7 +109,10 @@ async fn main() -> Result<(), plugd_runtime::Error> {
             ""
         })
         .get("/big", |req: Request, _| async move {
-            let n = req.query("bytes").and_then(|s| s.parse().ok()).unwrap_or(0usize);
+            let n = req
+                .query("bytes")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0usize);
             vec![b'x'; n]
         })
         .run()

@@ -43,16 +43,27 @@ fn main() {
     let mut stream = UnixStream::connect(env("PLUGD_SOCKET")).expect("connect");
     let hello = Hello {
         protocol: if mode == "bad-version" {
-            ProtocolVersion { major: 99, minor: 0 }
+            ProtocolVersion {
+                major: 99,
+                minor: 0,
+            }
         } else {
             ProtocolVersion::CURRENT
         },
         name: env("PLUGD_PLUGIN_NAME"),
         version: "0.0.1".into(),
         epoch: env("PLUGD_EPOCH").parse().expect("epoch"),
-        token: if mode == "bad-token" { "wrong".into() } else { env("PLUGD_TOKEN") },
+        token: if mode == "bad-token" {
+            "wrong".into()
+        } else {
+            env("PLUGD_TOKEN")
+        },
         max_frame: DEFAULT_MAX_FRAME_LEN as u32,
-        routes: vec![RouteDecl { method: "GET".into(), path: "/x".into(), permission: None }],
+        routes: vec![RouteDecl {
+            method: "GET".into(),
+            path: "/x".into(),
+            permission: None,
+        }],
         hooks: vec![],
         services: vec![],
         permissions: vec![],
@@ -63,7 +74,10 @@ fn main() {
     eprintln!("handshake answer: {} bytes", answer.len());
     // Wait for a request, then misbehave.
     while let Ok(request) = read_frame(&mut stream) {
-        eprintln!("got a request of {} bytes; misbehaving ({mode})", request.len());
+        eprintln!(
+            "got a request of {} bytes; misbehaving ({mode})",
+            request.len()
+        );
         let bad: &[u8] = if mode == "garbage" {
             &[0, 0, 0, 3, 0xc1, 0xc1, 0xc1]
         } else {

@@ -32,6 +32,11 @@
 //! }
 //! ```
 //!
+//! Handlers run concurrently on whatever tokio runtime `main` builds. For handlers that only
+//! compute a little, `#[tokio::main(flavor = "current_thread")]` is fastest: a request is read,
+//! handled and answered without waking another thread. Keep the multi-threaded default when
+//! handlers do heavy work.
+//!
 //! Run it under `plugd serve` with a `plugin.toml` beside it whose `command` names the binary; run
 //! on its own it exits with an error saying it must be started by plugd.
 

@@ -33,7 +33,17 @@ pub struct Application {
 impl Application {
     /// Creates the data and runtime directories, binds the listen address and discovers the
     /// plugins. Broken manifests are logged and skipped.
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Application> {
+        // Plugins run in their own directories, so every path handed to them (socket, command)
+        // must not depend on plugd's working directory.
+        for dir in [
+            &mut settings.plugins_dir,
+            &mut settings.data_dir,
+            &mut settings.runtime_dir,
+        ] {
+            *dir = std::path::absolute(&*dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "cannot create data directory {}",

@@ -53,6 +53,18 @@ impl PluginDef {
         PluginDef::bin(name, "plugd-testkit-raw", &[mode], "")
     }
 
+    /// A plugin whose `command` is a path relative to its own directory (a link to `bin` named
+    /// `link`, created by the harness), as in the example plugins' manifests.
+    pub fn relative(name: &str, bin: &str) -> PluginDef {
+        PluginDef {
+            name: name.to_owned(),
+            manifest: format!(
+                "name = {name:?}\nversion = \"0.0.1\"\ncommand = \"./link\"\n# link -> {}\n",
+                workspace_bin(bin).display()
+            ),
+        }
+    }
+
     /// A plugin whose manifest is exactly `text`.
     pub fn manifest(name: &str, text: &str) -> PluginDef {
         PluginDef {
@@ -79,19 +91,23 @@ impl TestSupervisor {
             let pd = plugins_dir.join(&p.name);
             std::fs::create_dir_all(&pd).expect("plugin dir");
             std::fs::write(pd.join("plugin.toml"), &p.manifest).expect("manifest");
+            if let Some((_, target)) = p.manifest.split_once("# link -> ") {
+                std::os::unix::fs::symlink(target.trim(), pd.join("link")).expect("link");
+            }
         }
         std::fs::create_dir_all(&plugins_dir).expect("plugins dir");
         let log = std::fs::File::create(dir.path().join("plugd.log")).expect("log file");
+        // Relative directories, as a user running `plugd serve` in a checkout would have them.
         let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--plugins-dir")
-            .arg(&plugins_dir)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--runtime-dir")
-            .arg(dir.path().join("run"))
+            .current_dir(dir.path())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--plugins-dir",
+                "plugins",
+            ])
+            .args(["--data-dir", "data", "--runtime-dir", "run"])
             .args(flags)
             .env("PLUGD_LOG", "debug")
             .env_remove("PLUGD_CONFIG")

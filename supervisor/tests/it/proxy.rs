@@ -5,7 +5,7 @@ use crate::harness::{PluginDef, TestSupervisor};
 
 fn examples() -> Vec<PluginDef> {
     vec![
-        PluginDef::bin("hello", "plugd-example-hello", &[], ""),
+        PluginDef::relative("hello", "plugd-example-hello"),
         PluginDef::bin(
             "notes",
             "plugd-example-notes",

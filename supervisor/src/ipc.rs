@@ -47,6 +47,33 @@ pub enum CallError {
     Protocol(String),
 }
 
+/// Why a handshake failed; `fatal` when the same program will fail the same way again (a
+/// protocol version, name or route table plugd cannot accept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandshakeError {
+    /// What was wrong.
+    pub message: String,
+    /// Whether a restart is pointless.
+    pub fatal: bool,
+}
+
+impl From<String> for HandshakeError {
+    fn from(message: String) -> Self {
+        HandshakeError {
+            message,
+            fatal: false,
+        }
+    }
+}
+
+fn fatal(message: String) -> HandshakeError {
+    HandshakeError {
+        message,
+        fatal: true,
+    }
+}
+
 /// What the supervisor expects of a plugin's handshake.
 #[derive(Debug)]
 pub struct Expected<'a> {
@@ -67,28 +94,30 @@ pub async fn handshake<T>(
     stream: UnixStream,
     expected: &Expected<'_>,
     accept: impl FnOnce(&Hello) -> Result<T, String>,
-) -> Result<(Hello, T, Arc<Connection>), String> {
+) -> Result<(Hello, T, Arc<Connection>), HandshakeError> {
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, FrameCodec::new(expected.max_frame));
     let request = match frames.next().await {
         Some(Ok(Message::Request(req))) if req.method == Handshake::NAME => req,
-        Some(Ok(other)) => return Err(format!("first message was not a handshake: {other:?}")),
-        Some(Err(e)) => return Err(format!("bad handshake frame: {e}")),
-        None => return Err("closed the connection before sending its handshake".into()),
+        Some(Ok(other)) => {
+            return Err(format!("first message was not a handshake: {other:?}").into())
+        }
+        Some(Err(e)) => return Err(format!("bad handshake frame: {e}").into()),
+        None => {
+            return Err("closed the connection before sending its handshake"
+                .to_string()
+                .into())
+        }
     };
     let id = request.id;
     let max = expected.max_frame;
     let hello = match request.decode_params::<Handshake>() {
         Ok(hello) => hello,
         Err(e) => {
-            return Err(refuse(
-                &mut wr,
-                id,
-                codes::INVALID_PARAMS,
-                format!("bad handshake: {e}"),
-                max,
-            )
-            .await)
+            let message = format!("bad handshake: {e}");
+            return Err(fatal(
+                refuse(&mut wr, id, codes::INVALID_PARAMS, message, max).await,
+            ));
         }
     };
     let ours = ProtocolVersion::CURRENT;
@@ -97,7 +126,9 @@ pub async fn handshake<T>(
             "protocol version mismatch: the plugin speaks {}, the supervisor speaks {ours}",
             hello.protocol
         );
-        return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await);
+        return Err(fatal(
+            refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
+        ));
     }
     let token_ok: bool = hello
         .token
@@ -106,26 +137,36 @@ pub async fn handshake<T>(
         .into();
     if !token_ok {
         let message = "handshake refused: wrong token (it must be the PLUGD_TOKEN this process was started with)";
-        return Err(refuse(&mut wr, id, codes::UNAUTHORIZED, message.into(), max).await);
+        return Err(
+            refuse(&mut wr, id, codes::UNAUTHORIZED, message.into(), max)
+                .await
+                .into(),
+        );
     }
     if hello.epoch != expected.epoch {
         let message = format!(
             "handshake refused: epoch {} is not this instance's epoch {}",
             hello.epoch, expected.epoch
         );
-        return Err(refuse(&mut wr, id, codes::UNAUTHORIZED, message, max).await);
+        return Err(refuse(&mut wr, id, codes::UNAUTHORIZED, message, max)
+            .await
+            .into());
     }
     if hello.name != expected.name {
         let message = format!(
             "handshake refused: the plugin calls itself {:?} but its manifest names it {:?}",
             hello.name, expected.name
         );
-        return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await);
+        return Err(fatal(
+            refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
+        ));
     }
     let accepted = match accept(&hello) {
         Ok(accepted) => accepted,
         Err(message) => {
-            return Err(refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await)
+            return Err(fatal(
+                refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
+            ))
         }
     };
     let max_frame = expected.max_frame.min(hello.max_frame as usize);

@@ -6,7 +6,9 @@
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
 //! - [`ipc`]: one multiplexed protocol connection per plugin.
-//! - [`plugin`]: starting and stopping plugins, and each plugin's current state.
+//! - [`plugin`]: starting and stopping one plugin instance, and each plugin's visible state.
+//! - [`policy`]: the restart policy (backoff, crash loops) and health-check settings.
+//! - [`reconcile`]: the one loop that owns every plugin's state machine.
 //! - [`router`]: each plugin's route table, built from its handshake.
 //! - [`proxy`]: the HTTP handler that forwards `/plugins/{name}/…` to a plugin.
 //! - [`server`]: binds, serves and shuts down gracefully.
@@ -15,8 +17,10 @@ pub mod cli;
 pub mod ipc;
 pub mod manifest;
 pub mod plugin;
+pub mod policy;
 pub mod process;
 pub mod proxy;
+pub mod reconcile;
 pub mod router;
 pub mod server;
 pub mod settings;

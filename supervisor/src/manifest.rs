@@ -3,6 +3,7 @@
 //! A manifest with an unknown key, a missing field or a bad value is reported with its file and
 //! the field, and discovery goes on: one broken plugin never keeps the others from starting.
 
+use crate::policy::{HealthPolicy, RestartPolicy};
 use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashSet};
@@ -39,6 +40,12 @@ pub struct Manifest {
     /// Per-plugin limits; unset ones take the supervisor's defaults.
     #[serde(default)]
     pub limits: Limits,
+    /// When to restart the plugin after it exits, and when to give up.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// How often the plugin is pinged, and how long it has to answer.
+    #[serde(default)]
+    pub health: HealthPolicy,
     /// The directory the manifest was found in (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -217,6 +224,11 @@ GREETING = "hi"
 [limits]
 request_timeout = "5s"
 max_body = "1MiB"
+[restart]
+max_restarts = 3
+window = "30s"
+[health]
+interval = "1s"
 "#;
 
     #[test]
@@ -227,6 +239,10 @@ max_body = "1MiB"
         assert_eq!(m.env["GREETING"], "hi");
         assert_eq!(m.limits.request_timeout, Some(Duration::from_secs(5)));
         assert_eq!(m.limits.max_body, Some(ByteSize::mib(1)));
+        assert_eq!(m.restart.max_restarts, 3);
+        assert_eq!(m.restart.window, Duration::from_secs(30));
+        assert_eq!(m.restart.max_backoff, RestartPolicy::default().max_backoff);
+        assert_eq!(m.health.interval, Duration::from_secs(1));
     }
 
     #[test]

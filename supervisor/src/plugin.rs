@@ -1,13 +1,13 @@
-//! Starting and stopping plugins, and the current state of each.
+//! One plugin instance's life, and the state every reader sees.
 //!
-//! A [`PluginSlot`] holds one plugin's manifest and its state. [`start`] runs the whole start
-//! sequence: a fresh socket in the private runtime directory, the process through
-//! [`crate::process::spawn`], the handshake within its deadline, and the route table; a plugin
-//! that fails any step is left in `failed` with the reason, and the others are unaffected. A
-//! task waits on each process, so an exit is seen at once, and a connection cut off for a bad
-//! frame kills its process.
+//! [`PluginSlot`] holds a plugin's visible state behind an `ArcSwap`: the proxy reads it on every
+//! request without a lock, and only the reconcile loop ([`crate::reconcile`]) writes it.
+//! [`start_instance`] runs the start sequence for one instance: a fresh socket in the private
+//! runtime directory, the process through [`crate::process::spawn`], the handshake within its
+//! deadline, the route table. [`follow_instance`] then reports the instance's exit (at once, from
+//! a task that waits on the process) and its failed health checks back to the loop.
 
-use crate::ipc::{self, Connection, Expected};
+use crate::ipc::{self, CallError, Connection, Expected};
 use crate::manifest::Manifest;
 use crate::process::{self, SpawnSpec};
 use crate::router::RouteTable;
@@ -16,25 +16,34 @@ use nix::sys::signal::Signal;
 use plugd_protocol::message::control::{Shutdown, ShutdownParams};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-/// What a plugin is doing now.
+/// What a plugin is doing now, as admins and the proxy see it.
 #[derive(Debug)]
 pub enum PluginState {
-    /// Its process is starting and has not finished the handshake.
+    /// Its process is being started.
     Starting,
+    /// Its process runs; plugd waits for the handshake.
+    Handshaking,
     /// Handshake done: serving requests.
     Ready(Arc<Instance>),
     /// Asked to shut down: finishing requests in flight, taking no new ones.
     Draining,
-    /// Could not start, or stopped unexpectedly; the reason says why.
-    Failed(String),
     /// Stopped on purpose.
     Stopped(String),
+    /// Exited unexpectedly; waiting to be restarted.
+    Backoff {
+        /// Why it exited.
+        reason: String,
+        /// When the restart is due, in milliseconds since the Unix epoch.
+        retry_at_unix_ms: u64,
+    },
+    /// Gave up (cannot run, or crash loop) until an admin acts.
+    Failed(String),
 }
 
 impl PluginState {
@@ -42,15 +51,34 @@ impl PluginState {
     pub fn name(&self) -> &'static str {
         match self {
             PluginState::Starting => "starting",
+            PluginState::Handshaking => "handshaking",
             PluginState::Ready(_) => "ready",
             PluginState::Draining => "draining",
-            PluginState::Failed(_) => "failed",
             PluginState::Stopped(_) => "stopped",
+            PluginState::Backoff { .. } => "backoff",
+            PluginState::Failed(_) => "failed",
         }
+    }
+
+    /// Why the plugin is not running, when it is not.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            PluginState::Stopped(r) | PluginState::Failed(r) => Some(r),
+            PluginState::Backoff { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether start-up is over for this plugin (it serves, or plugd gave up on it).
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self,
+            PluginState::Ready(_) | PluginState::Failed(_) | PluginState::Stopped(_)
+        )
     }
 }
 
-/// One running instance of a plugin: its process, connection and routes.
+/// One running instance of a plugin.
 #[derive(Debug)]
 pub struct Instance {
     /// Process id (also its process group id).
@@ -59,24 +87,80 @@ pub struct Instance {
     pub epoch: u64,
     /// The version the plugin reported in its handshake.
     pub version: String,
-    /// The protocol connection.
-    pub conn: Arc<Connection>,
-    /// Its routes.
-    pub routes: RouteTable,
-    /// Set to the exit reason once the process has exited.
-    exited: watch::Receiver<Option<String>>,
-}
-
-/// One plugin: its manifest, effective limits and state.
-#[derive(Debug)]
-pub struct PluginSlot {
-    /// The manifest it was discovered with.
-    pub manifest: Manifest,
+    /// The manifest it was started from.
+    pub manifest: Arc<Manifest>,
     /// Time it has to answer one HTTP request.
     pub request_timeout: Duration,
     /// Largest request body forwarded to it.
     pub max_body: usize,
+    /// The protocol connection.
+    pub conn: Arc<Connection>,
+    /// Its routes.
+    pub routes: RouteTable,
+    /// When it became ready.
+    pub ready_at: Instant,
+    /// Set to the exit reason once the process has exited.
+    exited: watch::Receiver<Option<String>>,
+}
+
+/// One plugin's visible state and counters. Written only by the reconcile loop.
+#[derive(Debug)]
+pub struct PluginSlot {
+    name: String,
     state: ArcSwap<PluginState>,
+    restarts: AtomicU32,
+}
+
+impl PluginSlot {
+    /// A slot in state `starting`.
+    pub fn new(name: &str) -> Arc<PluginSlot> {
+        Arc::new(PluginSlot {
+            name: name.to_owned(),
+            state: ArcSwap::from_pointee(PluginState::Starting),
+            restarts: AtomicU32::new(0),
+        })
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<PluginState> {
+        self.state.load_full()
+    }
+
+    /// Replaces the state and logs the transition with its reason.
+    pub(crate) fn set(&self, state: PluginState) {
+        let from = self.state.load().name();
+        let to = state.name();
+        match &state {
+            PluginState::Ready(i) => tracing::info!(
+                plugin = %self.name, from, to, pid = i.pid, version = %i.version,
+                routes = i.routes.len(), "plugin ready"
+            ),
+            PluginState::Failed(reason) => {
+                tracing::error!(plugin = %self.name, from, to, %reason, "plugin failed")
+            }
+            other => match other.reason() {
+                Some(reason) => {
+                    tracing::warn!(plugin = %self.name, from, to, %reason, "plugin {to}")
+                }
+                None => tracing::info!(plugin = %self.name, from, to, "plugin {to}"),
+            },
+        }
+        self.state.store(Arc::new(state));
+    }
+
+    /// Restarts since plugd started (or since an admin reset it).
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What every plugin start needs from the supervisor's settings.
@@ -88,64 +172,24 @@ pub struct StartContext {
     pub handshake_timeout: Duration,
     /// Largest frame the supervisor accepts.
     pub max_frame: usize,
+    /// Default request timeout for manifests that set none.
+    pub request_timeout: Duration,
+    /// Default body limit for manifests that set none.
+    pub max_body: usize,
 }
 
-impl PluginSlot {
-    /// A slot for `manifest`, not yet started.
-    pub fn new(manifest: Manifest, request_timeout: Duration, max_body: usize) -> Arc<PluginSlot> {
-        Arc::new(PluginSlot {
-            request_timeout: manifest.limits.request_timeout.unwrap_or(request_timeout),
-            max_body: manifest.limits.max_body.map_or(max_body, |b| {
-                usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
-            }),
-            manifest,
-            state: ArcSwap::from_pointee(PluginState::Stopped("not started".into())),
-        })
-    }
-
-    /// The plugin's name.
-    pub fn name(&self) -> &str {
-        &self.manifest.name
-    }
-
-    /// The current state.
-    pub fn state(&self) -> Arc<PluginState> {
-        self.state.load_full()
-    }
-
-    fn set(&self, state: PluginState) {
-        tracing::info!(plugin = %self.name(), state = state.name(), "{}", describe(&state));
-        self.state.store(Arc::new(state));
-    }
-
-    /// Moves to `state` only if instance `epoch` is still the current one.
-    fn set_if_current(&self, epoch: u64, state: PluginState) {
-        let current = self.state.load();
-        if let PluginState::Ready(instance) = &**current {
-            if instance.epoch == epoch {
-                self.set(state);
-            }
-        }
-    }
-}
-
-fn describe(state: &PluginState) -> String {
-    match state {
-        PluginState::Ready(i) => format!(
-            "ready: pid {}, version {}, {} routes",
-            i.pid,
-            i.version,
-            i.routes.len()
-        ),
-        PluginState::Failed(reason) => format!("failed: {reason}"),
-        PluginState::Stopped(reason) => format!("stopped: {reason}"),
-        other => other.name().to_owned(),
-    }
+/// Why an instance did not start; `fatal` when starting it again cannot help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    /// What went wrong.
+    pub reason: String,
+    /// Whether a retry is pointless (command missing, protocol refused, …).
+    pub fatal: bool,
 }
 
 /// A number that is new at every start, also across supervisor restarts: the time in
 /// microseconds, bumped when two starts fall in the same microsecond.
-fn next_epoch() -> u64 {
+pub fn next_epoch() -> u64 {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -186,37 +230,39 @@ async fn wait_exit(exited: &mut watch::Receiver<Option<String>>) -> String {
     }
 }
 
-/// Starts `slot`'s plugin and leaves it `ready` or `failed`.
-pub async fn start(slot: Arc<PluginSlot>, ctx: StartContext) {
-    slot.set(PluginState::Starting);
-    match try_start(&slot, &ctx).await {
-        Ok(instance) => slot.set(PluginState::Ready(instance)),
-        Err(reason) => slot.set(PluginState::Failed(reason)),
-    }
-}
-
-async fn try_start(slot: &Arc<PluginSlot>, ctx: &StartContext) -> Result<Arc<Instance>, String> {
-    let epoch = next_epoch();
+/// Starts one instance of `manifest` with `epoch`. `on_spawned` is called with the pid once the
+/// process runs and the handshake is awaited.
+pub async fn start_instance(
+    manifest: Arc<Manifest>,
+    epoch: u64,
+    ctx: &StartContext,
+    on_spawned: impl FnOnce(u32),
+) -> Result<Arc<Instance>, StartError> {
     let token = new_token();
     let socket = ctx.socket_dir.join(format!("{epoch}.sock"));
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| format!("cannot create socket {}: {e}", socket.display()))?;
+    let listener = UnixListener::bind(&socket).map_err(|e| StartError {
+        reason: format!("cannot create socket {}: {e}", socket.display()),
+        fatal: false,
+    })?;
     let spec = SpawnSpec {
-        manifest: &slot.manifest,
+        manifest: &manifest,
         socket: &socket,
         token: &token,
         epoch,
         max_frame: ctx.max_frame,
     };
-    let spawned = process::spawn(&spec);
-    let mut child = match spawned {
+    let mut child = match process::spawn(&spec) {
         Ok(child) => child,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
-            return Err(format!("{e:#}"));
+            return Err(StartError {
+                reason: e.message,
+                fatal: e.fatal,
+            });
         }
     };
     let pid = child.id().unwrap_or(0);
+    on_spawned(pid);
     let (exit_tx, mut exited) = watch::channel(None::<String>);
     tokio::spawn(async move {
         let reason = exit_reason(child.wait().await);
@@ -224,7 +270,7 @@ async fn try_start(slot: &Arc<PluginSlot>, ctx: &StartContext) -> Result<Arc<Ins
     });
 
     let expected = Expected {
-        name: &slot.manifest.name,
+        name: &manifest.name,
         token: &token,
         epoch,
         max_frame: ctx.max_frame,
@@ -233,45 +279,86 @@ async fn try_start(slot: &Arc<PluginSlot>, ctx: &StartContext) -> Result<Arc<Ins
         let (stream, _) = listener
             .accept()
             .await
-            .map_err(|e| format!("accept failed: {e}"))?;
+            .map_err(|e| ipc::HandshakeError::from(format!("accept failed: {e}")))?;
         ipc::handshake(stream, &expected, |hello| RouteTable::build(&hello.routes)).await
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(ctx.handshake_timeout, connect_and_handshake) => match r {
-            Ok(r) => r,
-            Err(_) => Err(format!("no handshake within {:?}", ctx.handshake_timeout)),
+            Ok(r) => r.map_err(|e| StartError { reason: e.message, fatal: e.fatal }),
+            Err(_) => Err(StartError {
+                reason: format!("no handshake within {:?}", ctx.handshake_timeout),
+                fatal: false,
+            }),
         },
-        reason = wait_exit(&mut exited) => Err(format!("{reason} before completing the handshake")),
+        reason = wait_exit(&mut exited) => Err(StartError {
+            reason: format!("{reason} before completing the handshake"),
+            fatal: false,
+        }),
     };
     drop(listener);
     let _ = std::fs::remove_file(&socket);
     let (hello, routes, conn) = match outcome {
         Ok(done) => done,
-        Err(reason) => {
+        Err(e) => {
             process::signal_group(pid, Signal::SIGKILL);
-            return Err(reason);
+            return Err(e);
         }
     };
-    let instance = Arc::new(Instance {
+    Ok(Arc::new(Instance {
         pid,
         epoch,
         version: hello.version,
+        request_timeout: manifest
+            .limits
+            .request_timeout
+            .unwrap_or(ctx.request_timeout),
+        max_body: manifest.limits.max_body.map_or(ctx.max_body, |b| {
+            usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
+        }),
+        manifest,
         conn,
         routes,
+        ready_at: Instant::now(),
         exited,
-    });
-    tokio::spawn(watch_instance(slot.clone(), instance.clone()));
-    Ok(instance)
+    }))
 }
 
 /// How long a plugin that closed its connection has to exit on its own before it is killed.
 const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(2);
 
-/// Follows a ready instance: the process's exit closes the connection and records why; a
-/// connection cut off for a bad frame kills the process at once, and a plugin that closed its
-/// connection but keeps running is killed after [`EXIT_AFTER_CLOSE`].
-async fn watch_instance(slot: Arc<PluginSlot>, instance: Arc<Instance>) {
+/// What [`follow_instance`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// The process exited (or was killed after its connection broke), with the reason.
+    Exited(String),
+    /// The plugin did not answer a health ping in time; it has not been killed yet.
+    Unresponsive(String),
+}
+
+/// Follows a ready instance until its process is gone, reporting each event through `report`.
+///
+/// Pings it every `health.interval`; a ping unanswered within `health.timeout` is reported as
+/// `Unresponsive` (the caller decides to kill). A connection cut off for a bad frame kills the
+/// process at once; one the plugin closed itself gets [`EXIT_AFTER_CLOSE`] to exit on its own.
+pub async fn follow_instance(instance: Arc<Instance>, report: impl Fn(InstanceEvent)) {
     let mut exited = instance.exited.clone();
+    let health = instance.manifest.health.clone();
+    let pings = async {
+        loop {
+            tokio::time::sleep(health.interval).await;
+            match instance.conn.ping(health.timeout).await {
+                Ok(()) => {}
+                Err(CallError::Timeout(after)) => {
+                    report(InstanceEvent::Unresponsive(format!(
+                        "no answer to a health ping within {after:?}"
+                    )));
+                    // Keep waiting for the exit; the caller kills it.
+                    std::future::pending::<()>().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    };
     let exit = tokio::select! {
         reason = wait_exit(&mut exited) => reason,
         _ = instance.conn.closed() => {
@@ -284,6 +371,7 @@ async fn watch_instance(slot: Arc<PluginSlot>, instance: Arc<Instance>) {
                 }
             }
         }
+        _ = pings => unreachable!("the ping loop never ends by itself"),
     };
     let reason = match instance.conn.close_reason() {
         Some(cut) if instance.conn.was_cut_off() => format!("{cut}; {exit}"),
@@ -292,29 +380,30 @@ async fn watch_instance(slot: Arc<PluginSlot>, instance: Arc<Instance>) {
     instance.conn.close(&reason);
     // Children it left in its group go with it.
     process::signal_group(instance.pid, Signal::SIGKILL);
-    slot.set_if_current(instance.epoch, PluginState::Failed(reason));
+    report(InstanceEvent::Exited(reason));
 }
 
-/// Stops `slot`'s plugin: asks it to shut down within `grace`, then kills what is left.
-pub async fn stop(slot: &PluginSlot, grace: Duration, reason: &str) {
-    let current = slot.state();
-    let PluginState::Ready(instance) = &*current else {
-        return;
-    };
+/// Kills the instance's whole process group now.
+pub fn kill_instance(instance: &Instance) {
+    process::signal_group(instance.pid, Signal::SIGKILL);
+}
+
+/// Asks an instance to shut down within `grace` (it finishes its requests in flight), then
+/// kills what is left. Returns how it ended.
+pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
     let deadline = Instant::now() + grace;
-    slot.set(PluginState::Draining);
     let params = ShutdownParams {
         grace_ms: grace.as_millis() as u64,
     };
     if let Err(e) = instance.conn.call::<Shutdown>(&params, grace).await {
-        tracing::warn!(plugin = %slot.name(), "shutdown request: {e}");
+        tracing::debug!(plugin = %instance.manifest.name, "shutdown request: {e}");
     }
     let mut exited = instance.exited.clone();
     let left = deadline.saturating_duration_since(Instant::now());
     let exit = match tokio::time::timeout(left, wait_exit(&mut exited)).await {
         Ok(exit) => exit,
         Err(_) => {
-            tracing::warn!(plugin = %slot.name(), pid = instance.pid, "did not exit within {grace:?}; killing it");
+            tracing::warn!(plugin = %instance.manifest.name, pid = instance.pid, "did not exit within {grace:?}; killing it");
             process::signal_group(instance.pid, Signal::SIGKILL);
             tokio::time::timeout(Duration::from_secs(5), wait_exit(&mut exited))
                 .await
@@ -323,5 +412,5 @@ pub async fn stop(slot: &PluginSlot, grace: Duration, reason: &str) {
     };
     process::signal_group(instance.pid, Signal::SIGKILL);
     instance.conn.close("the plugin was stopped");
-    slot.set(PluginState::Stopped(format!("{reason} ({exit})")));
+    exit
 }

@@ -7,7 +7,6 @@
 #![allow(unsafe_code)]
 
 use crate::manifest::Manifest;
-use anyhow::Context;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_TOKEN};
@@ -34,8 +33,19 @@ pub struct SpawnSpec<'a> {
     pub max_frame: usize,
 }
 
+/// Why a process could not be started; `fatal` when trying again cannot help (the command is
+/// missing or not executable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SpawnError {
+    /// What went wrong, naming the program.
+    pub message: String,
+    /// Whether a retry is pointless.
+    pub fatal: bool,
+}
+
 /// Starts the plugin's process and begins logging its output.
-pub fn spawn(spec: &SpawnSpec<'_>) -> anyhow::Result<Child> {
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
     let m = spec.manifest;
     let program = m.program();
     let mut cmd = Command::new(&program);
@@ -69,14 +79,20 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> anyhow::Result<Child> {
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
-        let what = match e.kind() {
-            std::io::ErrorKind::NotFound => "command not found".to_string(),
-            std::io::ErrorKind::PermissionDenied => "command is not executable".to_string(),
-            _ => e.to_string(),
+        let (what, fatal) = match e.kind() {
+            std::io::ErrorKind::NotFound => ("command not found".to_string(), true),
+            std::io::ErrorKind::PermissionDenied => ("command is not executable".to_string(), true),
+            _ => (e.to_string(), false),
         };
-        anyhow::anyhow!("cannot start {}: {what}", program.display())
+        SpawnError {
+            message: format!("cannot start {}: {what}", program.display()),
+            fatal,
+        }
     })?;
-    let pid = child.id().context("the child exited at once")?;
+    let pid = child.id().ok_or_else(|| SpawnError {
+        message: "the process exited at once".into(),
+        fatal: false,
+    })?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(log_lines(m.name.clone(), pid, "stdout", out));
     }

@@ -8,6 +8,7 @@
 use crate::ipc::CallError;
 use crate::plugin::{PluginSlot, PluginState};
 use crate::router::Lookup;
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
@@ -25,19 +26,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Shared by every HTTP handler.
 #[derive(Debug)]
 pub struct AppState {
-    /// Every discovered plugin, by name.
-    pub plugins: HashMap<String, Arc<PluginSlot>>,
+    /// Every known plugin, by name; replaced whole by the reconcile loop when the set changes.
+    pub plugins: ArcSwap<HashMap<String, Arc<PluginSlot>>>,
     /// Set once every plugin has been started (or has failed to).
     pub ready: AtomicBool,
     next_request: AtomicU64,
     request_prefix: String,
 }
 
+impl Default for AppState {
+    fn default() -> Self {
+        AppState::new()
+    }
+}
+
 impl AppState {
-    /// State over `plugins`, not yet ready.
-    pub fn new(plugins: HashMap<String, Arc<PluginSlot>>) -> AppState {
+    /// State with no plugins yet, not ready.
+    pub fn new() -> AppState {
         AppState {
-            plugins,
+            plugins: ArcSwap::from_pointee(HashMap::new()),
             ready: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
             request_prefix: format!("{:08x}", rand::random::<u32>()),
@@ -82,7 +89,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let Some(slot) = app.plugins.get(name) else {
+    let plugins = app.plugins.load();
+    let Some(slot) = plugins.get(name) else {
         return error(
             StatusCode::NOT_FOUND,
             "unknown plugin",
@@ -93,10 +101,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
     let instance = match &*state {
         PluginState::Ready(instance) => instance,
         other => {
-            let why = match other {
-                PluginState::Failed(r) | PluginState::Stopped(r) => format!(": {r}"),
-                _ => String::new(),
-            };
+            let why = other.reason().map(|r| format!(": {r}")).unwrap_or_default();
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "plugin not ready",
@@ -138,7 +143,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
             "request body too large",
             format!(
                 "plugin {name:?} accepts request bodies of at most {} bytes",
-                slot.max_body
+                instance.max_body
             ),
         );
         // The rest of the body is never read, so this connection cannot carry another request.
@@ -152,10 +157,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > slot.max_body as u64) {
+    if declared.is_some_and(|len| len > instance.max_body as u64) {
         return too_large();
     }
-    let body = match Limited::new(body, slot.max_body).collect().await {
+    let body = match Limited::new(body, instance.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return too_large(),
         Err(e) => {
@@ -175,7 +180,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
         _ => app.request_id(),
     };
-    let deadline = SystemTime::now() + slot.request_timeout;
+    let deadline = SystemTime::now() + instance.request_timeout;
     let wire = HttpRequest {
         request_id: request_id.clone(),
         method: method.to_owned(),
@@ -191,7 +196,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
     };
     let answer = instance
         .conn
-        .call::<Http>(&wire, slot.request_timeout)
+        .call::<Http>(&wire, instance.request_timeout)
         .await;
     let mut response = match answer {
         Ok(answer) => match build_response(answer) {
@@ -277,11 +282,11 @@ pub async fn healthz() -> &'static str {
 /// state; 503 while plugins are still starting.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let mut plugins = serde_json::Map::new();
-    for (name, slot) in &app.plugins {
+    for (name, slot) in app.plugins.load().iter() {
         let state = slot.state();
-        let mut entry = serde_json::json!({ "state": state.name() });
-        if let PluginState::Failed(reason) | PluginState::Stopped(reason) = &*state {
-            entry["reason"] = reason.clone().into();
+        let mut entry = serde_json::json!({ "state": state.name(), "restarts": slot.restarts() });
+        if let Some(reason) = state.reason() {
+            entry["reason"] = reason.into();
         }
         if let PluginState::Ready(instance) = &*state {
             entry["pid"] = instance.pid.into();

@@ -1,20 +1,18 @@
 //! The application: prepares directories, binds, discovers and starts plugins, serves HTTP, and
 //! shuts down in order (stop accepting, finish requests in flight, stop plugins, clean up).
 
-use crate::manifest::{self, Manifest};
-use crate::plugin::{self, PluginSlot, StartContext};
+use crate::plugin::StartContext;
 use crate::proxy::{self, AppState};
+use crate::reconcile::{Event, Handle, Reconciler};
 use crate::settings::Settings;
 use anyhow::{bail, Context};
 use axum::routing::{any, get};
 use axum::Router;
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -31,8 +29,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Creates the data and runtime directories, binds the listen address and discovers the
-    /// plugins. Broken manifests are logged and skipped.
+    /// Resolves and creates the data and runtime directories and binds the listen address.
     pub async fn build(mut settings: Settings) -> anyhow::Result<Application> {
         // Plugins run in their own directories, so every path handed to them (socket, command)
         // must not depend on plugd's working directory.
@@ -54,20 +51,10 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-
-        let manifests = discover(&settings.plugins_dir);
-        let max_body = usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX);
-        let plugins = manifests
-            .into_iter()
-            .map(|m| {
-                let slot = PluginSlot::new(m, settings.request_timeout, max_body);
-                (slot.name().to_owned(), slot)
-            })
-            .collect::<HashMap<_, _>>();
         Ok(Application {
             settings,
             listener,
-            state: Arc::new(AppState::new(plugins)),
+            state: Arc::new(AppState::new()),
             socket_dir,
         })
     }
@@ -77,7 +64,8 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then drains and stops everything.
+    /// Serves until `shutdown` resolves, then drains and stops everything. SIGHUP rescans the
+    /// plugins directory.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application {
             settings,
@@ -107,31 +95,20 @@ impl Application {
             socket_dir: socket_dir.clone(),
             handshake_timeout: settings.handshake_timeout,
             max_frame: usize::try_from(settings.max_frame.as_u64()).unwrap_or(usize::MAX),
+            request_timeout: settings.request_timeout,
+            max_body: usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX),
         };
-        let starting = state
-            .plugins
-            .values()
-            .map(|slot| plugin::start(slot.clone(), ctx.clone()));
-        let startup = async {
-            futures_util::future::join_all(starting).await;
-            state.ready.store(true, Ordering::SeqCst);
-            let ready = state
-                .plugins
-                .values()
-                .filter(|s| s.state().name() == "ready")
-                .count();
-            let failed = state.plugins.len() - ready;
-            tracing::info!(ready, failed, "plugins started");
-            announce(&format!(
-                "plugd ready: {ready} plugins ready, {failed} failed"
-            ));
-        };
-        tokio::pin!(shutdown);
-        tokio::select! {
-            _ = startup => shutdown.await,
-            _ = &mut shutdown => {}
-        }
+        let (reconciler, handle) = Reconciler::new(
+            settings.plugins_dir.clone(),
+            ctx,
+            settings.shutdown_timeout,
+            state.clone(),
+        );
+        let reconciling = tokio::spawn(reconciler.run());
+        let hangups = tokio::spawn(forward_hangups(handle.clone()));
 
+        shutdown.await;
+        hangups.abort();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = stop_http.send(());
         match tokio::time::timeout(settings.shutdown_timeout, server).await {
@@ -143,37 +120,40 @@ impl Application {
                 settings.shutdown_timeout
             ),
         }
-        let stopping = state
-            .plugins
-            .values()
-            .map(|slot| plugin::stop(slot, settings.shutdown_timeout, "supervisor shutting down"));
-        futures_util::future::join_all(stopping).await;
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        if handle.send(Event::Shutdown {
+            grace: settings.shutdown_timeout,
+            done,
+        }) {
+            let _ = stopped.await;
+        }
+        let _ = reconciling.await;
         let _ = std::fs::remove_dir_all(&socket_dir);
         tracing::info!("stopped");
         Ok(())
     }
 }
 
+/// Turns every SIGHUP into a rescan of the plugins directory.
+async fn forward_hangups(handle: Handle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; rescans only happen on file changes");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("received SIGHUP");
+        if !handle.send(Event::Rescan { requested: true }) {
+            return;
+        }
+    }
+}
+
 /// Prints a line for whoever started plugd (scripts and tests wait for these on stdout).
-fn announce(line: &str) {
+pub(crate) fn announce(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-fn discover(dir: &Path) -> Vec<Manifest> {
-    match manifest::discover(dir) {
-        Ok(found) => {
-            for e in &found.errors {
-                tracing::error!("plugin skipped: {e}");
-            }
-            found.manifests
-        }
-        Err(e) => {
-            tracing::error!("no plugins: {e}");
-            Vec::new()
-        }
-    }
 }
 
 /// Creates `<runtime_dir>/p<pid>`, readable by this user only, for the plugins' sockets.

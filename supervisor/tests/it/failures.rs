@@ -3,6 +3,9 @@
 
 use crate::harness::{PluginDef, TestSupervisor};
 
+/// A restart policy that gives up after one retry, so crash-looping test plugins settle fast.
+pub const ONE_RETRY: &str = "[restart]\nmax_restarts = 1\ninitial_backoff = \"50ms\"\n";
+
 /// The `detail` of a JSON error response, after checking its status.
 async fn error_detail(sup: &TestSupervisor, path: &str, status: u16) -> String {
     let body = sup.get_json(path, status).await;
@@ -66,9 +69,9 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
     let sup = TestSupervisor::start(
         &[
             PluginDef::echo("echo", ""),
-            PluginDef::raw("silent", "silent"),
-            PluginDef::raw("early", "exit-early"),
-            PluginDef::raw("liar", "bad-token"),
+            PluginDef::bin("silent", "plugd-testkit-raw", &["silent"], ONE_RETRY),
+            PluginDef::bin("early", "plugd-testkit-raw", &["exit-early"], ONE_RETRY),
+            PluginDef::bin("liar", "plugd-testkit-raw", &["bad-token"], ONE_RETRY),
             PluginDef::raw("future", "bad-version"),
             PluginDef::manifest(
                 "missing",
@@ -80,20 +83,24 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
     )
     .await;
 
+    // Start failures that a retry might cure are retried, then end in a crash loop; those no
+    // retry can cure fail at once, without a restart.
     let cases = [
-        ("silent", "no handshake within 1s"),
+        ("silent", "no handshake within 1s", 1),
         (
             "early",
             "exited with code 3 before completing the handshake",
+            1,
         ),
-        ("liar", "wrong token"),
+        ("liar", "wrong token", 1),
         (
             "future",
             "the plugin speaks 99.0, the supervisor speaks 1.0",
+            0,
         ),
-        ("missing", "command not found"),
+        ("missing", "command not found", 0),
     ];
-    for (name, reason) in cases {
+    for (name, reason, restarts) in cases {
         let r = sup
             .get(&format!("/plugins/{name}/x"))
             .await
@@ -106,7 +113,15 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
             detail.contains("is failed") && detail.contains(reason),
             "{name}: {detail}"
         );
-        assert_eq!(sup.plugin_status(name).await["state"], "failed");
+        let status = sup.plugin_status(name).await;
+        assert_eq!(status["state"], "failed");
+        assert_eq!(status["restarts"], restarts, "{name}: {status}");
+        if restarts > 0 {
+            assert!(
+                detail.contains("crash loop: 1 restarts within 1m"),
+                "{detail}"
+            );
+        }
     }
     // The broken manifest is skipped (and logged with its file and field); the rest still serve.
     let detail = error_detail(&sup, "/plugins/broken/x", 404).await;
@@ -152,18 +167,25 @@ async fn crash_panic_and_hang_during_requests() {
     })
     .await;
 
-    // A plugin that dies in the middle of a request: 502 at once, then 503 with the exit code.
+    // A plugin that dies in the middle of a request: 502 at once, then it is restarted.
+    let old_pid = sup.plugin_status("crashy").await["pid"].clone();
     let detail = error_detail(&sup, "/plugins/crashy/crash", 502).await;
     assert!(
         detail.contains("exited with code 7") || detail.contains("closed"),
         "{detail}"
     );
-    sup.wait_until("crashy is marked failed", || async {
-        sup.plugin_status("crashy").await["state"] == "failed"
+    sup.wait_until("crashy is restarted", || async {
+        let status = sup.plugin_status("crashy").await;
+        status["state"] == "ready" && status["pid"] != old_pid && status["restarts"] == 1
     })
     .await;
-    let detail = error_detail(&sup, "/plugins/crashy/echo/1", 503).await;
-    assert!(detail.contains("exited with code 7"), "{detail}");
+    assert_eq!(
+        sup.get("/plugins/crashy/echo/1")
+            .await
+            .expect("again")
+            .status(),
+        200
+    );
     assert_eq!(
         sup.get("/plugins/echo/echo/1")
             .await
@@ -199,24 +221,19 @@ async fn malformed_and_oversized_frames_cut_the_plugin_off() {
         detail.contains("bad frame") && detail.contains("exceeds the maximum"),
         "{detail}"
     );
-    for name in ["garbage", "huge"] {
-        sup.wait_until("the cut-off plugin is marked failed", || async {
-            sup.plugin_status(name).await["state"] == "failed"
-        })
-        .await;
-        let status = sup.plugin_status(name).await;
-        assert_eq!(status["state"], "failed", "{name}: {status}");
-        assert!(status["reason"]
-            .as_str()
-            .expect("reason")
-            .contains("cut off"));
-    }
-    // Both were killed (they would otherwise sleep forever).
+    // Both were killed (they would otherwise sleep forever), then restarted.
     sup.wait_until("the cut-off plugins are gone", || async {
         pids.iter()
             .all(|&pid| crate::harness::process_gone(pid as u32))
     })
     .await;
+    for name in ["garbage", "huge"] {
+        sup.wait_until("the cut-off plugin is restarted", || async {
+            sup.plugin_status(name).await["restarts"] == 1
+        })
+        .await;
+    }
+    assert!(sup.log_tail().contains("cut off"));
     assert_eq!(
         sup.get("/plugins/echo/echo/1")
             .await

@@ -1,0 +1,560 @@
+//! The reconcile loop: the one owner of every plugin's state machine.
+//!
+//! Everything else sends it [`Event`]s: start tasks report spawns and handshakes, instance
+//! followers report exits and failed health pings, timers report restarts that are due, the
+//! SIGHUP handler asks for a rescan, the server asks for shutdown. The loop alone writes the
+//! [`PluginSlot`] states the proxy reads, so transitions never race, and each is logged with its
+//! reason. It also tells systemd how things stand (`READY=1`, `STATUS=`, `WATCHDOG=1`,
+//! `RELOADING=1`, `STOPPING=1`) when plugd runs under it.
+
+use crate::manifest::{self, Manifest};
+use crate::plugin::{
+    self, follow_instance, start_instance, Instance, InstanceEvent, PluginSlot, PluginState,
+    StartContext, StartError,
+};
+use crate::policy::{Decision, RestartState};
+use crate::proxy::AppState;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Something the loop must react to.
+#[derive(Debug)]
+pub enum Event {
+    /// A start task's process runs and plugd now waits for its handshake.
+    Spawned {
+        /// Plugin name.
+        name: String,
+        /// The instance's epoch.
+        epoch: u64,
+    },
+    /// A start task finished.
+    Started {
+        /// Plugin name.
+        name: String,
+        /// The instance's epoch.
+        epoch: u64,
+        /// The ready instance, or why it did not start.
+        result: Result<Arc<Instance>, StartError>,
+    },
+    /// A running instance exited or stopped answering.
+    Instance {
+        /// Plugin name.
+        name: String,
+        /// The instance's epoch.
+        epoch: u64,
+        /// What happened.
+        event: InstanceEvent,
+    },
+    /// A backoff delay ended.
+    RetryDue {
+        /// Plugin name.
+        name: String,
+        /// Which scheduled retry this is; stale retries are ignored.
+        generation: u64,
+    },
+    /// Re-read the plugins directory: start new plugins, reload changed ones, stop removed ones.
+    Rescan {
+        /// Whether an operator asked for it (SIGHUP), which systemd is told about.
+        requested: bool,
+    },
+    /// Stop every plugin within `grace`, then answer on `done`.
+    Shutdown {
+        /// Time each plugin has to finish its requests.
+        grace: Duration,
+        /// Answered when everything is stopped.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The loop's handle: cloneable, cheap, usable from any task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Handle {
+    /// Sends an event; returns false if the loop has ended.
+    pub fn send(&self, event: Event) -> bool {
+        self.tx.send(event).is_ok()
+    }
+}
+
+/// What the loop knows of one plugin beyond its visible state.
+#[derive(Debug)]
+struct Entry {
+    manifest: Arc<Manifest>,
+    program: Option<(SystemTime, u64)>,
+    slot: Arc<PluginSlot>,
+    current: Option<Arc<Instance>>,
+    starting: Option<u64>,
+    restart: RestartState,
+    /// Why plugd killed the current instance, to report instead of "killed by SIGKILL".
+    kill_reason: Option<(u64, String)>,
+    retry_generation: u64,
+    /// Gone from disk: stopped, then forgotten.
+    removed: bool,
+}
+
+/// The loop itself.
+#[derive(Debug)]
+pub struct Reconciler {
+    entries: BTreeMap<String, Entry>,
+    ctx: StartContext,
+    plugins_dir: PathBuf,
+    grace: Duration,
+    app: Arc<AppState>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    last_status: String,
+}
+
+/// Identifies the program a manifest runs, so a rebuilt binary is noticed.
+fn program_stamp(m: &Manifest) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(m.program()).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    // Outside systemd there is no NOTIFY_SOCKET and this does nothing.
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+impl Reconciler {
+    /// A loop over `plugins_dir`, publishing states into `app`.
+    pub fn new(
+        plugins_dir: PathBuf,
+        ctx: StartContext,
+        grace: Duration,
+        app: Arc<AppState>,
+    ) -> (Reconciler, Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Handle { tx: tx.clone() };
+        let r = Reconciler {
+            entries: BTreeMap::new(),
+            ctx,
+            plugins_dir,
+            grace,
+            app,
+            tx,
+            rx,
+            last_status: String::new(),
+        };
+        (r, handle)
+    }
+
+    /// Discovers and starts every plugin, then handles events until shutdown.
+    pub async fn run(mut self) {
+        self.rescan(false);
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+        loop {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(Event::Shutdown { grace, done }) => {
+                        self.shutdown(grace).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(event) => self.handle(event),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if watchdog.is_some() {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Spawned { name, epoch } => {
+                if let Some(e) = self.entries.get(&name) {
+                    if e.starting == Some(epoch) && e.current.is_none() {
+                        e.slot.set(PluginState::Handshaking);
+                    }
+                }
+            }
+            Event::Started {
+                name,
+                epoch,
+                result,
+            } => self.on_started(&name, epoch, result),
+            Event::Instance { name, epoch, event } => self.on_instance(&name, epoch, event),
+            Event::RetryDue { name, generation } => {
+                let due = self.entries.get(&name).is_some_and(|e| {
+                    e.retry_generation == generation && e.current.is_none() && e.starting.is_none()
+                });
+                if due {
+                    self.start(&name);
+                }
+            }
+            Event::Rescan { requested } => {
+                if requested {
+                    tracing::info!("rescanning the plugins directory");
+                    let now = sd_notify::NotifyState::monotonic_usec_now();
+                    match now {
+                        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+                        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+                    }
+                }
+                self.rescan(requested);
+                if requested {
+                    notify(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+            Event::Shutdown { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    /// Starts a new instance of `name` (next to the current one, if any: blue/green).
+    fn start(&mut self, name: &str) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let epoch = plugin::next_epoch();
+        entry.starting = Some(epoch);
+        if entry.current.is_none() {
+            entry.slot.set(PluginState::Starting);
+        }
+        let manifest = entry.manifest.clone();
+        let ctx = self.ctx.clone();
+        let tx = self.tx.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let spawned = {
+                let (tx, name) = (tx.clone(), name.clone());
+                move |_pid| {
+                    let _ = tx.send(Event::Spawned { name, epoch });
+                }
+            };
+            let result = start_instance(manifest, epoch, &ctx, spawned).await;
+            let _ = tx.send(Event::Started {
+                name,
+                epoch,
+                result,
+            });
+        });
+    }
+
+    fn on_started(&mut self, name: &str, epoch: u64, result: Result<Arc<Instance>, StartError>) {
+        let grace = self.grace;
+        let Some(entry) = self
+            .entries
+            .get_mut(name)
+            .filter(|e| e.starting == Some(epoch))
+        else {
+            // Superseded or removed meanwhile: nobody wants this instance.
+            if let Ok(instance) = result {
+                tokio::spawn(async move { plugin::stop_instance(&instance, grace).await });
+            }
+            return;
+        };
+        entry.starting = None;
+        match result {
+            Ok(instance) => {
+                if entry.removed {
+                    tokio::spawn(async move { plugin::stop_instance(&instance, grace).await });
+                    return;
+                }
+                let old = entry.current.replace(instance.clone());
+                entry.slot.set(PluginState::Ready(instance.clone()));
+                let tx = self.tx.clone();
+                let follow_name = name.to_owned();
+                tokio::spawn(follow_instance(instance.clone(), move |event| {
+                    let _ = tx.send(Event::Instance {
+                        name: follow_name.clone(),
+                        epoch,
+                        event,
+                    });
+                }));
+                if let Some(old) = old {
+                    tracing::info!(
+                        plugin = name, from = %old.version, to = %instance.version,
+                        "reloaded: the new instance serves; draining the old one"
+                    );
+                    tokio::spawn(async move {
+                        let how = plugin::stop_instance(&old, grace).await;
+                        tracing::info!(plugin = %old.manifest.name, pid = old.pid, "old instance {how}");
+                    });
+                }
+            }
+            Err(e) if entry.current.is_some() => {
+                tracing::error!(
+                    plugin = name, reason = %e.reason,
+                    "reload failed; the running instance keeps serving"
+                );
+            }
+            Err(e) => self.on_down(name, e.reason, e.fatal, None),
+        }
+    }
+
+    fn on_instance(&mut self, name: &str, epoch: u64, event: InstanceEvent) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let is_current = entry.current.as_ref().is_some_and(|i| i.epoch == epoch);
+        if !is_current {
+            return; // an old instance drained after a reload, or one being stopped
+        }
+        match event {
+            InstanceEvent::Unresponsive(detail) => {
+                let reason = format!("unresponsive: {detail}");
+                tracing::warn!(plugin = name, %reason, "killing the plugin");
+                entry.kill_reason = Some((epoch, reason));
+                if let Some(instance) = &entry.current {
+                    plugin::kill_instance(instance);
+                }
+            }
+            InstanceEvent::Exited(reason) => {
+                let instance = entry.current.take().expect("checked above");
+                let reason = match entry.kill_reason.take() {
+                    Some((e, why)) if e == epoch => why,
+                    _ => reason,
+                };
+                if entry.removed {
+                    entry
+                        .slot
+                        .set(PluginState::Stopped(format!("removed ({reason})")));
+                    self.forget(name);
+                    return;
+                }
+                let up_for = instance.ready_at.elapsed();
+                self.on_down(name, reason, false, Some(up_for));
+            }
+        }
+    }
+
+    /// Applies the restart policy to a plugin that is down for `reason`.
+    fn on_down(&mut self, name: &str, reason: String, fatal: bool, up_for: Option<Duration>) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        if fatal {
+            entry.slot.set(PluginState::Failed(reason));
+            return;
+        }
+        let policy = entry.manifest.restart.clone();
+        match entry
+            .restart
+            .on_exit(&policy, Instant::now(), up_for, rand::random::<f64>())
+        {
+            Decision::RestartAfter(delay) => {
+                entry.slot.count_restart();
+                entry.retry_generation += 1;
+                if delay.is_zero() {
+                    tracing::warn!(plugin = name, %reason, "plugin down; restarting now");
+                    self.start(name);
+                    return;
+                }
+                let retry_at = SystemTime::now() + delay;
+                entry.slot.set(PluginState::Backoff {
+                    reason,
+                    retry_at_unix_ms: retry_at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                });
+                let (tx, generation, name) =
+                    (self.tx.clone(), entry.retry_generation, name.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Event::RetryDue { name, generation });
+                });
+            }
+            Decision::GiveUp(why) => {
+                entry
+                    .slot
+                    .set(PluginState::Failed(format!("{why}; last: {reason}")));
+            }
+        }
+    }
+
+    /// Brings the set of plugins in line with the plugins directory.
+    fn rescan(&mut self, requested: bool) {
+        let found = match manifest::discover(&self.plugins_dir) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!("cannot scan for plugins: {e}");
+                return;
+            }
+        };
+        // A plugin whose manifest broke keeps running as it is.
+        let broken_dirs: Vec<PathBuf> = found
+            .errors
+            .iter()
+            .map(|e| e.path.parent().map(Path::to_path_buf).unwrap_or_default())
+            .collect();
+        for e in &found.errors {
+            tracing::error!("plugin skipped: {e}");
+        }
+        let mut seen = Vec::new();
+        for m in found.manifests {
+            let name = m.name.clone();
+            seen.push(name.clone());
+            let program = program_stamp(&m);
+            match self.entries.get_mut(&name) {
+                None => {
+                    self.entries.insert(
+                        name.clone(),
+                        Entry {
+                            manifest: Arc::new(m),
+                            program,
+                            slot: PluginSlot::new(&name),
+                            current: None,
+                            starting: None,
+                            restart: RestartState::default(),
+                            kill_reason: None,
+                            retry_generation: 0,
+                            removed: false,
+                        },
+                    );
+                    self.start(&name);
+                }
+                Some(entry) => {
+                    let changed = *entry.manifest != m || entry.program != program;
+                    let was_removed = std::mem::replace(&mut entry.removed, false);
+                    if changed || (was_removed && entry.current.is_none()) {
+                        tracing::info!(plugin = %name, "manifest or program changed; reloading");
+                        entry.manifest = Arc::new(m);
+                        entry.program = program;
+                        if entry.current.is_none() {
+                            entry.restart.reset();
+                            entry.retry_generation += 1;
+                        }
+                        self.start(&name);
+                    } else if requested && matches!(*entry.slot.state(), PluginState::Failed(_)) {
+                        // A SIGHUP is an operator asking to try failed plugins again.
+                        entry.restart.reset();
+                        self.start(&name);
+                    }
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(name, e)| {
+                !seen.contains(name) && !e.removed && !broken_dirs.contains(&e.manifest.dir)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
+        self.publish_map();
+    }
+
+    /// Stops a plugin that left the plugins directory; it is forgotten once stopped.
+    fn remove(&mut self, name: &str) {
+        let grace = self.grace;
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        tracing::info!(plugin = name, "plugin removed from disk; stopping it");
+        entry.removed = true;
+        entry.starting = None;
+        match entry.current.clone() {
+            Some(instance) => {
+                entry.slot.set(PluginState::Draining);
+                tokio::spawn(async move { plugin::stop_instance(&instance, grace).await });
+            }
+            None => {
+                entry.slot.set(PluginState::Stopped("removed".into()));
+                self.forget(name);
+            }
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.entries.remove(name);
+        self.publish_map();
+    }
+
+    fn publish_map(&self) {
+        let map: HashMap<String, Arc<PluginSlot>> = self
+            .entries
+            .iter()
+            .map(|(name, e)| (name.clone(), e.slot.clone()))
+            .collect();
+        self.app.plugins.store(Arc::new(map));
+    }
+
+    /// Announces readiness once every plugin has settled, and keeps systemd's STATUS current.
+    fn publish(&mut self) {
+        let (mut ready, mut failed, mut other) = (0, 0, 0);
+        for e in self.entries.values() {
+            match *e.slot.state() {
+                PluginState::Ready(_) => ready += 1,
+                PluginState::Failed(_) => failed += 1,
+                _ => other += 1,
+            }
+        }
+        if !self.app.ready.load(Ordering::SeqCst) && other == 0 {
+            self.app.ready.store(true, Ordering::SeqCst);
+            tracing::info!(ready, failed, "plugins started");
+            crate::server::announce(&format!(
+                "plugd ready: {ready} plugins ready, {failed} failed"
+            ));
+            notify(&[sd_notify::NotifyState::Ready]);
+        }
+        let status = format!("{ready} plugins ready, {failed} failed, {other} other");
+        if status != self.last_status {
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+            self.last_status = status;
+        }
+    }
+
+    /// Stops every instance (finishing their requests within `grace`), including ones still
+    /// starting, whose start is awaited first.
+    async fn shutdown(&mut self, grace: Duration) {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        let deadline = Instant::now() + self.ctx.handshake_timeout + Duration::from_secs(1);
+        while self.entries.values().any(|e| e.starting.is_some()) && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(Event::Started {
+                    name,
+                    epoch,
+                    result,
+                })) => {
+                    if let Some(e) = self.entries.get_mut(&name) {
+                        if e.starting == Some(epoch) {
+                            e.starting = None;
+                        }
+                    }
+                    if let Ok(instance) = result {
+                        let old = self
+                            .entries
+                            .get_mut(&name)
+                            .and_then(|e| e.current.replace(instance.clone()));
+                        if let Some(old) = old {
+                            plugin::stop_instance(&old, grace).await;
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let stopping = self.entries.values().filter_map(|e| {
+            let instance = e.current.clone()?;
+            let slot = e.slot.clone();
+            slot.set(PluginState::Draining);
+            Some(async move {
+                let how = plugin::stop_instance(&instance, grace).await;
+                slot.set(PluginState::Stopped(format!(
+                    "supervisor shutting down ({how})"
+                )));
+            })
+        });
+        futures_util::future::join_all(stopping).await;
+    }
+}

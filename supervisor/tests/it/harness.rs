@@ -85,6 +85,15 @@ pub struct TestSupervisor {
 impl TestSupervisor {
     /// Starts plugd with `plugins` and extra command-line flags, and waits until it reports ready.
     pub async fn start(plugins: &[PluginDef], flags: &[&str]) -> TestSupervisor {
+        TestSupervisor::start_with_env(plugins, flags, &[]).await
+    }
+
+    /// Like [`TestSupervisor::start`], with extra environment variables for plugd.
+    pub async fn start_with_env(
+        plugins: &[PluginDef],
+        flags: &[&str],
+        env: &[(&str, String)],
+    ) -> TestSupervisor {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins_dir = dir.path().join("plugins");
         for p in plugins {
@@ -110,6 +119,7 @@ impl TestSupervisor {
             .args(["--data-dir", "data", "--runtime-dir", "run"])
             .args(flags)
             .env("PLUGD_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("PLUGD_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -213,6 +223,13 @@ impl TestSupervisor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether any line plugd logged contains every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        let log = std::fs::read_to_string(self.dir.path().join("plugd.log")).unwrap_or_default();
+        log.lines()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
     }
 
     /// The last lines plugd logged.

@@ -3,5 +3,6 @@
 
 mod failures;
 mod harness;
+mod lifecycle;
 mod proxy;
 mod shutdown;

@@ -6,7 +6,8 @@
 //! - `bad-token`: handshakes with a wrong token;
 //! - `bad-version`: handshakes with protocol major 99;
 //! - `garbage`: handshakes, then answers any request with a malformed frame;
-//! - `oversized`: handshakes, then answers any request with a frame header announcing 2 GiB.
+//! - `oversized`: handshakes, then answers any request with a frame header announcing 2 GiB;
+//! - `deaf`: handshakes, then never reads again (a hung event loop: pings go unanswered).
 
 use plugd_protocol::envelope::encode_request;
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
@@ -34,7 +35,7 @@ fn main() {
             std::thread::sleep(Duration::from_secs(3600));
         },
         "exit-early" => std::process::exit(3),
-        "bad-token" | "bad-version" | "garbage" | "oversized" => {}
+        "bad-token" | "bad-version" | "garbage" | "oversized" | "deaf" => {}
         other => {
             eprintln!("unknown mode {other:?}");
             std::process::exit(2);
@@ -73,7 +74,10 @@ fn main() {
     let answer = read_frame(&mut stream).expect("handshake answer");
     eprintln!("handshake answer: {} bytes", answer.len());
     // Wait for a request, then misbehave.
-    while let Ok(request) = read_frame(&mut stream) {
+    while mode != "deaf" {
+        let Ok(request) = read_frame(&mut stream) else {
+            break;
+        };
         eprintln!(
             "got a request of {} bytes; misbehaving ({mode})",
             request.len()

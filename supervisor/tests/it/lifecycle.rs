@@ -1,0 +1,230 @@
+//! Keeping plugins alive: restarts with backoff, crash loops, hung plugins, rescans with
+//! zero-downtime reloads, and what systemd is told.
+
+use crate::harness::{process_gone, PluginDef, TestSupervisor};
+use nix::sys::signal::Signal;
+use std::os::unix::net::UnixDatagram;
+
+#[tokio::test]
+async fn repeated_crashes_back_off_then_give_up_while_others_serve() {
+    let policy = "[restart]\nmax_restarts = 2\ninitial_backoff = \"1s\"\nmax_backoff = \"1s\"\n";
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::echo("crashy", policy),
+            PluginDef::echo("steady", ""),
+        ],
+        &[],
+    )
+    .await;
+
+    // First crash: restarted at once.
+    sup.get("/plugins/crashy/crash").await.expect("crash 1");
+    sup.wait_until("the first restart", || async {
+        let s = sup.plugin_status("crashy").await;
+        s["state"] == "ready" && s["restarts"] == 1
+    })
+    .await;
+
+    // Second crash: restarted after the backoff (0.5 to 1 s with jitter), logged with its reason.
+    sup.get("/plugins/crashy/crash").await.expect("crash 2");
+    sup.wait_until("the second restart", || async {
+        let s = sup.plugin_status("crashy").await;
+        s["state"] == "ready" && s["restarts"] == 2
+    })
+    .await;
+
+    assert!(sup.logged(&[
+        "plugin=crashy",
+        "to=\"backoff\"",
+        "reason=exited with code 7"
+    ]));
+
+    // Third crash within the window: a crash loop, given up until an admin acts.
+    sup.get("/plugins/crashy/crash").await.expect("crash 3");
+    sup.wait_until("the crash loop verdict", || async {
+        sup.plugin_status("crashy").await["state"] == "failed"
+    })
+    .await;
+    let reason = sup.plugin_status("crashy").await["reason"].clone();
+    let reason = reason.as_str().expect("reason");
+    assert!(
+        reason.contains("crash loop: 2 restarts within 1m")
+            && reason.contains("exited with code 7"),
+        "{reason}"
+    );
+    assert_eq!(
+        sup.get("/plugins/steady/echo/1")
+            .await
+            .expect("steady")
+            .status(),
+        200
+    );
+    assert_eq!(sup.plugin_status("steady").await["restarts"], 0);
+}
+
+#[tokio::test]
+async fn a_plugin_that_stops_answering_pings_is_killed_as_unresponsive() {
+    let manifest = "[health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\n\
+                    [restart]\nmax_restarts = 1\ninitial_backoff = \"50ms\"\n";
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::bin("deaf", "plugd-testkit-raw", &["deaf"], manifest),
+            PluginDef::echo("echo", ""),
+        ],
+        &[],
+    )
+    .await;
+    let first_pid = sup.plugin_status("deaf").await["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    sup.wait_until("the hung plugin is given up on", || async {
+        sup.plugin_status("deaf").await["state"] == "failed"
+    })
+    .await;
+    let status = sup.plugin_status("deaf").await;
+    let reason = status["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("unresponsive: no answer to a health ping within 300ms"),
+        "{reason}"
+    );
+    assert_eq!(
+        status["restarts"], 1,
+        "killed, restarted once, killed again"
+    );
+    assert!(process_gone(first_pid));
+    assert_eq!(
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("echo")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn sighup_rescans_and_reloads_without_dropping_a_request() {
+    let mut sup =
+        TestSupervisor::start(&[PluginDef::echo("a", ""), PluginDef::echo("b", "")], &[]).await;
+    let plugins = sup.dir.path().join("plugins");
+    let a_pid = sup.plugin_status("a").await["pid"].as_u64().expect("pid") as u32;
+    let b_pid = sup.plugin_status("b").await["pid"].clone();
+
+    // Keep requests flowing to b while it is reloaded: none may fail.
+    let client = sup.client.clone();
+    let url = sup.url("/plugins/b/slow?ms=20");
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let traffic = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        loop {
+            if stop_rx.try_recv().is_ok() {
+                return (ok, failed);
+            }
+            match client.get(&url).send().await {
+                Ok(r) if r.status() == 200 => ok += 1,
+                Ok(r) => failed.push(r.status().as_u16()),
+                Err(e) => failed.push(e.status().map_or(0, |s| s.as_u16())),
+            }
+        }
+    });
+
+    // Add c, remove a, change b's manifest; one SIGHUP applies all three.
+    let c = PluginDef::echo("c", "");
+    std::fs::create_dir_all(plugins.join("c")).expect("mkdir c");
+    std::fs::write(plugins.join("c/plugin.toml"), &c.manifest).expect("write c");
+    std::fs::remove_dir_all(plugins.join("a")).expect("remove a");
+    let b = PluginDef::echo("b", "[env]\nRELOADED = \"yes\"\n");
+    std::fs::write(plugins.join("b/plugin.toml"), &b.manifest).expect("change b");
+    sup.signal(Signal::SIGHUP);
+
+    sup.wait_until("c is added, a removed and b reloaded", || async {
+        let c = sup.plugin_status("c").await;
+        let a = sup.plugin_status("a").await;
+        let b = sup.plugin_status("b").await;
+        c["state"] == "ready" && a.is_null() && b["state"] == "ready" && b["pid"] != b_pid
+    })
+    .await;
+    assert_eq!(sup.get("/plugins/a/echo/1").await.expect("a").status(), 404);
+    sup.wait_until("a's process is gone", || async { process_gone(a_pid) })
+        .await;
+    let old_b = b_pid.as_u64().expect("pid") as u32;
+    sup.wait_until("b's old instance drained and exited", || async {
+        process_gone(old_b)
+    })
+    .await;
+
+    let _ = stop_tx.send(());
+    let (ok, failed) = traffic.await.expect("traffic");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the reload: {failed:?}"
+    );
+    assert!(ok > 0);
+    assert_eq!(
+        sup.plugin_status("b").await["restarts"],
+        0,
+        "a reload is not a restart"
+    );
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_reload_that_fails_keeps_the_old_instance_serving() {
+    let sup = TestSupervisor::start(&[PluginDef::echo("b", "")], &[]).await;
+    let pid = sup.plugin_status("b").await["pid"].clone();
+    let broken = PluginDef::raw("b", "bad-version");
+    std::fs::write(
+        sup.dir.path().join("plugins/b/plugin.toml"),
+        &broken.manifest,
+    )
+    .expect("write");
+    sup.signal(Signal::SIGHUP);
+    sup.wait_until("the failed reload is reported", || async {
+        sup.log_tail()
+            .contains("reload failed; the running instance keeps serving")
+    })
+    .await;
+    let status = sup.plugin_status("b").await;
+    assert_eq!(
+        (status["state"].as_str(), &status["pid"]),
+        (Some("ready"), &pid)
+    );
+    assert_eq!(
+        sup.get("/plugins/b/echo/1").await.expect("old").status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(crate::harness::DEADLINE))
+        .expect("timeout");
+    let env = [
+        ("NOTIFY_SOCKET", path.display().to_string()),
+        ("WATCHDOG_USEC", "200000".to_string()),
+    ];
+    let mut sup = TestSupervisor::start_with_env(&[PluginDef::echo("echo", "")], &[], &env).await;
+    let mut seen = String::new();
+    let mut expect = |what: &str| {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(what) {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {what}: {e}; got {seen}"));
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    expect("READY=1");
+    expect("STATUS=1 plugins ready, 0 failed, 0 other");
+    expect("WATCHDOG=1");
+    sup.signal(Signal::SIGHUP);
+    expect("RELOADING=1");
+    sup.signal(Signal::SIGTERM);
+    expect("STOPPING=1");
+    assert_eq!(sup.wait_exit().await.code(), Some(0));
+}

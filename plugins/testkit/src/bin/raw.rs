@@ -73,11 +73,8 @@ fn main() {
     stream.write_all(&frame).expect("send handshake");
     let answer = read_frame(&mut stream).expect("handshake answer");
     eprintln!("handshake answer: {} bytes", answer.len());
-    // Wait for a request, then misbehave.
-    while mode != "deaf" {
-        let Ok(request) = read_frame(&mut stream) else {
-            break;
-        };
+    // Wait for a request, then misbehave (the deaf plugin never reads again).
+    while let Some(Ok(request)) = (mode != "deaf").then(|| read_frame(&mut stream)) {
         eprintln!(
             "got a request of {} bytes; misbehaving ({mode})",
             request.len()

@@ -12,6 +12,7 @@
 //! - [`router`]: each plugin's route table, built from its handshake.
 //! - [`proxy`]: the HTTP handler that forwards `/plugins/{name}/…` to a plugin.
 //! - [`server`]: binds, serves and shuts down gracefully.
+//! - [`watcher`]: turns file changes in the plugins directory into debounced rescans.
 
 pub mod cli;
 pub mod ipc;
@@ -24,3 +25,4 @@ pub mod reconcile;
 pub mod router;
 pub mod server;
 pub mod settings;
+pub mod watcher;

@@ -14,6 +14,7 @@ use crate::plugin::{
 };
 use crate::policy::{Decision, RestartState};
 use crate::proxy::AppState;
+use crate::watcher::Watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -110,6 +111,7 @@ pub struct Reconciler {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     last_status: String,
+    watcher: Option<Watcher>,
 }
 
 /// Identifies the program a manifest runs, so a rebuilt binary is noticed.
@@ -144,12 +146,23 @@ impl Reconciler {
             tx,
             rx,
             last_status: String::new(),
+            watcher: None,
         };
         (r, handle)
     }
 
     /// Discovers and starts every plugin, then handles events until shutdown.
     pub async fn run(mut self) {
+        let handle = Handle {
+            tx: self.tx.clone(),
+        };
+        match Watcher::start(&self.plugins_dir, handle) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => tracing::warn!(
+                "cannot watch {}: {e}; send SIGHUP to pick up changes",
+                self.plugins_dir.display()
+            ),
+        }
         self.rescan(false);
         let watchdog = sd_notify::watchdog_enabled();
         let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
@@ -448,6 +461,9 @@ impl Reconciler {
             .collect();
         for name in gone {
             self.remove(&name);
+        }
+        if let Some(watcher) = &mut self.watcher {
+            watcher.watch_programs(self.entries.values().map(|e| e.manifest.program()));
         }
         self.publish_map();
     }

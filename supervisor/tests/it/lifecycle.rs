@@ -228,3 +228,30 @@ async fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     expect("STOPPING=1");
     assert_eq!(sup.wait_exit().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn file_changes_are_picked_up_without_a_signal() {
+    let sup = TestSupervisor::start(&[PluginDef::echo("a", "")], &[]).await;
+    let plugins = sup.dir.path().join("plugins");
+    let w = PluginDef::echo("w", "");
+    std::fs::create_dir_all(plugins.join("w")).expect("mkdir");
+    std::fs::write(plugins.join("w/plugin.toml"), &w.manifest).expect("write");
+    sup.wait_until("the new plugin is started", || async {
+        sup.plugin_status("w").await["state"] == "ready"
+    })
+    .await;
+    let pid = sup.plugin_status("w").await["pid"].clone();
+    let changed = PluginDef::echo("w", "[limits]\nrequest_timeout = \"7s\"\n");
+    std::fs::write(plugins.join("w/plugin.toml"), &changed.manifest).expect("change");
+    sup.wait_until("the changed plugin is reloaded", || async {
+        let s = sup.plugin_status("w").await;
+        s["state"] == "ready" && s["pid"] != pid
+    })
+    .await;
+    std::fs::remove_dir_all(plugins.join("w")).expect("remove");
+    sup.wait_until("the removed plugin is forgotten", || async {
+        sup.plugin_status("w").await.is_null()
+    })
+    .await;
+    assert_eq!(sup.get("/plugins/a/echo/1").await.expect("a").status(), 200);
+}

@@ -6,6 +6,7 @@
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
 //! - [`ipc`]: one multiplexed protocol connection per plugin.
+//! - [`logs`]: each plugin's recent output, kept across restarts.
 //! - [`plugin`]: starting and stopping one plugin instance, and each plugin's visible state.
 //! - [`policy`]: the restart policy (backoff, crash loops) and health-check settings.
 //! - [`reconcile`]: the one loop that owns every plugin's state machine.
@@ -16,6 +17,7 @@
 
 pub mod cli;
 pub mod ipc;
+pub mod logs;
 pub mod manifest;
 pub mod plugin;
 pub mod policy;

@@ -8,6 +8,7 @@
 //! a task that waits on the process) and its failed health checks back to the loop.
 
 use crate::ipc::{self, CallError, Connection, Expected};
+use crate::logs::LogRing;
 use crate::manifest::Manifest;
 use crate::process::{self, SpawnSpec};
 use crate::router::RouteTable;
@@ -109,6 +110,7 @@ pub struct PluginSlot {
     name: String,
     state: ArcSwap<PluginState>,
     restarts: AtomicU32,
+    logs: Arc<LogRing>,
 }
 
 impl PluginSlot {
@@ -118,7 +120,13 @@ impl PluginSlot {
             name: name.to_owned(),
             state: ArcSwap::from_pointee(PluginState::Starting),
             restarts: AtomicU32::new(0),
+            logs: Arc::default(),
         })
+    }
+
+    /// The plugin's recent output, across all its instances.
+    pub fn logs(&self) -> &Arc<LogRing> {
+        &self.logs
     }
 
     /// The plugin's name.
@@ -236,6 +244,7 @@ pub async fn start_instance(
     manifest: Arc<Manifest>,
     epoch: u64,
     ctx: &StartContext,
+    logs: Arc<LogRing>,
     on_spawned: impl FnOnce(u32),
 ) -> Result<Arc<Instance>, StartError> {
     let token = new_token();
@@ -250,9 +259,10 @@ pub async fn start_instance(
         token: &token,
         epoch,
         max_frame: ctx.max_frame,
+        logs,
     };
-    let mut child = match process::spawn(&spec) {
-        Ok(child) => child,
+    let process::Spawned { mut child, output } = match process::spawn(&spec) {
+        Ok(spawned) => spawned,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
             return Err(StartError {
@@ -266,6 +276,9 @@ pub async fn start_instance(
     let (exit_tx, mut exited) = watch::channel(None::<String>);
     tokio::spawn(async move {
         let reason = exit_reason(child.wait().await);
+        // Its last lines may still be in the pipes; they explain the exit, so read them first
+        // (briefly: a child it left behind may hold the pipes open).
+        let _ = tokio::time::timeout(Duration::from_millis(500), output).await;
         let _ = exit_tx.send(Some(reason));
     });
 

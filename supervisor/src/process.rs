@@ -6,12 +6,14 @@
 //! stdout/stderr whose lines are logged under the plugin's name.
 #![allow(unsafe_code)]
 
+use crate::logs::LogRing;
 use crate::manifest::Manifest;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_TOKEN};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -31,6 +33,8 @@ pub struct SpawnSpec<'a> {
     pub epoch: u64,
     /// The largest frame the supervisor accepts.
     pub max_frame: usize,
+    /// Where the plugin's output lines are kept.
+    pub logs: Arc<LogRing>,
 }
 
 /// Why a process could not be started; `fatal` when trying again cannot help (the command is
@@ -44,8 +48,17 @@ pub struct SpawnError {
     pub fatal: bool,
 }
 
+/// A started process and the task reading its output.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The process.
+    pub child: Child,
+    /// Ends when both stdout and stderr reached their end (so every line is logged).
+    pub output: tokio::task::JoinHandle<()>,
+}
+
 /// Starts the plugin's process and begins logging its output.
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let m = spec.manifest;
     let program = m.program();
     let mut cmd = Command::new(&program);
@@ -93,13 +106,23 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
         message: "the process exited at once".into(),
         fatal: false,
     })?;
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(log_lines(m.name.clone(), pid, "stdout", out));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(log_lines(m.name.clone(), pid, "stderr", err));
-    }
-    Ok(child)
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (name, logs) = (m.name.clone(), spec.logs.clone());
+    let output = tokio::spawn(async move {
+        let out = async {
+            if let Some(out) = stdout {
+                log_lines(&name, pid, "stdout", out, &logs).await;
+            }
+        };
+        let err = async {
+            if let Some(err) = stderr {
+                log_lines(&name, pid, "stderr", err, &logs).await;
+            }
+        };
+        tokio::join!(out, err);
+    });
+    Ok(Spawned { child, output })
 }
 
 /// Sends `signal` to the whole process group led by `pid`.
@@ -111,7 +134,13 @@ pub fn signal_group(pid: u32, signal: Signal) {
 
 /// Logs each line of a child's stdout or stderr as a tracing event tagged with the plugin.
 /// A line longer than [`MAX_LOG_LINE`] is logged in pieces, each marked as continued.
-async fn log_lines(plugin: String, pid: u32, stream: &'static str, output: impl AsyncRead + Unpin) {
+async fn log_lines(
+    plugin: &str,
+    pid: u32,
+    stream: &'static str,
+    output: impl AsyncRead + Unpin,
+    ring: &LogRing,
+) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -125,6 +154,7 @@ async fn log_lines(plugin: String, pid: u32, stream: &'static str, output: impl 
                 let text = text.trim_end_matches(['\n', '\r']);
                 let marker = if whole { "" } else { " [line continues]" };
                 tracing::info!(target: "plugd::plugin", plugin, pid, stream, "{text}{marker}");
+                ring.push(pid, stream, text);
             }
             Err(e) => {
                 tracing::warn!(target: "plugd::plugin", plugin, pid, stream, "cannot read output: {e}");

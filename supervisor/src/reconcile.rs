@@ -71,6 +71,9 @@ pub enum Event {
     },
 }
 
+/// Lines of a plugin's output logged when it goes down.
+const LAST_WORDS: usize = 5;
+
 /// The loop's handle: cloneable, cheap, usable from any task.
 #[derive(Debug, Clone)]
 pub struct Handle {
@@ -239,6 +242,7 @@ impl Reconciler {
             entry.slot.set(PluginState::Starting);
         }
         let manifest = entry.manifest.clone();
+        let logs = entry.slot.logs().clone();
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
         let name = name.to_owned();
@@ -249,7 +253,7 @@ impl Reconciler {
                     let _ = tx.send(Event::Spawned { name, epoch });
                 }
             };
-            let result = start_instance(manifest, epoch, &ctx, spawned).await;
+            let result = start_instance(manifest, epoch, &ctx, logs, spawned).await;
             let _ = tx.send(Event::Started {
                 name,
                 epoch,
@@ -351,6 +355,20 @@ impl Reconciler {
         let Some(entry) = self.entries.get_mut(name) else {
             return;
         };
+        let last_words: Vec<String> = entry
+            .slot
+            .logs()
+            .last(LAST_WORDS)
+            .iter()
+            .map(|l| format!("[{} {}] {}", l.pid, l.stream, l.display()))
+            .collect();
+        if !last_words.is_empty() {
+            tracing::warn!(
+                plugin = name,
+                "last output before it went down:\n  {}",
+                last_words.join("\n  ")
+            );
+        }
         if fatal {
             entry.slot.set(PluginState::Failed(reason));
             return;

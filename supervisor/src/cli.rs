@@ -62,6 +62,12 @@ struct ServeArgs {
     /// Largest protocol frame [default: 16MiB].
     #[arg(long)]
     max_frame: Option<String>,
+    /// Time between resource samples of each plugin; 0s turns monitoring off [default: 2s].
+    #[arg(long)]
+    monitor_interval: Option<String>,
+    /// Put each plugin in a cgroup of its own: true or false [default: true].
+    #[arg(long)]
+    cgroups: Option<String>,
 }
 
 impl ServeArgs {
@@ -76,6 +82,8 @@ impl ServeArgs {
             ("shutdown_timeout", &self.shutdown_timeout),
             ("max_body", &self.max_body),
             ("max_frame", &self.max_frame),
+            ("monitor_interval", &self.monitor_interval),
+            ("cgroups", &self.cgroups),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

@@ -6,6 +6,7 @@
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
 //! - [`ipc`]: one multiplexed protocol connection per plugin.
+//! - [`limits`]: resource limits per plugin: rlimits, cgroups, usage sampling.
 //! - [`logs`]: each plugin's recent output, kept across restarts.
 //! - [`plugin`]: starting and stopping one plugin instance, and each plugin's visible state.
 //! - [`policy`]: the restart policy (backoff, crash loops) and health-check settings.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod ipc;
+pub mod limits;
 pub mod logs;
 pub mod manifest;
 pub mod plugin;

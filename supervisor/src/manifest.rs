@@ -51,7 +51,7 @@ pub struct Manifest {
     pub dir: PathBuf,
 }
 
-/// The `[limits]` table.
+/// The `[limits]` table. Unset keys take the defaults in [`crate::limits::EffectiveLimits`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -61,6 +61,27 @@ pub struct Limits {
     /// Largest HTTP request body forwarded to the plugin, such as `"1MiB"`.
     #[serde(default, deserialize_with = "opt_size")]
     pub max_body: Option<ByteSize>,
+    /// Memory the plugin may use, such as `"64MiB"`; past it the plugin is killed.
+    #[serde(default, deserialize_with = "opt_size")]
+    pub memory: Option<ByteSize>,
+    /// Memory past which a warning is logged (default: 80% of `memory`).
+    #[serde(default, deserialize_with = "opt_size")]
+    pub memory_soft: Option<ByteSize>,
+    /// CPU the plugin may use, in cores (`0.5` is half of one core).
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Total CPU time after which the process is killed, such as `"10m"`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub cpu_time: Option<Duration>,
+    /// Processes plus threads the plugin may run.
+    #[serde(default)]
+    pub tasks: Option<u32>,
+    /// File descriptors the plugin may hold open.
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    /// Requests in flight to the plugin at once; more get 503 at once.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A manifest that could not be used: the file and what was wrong with it.
@@ -140,7 +161,10 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
             .filter(|span| span.start > 0)
             .map(|span| text[..span.start].matches('\n').count() + 1);
         match line {
-            Some(line) => format!("line {line}: {}", e.message()),
+            Some(line) => {
+                let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+                format!("line {line} (`{source}`): {}", e.message())
+            }
             None => e.message().to_owned(),
         }
     })?;
@@ -250,6 +274,13 @@ interval = "1s"
         let err = parse("name = \"a\"\nversion = \"1\"\ncommand = \"x\"\ncolour = \"red\"\n")
             .expect_err("unknown key");
         assert!(err.contains("colour") && err.contains("line 4"), "{err}");
+        let err =
+            parse("name = \"a\"\nversion = \"1\"\ncommand = \"x\"\n[limits]\nmemory = \"lots\"\n")
+                .expect_err("bad size");
+        assert!(
+            err.contains("memory = \"lots\"") && err.contains("line 5"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! a task that waits on the process) and its failed health checks back to the loop.
 
 use crate::ipc::{self, CallError, Connection, Expected};
+use crate::limits::{self, Cgroups, EffectiveLimits, Leaf, Rlimits, Usage, Verdict};
 use crate::logs::LogRing;
 use crate::manifest::Manifest;
 use crate::process::{self, SpawnSpec};
@@ -18,10 +19,10 @@ use plugd_protocol::message::control::{Shutdown, ShutdownParams};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// What a plugin is doing now, as admins and the proxy see it.
 #[derive(Debug)]
@@ -90,10 +91,14 @@ pub struct Instance {
     pub version: String,
     /// The manifest it was started from.
     pub manifest: Arc<Manifest>,
-    /// Time it has to answer one HTTP request.
-    pub request_timeout: Duration,
-    /// Largest request body forwarded to it.
-    pub max_body: usize,
+    /// Its limits, defaults filled in.
+    pub limits: EffectiveLimits,
+    /// One permit per request it may have in flight.
+    pub in_flight: Arc<Semaphore>,
+    /// The latest resource sample.
+    pub usage: Mutex<Option<Usage>>,
+    /// Its cgroup, when plugd can create one.
+    leaf: Option<Leaf>,
     /// The protocol connection.
     pub conn: Arc<Connection>,
     /// Its routes.
@@ -184,6 +189,10 @@ pub struct StartContext {
     pub request_timeout: Duration,
     /// Default body limit for manifests that set none.
     pub max_body: usize,
+    /// The cgroup hierarchy plugd writes, if any.
+    pub cgroups: Arc<Cgroups>,
+    /// Time between resource samples (zero: no monitoring).
+    pub monitor_interval: Duration,
 }
 
 /// Why an instance did not start; `fatal` when starting it again cannot help.
@@ -248,6 +257,31 @@ pub async fn start_instance(
     on_spawned: impl FnOnce(u32),
 ) -> Result<Arc<Instance>, StartError> {
     let token = new_token();
+    let limits = EffectiveLimits::resolve(&manifest.limits, ctx.request_timeout, ctx.max_body);
+    let leaf = ctx.cgroups.create_leaf(&manifest.name, epoch, &limits);
+    let result = start_in(manifest, epoch, ctx, logs, on_spawned, token, limits, &leaf).await;
+    match result {
+        Ok(parts) => Ok(Arc::new(Instance { leaf, ..parts })),
+        Err(e) => {
+            if let Some(leaf) = &leaf {
+                leaf.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_in(
+    manifest: Arc<Manifest>,
+    epoch: u64,
+    ctx: &StartContext,
+    logs: Arc<LogRing>,
+    on_spawned: impl FnOnce(u32),
+    token: String,
+    limits: EffectiveLimits,
+    leaf: &Option<Leaf>,
+) -> Result<Instance, StartError> {
     let socket = ctx.socket_dir.join(format!("{epoch}.sock"));
     let listener = UnixListener::bind(&socket).map_err(|e| StartError {
         reason: format!("cannot create socket {}: {e}", socket.display()),
@@ -260,6 +294,8 @@ pub async fn start_instance(
         epoch,
         max_frame: ctx.max_frame,
         logs,
+        rlimits: Rlimits::for_limits(&limits),
+        cgroup_procs: leaf.as_ref().map(Leaf::procs_files).unwrap_or_default(),
     };
     let process::Spawned { mut child, output } = match process::spawn(&spec) {
         Ok(spawned) => spawned,
@@ -317,23 +353,20 @@ pub async fn start_instance(
             return Err(e);
         }
     };
-    Ok(Arc::new(Instance {
+    Ok(Instance {
         pid,
         epoch,
         version: hello.version,
-        request_timeout: manifest
-            .limits
-            .request_timeout
-            .unwrap_or(ctx.request_timeout),
-        max_body: manifest.limits.max_body.map_or(ctx.max_body, |b| {
-            usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
-        }),
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+        limits,
+        usage: Mutex::new(None),
+        leaf: None,
         manifest,
         conn,
         routes,
         ready_at: Instant::now(),
         exited,
-    }))
+    })
 }
 
 /// How long a plugin that closed its connection has to exit on its own before it is killed.
@@ -346,6 +379,8 @@ pub enum InstanceEvent {
     Exited(String),
     /// The plugin did not answer a health ping in time; it has not been killed yet.
     Unresponsive(String),
+    /// The plugin went past a hard limit the kernel does not enforce; not killed yet.
+    LimitBreach(String),
 }
 
 /// Follows a ready instance until its process is gone, reporting each event through `report`.
@@ -353,7 +388,11 @@ pub enum InstanceEvent {
 /// Pings it every `health.interval`; a ping unanswered within `health.timeout` is reported as
 /// `Unresponsive` (the caller decides to kill). A connection cut off for a bad frame kills the
 /// process at once; one the plugin closed itself gets [`EXIT_AFTER_CLOSE`] to exit on its own.
-pub async fn follow_instance(instance: Arc<Instance>, report: impl Fn(InstanceEvent)) {
+pub async fn follow_instance(
+    instance: Arc<Instance>,
+    monitor_interval: Duration,
+    report: impl Fn(InstanceEvent),
+) {
     let mut exited = instance.exited.clone();
     let health = instance.manifest.health.clone();
     let pings = async {
@@ -372,6 +411,35 @@ pub async fn follow_instance(instance: Arc<Instance>, report: impl Fn(InstanceEv
             }
         }
     };
+    let monitor = async {
+        if monitor_interval.is_zero() {
+            return std::future::pending::<()>().await;
+        }
+        let mut previous = None;
+        let mut over_soft = false;
+        loop {
+            tokio::time::sleep(monitor_interval).await;
+            let Some(usage) = limits::sample(instance.pid, instance.leaf.as_ref(), previous) else {
+                continue;
+            };
+            previous = Some((Instant::now(), usage.cpu_seconds));
+            let verdict = limits::judge(&usage, &instance.limits, instance.leaf.as_ref());
+            *instance.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(usage);
+            match verdict {
+                Verdict::Fine => over_soft = false,
+                Verdict::Soft(why) => {
+                    if !over_soft {
+                        tracing::warn!(plugin = %instance.manifest.name, pid = instance.pid, "{why}");
+                    }
+                    over_soft = true;
+                }
+                Verdict::Hard(why) => {
+                    report(InstanceEvent::LimitBreach(why));
+                    return std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
     let exit = tokio::select! {
         reason = wait_exit(&mut exited) => reason,
         _ = instance.conn.closed() => {
@@ -385,14 +453,23 @@ pub async fn follow_instance(instance: Arc<Instance>, report: impl Fn(InstanceEv
             }
         }
         _ = pings => unreachable!("the ping loop never ends by itself"),
+        _ = monitor => unreachable!("the monitor never ends by itself"),
     };
+    let oom = instance.leaf.as_ref().map_or(0, Leaf::oom_kills);
     let reason = match instance.conn.close_reason() {
         Some(cut) if instance.conn.was_cut_off() => format!("{cut}; {exit}"),
+        _ if oom > 0 => format!(
+            "killed by the kernel's OOM killer: memory limit {} exceeded ({exit})",
+            bytesize::ByteSize(instance.limits.memory)
+        ),
         _ => exit,
     };
     instance.conn.close(&reason);
-    // Children it left in its group go with it.
+    // Children it left in its group go with it, and so does its cgroup.
     process::signal_group(instance.pid, Signal::SIGKILL);
+    if let Some(leaf) = &instance.leaf {
+        leaf.remove();
+    }
     report(InstanceEvent::Exited(reason));
 }
 
@@ -425,5 +502,8 @@ pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
     };
     process::signal_group(instance.pid, Signal::SIGKILL);
     instance.conn.close("the plugin was stopped");
+    if let Some(leaf) = &instance.leaf {
+        leaf.remove();
+    }
     exit
 }

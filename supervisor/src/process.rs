@@ -2,15 +2,18 @@
 //!
 //! Each child gets: its own process group (so a stop reaches its children too), a death signal
 //! tied to the supervisor (`PR_SET_PDEATHSIG`, so it cannot outlive a supervisor killed with
-//! SIGKILL), the protocol's environment variables (socket, one-time token, epoch), and piped
-//! stdout/stderr whose lines are logged under the plugin's name.
+//! SIGKILL), its rlimits and cgroup before `exec`, the protocol's environment variables (socket,
+//! one-time token, epoch), and piped stdout/stderr whose lines are logged under the plugin's
+//! name.
 #![allow(unsafe_code)]
 
+use crate::limits::{join_cgroups, Rlimits};
 use crate::logs::LogRing;
 use crate::manifest::Manifest;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_TOKEN};
+use std::ffi::CString;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -35,6 +38,10 @@ pub struct SpawnSpec<'a> {
     pub max_frame: usize,
     /// Where the plugin's output lines are kept.
     pub logs: Arc<LogRing>,
+    /// rlimits the child sets on itself.
+    pub rlimits: Rlimits,
+    /// `cgroup.procs` files the child joins before `exec` (empty without cgroups).
+    pub cgroup_procs: Vec<CString>,
 }
 
 /// Why a process could not be started; `fatal` when trying again cannot help (the command is
@@ -77,8 +84,11 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         .process_group(0)
         .kill_on_drop(true);
     let supervisor = nix::unistd::getpid();
+    let rlimits = spec.rlimits;
+    let cgroup_procs = spec.cgroup_procs.clone();
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, getppid); it allocates nothing.
+    // functions (prctl, getppid, setrlimit, open, write, close); it allocates nothing, since
+    // the paths were prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -88,6 +98,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
                     "the supervisor exited during the spawn",
                 ));
             }
+            rlimits.apply()?;
+            // Into the plugin's cgroup before exec: nothing it forks can start outside it.
+            join_cgroups(&cgroup_procs)?;
             Ok(())
         });
     }

@@ -137,13 +137,29 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         }
     };
 
+    // Over the in-flight limit: refuse at once rather than queue without bound.
+    let Ok(_permit) = instance.in_flight.clone().try_acquire_owned() else {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin busy",
+            format!(
+                "plugin {name:?} already has {} requests in flight, its limit",
+                instance.limits.max_in_flight
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+
     let too_large = || {
         let mut response = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             format!(
                 "plugin {name:?} accepts request bodies of at most {} bytes",
-                instance.max_body
+                instance.limits.max_body
             ),
         );
         // The rest of the body is never read, so this connection cannot carry another request.
@@ -157,10 +173,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > instance.max_body as u64) {
+    if declared.is_some_and(|len| len > instance.limits.max_body as u64) {
         return too_large();
     }
-    let body = match Limited::new(body, instance.max_body).collect().await {
+    let body = match Limited::new(body, instance.limits.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return too_large(),
         Err(e) => {
@@ -180,7 +196,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
         _ => app.request_id(),
     };
-    let deadline = SystemTime::now() + instance.request_timeout;
+    let deadline = SystemTime::now() + instance.limits.request_timeout;
     let wire = HttpRequest {
         request_id: request_id.clone(),
         method: method.to_owned(),
@@ -196,7 +212,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
     };
     let answer = instance
         .conn
-        .call::<Http>(&wire, instance.request_timeout)
+        .call::<Http>(&wire, instance.limits.request_timeout)
         .await;
     let mut response = match answer {
         Ok(answer) => match build_response(answer) {
@@ -290,6 +306,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         }
         if let PluginState::Ready(instance) = &*state {
             entry["pid"] = instance.pid.into();
+            entry["limits"] = serde_json::to_value(&instance.limits).unwrap_or_default();
+            let usage = instance
+                .usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            entry["usage"] = serde_json::to_value(usage).unwrap_or_default();
+            entry["in_flight"] = (instance.limits.max_in_flight as usize
+                - instance.in_flight.available_permits())
+            .into();
         }
         plugins.insert(name.clone(), entry);
     }

@@ -286,7 +286,8 @@ impl Reconciler {
                 entry.slot.set(PluginState::Ready(instance.clone()));
                 let tx = self.tx.clone();
                 let follow_name = name.to_owned();
-                tokio::spawn(follow_instance(instance.clone(), move |event| {
+                let interval = self.ctx.monitor_interval;
+                tokio::spawn(follow_instance(instance.clone(), interval, move |event| {
                     let _ = tx.send(Event::Instance {
                         name: follow_name.clone(),
                         epoch,
@@ -323,8 +324,12 @@ impl Reconciler {
             return; // an old instance drained after a reload, or one being stopped
         }
         match event {
-            InstanceEvent::Unresponsive(detail) => {
-                let reason = format!("unresponsive: {detail}");
+            InstanceEvent::Unresponsive(_) | InstanceEvent::LimitBreach(_) => {
+                let reason = match event {
+                    InstanceEvent::Unresponsive(detail) => format!("unresponsive: {detail}"),
+                    InstanceEvent::LimitBreach(why) => why,
+                    InstanceEvent::Exited(_) => unreachable!(),
+                };
                 tracing::warn!(plugin = name, %reason, "killing the plugin");
                 entry.kill_reason = Some((epoch, reason));
                 if let Some(instance) = &entry.current {

@@ -1,6 +1,7 @@
 //! The application: prepares directories, binds, discovers and starts plugins, serves HTTP, and
 //! shuts down in order (stop accepting, finish requests in flight, stop plugins, clean up).
 
+use crate::limits::Cgroups;
 use crate::plugin::StartContext;
 use crate::proxy::{self, AppState};
 use crate::reconcile::{Event, Handle, Reconciler};
@@ -97,6 +98,12 @@ impl Application {
             max_frame: usize::try_from(settings.max_frame.as_u64()).unwrap_or(usize::MAX),
             request_timeout: settings.request_timeout,
             max_body: usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX),
+            cgroups: Arc::new(if settings.cgroups {
+                Cgroups::detect()
+            } else {
+                Cgroups::Unavailable("turned off by the cgroups setting".into())
+            }),
+            monitor_interval: settings.monitor_interval,
         };
         let (reconciler, handle) = Reconciler::new(
             settings.plugins_dir.clone(),

@@ -39,6 +39,12 @@ pub struct Settings {
     /// Largest protocol frame either side may send.
     #[serde(deserialize_with = "from_str")]
     pub max_frame: ByteSize,
+    /// Time between resource samples of each plugin; `0s` turns monitoring off.
+    #[serde(deserialize_with = "duration")]
+    pub monitor_interval: Duration,
+    /// Whether to put each plugin in a cgroup of its own with its limits (`true` or `false`).
+    #[serde(deserialize_with = "from_str")]
+    pub cgroups: bool,
 }
 
 impl Default for Settings {
@@ -53,6 +59,8 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             max_body: ByteSize::mib(8),
             max_frame: ByteSize::mib(16),
+            monitor_interval: Duration::from_secs(2),
+            cgroups: true,
         }
     }
 }
@@ -80,6 +88,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("shutdown_timeout", "PLUGD_SHUTDOWN_TIMEOUT"),
     ("max_body", "PLUGD_MAX_BODY"),
     ("max_frame", "PLUGD_MAX_FRAME"),
+    ("monitor_interval", "PLUGD_MONITOR_INTERVAL"),
+    ("cgroups", "PLUGD_CGROUPS"),
 ];
 
 /// The environment variable naming the config file when `--config` is not given.

@@ -273,6 +273,15 @@ impl Cgroups {
         Cgroups::V2 { base }
     }
 
+    /// Removes this run's cgroup directories (at shutdown, once every plugin has stopped).
+    pub fn cleanup(&self) {
+        if let Cgroups::V1 { memory, cpu, pids } = self {
+            for dir in [memory, cpu, pids].into_iter().flatten() {
+                remove_cgroup(dir);
+            }
+        }
+    }
+
     /// Creates the leaf for one instance and writes its limits.
     pub fn create_leaf(&self, plugin: &str, epoch: u64, limits: &EffectiveLimits) -> Option<Leaf> {
         let name = format!("plugd-p{}-{plugin}-{epoch}", std::process::id());
@@ -513,7 +522,7 @@ pub fn join_cgroups(procs: &[CString]) -> std::io::Result<()> {
             OFlag::O_WRONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let written = nix::unistd::write(&fd_ref(fd), b"0");
+        let written = nix::unistd::write(fd_ref(fd), b"0");
         let _ = nix::unistd::close(fd);
         written?;
     }

@@ -92,17 +92,18 @@ impl Application {
         tracing::info!(%addr, "listening");
         announce(&format!("plugd listening on http://{addr}"));
 
+        let cgroups = Arc::new(if settings.cgroups {
+            Cgroups::detect()
+        } else {
+            Cgroups::Unavailable("turned off by the cgroups setting".into())
+        });
         let ctx = StartContext {
             socket_dir: socket_dir.clone(),
             handshake_timeout: settings.handshake_timeout,
             max_frame: usize::try_from(settings.max_frame.as_u64()).unwrap_or(usize::MAX),
             request_timeout: settings.request_timeout,
             max_body: usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX),
-            cgroups: Arc::new(if settings.cgroups {
-                Cgroups::detect()
-            } else {
-                Cgroups::Unavailable("turned off by the cgroups setting".into())
-            }),
+            cgroups: cgroups.clone(),
             monitor_interval: settings.monitor_interval,
         };
         let (reconciler, handle) = Reconciler::new(
@@ -135,6 +136,7 @@ impl Application {
             let _ = stopped.await;
         }
         let _ = reconciling.await;
+        cgroups.cleanup();
         let _ = std::fs::remove_dir_all(&socket_dir);
         tracing::info!("stopped");
         Ok(())

@@ -4,6 +4,7 @@
 mod failures;
 mod harness;
 mod lifecycle;
+mod limits;
 mod proxy;
 mod shutdown;
 mod systemd;

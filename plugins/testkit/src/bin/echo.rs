@@ -9,6 +9,10 @@ use std::time::Duration;
 
 #[derive(Default)]
 struct Counters {
+    /// Memory held on purpose by /alloc.
+    hoard: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Files held open on purpose by /fds.
+    files: std::sync::Mutex<Vec<std::fs::File>>,
     /// Requests to /slow and /hang currently running.
     in_flight: AtomicU64,
     /// /hang requests whose future was dropped (cancelled by the supervisor).
@@ -62,6 +66,30 @@ fn echo(req: &Request) -> Response {
         .with_header("x-echo", "yes")
 }
 
+/// Busy-loops until this thread has used `ms` milliseconds of CPU; returns the CPU ms used.
+fn spin_cpu(ms: u64) -> u64 {
+    let cpu_ms = || {
+        let t = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        // Fields after the command name; utime and stime are the 12th and 13th of them.
+        let f: Vec<&str> = t
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // Clock ticks are 100 per second on Linux.
+        (tick(11) + tick(12)) * 10
+    };
+    let start = cpu_ms();
+    let mut x = 0u64;
+    while cpu_ms() - start < ms {
+        for i in 0..100_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+    cpu_ms() - start
+}
+
 #[tokio::main]
 async fn main() -> Result<(), plugd_runtime::Error> {
     let name = std::env::var("PLUGD_PLUGIN_NAME").unwrap_or_else(|_| "echo".into());
@@ -96,6 +124,67 @@ async fn main() -> Result<(), plugd_runtime::Error> {
         })
         .get("/pid", |_req: Request, _| async {
             std::process::id().to_string()
+        })
+        // Misbehaviour for the resource-limit tests.
+        .get("/alloc", |req: Request, c: Arc<Counters>| async move {
+            let mb = req
+                .query("mb")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1usize);
+            for _ in 0..mb {
+                // Touch every page so the memory is really used, not just reserved.
+                c.hoard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(vec![1u8; 1 << 20]);
+            }
+            format!("holding {mb} MiB more")
+        })
+        .get("/spin", |req: Request, _| async move {
+            let ms = req
+                .query("ms")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(100u64);
+            let cpu_ms = tokio::task::spawn_blocking(move || spin_cpu(ms))
+                .await
+                .unwrap_or(0);
+            format!("spun {cpu_ms} ms of CPU")
+        })
+        .get("/fork", |req: Request, _| async move {
+            let n = req
+                .query("n")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1usize);
+            let mut started = 0;
+            let mut error = String::new();
+            for _ in 0..n {
+                match std::process::Command::new("sleep").arg("30").spawn() {
+                    Ok(_) => started += 1,
+                    Err(e) => {
+                        error = e.to_string();
+                        break;
+                    }
+                }
+            }
+            Json(serde_json::json!({ "started": started, "error": error }))
+        })
+        .get("/fds", |req: Request, c: Arc<Counters>| async move {
+            let n = req
+                .query("n")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1usize);
+            let mut files = c.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut error = String::new();
+            for _ in 0..n {
+                match std::fs::File::open("/dev/null") {
+                    Ok(f) => files.push(f),
+                    Err(e) => {
+                        error = e.to_string();
+                        break;
+                    }
+                }
+            }
+            Json(serde_json::json!({ "held": files.len(), "error": error }))
         })
         .get("/crash", |_req: Request, _| async {
             eprintln!("crashing on purpose");

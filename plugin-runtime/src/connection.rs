@@ -196,9 +196,6 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         count,
         on_unload: Mutex::new(plugin.on_unload),
     });
-    if let Some(on_load) = plugin.on_load {
-        on_load(shared.state.clone()).await.map_err(Error::OnLoad)?;
-    }
 
     let (stopped_tx, mut stopped) = oneshot::channel::<()>();
     let mut stopped_tx = Some(stopped_tx);

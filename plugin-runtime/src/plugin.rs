@@ -182,7 +182,8 @@ impl<S: Send + Sync + 'static> Plugin<S> {
         self.route("DELETE", path, handler)
     }
 
-    /// Runs `f` after the handshake and before the first request; an error stops the plugin.
+    /// Runs `f` before the handshake, so before the first request; an error stops the plugin
+    /// (and, during a reload, leaves the running version serving).
     pub fn on_load<F, Fut>(mut self, f: F) -> Self
     where
         F: FnOnce(Arc<S>) -> Fut + Send + 'static,
@@ -213,9 +214,14 @@ impl<S: Send + Sync + 'static> Plugin<S> {
         result
     }
 
-    async fn run_inner(self) -> Result<(), Error> {
+    async fn run_inner(mut self) -> Result<(), Error> {
         self.check_routes()?;
         let env = connection::Env::from_process()?;
+        // Loaded before the handshake: the supervisor routes requests to a plugin (or swaps it in
+        // during a reload) only once it is ready for them.
+        if let Some(on_load) = self.on_load.take() {
+            on_load(self.state.clone()).await.map_err(Error::OnLoad)?;
+        }
         let stream = tokio::net::UnixStream::connect(&env.socket)
             .await
             .map_err(|source| Error::Connect {

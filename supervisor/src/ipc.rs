@@ -33,9 +33,13 @@ const OUTGOING_QUEUE: usize = 1024;
 /// Why a call to a plugin did not produce a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallError {
-    /// The connection is gone (the plugin exited, was cut off, or is being stopped).
+    /// The connection closed while the request was in flight (the plugin exited or was cut off).
     #[error("connection to the plugin closed: {0}")]
     Closed(String),
+    /// The connection was already closed, so the request was never sent: safe to retry
+    /// elsewhere.
+    #[error("connection to the plugin closed before the request was sent: {0}")]
+    NotSent(String),
     /// No answer within the deadline; the plugin was sent a cancel.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -250,7 +254,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<M::Result, CallError> {
         if let Some(reason) = self.close_reason() {
-            return Err(CallError::Closed(reason));
+            return Err(CallError::NotSent(reason));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_request::<M>(id, params, self.max_frame)
@@ -264,14 +268,23 @@ impl Connection {
         };
         // A close that drained the map before our insert would never answer us.
         if let Some(reason) = self.close_reason() {
-            return Err(CallError::Closed(reason));
+            guard.armed = false;
+            self.lock_pending().remove(&id);
+            return Err(CallError::NotSent(reason));
         }
-        if self.out.send(frame).await.is_err() {
-            return Err(CallError::Closed("the writer stopped".into()));
-        }
-        let answer = tokio::time::timeout(timeout, rx).await;
+        // The deadline covers queueing the frame too: a plugin that stopped reading fills the
+        // socket and the queue, and its callers must still get their timeout.
+        let answer = tokio::time::timeout(timeout, async {
+            self.out
+                .send(frame)
+                .await
+                .map_err(|_| "the writer stopped".to_string())?;
+            rx.await
+                .unwrap_or_else(|_| Err("connection dropped".into()))
+        })
+        .await;
         match answer {
-            Ok(Ok(Ok(response))) => {
+            Ok(Ok(response)) => {
                 guard.armed = false;
                 match response.decode_result::<M>() {
                     Ok(Ok(result)) => Ok(result),
@@ -279,13 +292,9 @@ impl Connection {
                     Err(e) => Err(CallError::Protocol(e.to_string())),
                 }
             }
-            Ok(Ok(Err(reason))) => {
+            Ok(Err(reason)) => {
                 guard.armed = false;
                 Err(CallError::Closed(reason))
-            }
-            Ok(Err(_)) => {
-                guard.armed = false;
-                Err(CallError::Closed("connection dropped".into()))
             }
             // The guard removes the pending entry and sends the cancel.
             Err(_) => Err(CallError::Timeout(timeout)),
@@ -398,7 +407,9 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
                         encode_error(request.id, &error, conn.max_frame)
                     };
                     if let Ok(frame) = frame {
-                        let _ = conn.out.send(frame).await;
+                        // Never block the reader on a full queue: responses to our callers
+                        // must keep flowing.
+                        conn.try_send(frame);
                     }
                 }
                 Some(Ok(Message::Notification(note))) => {

@@ -407,6 +407,13 @@ pub async fn follow_instance(
                     // Keep waiting for the exit; the caller kills it.
                     std::future::pending::<()>().await;
                 }
+                Err(e @ (CallError::Remote(_) | CallError::Protocol(_))) => {
+                    report(InstanceEvent::Unresponsive(format!(
+                        "answered a health ping with an error: {e}"
+                    )));
+                    std::future::pending::<()>().await;
+                }
+                // Closed: the exit is on its way.
                 Err(_) => std::future::pending::<()>().await,
             }
         }
@@ -482,8 +489,10 @@ pub fn kill_instance(instance: &Instance) {
 /// kills what is left. Returns how it ended.
 pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
     let deadline = Instant::now() + grace;
+    // The plugin drains for most of the grace period and keeps the rest for its on_unload and
+    // its exit, so a clean stop never races the kill.
     let params = ShutdownParams {
-        grace_ms: grace.as_millis() as u64,
+        grace_ms: (grace.as_millis() as u64) * 3 / 4,
     };
     if let Err(e) = instance.conn.call::<Shutdown>(&params, grace).await {
         tracing::debug!(plugin = %instance.manifest.name, "shutdown request: {e}");

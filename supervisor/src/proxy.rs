@@ -210,10 +210,31 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let answer = instance
-        .conn
-        .call::<Http>(&wire, instance.limits.request_timeout)
-        .await;
+    let mut serving = instance.clone();
+    let mut retried = false;
+    let answer = loop {
+        let answer = serving
+            .conn
+            .call::<Http>(&wire, serving.limits.request_timeout)
+            .await;
+        // During a reload the old instance may refuse (draining) or be gone before the request
+        // was sent; then the new one takes it, once.
+        let refused = match &answer {
+            Err(CallError::NotSent(_)) => true,
+            Err(CallError::Remote(e)) => e.code == codes::SHUTTING_DOWN,
+            _ => false,
+        };
+        if refused && !retried {
+            if let PluginState::Ready(newer) = &*slot.state() {
+                if newer.epoch != serving.epoch {
+                    serving = newer.clone();
+                    retried = true;
+                    continue;
+                }
+            }
+        }
+        break answer;
+    };
     let mut response = match answer {
         Ok(answer) => match build_response(answer) {
             Ok(response) => response,
@@ -237,6 +258,11 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
             StatusCode::SERVICE_UNAVAILABLE,
             "plugin not ready",
             format!("plugin {name:?} is shutting down"),
+        ),
+        Err(CallError::NotSent(reason)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin not ready",
+            format!("plugin {name:?} is gone: {reason}"),
         ),
         Err(CallError::Remote(e)) => error(
             StatusCode::BAD_GATEWAY,
@@ -271,7 +297,14 @@ fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 
 fn build_response(answer: plugd_protocol::message::http::HttpResponse) -> Result<Response, String> {
     let status = StatusCode::from_u16(answer.status)
-        .map_err(|_| format!("status {} is not a valid HTTP status", answer.status))?;
+        .ok()
+        .filter(|_| (200..=599).contains(&answer.status))
+        .ok_or_else(|| {
+            format!(
+                "status {} is not a final HTTP status (200-599)",
+                answer.status
+            )
+        })?;
     let mut response = Response::new(Body::from(answer.body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

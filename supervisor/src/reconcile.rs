@@ -62,10 +62,10 @@ pub enum Event {
         /// Whether an operator asked for it (SIGHUP), which systemd is told about.
         requested: bool,
     },
-    /// Stop every plugin within `grace`, then answer on `done`.
+    /// Stop every plugin by `deadline`, then answer on `done`.
     Shutdown {
-        /// Time each plugin has to finish its requests.
-        grace: Duration,
+        /// When every plugin must be gone.
+        deadline: Instant,
         /// Answered when everything is stopped.
         done: oneshot::Sender<()>,
     },
@@ -115,6 +115,8 @@ pub struct Reconciler {
     rx: mpsc::UnboundedReceiver<Event>,
     last_status: String,
     watcher: Option<Watcher>,
+    /// Numbers scheduled retries across all plugins, so a timer outliving its entry is stale.
+    generations: u64,
 }
 
 /// Identifies the program a manifest runs, so a rebuilt binary is noticed.
@@ -150,6 +152,7 @@ impl Reconciler {
             rx,
             last_status: String::new(),
             watcher: None,
+            generations: 0,
         };
         (r, handle)
     }
@@ -172,8 +175,8 @@ impl Reconciler {
         loop {
             tokio::select! {
                 event = self.rx.recv() => match event {
-                    Some(Event::Shutdown { grace, done }) => {
-                        self.shutdown(grace).await;
+                    Some(Event::Shutdown { deadline, done }) => {
+                        self.shutdown(deadline).await;
                         let _ = done.send(());
                         return;
                     }
@@ -223,7 +226,7 @@ impl Reconciler {
                     }
                 }
                 self.rescan(requested);
-                if requested {
+                if requested && self.app.ready.load(Ordering::SeqCst) {
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
@@ -310,6 +313,12 @@ impl Reconciler {
                     plugin = name, reason = %e.reason,
                     "reload failed; the running instance keeps serving"
                 );
+                // Restarts of the running instance use the manifest it runs; the next rescan
+                // (a file change or SIGHUP) tries the new one again.
+                if let Some(current) = &entry.current {
+                    entry.manifest = current.manifest.clone();
+                }
+                entry.program = None;
             }
             Err(e) => self.on_down(name, e.reason, e.fatal, None),
         }
@@ -385,7 +394,8 @@ impl Reconciler {
         {
             Decision::RestartAfter(delay) => {
                 entry.slot.count_restart();
-                entry.retry_generation += 1;
+                self.generations += 1;
+                entry.retry_generation = self.generations;
                 if delay.is_zero() {
                     tracing::warn!(plugin = name, %reason, "plugin down; restarting now");
                     self.start(name);
@@ -457,13 +467,14 @@ impl Reconciler {
                 Some(entry) => {
                     let changed = *entry.manifest != m || entry.program != program;
                     let was_removed = std::mem::replace(&mut entry.removed, false);
-                    if changed || (was_removed && entry.current.is_none()) {
+                    if changed || was_removed {
                         tracing::info!(plugin = %name, "manifest or program changed; reloading");
                         entry.manifest = Arc::new(m);
                         entry.program = program;
                         if entry.current.is_none() {
                             entry.restart.reset();
-                            entry.retry_generation += 1;
+                            self.generations += 1;
+                            entry.retry_generation = self.generations;
                         }
                         self.start(&name);
                     } else if requested && matches!(*entry.slot.state(), PluginState::Failed(_)) {
@@ -528,15 +539,20 @@ impl Reconciler {
 
     /// Announces readiness once every plugin has settled, and keeps systemd's STATUS current.
     fn publish(&mut self) {
-        let (mut ready, mut failed, mut other) = (0, 0, 0);
+        let (mut ready, mut failed, mut other, mut unsettled) = (0, 0, 0, 0);
         for e in self.entries.values() {
             match *e.slot.state() {
                 PluginState::Ready(_) => ready += 1,
                 PluginState::Failed(_) => failed += 1,
-                _ => other += 1,
+                // Waiting to retry after a failed attempt counts as settled for start-up.
+                PluginState::Backoff { .. } | PluginState::Stopped(_) => other += 1,
+                _ => {
+                    other += 1;
+                    unsettled += 1;
+                }
             }
         }
-        if !self.app.ready.load(Ordering::SeqCst) && other == 0 {
+        if !self.app.ready.load(Ordering::SeqCst) && unsettled == 0 {
             self.app.ready.store(true, Ordering::SeqCst);
             tracing::info!(ready, failed, "plugins started");
             crate::server::announce(&format!(
@@ -551,49 +567,56 @@ impl Reconciler {
         }
     }
 
-    /// Stops every instance (finishing their requests within `grace`), including ones still
-    /// starting, whose start is awaited first.
-    async fn shutdown(&mut self, grace: Duration) {
+    /// Stops every instance by `deadline` (each finishes its requests in the time left),
+    /// including instances whose start completes meanwhile. Whatever still starts at the
+    /// deadline dies with plugd (`PR_SET_PDEATHSIG`).
+    async fn shutdown(&mut self, deadline: Instant) {
         notify(&[sd_notify::NotifyState::Stopping]);
-        let deadline = Instant::now() + self.ctx.handshake_timeout + Duration::from_secs(1);
-        while self.entries.values().any(|e| e.starting.is_some()) && Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(Event::Started {
-                    name,
-                    epoch,
-                    result,
-                })) => {
-                    if let Some(e) = self.entries.get_mut(&name) {
-                        if e.starting == Some(epoch) {
-                            e.starting = None;
-                        }
-                    }
-                    if let Ok(instance) = result {
-                        let old = self
-                            .entries
-                            .get_mut(&name)
-                            .and_then(|e| e.current.replace(instance.clone()));
-                        if let Some(old) = old {
-                            plugin::stop_instance(&old, grace).await;
-                        }
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
+        let grace = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1))
+        };
+        let mut stopping = tokio::task::JoinSet::new();
+        for e in self.entries.values_mut() {
+            if let Some(instance) = e.current.take() {
+                let slot = e.slot.clone();
+                slot.set(PluginState::Draining);
+                let grace = grace();
+                stopping.spawn(async move {
+                    let how = plugin::stop_instance(&instance, grace).await;
+                    slot.set(PluginState::Stopped(format!(
+                        "supervisor shutting down ({how})"
+                    )));
+                });
             }
         }
-        let stopping = self.entries.values().filter_map(|e| {
-            let instance = e.current.clone()?;
-            let slot = e.slot.clone();
-            slot.set(PluginState::Draining);
-            Some(async move {
-                let how = plugin::stop_instance(&instance, grace).await;
-                slot.set(PluginState::Stopped(format!(
-                    "supervisor shutting down ({how})"
-                )));
-            })
-        });
-        futures_util::future::join_all(stopping).await;
+        while self.entries.values().any(|e| e.starting.is_some()) && Instant::now() < deadline {
+            let event = tokio::time::timeout_at(deadline.into(), self.rx.recv()).await;
+            let Ok(Some(event)) = event else {
+                break;
+            };
+            if let Event::Started {
+                name,
+                epoch,
+                result,
+            } = event
+            {
+                if let Some(e) = self
+                    .entries
+                    .get_mut(&name)
+                    .filter(|e| e.starting == Some(epoch))
+                {
+                    e.starting = None;
+                }
+                if let Ok(instance) = result {
+                    let grace = grace();
+                    stopping.spawn(async move {
+                        plugin::stop_instance(&instance, grace).await;
+                    });
+                }
+            }
+        }
+        while stopping.join_next().await.is_some() {}
     }
 }

@@ -118,8 +118,10 @@ impl Application {
         shutdown.await;
         hangups.abort();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
+        // One budget for the whole stop: HTTP requests in flight, then the plugins.
+        let deadline = std::time::Instant::now() + settings.shutdown_timeout;
         let _ = stop_http.send(());
-        match tokio::time::timeout(settings.shutdown_timeout, server).await {
+        match tokio::time::timeout_at(deadline.into(), server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!("HTTP server error: {e}"),
             Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
@@ -129,10 +131,7 @@ impl Application {
             ),
         }
         let (done, stopped) = tokio::sync::oneshot::channel();
-        if handle.send(Event::Shutdown {
-            grace: settings.shutdown_timeout,
-            done,
-        }) {
+        if handle.send(Event::Shutdown { deadline, done }) {
             let _ = stopped.await;
         }
         let _ = reconciling.await;
@@ -172,6 +171,33 @@ fn private_socket_dir(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
         .mode(0o700)
         .create(runtime_dir)
         .with_context(|| format!("cannot create runtime directory {}", runtime_dir.display()))?;
+    // Someone else's directory here could swap our socket directory and read the tokens.
+    let meta = std::fs::symlink_metadata(runtime_dir)
+        .with_context(|| format!("cannot inspect runtime directory {}", runtime_dir.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    {
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_dir() {
+            bail!(
+                "runtime directory {} is not a directory",
+                runtime_dir.display()
+            );
+        }
+        if meta.uid() != euid {
+            bail!(
+                "runtime directory {} belongs to uid {}, not to plugd's uid {euid}; choose another --runtime-dir",
+                runtime_dir.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o022 != 0 {
+            bail!(
+                "runtime directory {} is writable by group or others (mode {:o}); make it 0700 or choose another --runtime-dir",
+                runtime_dir.display(),
+                meta.mode() & 0o777
+            );
+        }
+    }
     let dir = runtime_dir.join(format!("p{}", std::process::id()));
     if dir.exists() {
         // Left by an earlier process with the same pid; nothing in it can be in use.
@@ -192,4 +218,32 @@ fn private_socket_dir(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_directory_is_private_and_the_runtime_directory_trusted() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let runtime = root.path().join("run");
+        let dir = private_socket_dir(&runtime).expect("created");
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = private_socket_dir(&open).expect_err("world-writable");
+        assert!(
+            format!("{err:#}").contains("writable by group or others"),
+            "{err:#}"
+        );
+
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&runtime, &link).expect("symlink");
+        let err = private_socket_dir(&link).expect_err("a symlink");
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+    }
 }

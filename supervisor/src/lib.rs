@@ -13,6 +13,7 @@
 //! - [`reconcile`]: the one loop that owns every plugin's state machine.
 //! - [`router`]: each plugin's route table, built from its handshake.
 //! - [`proxy`]: the HTTP handler that forwards `/plugins/{name}/…` to a plugin.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`server`]: binds, serves and shuts down gracefully.
 //! - [`watcher`]: turns file changes in the plugins directory into debounced rescans.
 
@@ -21,6 +22,7 @@ pub mod ipc;
 pub mod limits;
 pub mod logs;
 pub mod manifest;
+pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod process;

@@ -109,6 +109,13 @@ pub struct Instance {
     exited: watch::Receiver<Option<String>>,
 }
 
+impl Instance {
+    /// The latest resource sample, if one was taken.
+    pub fn usage_now(&self) -> Option<Usage> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// One plugin's visible state and counters. Written only by the reconcile loop.
 #[derive(Debug)]
 pub struct PluginSlot {

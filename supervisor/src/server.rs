@@ -80,6 +80,7 @@ impl Application {
             .route("/plugins/", any(proxy::proxy))
             .route("/healthz", get(proxy::healthz))
             .route("/readyz", get(proxy::readyz))
+            .route("/metrics", get(crate::metrics::metrics))
             .with_state(state.clone());
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {

@@ -189,4 +189,30 @@ async fn limits_and_usage_are_visible() {
     assert_eq!(status["limits"]["tasks"], 64);
     assert!(status["usage"]["tasks"].as_u64().expect("tasks") >= 1);
     assert!(status["usage"]["open_files"].as_u64().expect("fds") >= 3);
+
+    let r = sup.get("/metrics").await.expect("metrics");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .expect("type")
+        .starts_with("text/plain"));
+    let text = r.text().await.expect("text");
+    for line in [
+        "plugd_plugin_state{plugin=\"seen\",state=\"ready\"} 1",
+        "plugd_plugin_memory_limit_bytes{plugin=\"seen\"} 134217728",
+        "plugd_plugin_tasks_limit{plugin=\"seen\"} 64",
+        "plugd_plugin_restarts_total{plugin=\"seen\"} 0",
+        "# TYPE plugd_plugin_memory_bytes gauge",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let memory = text
+        .lines()
+        .find_map(|l| l.strip_prefix("plugd_plugin_memory_bytes{plugin=\"seen\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("memory sample");
+    assert!(memory > 0.0);
 }

@@ -15,6 +15,7 @@
 //! - [`proxy`]: the HTTP handler that forwards `/plugins/{name}/…` to a plugin.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`server`]: binds, serves and shuts down gracefully.
+//! - [`store`]: the state store (SQLite or PostgreSQL): registrations, audit log, migrations.
 //! - [`watcher`]: turns file changes in the plugins directory into debounced rescans.
 
 pub mod cli;
@@ -31,4 +32,5 @@ pub mod reconcile;
 pub mod router;
 pub mod server;
 pub mod settings;
+pub mod store;
 pub mod watcher;

@@ -5,6 +5,8 @@ mod failures;
 mod harness;
 mod lifecycle;
 mod limits;
+mod pg;
 mod proxy;
 mod shutdown;
+mod store;
 mod systemd;

@@ -1,0 +1,411 @@
+//! The state store: what admins decided and what ran, in SQLite (the embedded default, one file
+//! in the data directory, WAL) or PostgreSQL (`--database-url postgres://…`, for several
+//! workers). One `Store` type serves both through sqlx's `Any` driver; the schema lives in
+//! `migrations/sqlite` and `migrations/postgres` and is applied at start (`plugd migrate`
+//! applies it alone). Queries are written once in the SQL both dialects share.
+
+use crate::manifest::Manifest;
+use anyhow::Context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// For several workers.
+    Postgres,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A plugin as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRecord {
+    /// Unique name.
+    pub name: String,
+    /// Version from its manifest.
+    pub version: String,
+    /// Description from its manifest.
+    pub description: String,
+    /// Author from its manifest.
+    pub author: String,
+    /// Whether an admin wants it running.
+    pub enabled: bool,
+    /// Registered but no longer found on disk.
+    pub missing: bool,
+    /// Bumped by every change of its desired state.
+    pub generation: i64,
+    /// sha256 of the bundle it was installed from, if any.
+    pub bundle_sha256: Option<String>,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// Increasing id (pagination cursor).
+    pub id: i64,
+    /// When, in Unix milliseconds.
+    pub at_ms: i64,
+    /// The plugin concerned, if any.
+    pub plugin: Option<String>,
+    /// Who: an admin token's name, or `plugd` for the supervisor itself.
+    pub actor: String,
+    /// What, such as `enable` or `install`.
+    pub action: String,
+    /// Details.
+    pub detail: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn plugin_from_row(row: &AnyRow) -> Result<PluginRecord, sqlx::Error> {
+    Ok(PluginRecord {
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        description: row.try_get("description")?,
+        author: row.try_get("author")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        missing: row.try_get::<i64, _>("missing")? != 0,
+        generation: row.try_get("generation")?,
+        bundle_sha256: row.try_get("bundle_sha256")?,
+    })
+}
+
+const PLUGIN_COLUMNS: &str =
+    "name, version, description, author, enabled, missing, generation, bundle_sha256";
+
+impl Store {
+    /// Opens the store: PostgreSQL when `database_url` is given, else `plugd.db` in `data_dir`.
+    /// Does not migrate; see [`Store::migrate`].
+    pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (url.to_owned(), Backend::Postgres)
+            }
+            Some(url) => anyhow::bail!(
+                "database URL {:?} is not supported: use postgres://… (or none for SQLite)",
+                redact(url)
+            ),
+            None => (
+                format!("sqlite://{}?mode=rwc", data_dir.join("plugd.db").display()),
+                Backend::Sqlite,
+            ),
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the {backend:?} store at {}", redact(&url)))?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies plugd's own schema migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let result = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&self.pool).await,
+            Backend::Postgres => {
+                sqlx::migrate!("../migrations/postgres")
+                    .run(&self.pool)
+                    .await
+            }
+        };
+        result.context("cannot apply the store's schema migrations")
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("the store does not answer")?;
+        Ok(())
+    }
+
+    /// Registers a discovered plugin (enabled if new) and refreshes what its manifest says;
+    /// an admin's enabled flag is kept. Returns the record.
+    pub async fn register(&self, m: &Manifest) -> anyhow::Result<PluginRecord> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO plugins (name, version, description, author, enabled, missing, generation, created_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, 1, 0, 1, $5, $5)
+             ON CONFLICT (name) DO UPDATE SET version = $2, description = $3, author = $4,
+                 missing = 0, updated_ms = $5
+             RETURNING {PLUGIN_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&m.name)
+            .bind(&m.version)
+            .bind(&m.description)
+            .bind(&m.author)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| format!("cannot register plugin {}", m.name))?;
+        Ok(plugin_from_row(&row)?)
+    }
+
+    /// Marks every registered plugin not in `present` as missing (they are kept, not deleted).
+    pub async fn mark_missing(&self, present: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut newly = Vec::new();
+        for p in self.plugins().await? {
+            if !p.missing && !present.contains(&p.name) {
+                sqlx::query("UPDATE plugins SET missing = 1, updated_ms = $2 WHERE name = $1")
+                    .bind(&p.name)
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await?;
+                newly.push(p.name);
+            }
+        }
+        Ok(newly)
+    }
+
+    /// One plugin's record.
+    pub async fn plugin(&self, name: &str) -> anyhow::Result<Option<PluginRecord>> {
+        let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(plugin_from_row).transpose()?)
+    }
+
+    /// Every registered plugin, by name.
+    pub async fn plugins(&self) -> anyhow::Result<Vec<PluginRecord>> {
+        let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(plugin_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets a plugin's enabled flag on behalf of `actor`, with a `changes` row and an audit
+    /// entry, in one transaction. `Ok(None)`: no such plugin; `Ok(Some(false))`: it already was.
+    pub async fn set_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> anyhow::Result<Option<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT enabled FROM plugins WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        if (current != 0) == enabled {
+            return Ok(Some(false));
+        }
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE plugins SET enabled = $2, generation = generation + 1, updated_ms = $3 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let action = if enabled { "enable" } else { "disable" };
+        insert_change(&mut tx, name, action, now).await?;
+        insert_event(&mut tx, Some(name), actor, action, "", now).await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
+    /// Appends an audit-log entry.
+    pub async fn record(
+        &self,
+        plugin: Option<&str>,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_event(&mut conn, plugin, actor, action, detail, now_ms()).await?;
+        Ok(())
+    }
+
+    /// Audit-log entries, newest first: at most `limit`, older than `before` (an id) when
+    /// given, of one plugin when given.
+    pub async fn events(
+        &self,
+        plugin: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, plugin, actor, action, detail FROM plugin_events
+             WHERE ($1 IS NULL OR plugin = $1) AND ($2 IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(plugin)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    id: row.try_get("id")?,
+                    at_ms: row.try_get("at_ms")?,
+                    plugin: row.try_get("plugin")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies the plugin's `migrations/*.sql` in name order, each in its own transaction and
+    /// recorded with its sha256. An applied migration whose file changed is refused; a failing
+    /// one is rolled back and its error returned. Returns how many were applied now.
+    pub async fn migrate_plugin(&self, plugin: &str, dir: &Path) -> Result<usize, String> {
+        let dir = dir.join("migrations");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        let mut applied = 0;
+        for file in files {
+            let id = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let sql = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read migration {}: {e}", file.display()))?;
+            let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+            let known: Option<String> = sqlx::query_scalar(
+                "SELECT checksum FROM plugin_migrations WHERE plugin = $1 AND migration = $2",
+            )
+            .bind(plugin)
+            .bind(&id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| format!("cannot read applied migrations: {e}"))?;
+            match known {
+                Some(sum) if sum == checksum => continue,
+                Some(sum) => {
+                    return Err(format!(
+                        "migration {id} was applied with checksum {sum} but the file now has checksum {checksum}; applied migrations must not change"
+                    ))
+                }
+                None => {}
+            }
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| format!("cannot start a transaction: {e}"))?;
+            if let Err(e) = sqlx::raw_sql(&sql).execute(&mut *tx).await {
+                // Dropping the transaction rolls it back.
+                return Err(format!("migration {id} failed and was rolled back: {e}"));
+            }
+            sqlx::query(
+                "INSERT INTO plugin_migrations (plugin, migration, checksum, applied_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(plugin)
+            .bind(&id)
+            .bind(&checksum)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| format!("cannot record migration {id}: {e}"))?;
+            tx.commit()
+                .await
+                .map_err(|e| format!("cannot commit migration {id}: {e}"))?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+}
+
+async fn insert_change(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    kind: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO changes (at_ms, plugin, kind) VALUES ($1, $2, $3)")
+        .bind(now)
+        .bind(plugin)
+        .bind(kind)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_event(
+    conn: &mut sqlx::AnyConnection,
+    plugin: Option<&str>,
+    actor: &str,
+    action: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO plugin_events (at_ms, plugin, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(now)
+    .bind(plugin)
+    .bind(actor)
+    .bind(action)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A database URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,219 @@
+//! The state store, every test against both backends: SQLite in a temp dir and a real
+//! PostgreSQL (see `pg.rs`).
+
+use plugd::manifest::{self, Manifest};
+use plugd::store::{Backend, Store};
+
+/// One store per backend, migrated, and the temp dir that keeps the SQLite file alive.
+async fn stores() -> Vec<(Store, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = Store::open(None, dir.path()).await.expect("sqlite");
+    out.push((sqlite, dir));
+    let url = crate::pg::fresh_database().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = Store::open(Some(&url), dir.path()).await.expect("postgres");
+    out.push((pg, dir));
+    for (store, _) in &out {
+        store.migrate().await.expect("migrate");
+        // Migrating twice is a no-op.
+        store.migrate().await.expect("migrate again");
+    }
+    assert_eq!(out[0].0.backend(), Backend::Sqlite);
+    assert_eq!(out[1].0.backend(), Backend::Postgres);
+    out
+}
+
+fn manifest(name: &str, version: &str) -> Manifest {
+    manifest::parse(&format!(
+        "name = {name:?}\nversion = {version:?}\ndescription = \"d\"\nauthor = \"a\"\ncommand = \"x\"\n"
+    ))
+    .expect("valid manifest")
+}
+
+#[tokio::test]
+async fn registration_keeps_an_admins_choice_and_marks_missing_plugins() {
+    for (store, _dir) in stores().await {
+        let b = store.backend();
+        let rec = store
+            .register(&manifest("alpha", "1.0"))
+            .await
+            .expect("register");
+        assert!(
+            rec.enabled && !rec.missing,
+            "{b:?}: new plugins are enabled"
+        );
+        store
+            .register(&manifest("beta", "1.0"))
+            .await
+            .expect("register");
+
+        assert_eq!(
+            store
+                .set_enabled("alpha", false, "ops")
+                .await
+                .expect("disable"),
+            Some(true)
+        );
+        // Discovery again (a restart): the admin's choice stands, the manifest's data updates.
+        let rec = store
+            .register(&manifest("alpha", "1.1"))
+            .await
+            .expect("again");
+        assert!(!rec.enabled, "{b:?}: still disabled");
+        assert_eq!(rec.version, "1.1");
+        assert!(rec.generation > 1, "{b:?}: generation bumped by the change");
+
+        let missing = store
+            .mark_missing(&["alpha".into()])
+            .await
+            .expect("missing");
+        assert_eq!(missing, vec!["beta".to_string()]);
+        let beta = store
+            .plugin("beta")
+            .await
+            .expect("get")
+            .expect("kept, not deleted");
+        assert!(beta.missing);
+        let back = store
+            .register(&manifest("beta", "1.0"))
+            .await
+            .expect("back");
+        assert!(!back.missing, "{b:?}: found again");
+        assert_eq!(store.plugins().await.expect("list").len(), 2);
+        store.ping().await.expect("ping");
+    }
+}
+
+#[tokio::test]
+async fn changes_are_audited_and_repeats_change_nothing() {
+    for (store, _dir) in stores().await {
+        let b = store.backend();
+        store
+            .register(&manifest("alpha", "1.0"))
+            .await
+            .expect("register");
+        assert_eq!(
+            store.set_enabled("alpha", true, "ops").await.expect("noop"),
+            Some(false)
+        );
+        assert_eq!(
+            store
+                .set_enabled("nope", true, "ops")
+                .await
+                .expect("unknown"),
+            None
+        );
+        assert_eq!(
+            store.set_enabled("alpha", false, "ops").await.expect("off"),
+            Some(true)
+        );
+        assert_eq!(
+            store
+                .set_enabled("alpha", false, "ops")
+                .await
+                .expect("again"),
+            Some(false)
+        );
+        assert_eq!(
+            store.set_enabled("alpha", true, "dev").await.expect("on"),
+            Some(true)
+        );
+        for i in 0..5 {
+            store
+                .record(Some("other"), "plugd", "restart", &format!("n{i}"))
+                .await
+                .expect("record");
+        }
+        let alpha = store.events(Some("alpha"), None, 10).await.expect("events");
+        let actions: Vec<(&str, &str)> = alpha
+            .iter()
+            .map(|e| (e.actor.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![("dev", "enable"), ("ops", "disable")],
+            "{b:?}"
+        );
+
+        let page1 = store.events(None, None, 3).await.expect("page 1");
+        assert_eq!(page1.len(), 3);
+        let page2 = store
+            .events(None, Some(page1[2].id), 3)
+            .await
+            .expect("page 2");
+        assert!(page2.iter().all(|e| e.id < page1[2].id));
+        assert_eq!(
+            page1.len()
+                + page2.len()
+                + store
+                    .events(None, Some(page2[2].id), 10)
+                    .await
+                    .expect("rest")
+                    .len(),
+            7
+        );
+    }
+}
+
+#[tokio::test]
+async fn plugin_migrations_apply_once_refuse_edits_and_roll_back_failures() {
+    for (store, dir) in stores().await {
+        let b = store.backend();
+        let plugin = dir.path().join("plug");
+        let migrations = plugin.join("migrations");
+        std::fs::create_dir_all(&migrations).expect("mkdir");
+        std::fs::write(
+            migrations.join("001_items.sql"),
+            "CREATE TABLE plug_items (id BIGINT PRIMARY KEY, name TEXT NOT NULL);",
+        )
+        .expect("write");
+        std::fs::write(
+            migrations.join("002_seed.sql"),
+            "INSERT INTO plug_items (id, name) VALUES (1, 'one');",
+        )
+        .expect("write");
+        assert_eq!(store.migrate_plugin("plug", &plugin).await, Ok(2), "{b:?}");
+        assert_eq!(
+            store.migrate_plugin("plug", &plugin).await,
+            Ok(0),
+            "{b:?}: once only"
+        );
+
+        // A failing migration is rolled back whole and names the statement's error.
+        std::fs::write(
+            migrations.join("003_bad.sql"),
+            "INSERT INTO plug_items (id, name) VALUES (2, 'two'); INSERT INTO no_such_table VALUES (1);",
+        )
+        .expect("write");
+        let err = store
+            .migrate_plugin("plug", &plugin)
+            .await
+            .expect_err("fails");
+        assert!(
+            err.contains("003_bad.sql") && err.contains("no_such_table"),
+            "{b:?}: {err}"
+        );
+        std::fs::remove_file(migrations.join("003_bad.sql")).expect("rm");
+        assert_eq!(
+            store.migrate_plugin("plug", &plugin).await,
+            Ok(0),
+            "{b:?}: the failure left nothing recorded"
+        );
+
+        // An applied migration that changed is refused.
+        std::fs::write(
+            migrations.join("002_seed.sql"),
+            "INSERT INTO plug_items (id, name) VALUES (9, 'nine');",
+        )
+        .expect("edit");
+        let err = store
+            .migrate_plugin("plug", &plugin)
+            .await
+            .expect_err("changed");
+        assert!(
+            err.contains("002_seed.sql") && err.contains("must not change"),
+            "{b:?}: {err}"
+        );
+    }
+}

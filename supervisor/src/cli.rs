@@ -3,6 +3,7 @@
 use crate::manifest;
 use crate::server::Application;
 use crate::settings::{Settings, ENV_CONFIG};
+use crate::store::Store;
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the supervisor: discover plugins, start them, serve HTTP until SIGTERM or SIGINT.
     Serve(Box<ServeArgs>),
+    /// Apply the state store's schema migrations and exit.
+    Migrate(Box<ServeArgs>),
     /// Validate every plugin manifest and exit (1 when any is broken).
     Check {
         /// Directory holding one sub-directory per plugin.
@@ -68,6 +71,9 @@ struct ServeArgs {
     /// Put each plugin in a cgroup of its own: true or false [default: true].
     #[arg(long)]
     cgroups: Option<String>,
+    /// PostgreSQL URL for the state store [default: SQLite in the data directory].
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -84,6 +90,7 @@ impl ServeArgs {
             ("max_frame", &self.max_frame),
             ("monitor_interval", &self.monitor_interval),
             ("cgroups", &self.cgroups),
+            ("database_url", &self.database_url),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -97,6 +104,7 @@ pub fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Migrate(args) => migrate(*args),
         Command::Check { plugins_dir } => check(&plugins_dir),
     }
 }
@@ -111,28 +119,62 @@ fn init_logging() {
         .init();
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn load_settings(args: &ServeArgs) -> Result<Settings, ExitCode> {
     let config = args
         .config
         .clone()
         .or_else(|| std::env::var_os(ENV_CONFIG).map(PathBuf::from));
-    let settings = match Settings::load(config.as_deref(), |k| std::env::var(k).ok(), &args.flags())
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("plugd: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    Settings::load(config.as_deref(), |k| std::env::var(k).ok(), &args.flags()).map_err(|e| {
+        eprintln!("plugd: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("plugd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
+        })
+}
+
+fn migrate(args: ServeArgs) -> ExitCode {
+    let settings = match load_settings(&args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+        store.migrate().await?;
+        anyhow::Ok(store.backend())
+    });
+    match result {
+        Ok(backend) => {
+            println!("plugd: the {backend:?} store is up to date");
+            ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("plugd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match load_settings(&args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let app = Application::build(settings).await?;

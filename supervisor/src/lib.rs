@@ -2,6 +2,7 @@
 //! [`cli::main`], and tests drive either this library or the real binary.
 //!
 //! Map of the modules, in the order a request meets them:
+//! - [`admin`]: the admin REST API under `/admin`, with bearer tokens and roles.
 //! - [`settings`]: one settings tree from defaults, the TOML file, `PLUGD_*` variables and flags.
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
@@ -18,6 +19,7 @@
 //! - [`store`]: the state store (SQLite or PostgreSQL): registrations, audit log, migrations.
 //! - [`watcher`]: turns file changes in the plugins directory into debounced rescans.
 
+pub mod admin;
 pub mod cli;
 pub mod ipc;
 pub mod limits;

@@ -27,6 +27,8 @@ use tokio::sync::{watch, Semaphore};
 /// What a plugin is doing now, as admins and the proxy see it.
 #[derive(Debug)]
 pub enum PluginState {
+    /// An admin disabled it: not running, on purpose.
+    Disabled,
     /// Its process is being started.
     Starting,
     /// Its process runs; plugd waits for the handshake.
@@ -52,6 +54,7 @@ impl PluginState {
     /// The state's name as admins see it.
     pub fn name(&self) -> &'static str {
         match self {
+            PluginState::Disabled => "disabled",
             PluginState::Starting => "starting",
             PluginState::Handshaking => "handshaking",
             PluginState::Ready(_) => "ready",
@@ -75,7 +78,10 @@ impl PluginState {
     pub fn is_settled(&self) -> bool {
         matches!(
             self,
-            PluginState::Ready(_) | PluginState::Failed(_) | PluginState::Stopped(_)
+            PluginState::Ready(_)
+                | PluginState::Failed(_)
+                | PluginState::Stopped(_)
+                | PluginState::Disabled
         )
     }
 }

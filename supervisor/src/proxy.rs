@@ -8,6 +8,8 @@
 use crate::ipc::CallError;
 use crate::plugin::{PluginSlot, PluginState};
 use crate::router::Lookup;
+use crate::settings::AdminToken;
+use crate::store::Store;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::State;
@@ -32,18 +34,21 @@ pub struct AppState {
     pub ready: AtomicBool,
     next_request: AtomicU64,
     request_prefix: String,
-}
-
-impl Default for AppState {
-    fn default() -> Self {
-        AppState::new()
-    }
+    /// The state store.
+    pub store: Store,
+    /// Tokens for the admin API.
+    pub admin_tokens: Vec<AdminToken>,
+    /// The reconcile loop, once it runs (admin actions are sent to it).
+    pub reconciler: std::sync::OnceLock<crate::reconcile::Handle>,
 }
 
 impl AppState {
     /// State with no plugins yet, not ready.
-    pub fn new() -> AppState {
+    pub fn new(store: Store, admin_tokens: Vec<AdminToken>) -> AppState {
         AppState {
+            store,
+            admin_tokens,
+            reconciler: std::sync::OnceLock::new(),
             plugins: ArcSwap::from_pointee(HashMap::new()),
             ready: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
@@ -352,7 +357,11 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         }
         plugins.insert(name.clone(), entry);
     }
-    let ready = app.ready.load(Ordering::SeqCst);
+    let store = match app.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    let ready = app.ready.load(Ordering::SeqCst) && store == "ok";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -360,7 +369,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     };
     (
         status,
-        Json(serde_json::json!({ "ready": ready, "plugins": plugins })),
+        Json(serde_json::json!({ "ready": ready, "store": store, "plugins": plugins })),
     )
         .into_response()
 }

@@ -14,6 +14,7 @@ use crate::plugin::{
 };
 use crate::policy::{Decision, RestartState};
 use crate::proxy::AppState;
+use crate::store::Store;
 use crate::watcher::Watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -62,6 +63,21 @@ pub enum Event {
         /// Whether an operator asked for it (SIGHUP), which systemd is told about.
         requested: bool,
     },
+    /// An admin changed a plugin's desired state in the store: apply it.
+    Desired {
+        /// Plugin name.
+        name: String,
+    },
+    /// An admin asked for a fresh instance (also the way out of `failed`).
+    Restart {
+        /// Plugin name.
+        name: String,
+    },
+    /// An admin asked to re-read the plugin's manifest and program and swap it in.
+    Reload {
+        /// Plugin name.
+        name: String,
+    },
     /// Stop every plugin by `deadline`, then answer on `done`.
     Shutdown {
         /// When every plugin must be gone.
@@ -101,6 +117,8 @@ struct Entry {
     retry_generation: u64,
     /// Gone from disk: stopped, then forgotten.
     removed: bool,
+    /// Whether an admin wants it running (from the store).
+    enabled: bool,
 }
 
 /// The loop itself.
@@ -117,6 +135,7 @@ pub struct Reconciler {
     watcher: Option<Watcher>,
     /// Numbers scheduled retries across all plugins, so a timer outliving its entry is stale.
     generations: u64,
+    store: Store,
 }
 
 /// Identifies the program a manifest runs, so a rebuilt binary is noticed.
@@ -139,6 +158,7 @@ impl Reconciler {
         ctx: StartContext,
         grace: Duration,
         app: Arc<AppState>,
+        store: Store,
     ) -> (Reconciler, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Handle { tx: tx.clone() };
@@ -153,6 +173,7 @@ impl Reconciler {
             last_status: String::new(),
             watcher: None,
             generations: 0,
+            store,
         };
         (r, handle)
     }
@@ -169,7 +190,7 @@ impl Reconciler {
                 self.plugins_dir.display()
             ),
         }
-        self.rescan(false);
+        self.rescan(false).await;
         let watchdog = sd_notify::watchdog_enabled();
         let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
         loop {
@@ -180,7 +201,7 @@ impl Reconciler {
                         let _ = done.send(());
                         return;
                     }
-                    Some(event) => self.handle(event),
+                    Some(event) => self.handle(event).await,
                     None => return,
                 },
                 _ = tick.tick() => {
@@ -193,7 +214,7 @@ impl Reconciler {
         }
     }
 
-    fn handle(&mut self, event: Event) {
+    async fn handle(&mut self, event: Event) {
         match event {
             Event::Spawned { name, epoch } => {
                 if let Some(e) = self.entries.get(&name) {
@@ -225,11 +246,22 @@ impl Reconciler {
                         Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
                     }
                 }
-                self.rescan(requested);
+                self.rescan(requested).await;
                 if requested && self.app.ready.load(Ordering::SeqCst) {
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
+            Event::Desired { name } => self.apply_desired(&name).await,
+            Event::Restart { name } => {
+                if let Some(entry) = self.entries.get_mut(&name) {
+                    entry.restart.reset();
+                    if entry.enabled {
+                        tracing::info!(plugin = %name, "restart requested");
+                        self.start(&name);
+                    }
+                }
+            }
+            Event::Reload { name } => self.reload(&name),
             Event::Shutdown { .. } => unreachable!("handled by run"),
         }
     }
@@ -247,6 +279,7 @@ impl Reconciler {
         let manifest = entry.manifest.clone();
         let logs = entry.slot.logs().clone();
         let ctx = self.ctx.clone();
+        let store = self.store.clone();
         let tx = self.tx.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
@@ -256,7 +289,21 @@ impl Reconciler {
                     let _ = tx.send(Event::Spawned { name, epoch });
                 }
             };
-            let result = start_instance(manifest, epoch, &ctx, logs, spawned).await;
+            // The plugin's own migrations run first; a refused or failing one means this
+            // version cannot run, and retrying will not change that.
+            let migrated = store.migrate_plugin(&manifest.name, &manifest.dir).await;
+            let result = match migrated {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(plugin = %name, "applied {n} migrations");
+                    }
+                    start_instance(manifest, epoch, &ctx, logs, spawned).await
+                }
+                Err(e) => Err(StartError {
+                    reason: format!("plugin migration: {e}"),
+                    fatal: true,
+                }),
+            };
             let _ = tx.send(Event::Started {
                 name,
                 epoch,
@@ -281,7 +328,7 @@ impl Reconciler {
         entry.starting = None;
         match result {
             Ok(instance) => {
-                if entry.removed {
+                if entry.removed || !entry.enabled {
                     tokio::spawn(async move { plugin::stop_instance(&instance, grace).await });
                     return;
                 }
@@ -358,6 +405,10 @@ impl Reconciler {
                     self.forget(name);
                     return;
                 }
+                if !entry.enabled {
+                    entry.slot.set(PluginState::Disabled);
+                    return;
+                }
                 let up_for = instance.ready_at.elapsed();
                 self.on_down(name, reason, false, Some(up_for));
             }
@@ -424,7 +475,7 @@ impl Reconciler {
     }
 
     /// Brings the set of plugins in line with the plugins directory.
-    fn rescan(&mut self, requested: bool) {
+    async fn rescan(&mut self, requested: bool) {
         let found = match manifest::discover(&self.plugins_dir) {
             Ok(found) => found,
             Err(e) => {
@@ -446,7 +497,47 @@ impl Reconciler {
             let name = m.name.clone();
             seen.push(name.clone());
             let program = program_stamp(&m);
+            // The store says whether an admin wants it; if the store is away, keep what we had.
+            let enabled = match self.store.register(&m).await {
+                Ok(record) => record.enabled,
+                Err(e) => {
+                    tracing::error!(plugin = %name, "{e:#}");
+                    self.entries.get(&name).is_none_or(|e| e.enabled)
+                }
+            };
+            if let Some(entry) = self.entries.get_mut(&name) {
+                if entry.enabled != enabled {
+                    entry.enabled = enabled;
+                    self.apply_desired(&name).await;
+                    if !enabled {
+                        continue;
+                    }
+                }
+            }
             match self.entries.get_mut(&name) {
+                None if !enabled => {
+                    let slot = PluginSlot::new(&name);
+                    slot.set(PluginState::Disabled);
+                    self.entries.insert(
+                        name.clone(),
+                        Entry {
+                            manifest: Arc::new(m),
+                            program,
+                            slot,
+                            current: None,
+                            starting: None,
+                            restart: RestartState::default(),
+                            kill_reason: None,
+                            retry_generation: 0,
+                            removed: false,
+                            enabled: false,
+                        },
+                    );
+                }
+                Some(entry) if !entry.enabled => {
+                    entry.manifest = Arc::new(m);
+                    entry.program = program;
+                }
                 None => {
                     self.entries.insert(
                         name.clone(),
@@ -460,6 +551,7 @@ impl Reconciler {
                             kill_reason: None,
                             retry_generation: 0,
                             removed: false,
+                            enabled: true,
                         },
                     );
                     self.start(&name);
@@ -499,7 +591,75 @@ impl Reconciler {
         if let Some(watcher) = &mut self.watcher {
             watcher.watch_programs(self.entries.values().map(|e| e.manifest.program()));
         }
+        match self.store.mark_missing(&seen).await {
+            Ok(missing) => {
+                for name in missing {
+                    tracing::warn!(plugin = %name, "registered plugin is missing from disk");
+                }
+            }
+            Err(e) => tracing::error!("{e:#}"),
+        }
         self.publish_map();
+    }
+
+    /// Brings one plugin in line with the store's enabled flag.
+    async fn apply_desired(&mut self, name: &str) {
+        let enabled = match self.store.plugin(name).await {
+            Ok(Some(record)) => record.enabled,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(plugin = name, "cannot read the desired state: {e:#}");
+                return;
+            }
+        };
+        let grace = self.grace;
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        entry.enabled = enabled;
+        if enabled {
+            if matches!(*entry.slot.state(), PluginState::Disabled) {
+                tracing::info!(plugin = name, "enabled; starting");
+                entry.restart.reset();
+                self.start(name);
+            }
+            return;
+        }
+        entry.starting = None;
+        self.generations += 1;
+        entry.retry_generation = self.generations;
+        match entry.current.clone() {
+            Some(instance) => {
+                tracing::info!(plugin = name, "disabled; stopping");
+                entry.slot.set(PluginState::Draining);
+                tokio::spawn(async move { plugin::stop_instance(&instance, grace).await });
+            }
+            None => entry.slot.set(PluginState::Disabled),
+        }
+    }
+
+    /// Re-reads one plugin's manifest and program from disk and swaps a new instance in.
+    fn reload(&mut self, name: &str) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let path = entry.manifest.dir.join(manifest::MANIFEST_FILE);
+        match manifest::load(&path) {
+            Ok(m) if m.name == name => {
+                entry.program = program_stamp(&m);
+                entry.manifest = Arc::new(m);
+                if entry.enabled {
+                    tracing::info!(plugin = name, "reload requested");
+                    self.start(name);
+                }
+            }
+            Ok(m) => tracing::error!(
+                plugin = name,
+                "reload refused: the manifest now names {:?}",
+                m.name
+            ),
+            Err(e) => tracing::error!(plugin = name, "reload refused: {e}"),
+        }
     }
 
     /// Stops a plugin that left the plugins directory; it is forgotten once stopped.
@@ -545,7 +705,9 @@ impl Reconciler {
                 PluginState::Ready(_) => ready += 1,
                 PluginState::Failed(_) => failed += 1,
                 // Waiting to retry after a failed attempt counts as settled for start-up.
-                PluginState::Backoff { .. } | PluginState::Stopped(_) => other += 1,
+                PluginState::Backoff { .. } | PluginState::Stopped(_) | PluginState::Disabled => {
+                    other += 1
+                }
                 _ => {
                     other += 1;
                     unsettled += 1;

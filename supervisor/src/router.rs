@@ -108,6 +108,15 @@ impl RouteTable {
         }
     }
 
+    /// Every route as (method, path pattern).
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.paths.iter().flat_map(|p| {
+            p.methods
+                .iter()
+                .map(move |m| (m.as_str(), p.pattern.as_str()))
+        })
+    }
+
     /// The number of method-and-path routes.
     pub fn len(&self) -> usize {
         self.paths.iter().map(|p| p.methods.len()).sum()

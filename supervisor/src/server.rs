@@ -6,6 +6,7 @@ use crate::plugin::StartContext;
 use crate::proxy::{self, AppState};
 use crate::reconcile::{Event, Handle, Reconciler};
 use crate::settings::Settings;
+use crate::store::Store;
 use anyhow::{bail, Context};
 use axum::routing::{any, get};
 use axum::Router;
@@ -27,6 +28,7 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     socket_dir: PathBuf,
+    store: Store,
 }
 
 impl Application {
@@ -48,15 +50,20 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
+        let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+        store.migrate().await?;
+        tracing::info!(backend = ?store.backend(), "state store ready");
         let socket_dir = private_socket_dir(&settings.runtime_dir)?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = Arc::new(AppState::new(store.clone(), settings.admin_tokens.clone()));
         Ok(Application {
             settings,
             listener,
-            state: Arc::new(AppState::new()),
+            state,
             socket_dir,
+            store,
         })
     }
 
@@ -73,6 +80,7 @@ impl Application {
             listener,
             state,
             socket_dir,
+            store,
         } = self;
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -81,6 +89,7 @@ impl Application {
             .route("/healthz", get(proxy::healthz))
             .route("/readyz", get(proxy::readyz))
             .route("/metrics", get(crate::metrics::metrics))
+            .nest("/admin", crate::admin::router(state.clone()))
             .with_state(state.clone());
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -91,6 +100,11 @@ impl Application {
                 .await
         });
         tracing::info!(%addr, "listening");
+        if state.admin_tokens.is_empty() {
+            tracing::warn!(
+                "NO ADMIN TOKEN IS CONFIGURED: the admin API under /admin refuses every request; set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file to use it"
+            );
+        }
         announce(&format!("plugd listening on http://{addr}"));
 
         let cgroups = Arc::new(if settings.cgroups {
@@ -112,7 +126,9 @@ impl Application {
             ctx,
             settings.shutdown_timeout,
             state.clone(),
+            store.clone(),
         );
+        let _ = state.reconciler.set(handle.clone());
         let reconciling = tokio::spawn(reconciler.run());
         let hangups = tokio::spawn(forward_hangups(handle.clone()));
 

@@ -45,6 +45,42 @@ pub struct Settings {
     /// Whether to put each plugin in a cgroup of its own with its limits (`true` or `false`).
     #[serde(deserialize_with = "from_str")]
     pub cgroups: bool,
+    /// PostgreSQL URL for the state store; none means SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+/// One admin API token: `[[admin_tokens]]` with `name`, `token` and `role`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it; written to the audit log with every change made with it.
+    pub name: String,
+    /// The secret.
+    pub token: String,
+    /// `admin` (everything) or `viewer` (GET only).
+    pub role: Role,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("token", &"***")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read only.
+    Viewer,
 }
 
 impl Default for Settings {
@@ -61,6 +97,8 @@ impl Default for Settings {
             max_frame: ByteSize::mib(16),
             monitor_interval: Duration::from_secs(2),
             cgroups: true,
+            database_url: None,
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -90,7 +128,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("max_frame", "PLUGD_MAX_FRAME"),
     ("monitor_interval", "PLUGD_MONITOR_INTERVAL"),
     ("cgroups", "PLUGD_CGROUPS"),
+    ("database_url", "PLUGD_DATABASE_URL"),
 ];
+
+/// The environment variable holding an admin token (named `env`, role `admin`).
+pub const ENV_ADMIN_TOKEN: &str = "PLUGD_ADMIN_TOKEN";
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const ENV_CONFIG: &str = "PLUGD_CONFIG";
@@ -123,7 +165,20 @@ impl Settings {
             set(&mut table, key, value.clone())
                 .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
         }
-        let settings = check(&table)?;
+        let mut settings = check(&table)?;
+        if let Some(token) = env(ENV_ADMIN_TOKEN).filter(|t| !t.is_empty()) {
+            settings.admin_tokens.push(AdminToken {
+                name: "env".into(),
+                token,
+                role: Role::Admin,
+            });
+        }
+        if let Some(t) = settings.admin_tokens.iter().find(|t| t.token.len() < 16) {
+            bail!(
+                "admin token {:?} is too short: use at least 16 characters (32 random bytes in hex is better)",
+                t.name
+            );
+        }
         if settings.max_body.as_u64() >= settings.max_frame.as_u64() {
             bail!(
                 "max_body ({}) must be smaller than max_frame ({}): a request body travels in one frame",

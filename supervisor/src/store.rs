@@ -13,6 +13,9 @@ use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A boxed future that may move between threads.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -295,7 +298,16 @@ impl Store {
     /// Applies the plugin's `migrations/*.sql` in name order, each in its own transaction and
     /// recorded with its sha256. An applied migration whose file changed is refused; a failing
     /// one is rolled back and its error returned. Returns how many were applied now.
-    pub async fn migrate_plugin(&self, plugin: &str, dir: &Path) -> Result<usize, String> {
+    pub fn migrate_plugin<'a>(
+        &'a self,
+        plugin: &'a str,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<usize, String>> {
+        // Boxed as `Send` here, where the borrows are concrete: callers spawn this future.
+        Box::pin(self.migrate_plugin_now(plugin, dir))
+    }
+
+    async fn migrate_plugin_now(&self, plugin: &str, dir: &Path) -> Result<usize, String> {
         let dir = dir.join("migrations");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(0);
@@ -337,7 +349,7 @@ impl Store {
                 .begin()
                 .await
                 .map_err(|e| format!("cannot start a transaction: {e}"))?;
-            if let Err(e) = sqlx::raw_sql(&sql).execute(&mut *tx).await {
+            if let Err(e) = (&mut *tx).execute(sql.as_str()).await {
                 // Dropping the transaction rolls it back.
                 return Err(format!("migration {id} failed and was rolled back: {e}"));
             }

@@ -26,6 +26,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub struct PluginDef {
     pub name: String,
     pub manifest: String,
+    /// Extra files in the plugin's directory: (relative path, content).
+    pub files: Vec<(String, String)>,
 }
 
 impl PluginDef {
@@ -34,6 +36,7 @@ impl PluginDef {
         let command = workspace_bin(bin);
         let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
         PluginDef {
+            files: Vec::new(),
             name: name.to_owned(),
             manifest: format!(
                 "name = {name:?}\nversion = \"0.0.1\"\ncommand = {:?}\nargs = [{}]\n{extra}\n",
@@ -57,6 +60,7 @@ impl PluginDef {
     /// `link`, created by the harness), as in the example plugins' manifests.
     pub fn relative(name: &str, bin: &str) -> PluginDef {
         PluginDef {
+            files: Vec::new(),
             name: name.to_owned(),
             manifest: format!(
                 "name = {name:?}\nversion = \"0.0.1\"\ncommand = \"./link\"\n# link -> {}\n",
@@ -68,9 +72,16 @@ impl PluginDef {
     /// A plugin whose manifest is exactly `text`.
     pub fn manifest(name: &str, text: &str) -> PluginDef {
         PluginDef {
+            files: Vec::new(),
             name: name.to_owned(),
             manifest: text.to_owned(),
         }
+    }
+
+    /// The same plugin with one more file in its directory.
+    pub fn with_file(mut self, path: &str, content: &str) -> PluginDef {
+        self.files.push((path.to_owned(), content.to_owned()));
+        self
     }
 }
 
@@ -80,6 +91,55 @@ pub struct TestSupervisor {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
+    flags: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// Starts `plugd serve` in `dir` and waits for the address it announces.
+fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("plugd.log"))
+        .expect("log file");
+    // Relative directories, as a user running `plugd serve` in a checkout would have them.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
+        .current_dir(dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugins-dir",
+            "plugins",
+        ])
+        .args(["--data-dir", "data", "--runtime-dir", "run"])
+        .args(flags)
+        .env("PLUGD_LOG", "debug,sqlx=warn")
+        .env_remove("PLUGD_ADMIN_TOKEN")
+        .env_remove("PLUGD_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start plugd");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("plugd listening on http://") {
+                let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+            }
+        }
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("plugd.log")).unwrap_or_default();
+            panic!("plugd did not announce its address within {DEADLINE:?}; log:\n{log}");
+        }
+    }
 }
 
 impl TestSupervisor {
@@ -94,55 +154,43 @@ impl TestSupervisor {
         flags: &[&str],
         env: &[(&str, String)],
     ) -> TestSupervisor {
+        TestSupervisor::start_full(plugins, flags, env, None).await
+    }
+
+    /// Like [`TestSupervisor::start_with_env`], with a config file (`--config plugd.toml`).
+    pub async fn start_full(
+        plugins: &[PluginDef],
+        flags: &[&str],
+        env: &[(&str, String)],
+        config: Option<&str>,
+    ) -> TestSupervisor {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut flags: Vec<&str> = flags.to_vec();
+        if let Some(config) = config {
+            std::fs::write(dir.path().join("plugd.toml"), config).expect("config file");
+            flags.extend(["--config", "plugd.toml"]);
+        }
         let plugins_dir = dir.path().join("plugins");
         for p in plugins {
             let pd = plugins_dir.join(&p.name);
             std::fs::create_dir_all(&pd).expect("plugin dir");
             std::fs::write(pd.join("plugin.toml"), &p.manifest).expect("manifest");
+            for (path, content) in &p.files {
+                let file = pd.join(path);
+                std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+                std::fs::write(file, content).expect("plugin file");
+            }
             if let Some((_, target)) = p.manifest.split_once("# link -> ") {
                 std::os::unix::fs::symlink(target.trim(), pd.join("link")).expect("link");
             }
         }
         std::fs::create_dir_all(&plugins_dir).expect("plugins dir");
-        let log = std::fs::File::create(dir.path().join("plugd.log")).expect("log file");
-        // Relative directories, as a user running `plugd serve` in a checkout would have them.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
-            .current_dir(dir.path())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--plugins-dir",
-                "plugins",
-            ])
-            .args(["--data-dir", "data", "--runtime-dir", "run"])
-            .args(flags)
-            .env("PLUGD_LOG", "debug")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env_remove("PLUGD_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start plugd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("plugd listening on http://") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(dir.path().join("plugd.log")).unwrap_or_default();
-                panic!("plugd did not announce its address within {DEADLINE:?}; log:\n{log}");
-            }
-        };
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let (child, addr) = spawn_plugd(dir.path(), &flags, &env);
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -152,12 +200,28 @@ impl TestSupervisor {
             addr,
             dir,
             client,
+            flags,
+            env,
         };
-        sup.wait_until("plugd reports ready", || async {
-            sup.get("/readyz").await.is_ok_and(|r| r.status() == 200)
+        sup.wait_ready().await;
+        sup
+    }
+
+    async fn wait_ready(&self) {
+        self.wait_until("plugd reports ready", || async {
+            self.get("/readyz").await.is_ok_and(|r| r.status() == 200)
         })
         .await;
-        sup
+    }
+
+    /// Stops plugd with SIGTERM and starts it again on the same directories and settings.
+    pub async fn restart(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(self.wait_exit().await.code(), Some(0));
+        let (child, addr) = spawn_plugd(self.dir.path(), &self.flags, &self.env);
+        self.child = Some(child);
+        self.addr = addr;
+        self.wait_ready().await;
     }
 
     /// The full URL of `path`.

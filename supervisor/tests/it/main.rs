@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `plugd` binary on port 0 in a temporary directory,
 //! with real plugin processes, and talks to it over real sockets.
 
+mod admin;
 mod failures;
 mod harness;
 mod lifecycle;

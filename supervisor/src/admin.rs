@@ -1,0 +1,341 @@
+//! The admin REST API under `/admin`: JSON in and out, bearer tokens with roles, every change
+//! written to the audit log with the token's name.
+//!
+//! Tokens come from `[[admin_tokens]]` in the config file and `PLUGD_ADMIN_TOKEN`. `admin`
+//! tokens may do everything, `viewer` tokens only GET. A missing or wrong token is 401, a role
+//! that may not is 403; tokens are compared in constant time. With no token configured the API
+//! refuses every request (403) and plugd logs a loud warning at start-up: an unauthenticated
+//! control plane is never the default.
+
+use crate::plugin::PluginState;
+use crate::proxy::{error, AppState};
+use crate::reconcile::Event;
+use crate::settings::Role;
+use crate::store::PluginRecord;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Who made an admin request: the token's name.
+#[derive(Debug, Clone)]
+struct Actor(String);
+
+/// The `/admin` routes.
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/plugins", get(list_plugins))
+        .route("/plugins/{name}", get(get_plugin))
+        .route("/plugins/{name}/enable", post(enable))
+        .route("/plugins/{name}/disable", post(disable))
+        .route("/plugins/{name}/reload", post(reload))
+        .route("/plugins/{name}/restart", post(restart))
+        .route("/plugins/{name}/logs", get(logs))
+        .route("/events", get(events))
+        .route("/stats", get(stats))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not found", "no such admin endpoint") })
+        .layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+async fn authenticate(
+    State(app): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if app.admin_tokens.is_empty() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "admin API disabled",
+            "no admin token is configured: set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file",
+        );
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return unauthorized("send Authorization: Bearer <token>");
+    };
+    // Compare against every token so the time taken does not say which one came close.
+    let mut found = None;
+    for t in &app.admin_tokens {
+        let equal: bool = t.token.as_bytes().ct_eq(presented.as_bytes()).into();
+        if equal {
+            found = Some(t);
+        }
+    }
+    let Some(token) = found else {
+        return unauthorized("the token is not valid");
+    };
+    let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    if token.role == Role::Viewer && !read_only {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {:?} has the viewer role, which may only read",
+                token.name
+            ),
+        );
+    }
+    request.extensions_mut().insert(Actor(token.name.clone()));
+    next.run(request).await
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn store_error(e: anyhow::Error) -> Response {
+    tracing::error!("admin: {e:#}");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store unavailable",
+        format!("{e:#}; try again when the database is back"),
+    )
+}
+
+fn unknown(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown plugin",
+        format!("no plugin named {name:?} is registered"),
+    )
+}
+
+/// What admins see of one plugin: the store's record and the live state.
+fn describe(app: &AppState, record: &PluginRecord) -> Value {
+    let plugins = app.plugins.load();
+    let slot = plugins.get(&record.name);
+    let state = slot.map(|s| s.state());
+    let mut v = json!({
+        "name": record.name,
+        "version": record.version,
+        "description": record.description,
+        "author": record.author,
+        "enabled": record.enabled,
+        "missing": record.missing,
+        "generation": record.generation,
+        "state": state.as_ref().map_or("missing", |s| s.name()),
+        "restarts": slot.map_or(0, |s| s.restarts()),
+        "last_error": state.as_ref().and_then(|s| s.reason()),
+        "pid": null,
+        "uptime_s": null,
+        "routes": [],
+        "hooks": [],
+    });
+    if let Some(PluginState::Ready(instance)) = state.as_deref() {
+        v["pid"] = instance.pid.into();
+        v["uptime_s"] = instance.ready_at.elapsed().as_secs().into();
+        v["version_running"] = instance.version.clone().into();
+        v["routes"] = instance
+            .routes
+            .routes()
+            .map(|(method, path)| json!({ "method": method, "path": path }))
+            .collect::<Vec<_>>()
+            .into();
+        v["limits"] = serde_json::to_value(&instance.limits).unwrap_or_default();
+        v["usage"] = serde_json::to_value(instance.usage_now()).unwrap_or_default();
+    }
+    v
+}
+
+async fn list_plugins(State(app): State<Arc<AppState>>) -> Response {
+    match app.store.plugins().await {
+        Ok(records) => {
+            let list: Vec<Value> = records.iter().map(|r| describe(&app, r)).collect();
+            Json(json!({ "plugins": list })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn get_plugin(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    match app.store.plugin(&name).await {
+        Ok(Some(record)) => Json(describe(&app, &record)).into_response(),
+        Ok(None) => unknown(&name),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn set_enabled(app: &AppState, name: &str, enabled: bool, actor: &Actor) -> Response {
+    match app.store.set_enabled(name, enabled, &actor.0).await {
+        Ok(None) => unknown(name),
+        Ok(Some(changed)) => {
+            if changed {
+                send(
+                    app,
+                    Event::Desired {
+                        name: name.to_owned(),
+                    },
+                );
+            }
+            let word = if enabled { "enabled" } else { "disabled" };
+            let detail = if changed {
+                format!("plugin {name:?} is now {word}")
+            } else {
+                format!("plugin {name:?} was already {word}; nothing changed")
+            };
+            Json(json!({ "changed": changed, "enabled": enabled, "detail": detail }))
+                .into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+fn send(app: &AppState, event: Event) {
+    if let Some(handle) = app.reconciler.get() {
+        handle.send(event);
+    }
+}
+
+async fn enable(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    set_enabled(&app, &name, true, &actor).await
+}
+
+async fn disable(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    set_enabled(&app, &name, false, &actor).await
+}
+
+async fn action(app: &AppState, name: &str, actor: &Actor, what: &str) -> Response {
+    match app.store.plugin(name).await {
+        Ok(Some(record)) if !record.enabled => error(
+            StatusCode::CONFLICT,
+            "plugin disabled",
+            format!("plugin {name:?} is disabled; enable it first"),
+        ),
+        Ok(Some(_)) => {
+            if let Err(e) = app.store.record(Some(name), &actor.0, what, "").await {
+                return store_error(e);
+            }
+            let event = match what {
+                "restart" => Event::Restart {
+                    name: name.to_owned(),
+                },
+                _ => Event::Reload {
+                    name: name.to_owned(),
+                },
+            };
+            send(app, event);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "accepted": true, "detail": format!("{what} of plugin {name:?} started") })),
+            )
+                .into_response()
+        }
+        Ok(None) => unknown(name),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn reload(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    action(&app, &name, &actor, "reload").await
+}
+
+async fn restart(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    action(&app, &name, &actor, "restart").await
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    lines: Option<usize>,
+}
+
+async fn logs(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    let plugins = app.plugins.load();
+    let Some(slot) = plugins.get(&name) else {
+        return unknown(&name);
+    };
+    let lines: Vec<Value> = slot
+        .logs()
+        .last(q.lines.unwrap_or(200).min(crate::logs::MAX_LINES))
+        .iter()
+        .map(|l| json!({ "at_ms": l.at_unix_ms, "pid": l.pid, "stream": l.stream, "line": l.display() }))
+        .collect();
+    Json(json!({ "plugin": name, "lines": lines, "dropped": slot.logs().dropped() }))
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    plugin: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn events(State(app): State<Arc<AppState>>, Query(q): Query<EventsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    match app.store.events(q.plugin.as_deref(), q.before, limit).await {
+        Ok(events) => {
+            let next = (events.len() as i64 == limit)
+                .then(|| events.last().map(|e| e.id))
+                .flatten();
+            Json(json!({ "events": events, "next_before": next })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn stats(State(app): State<Arc<AppState>>) -> Response {
+    let records = match app.store.plugins().await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let plugins = app.plugins.load();
+    let (mut failed, mut routes, mut ready) = (0, 0, 0);
+    for slot in plugins.values() {
+        match &*slot.state() {
+            PluginState::Failed(_) => failed += 1,
+            PluginState::Ready(i) => {
+                ready += 1;
+                routes += i.routes.len();
+            }
+            _ => {}
+        }
+    }
+    let enabled = records.iter().filter(|r| r.enabled).count();
+    Json(json!({
+        "plugins": records.len(),
+        "enabled": enabled,
+        "disabled": records.len() - enabled,
+        "missing": records.iter().filter(|r| r.missing).count(),
+        "ready": ready,
+        "failed": failed,
+        "routes": routes,
+        "hooks": 0,
+    }))
+    .into_response()
+}

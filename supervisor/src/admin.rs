@@ -12,7 +12,8 @@ use crate::proxy::{error, AppState};
 use crate::reconcile::Event;
 use crate::settings::Role;
 use crate::store::PluginRecord;
-use axum::extract::{Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+/// Largest bundle accepted by `POST /admin/plugins/install`.
+pub const MAX_BUNDLE: usize = 64 * 1024 * 1024;
+
 /// Who made an admin request: the token's name.
 #[derive(Debug, Clone)]
 struct Actor(String);
@@ -31,7 +35,11 @@ struct Actor(String);
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/plugins", get(list_plugins))
-        .route("/plugins/{name}", get(get_plugin))
+        .route(
+            "/plugins/install",
+            post(install).layer(DefaultBodyLimit::max(MAX_BUNDLE)),
+        )
+        .route("/plugins/{name}", get(get_plugin).delete(uninstall))
         .route("/plugins/{name}/enable", post(enable))
         .route("/plugins/{name}/disable", post(disable))
         .route("/plugins/{name}/reload", post(reload))
@@ -338,4 +346,124 @@ async fn stats(State(app): State<Arc<AppState>>) -> Response {
         "hooks": 0,
     }))
     .into_response()
+}
+
+/// `POST /admin/plugins/install`: the body is a `.zip` or `.tar.gz` bundle. It is unpacked
+/// into a staging directory, its manifest validated, then moved into place; a plugin of the same
+/// name is upgraded (the reconcile loop reloads it blue/green).
+async fn install(
+    State(app): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> Response {
+    let sha256 = crate::bundle::sha256(&body);
+    let plugins_dir = app.plugins_dir.clone();
+    let placed = tokio::task::spawn_blocking(move || place_bundle(&body, &plugins_dir)).await;
+    let (manifest, upgraded) = match placed {
+        Ok(Ok(done)) => done,
+        Ok(Err(detail)) => return error(StatusCode::BAD_REQUEST, "invalid bundle", detail),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "install failed",
+                e.to_string(),
+            )
+        }
+    };
+    let action = if upgraded { "upgrade" } else { "install" };
+    let record = match app
+        .store
+        .installed(&manifest, &sha256, &actor.0, action)
+        .await
+    {
+        Ok(record) => record,
+        Err(e) => return store_error(e),
+    };
+    send(&app, Event::Rescan { requested: false });
+    let status = if upgraded {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (
+        status,
+        Json(json!({
+            "name": record.name,
+            "version": record.version,
+            "sha256": sha256,
+            "upgraded": upgraded,
+        })),
+    )
+        .into_response()
+}
+
+/// Unpacks into `.install-*` under the plugins directory, validates, and renames into place.
+fn place_bundle(
+    body: &[u8],
+    plugins_dir: &std::path::Path,
+) -> Result<(crate::manifest::Manifest, bool), String> {
+    let staging = plugins_dir.join(format!(".install-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let result = (|| {
+        let root = crate::bundle::unpack(body, &staging, crate::bundle::BundleLimits::default())?;
+        let manifest = crate::manifest::load(&root.join(crate::manifest::MANIFEST_FILE))
+            .map_err(|e| format!("the bundle's manifest is invalid: {}", e.message))?;
+        let target = plugins_dir.join(&manifest.name);
+        let upgraded = target.exists();
+        let old = plugins_dir.join(format!(
+            ".old-{}-{:016x}",
+            manifest.name,
+            rand::random::<u64>()
+        ));
+        if upgraded {
+            std::fs::rename(&target, &old)
+                .map_err(|e| format!("cannot move the old version aside: {e}"))?;
+        }
+        if let Err(e) = std::fs::rename(&root, &target) {
+            if upgraded {
+                let _ = std::fs::rename(&old, &target);
+            }
+            return Err(format!("cannot move the bundle into place: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+        let manifest = crate::manifest::load(&target.join(crate::manifest::MANIFEST_FILE))
+            .map_err(|e| e.to_string())?;
+        Ok((manifest, upgraded))
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// `DELETE /admin/plugins/{name}`: stops the plugin, removes its directory and its
+/// registration.
+async fn uninstall(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    let found = crate::manifest::discover(&app.plugins_dir)
+        .ok()
+        .and_then(|d| d.manifests.into_iter().find(|m| m.name == name));
+    if let Some(m) = found {
+        let trash = app
+            .plugins_dir
+            .join(format!(".trash-{}-{:016x}", name, rand::random::<u64>()));
+        if let Err(e) = std::fs::rename(&m.dir, &trash) {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "uninstall failed",
+                format!("cannot remove {}: {e}", m.dir.display()),
+            );
+        }
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
+    }
+    match app.store.forget(&name, &actor.0).await {
+        Ok(true) => {
+            send(&app, Event::Rescan { requested: false });
+            Json(json!({ "uninstalled": name })).into_response()
+        }
+        Ok(false) => unknown(&name),
+        Err(e) => store_error(e),
+    }
 }

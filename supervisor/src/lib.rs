@@ -3,6 +3,7 @@
 //!
 //! Map of the modules, in the order a request meets them:
 //! - [`admin`]: the admin REST API under `/admin`, with bearer tokens and roles.
+//! - [`bundle`]: unpacking plugin bundles (zip, tar.gz) with suspicion.
 //! - [`settings`]: one settings tree from defaults, the TOML file, `PLUGD_*` variables and flags.
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
@@ -20,6 +21,7 @@
 //! - [`watcher`]: turns file changes in the plugins directory into debounced rescans.
 
 pub mod admin;
+pub mod bundle;
 pub mod cli;
 pub mod ipc;
 pub mod limits;

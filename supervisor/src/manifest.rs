@@ -116,8 +116,10 @@ pub fn discover(dir: &Path) -> Result<Discovery, ManifestError> {
         path: dir.to_owned(),
         message: format!("cannot read the plugins directory: {e}"),
     })?;
+    // Dot-directories are staging and trash areas of installs, never plugins.
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path().join(MANIFEST_FILE))
         .filter(|p| p.is_file())
         .collect();

@@ -40,12 +40,19 @@ pub struct AppState {
     pub admin_tokens: Vec<AdminToken>,
     /// The reconcile loop, once it runs (admin actions are sent to it).
     pub reconciler: std::sync::OnceLock<crate::reconcile::Handle>,
+    /// Where plugins live (installs unpack here).
+    pub plugins_dir: std::path::PathBuf,
 }
 
 impl AppState {
     /// State with no plugins yet, not ready.
-    pub fn new(store: Store, admin_tokens: Vec<AdminToken>) -> AppState {
+    pub fn new(
+        store: Store,
+        admin_tokens: Vec<AdminToken>,
+        plugins_dir: std::path::PathBuf,
+    ) -> AppState {
         AppState {
+            plugins_dir,
             store,
             admin_tokens,
             reconciler: std::sync::OnceLock::new(),

@@ -57,7 +57,11 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let state = Arc::new(AppState::new(store.clone(), settings.admin_tokens.clone()));
+        let state = Arc::new(AppState::new(
+            store.clone(),
+            settings.admin_tokens.clone(),
+            settings.plugins_dir.clone(),
+        ));
         Ok(Application {
             settings,
             listener,

@@ -250,6 +250,54 @@ impl Store {
         Ok(Some(true))
     }
 
+    /// Records the bundle a plugin was installed from, with an audit entry and a `changes`
+    /// row, after registering what its manifest says.
+    pub async fn installed(
+        &self,
+        m: &Manifest,
+        sha256: &str,
+        actor: &str,
+        action: &str,
+    ) -> anyhow::Result<PluginRecord> {
+        self.register(m).await?;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE plugins SET bundle_sha256 = $2, generation = generation + 1, updated_ms = $3 WHERE name = $1",
+        )
+        .bind(&m.name)
+        .bind(sha256)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_change(&mut tx, &m.name, action, now).await?;
+        let detail = format!("version {} sha256 {sha256}", m.version);
+        insert_event(&mut tx, Some(&m.name), actor, action, &detail, now).await?;
+        tx.commit().await?;
+        self.plugin(&m.name)
+            .await?
+            .context("the plugin vanished while it was being installed")
+    }
+
+    /// Forgets a plugin (uninstall), with an audit entry. Its migrations' records are kept, so a
+    /// reinstall does not run them again. Returns false if it was not registered.
+    pub async fn forget(&self, name: &str, actor: &str) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM plugins WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(false);
+        }
+        let now = now_ms();
+        insert_change(&mut tx, name, "uninstall", now).await?;
+        insert_event(&mut tx, Some(name), actor, "uninstall", "", now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Appends an audit-log entry.
     pub async fn record(
         &self,

@@ -228,3 +228,144 @@ async fn a_failing_plugin_migration_fails_that_plugin_only() {
         200
     );
 }
+
+/// A tar.gz bundle whose plugin runs the echo test plugin through a script in the bundle.
+fn bundle(name: &str, version: &str) -> Vec<u8> {
+    let echo = crate::harness::workspace_bin("plugd-testkit-echo");
+    let manifest = format!("name = {name:?}\nversion = {version:?}\ncommand = \"./run.sh\"\n");
+    let script = format!("#!/bin/sh\nexec {} \"$@\"\n", echo.display());
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(enc);
+    for (path, data, mode) in [
+        (format!("{name}/plugin.toml"), manifest.into_bytes(), 0o644),
+        (format!("{name}/run.sh"), script.into_bytes(), 0o755),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, &data[..]).expect("append");
+    }
+    b.into_inner().expect("tar").finish().expect("gzip")
+}
+
+async fn install(sup: &TestSupervisor, bytes: Vec<u8>) -> (u16, Value) {
+    let r = sup
+        .client
+        .post(sup.url("/admin/plugins/install"))
+        .bearer_auth(ADMIN)
+        .body(bytes)
+        .send()
+        .await
+        .expect("install");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn plugin_dirs(sup: &TestSupervisor) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sup.dir.path().join("plugins"))
+        .expect("plugins dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn bundles_install_upgrade_and_uninstall() {
+    let sup = admin_sup(&[PluginDef::echo("base", "")]).await;
+    let bytes = bundle("shipped", "1.0.0");
+    let (status, body) = install(&sup, bytes.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["sha256"].as_str(),
+        Some(plugd::bundle::sha256(&bytes).as_str())
+    );
+    sup.wait_until("the installed plugin serves", || async {
+        sup.get("/plugins/shipped/echo/1")
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let pid = sup.plugin_status("shipped").await["pid"].clone();
+
+    let (status, body) = install(&sup, bundle("shipped", "2.0.0")).await;
+    assert_eq!(
+        (status, body["upgraded"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    sup.wait_until("the upgrade is running", || async {
+        let s = sup.plugin_status("shipped").await;
+        s["state"] == "ready" && s["pid"] != pid
+    })
+    .await;
+    let (_, shipped) = get(&sup, "/admin/plugins/shipped").await;
+    assert_eq!(shipped["version"], "2.0.0");
+    let (_, events) = get(&sup, "/admin/events?plugin=shipped").await;
+    let actions: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, vec!["upgrade", "install"]);
+
+    let (status, _) = call(
+        &sup,
+        reqwest::Method::DELETE,
+        "/admin/plugins/shipped",
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    sup.wait_until("the uninstalled plugin is gone", || async {
+        sup.plugin_status("shipped").await.is_null()
+    })
+    .await;
+    assert_eq!(get(&sup, "/admin/plugins/shipped").await.0, 404);
+    assert_eq!(plugin_dirs(&sup), vec!["base".to_string()]);
+}
+
+#[tokio::test]
+async fn hostile_bundles_are_refused_and_write_nothing() {
+    let sup = admin_sup(&[PluginDef::echo("base", "")]).await;
+    let before = plugin_dirs(&sup);
+    let traversal = {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut w = zip::ZipWriter::new(&mut buf);
+        w.start_file("../escaped", zip::write::SimpleFileOptions::default())
+            .expect("start");
+        std::io::Write::write_all(&mut w, b"x").expect("write");
+        w.finish().expect("finish");
+        buf.into_inner()
+    };
+    let bomb = {
+        let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut b = tar::Builder::new(enc);
+        let zeros = vec![0u8; 300 * 1024 * 1024];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(zeros.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "plugin.toml", &zeros[..])
+            .expect("append");
+        b.into_inner().expect("tar").finish().expect("gzip")
+    };
+    let no_manifest = bundle("x", "1").into_iter().take(10).collect::<Vec<u8>>();
+    for (bytes, expect) in [
+        (traversal, "'..'"),
+        (bomb, "archive bomb"),
+        (no_manifest, "unreadable"),
+        (b"plain text".to_vec(), "neither"),
+    ] {
+        let (status, body) = install(&sup, bytes).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "invalid bundle");
+        let detail = body["detail"].as_str().expect("detail");
+        assert!(detail.contains(expect), "{detail} should mention {expect}");
+        assert_eq!(plugin_dirs(&sup), before, "nothing written");
+    }
+    assert!(!sup.dir.path().join("escaped").exists());
+}

@@ -4,6 +4,7 @@
 //! sends the frames those tasks produce. Requests in flight are tracked by id so a `cancel` can
 //! abort one and a `shutdown` can wait for all of them.
 
+use crate::kv::{Caller, Kv};
 use crate::plugin::{Callback, Error, Plugin, Route};
 use crate::request::Request;
 use crate::response::{HttpError, IntoResponse};
@@ -79,6 +80,8 @@ struct Shared<S> {
     /// Number of requests in flight, so shutdown can wait for zero.
     count: watch::Sender<usize>,
     on_unload: Mutex<Option<Callback<S>>>,
+    /// The plugin's own calls to the supervisor.
+    caller: Arc<Caller>,
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
@@ -189,6 +192,8 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     let shared = Arc::new(Shared {
         routes: plugin.routes,
         state: plugin.state,
+        caller: Caller::new(out.clone(), max_frame),
+        // Moved, not cloned: the writer ends when the last sender is gone.
         out,
         max_frame: AtomicUsize::new(max_frame),
         draining: AtomicBool::new(false),
@@ -207,7 +212,10 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                 }
                 Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
                 Some(Ok(Message::Response(resp))) => {
-                    tracing::warn!(id = resp.id, "ignoring a response to a request this plugin never sent");
+                    let id = resp.id;
+                    if !shared.caller.answer(resp) {
+                        tracing::debug!(id, "late answer to a call that already ended");
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::error!("closing the connection after a bad frame from the supervisor: {e}");
@@ -223,6 +231,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     };
 
     // Whatever ended the loop, nothing more can be answered: stop every task still running.
+    shared.caller.close();
     for (_, handle) in shared.lock_in_flight().drain() {
         handle.abort();
     }
@@ -324,7 +333,8 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
     };
     let route_name = params.route.clone();
-    let handler_future = (route.handler)(Request::new(params), shared.state.clone());
+    let request = Request::new(params, Kv::new(shared.caller.clone()));
+    let handler_future = (route.handler)(request, shared.state.clone());
     let task_shared = shared.clone();
     let mut in_flight = shared.lock_in_flight();
     // The task cannot finish before it is registered and counted: finish() needs this lock.

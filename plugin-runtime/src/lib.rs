@@ -41,10 +41,12 @@
 //! on its own it exits with an error saying it must be started by plugd.
 
 mod connection;
+mod kv;
 mod plugin;
 mod request;
 mod response;
 
+pub use kv::{HostError, Kv, KvEntry};
 pub use plugd_protocol as protocol;
 pub use plugin::{Error, Plugin};
 pub use request::Request;

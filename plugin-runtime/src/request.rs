@@ -1,5 +1,6 @@
 //! The request a handler receives: the proxied HTTP request plus convenient accessors.
 
+use crate::kv::Kv;
 use crate::response::HttpError;
 use plugd_protocol::message::http::HttpRequest;
 use serde::de::DeserializeOwned;
@@ -9,11 +10,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone)]
 pub struct Request {
     inner: HttpRequest,
+    kv: Kv,
 }
 
 impl Request {
-    pub(crate) fn new(inner: HttpRequest) -> Self {
-        Request { inner }
+    pub(crate) fn new(inner: HttpRequest, kv: Kv) -> Self {
+        Request { inner, kv }
+    }
+
+    /// The plugin's key-value store, kept by the supervisor.
+    pub fn kv(&self) -> &Kv {
+        &self.kv
     }
 
     /// The HTTP method, in upper case.

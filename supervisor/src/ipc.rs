@@ -6,6 +6,7 @@
 //! writer task batches outgoing frames. When the plugin sends a bad frame or the socket closes,
 //! every waiting caller is told at once why; nobody waits for a timeout on a dead plugin.
 
+use crate::kv::PluginCalls;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use plugd_protocol::envelope::{
@@ -97,6 +98,7 @@ pub struct Expected<'a> {
 pub async fn handshake<T>(
     stream: UnixStream,
     expected: &Expected<'_>,
+    calls: Option<PluginCalls>,
     accept: impl FnOnce(&Hello) -> Result<T, String>,
 ) -> Result<(Hello, T, Arc<Connection>), HandshakeError> {
     let (rd, mut wr) = stream.into_split();
@@ -184,7 +186,7 @@ pub async fn handshake<T>(
         .await
         .map_err(|e| format!("cannot answer the handshake: {e}"))?;
     frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
-    let conn = Connection::start(expected.name.to_owned(), frames, wr, max_frame);
+    let conn = Connection::start(expected.name.to_owned(), frames, wr, max_frame, calls);
     Ok((hello, accepted, conn))
 }
 
@@ -215,6 +217,7 @@ pub struct Connection {
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     cut_off: AtomicBool,
+    calls: Option<PluginCalls>,
 }
 
 impl Connection {
@@ -223,6 +226,7 @@ impl Connection {
         frames: FramedRead<OwnedReadHalf, FrameCodec>,
         wr: OwnedWriteHalf,
         max_frame: usize,
+        calls: Option<PluginCalls>,
     ) -> Arc<Connection> {
         let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
         let conn = Arc::new(Connection {
@@ -234,6 +238,7 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             cut_off: AtomicBool::new(false),
+            calls,
         });
         let token = conn.closed.clone();
         tokio::spawn(async move {
@@ -397,23 +402,34 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
                     }
                 }
                 Some(Ok(Message::Request(request))) => {
-                    let frame = if request.method == Ping::NAME {
-                        encode_response(request.id, &Empty {}, conn.max_frame)
+                    if request.method == Ping::NAME {
+                        if let Ok(frame) = encode_response(request.id, &Empty {}, conn.max_frame) {
+                            // Never block the reader on a full queue: responses to our callers
+                            // must keep flowing.
+                            conn.try_send(frame);
+                        }
+                    } else if let Some(calls) = conn.calls.clone() {
+                        // Answered on a task of its own: a slow store never stalls the reader.
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            let frame = calls.call(conn.plugin.clone(), request, conn.max_frame).await;
+                            let _ = conn.out.send(frame).await;
+                        });
                     } else {
                         let error = ErrorObject::new(
                             codes::METHOD_NOT_FOUND,
                             format!("the supervisor does not implement method {:?}", request.method),
                         );
-                        encode_error(request.id, &error, conn.max_frame)
-                    };
-                    if let Ok(frame) = frame {
-                        // Never block the reader on a full queue: responses to our callers
-                        // must keep flowing.
-                        conn.try_send(frame);
+                        if let Ok(frame) = encode_error(request.id, &error, conn.max_frame) {
+                            conn.try_send(frame);
+                        }
                     }
                 }
                 Some(Ok(Message::Notification(note))) => {
                     tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
+                }
+                Some(Err(plugd_protocol::DecodeError::Io(e))) => {
+                    break format!("the connection to the plugin failed: {e}");
                 }
                 Some(Err(e)) => {
                     let reason = format!("the plugin sent a bad frame and was cut off: {e}");

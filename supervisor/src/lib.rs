@@ -8,6 +8,7 @@
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
 //! - [`ipc`]: one multiplexed protocol connection per plugin.
+//! - [`kv`]: answers plugins' calls to the supervisor (the key-value store).
 //! - [`limits`]: resource limits per plugin: rlimits, cgroups, usage sampling.
 //! - [`logs`]: each plugin's recent output, kept across restarts.
 //! - [`plugin`]: starting and stopping one plugin instance, and each plugin's visible state.
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod bundle;
 pub mod cli;
 pub mod ipc;
+pub mod kv;
 pub mod limits;
 pub mod logs;
 pub mod manifest;

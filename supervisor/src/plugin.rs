@@ -206,6 +206,8 @@ pub struct StartContext {
     pub cgroups: Arc<Cgroups>,
     /// Time between resource samples (zero: no monitoring).
     pub monitor_interval: Duration,
+    /// Answers plugins' own calls (the key-value store).
+    pub calls: Option<crate::kv::PluginCalls>,
 }
 
 /// Why an instance did not start; `fatal` when starting it again cannot help.
@@ -342,7 +344,10 @@ async fn start_in(
             .accept()
             .await
             .map_err(|e| ipc::HandshakeError::from(format!("accept failed: {e}")))?;
-        ipc::handshake(stream, &expected, |hello| RouteTable::build(&hello.routes)).await
+        ipc::handshake(stream, &expected, ctx.calls.clone(), |hello| {
+            RouteTable::build(&hello.routes)
+        })
+        .await
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(ctx.handshake_timeout, connect_and_handshake) => match r {

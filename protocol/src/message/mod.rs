@@ -4,6 +4,7 @@
 pub mod control;
 pub mod handshake;
 pub mod http;
+pub mod kv;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

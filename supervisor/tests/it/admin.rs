@@ -369,3 +369,56 @@ async fn hostile_bundles_are_refused_and_write_nothing() {
     }
     assert!(!sup.dir.path().join("escaped").exists());
 }
+
+#[tokio::test]
+async fn plugins_use_their_own_key_value_store_through_the_protocol() {
+    let sup =
+        TestSupervisor::start(&[PluginDef::echo("a", ""), PluginDef::echo("b", "")], &[]).await;
+    let put = |plugin: &str, key: &str, value: &str| {
+        sup.client
+            .put(sup.url(&format!("/plugins/{plugin}/kv/{key}")))
+            .body(value.to_owned())
+            .send()
+    };
+    let r = put("a", "colour", "blue").await.expect("put");
+    assert_eq!(r.text().await.expect("version"), "1");
+    let r = sup.get("/plugins/a/kv/colour").await.expect("get");
+    assert_eq!(r.headers()["x-version"], "1");
+    assert_eq!(r.text().await.expect("value"), "blue");
+    assert_eq!(
+        sup.get("/plugins/b/kv/colour").await.expect("b").status(),
+        404,
+        "each plugin sees only its own keys"
+    );
+
+    put("a", "colour-2", "red").await.expect("put");
+    let keys = sup.get_json("/plugins/a/kvlist?prefix=colour", 200).await;
+    assert_eq!(keys, serde_json::json!(["colour", "colour-2"]));
+
+    let cas = |expected: &str| {
+        sup.client
+            .post(sup.url(&format!("/plugins/a/kvcas/colour?expected={expected}")))
+            .body("green")
+            .send()
+    };
+    let first: Value = cas("1").await.expect("cas").json().await.expect("json");
+    assert_eq!(first, serde_json::json!({"ok": true, "version": 2}));
+    let second: Value = cas("1").await.expect("cas").json().await.expect("json");
+    assert_eq!(
+        second,
+        serde_json::json!({"ok": false, "version": 2}),
+        "a stale version loses"
+    );
+
+    let r = sup
+        .client
+        .delete(sup.url("/plugins/a/kv/colour"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.text().await.expect("deleted"), "true");
+    assert_eq!(
+        sup.get("/plugins/a/kv/colour").await.expect("get").status(),
+        404
+    );
+}

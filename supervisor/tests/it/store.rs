@@ -217,3 +217,98 @@ async fn plugin_migrations_apply_once_refuse_edits_and_roll_back_failures() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_kv_store_versions_expires_lists_and_compares() {
+    for (store, _dir) in stores().await {
+        let b = store.backend();
+        assert_eq!(store.kv_get("p", "a").await.expect("get"), None);
+        assert_eq!(store.kv_set("p", "a", b"1", None).await.expect("set"), 1);
+        assert_eq!(
+            store.kv_set("p", "a", b"2", None).await.expect("set"),
+            2,
+            "{b:?}"
+        );
+        let item = store.kv_get("p", "a").await.expect("get").expect("present");
+        assert_eq!((item.value.as_slice(), item.version), (&b"2"[..], 2));
+        assert_eq!(
+            store.kv_get("other", "a").await.expect("get"),
+            None,
+            "{b:?}: per plugin"
+        );
+
+        store.kv_set("p", "ab", b"x", None).await.expect("set");
+        store.kv_set("p", "b", b"y", None).await.expect("set");
+        store.kv_set("p", "a_%", b"z", None).await.expect("set");
+        let keys: Vec<String> = store
+            .kv_list("p", "a", 10)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, vec!["a", "a_%", "ab"], "{b:?}");
+        let keys: Vec<String> = store
+            .kv_list("p", "a_", 10)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, vec!["a_%"], "{b:?}: no LIKE wildcards");
+
+        assert_eq!(
+            store
+                .kv_cas("p", "a", Some(2), b"3", None)
+                .await
+                .expect("cas"),
+            (true, Some(3))
+        );
+        assert_eq!(
+            store
+                .kv_cas("p", "a", Some(2), b"4", None)
+                .await
+                .expect("cas"),
+            (false, Some(3)),
+            "{b:?}"
+        );
+        assert_eq!(
+            store
+                .kv_cas("p", "new", None, b"n", None)
+                .await
+                .expect("cas"),
+            (true, Some(1))
+        );
+        assert_eq!(
+            store
+                .kv_cas("p", "new", None, b"n", None)
+                .await
+                .expect("cas"),
+            (false, Some(1))
+        );
+
+        store
+            .kv_set(
+                "p",
+                "brief",
+                b"t",
+                Some(std::time::Duration::from_millis(1)),
+            )
+            .await
+            .expect("set");
+        let start = std::time::Instant::now();
+        while store.kv_get("p", "brief").await.expect("get").is_some() {
+            assert!(
+                start.elapsed() < crate::harness::DEADLINE,
+                "{b:?}: never expired"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !store.kv_delete("p", "brief").await.expect("delete"),
+            "expired counts as absent"
+        );
+        assert!(store.kv_delete("p", "b").await.expect("delete"));
+        assert!(!store.kv_delete("p", "b").await.expect("delete"));
+    }
+}

@@ -125,6 +125,54 @@ async fn main() -> Result<(), plugd_runtime::Error> {
         .get("/pid", |_req: Request, _| async {
             std::process::id().to_string()
         })
+        // The key-value store, for the store tests.
+        .route("PUT", "/kv/{key}", |req: Request, _| async move {
+            let key = req.param("key").unwrap_or_default().to_owned();
+            let value = req.body().to_vec();
+            let version = match req.query("ttl_ms").and_then(|t| t.parse().ok()) {
+                Some(ms) => {
+                    req.kv()
+                        .set_with_ttl(&key, value, Duration::from_millis(ms))
+                        .await?
+                }
+                None => req.kv().set(&key, value).await?,
+            };
+            Ok::<_, plugd_runtime::HttpError>(version.to_string())
+        })
+        .get("/kv/{key}", |req: Request, _| async move {
+            let key = req.param("key").unwrap_or_default();
+            match req.kv().get_versioned(key).await? {
+                Some((value, version)) => {
+                    Ok(Response::bytes(value).with_header("x-version", version.to_string()))
+                }
+                None => Err(plugd_runtime::HttpError::not_found(format!("no key {key}"))),
+            }
+        })
+        .delete("/kv/{key}", |req: Request, _| async move {
+            let deleted = req
+                .kv()
+                .delete(req.param("key").unwrap_or_default())
+                .await?;
+            Ok::<_, plugd_runtime::HttpError>(deleted.to_string())
+        })
+        .get("/kvlist", |req: Request, _| async move {
+            let prefix = req.query("prefix").unwrap_or_default();
+            let entries = req.kv().list(&prefix).await?;
+            let keys: Vec<String> = entries.into_iter().map(|(k, _, _)| k).collect();
+            Ok::<_, plugd_runtime::HttpError>(Json(keys))
+        })
+        .post("/kvcas/{key}", |req: Request, _| async move {
+            let key = req.param("key").unwrap_or_default();
+            let expected = req.query("expected").and_then(|v| v.parse().ok());
+            let result = req
+                .kv()
+                .compare_and_set(key, expected, req.body().to_vec())
+                .await?;
+            Ok::<_, plugd_runtime::HttpError>(Json(match result {
+                Ok(version) => serde_json::json!({ "ok": true, "version": version }),
+                Err(current) => serde_json::json!({ "ok": false, "version": current }),
+            }))
+        })
         // Misbehaviour for the resource-limit tests.
         .get("/alloc", |req: Request, c: Arc<Counters>| async move {
             let mb = req

@@ -1,0 +1,216 @@
+//! Calls from the plugin to the supervisor, and the key-value store built on them.
+
+use crate::response::HttpError;
+use bytes::Bytes;
+use plugd_protocol::envelope::encode_request;
+use plugd_protocol::message::kv::{
+    KvCas, KvCasParams, KvDelete, KvGet, KvKey, KvList, KvPrefix, KvSet, KvWrite,
+};
+use plugd_protocol::message::Method;
+use plugd_protocol::{ErrorObject, Response as WireResponse};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a call to the supervisor may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call to the supervisor failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostError {
+    /// The connection to the supervisor is gone.
+    #[error("the connection to the supervisor is closed")]
+    Closed,
+    /// No answer in time.
+    #[error("the supervisor did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The supervisor answered with an error.
+    #[error("the supervisor refused: {0}")]
+    Remote(ErrorObject),
+    /// The answer could not be decoded.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<HostError> for HttpError {
+    fn from(e: HostError) -> Self {
+        HttpError::internal(e.to_string())
+    }
+}
+
+/// Sends requests to the supervisor and matches their answers.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    out: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<WireResponse>>>,
+    next_id: AtomicU64,
+    max_frame: usize,
+}
+
+impl Caller {
+    pub(crate) fn new(out: mpsc::Sender<Bytes>, max_frame: usize) -> Arc<Caller> {
+        Arc::new(Caller {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            // Id 0 was the handshake.
+            next_id: AtomicU64::new(1),
+            max_frame,
+        })
+    }
+
+    /// Delivers an answer from the supervisor to its caller.
+    pub(crate) fn answer(&self, response: WireResponse) -> bool {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&response.id);
+        match waiter {
+            Some(tx) => tx.send(response).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Fails every waiting call (the connection closed).
+    pub(crate) fn close(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    async fn call<M: Method>(&self, params: &M::Params) -> Result<M::Result, HostError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_request::<M>(id, params, self.max_frame)
+            .map_err(|e| HostError::Protocol(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
+            self.out.send(frame).await.map_err(|_| HostError::Closed)?;
+            rx.await.map_err(|_| HostError::Closed)
+        })
+        .await;
+        let response = match answer {
+            Ok(result) => result?,
+            Err(_) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                return Err(HostError::Timeout(CALL_TIMEOUT));
+            }
+        };
+        match response.decode_result::<M>() {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(HostError::Remote(error)),
+            Err(e) => Err(HostError::Protocol(e.to_string())),
+        }
+    }
+}
+
+/// The plugin's own key-value store, kept by the supervisor (in its database, shared by every
+/// instance and worker). Other plugins cannot see these keys.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    caller: Arc<Caller>,
+}
+
+/// One listed entry: key, value, version.
+pub type KvEntry = (String, Bytes, u64);
+
+impl Kv {
+    pub(crate) fn new(caller: Arc<Caller>) -> Kv {
+        Kv { caller }
+    }
+
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, HostError> {
+        Ok(self.get_versioned(key).await?.map(|(v, _)| v))
+    }
+
+    /// The value of `key` with its version (for [`Kv::compare_and_set`]), if set.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, u64)>, HostError> {
+        let r = self
+            .caller
+            .call::<KvGet>(&KvKey { key: key.into() })
+            .await?;
+        Ok(r.value.zip(r.version))
+    }
+
+    /// Sets `key`; returns its new version.
+    pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, HostError> {
+        self.write(key, value.into(), None).await
+    }
+
+    /// Sets `key` until `ttl` has passed; returns its new version.
+    pub async fn set_with_ttl(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<u64, HostError> {
+        self.write(key, value.into(), Some(ttl)).await
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<u64, HostError> {
+        let params = KvWrite {
+            key: key.into(),
+            value,
+            ttl_ms: ttl.map(|t| t.as_millis() as u64),
+        };
+        Ok(self.caller.call::<KvSet>(&params).await?.version)
+    }
+
+    /// Deletes `key`; true if it was set.
+    pub async fn delete(&self, key: &str) -> Result<bool, HostError> {
+        let r = self
+            .caller
+            .call::<KvDelete>(&KvKey { key: key.into() })
+            .await?;
+        Ok(r.deleted)
+    }
+
+    /// Keys starting with `prefix`, in key order (at most 1000).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, HostError> {
+        let params = KvPrefix {
+            prefix: prefix.into(),
+            limit: None,
+        };
+        let r = self.caller.call::<KvList>(&params).await?;
+        Ok(r.entries
+            .into_iter()
+            .map(|e| (e.key, e.value, e.version))
+            .collect())
+    }
+
+    /// Writes `value` only if `key` is still at version `expected` (`None`: only if unset).
+    /// `Ok(Ok(version))` when written; `Ok(Err(current))` when another write came first.
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: impl Into<Bytes>,
+    ) -> Result<Result<u64, Option<u64>>, HostError> {
+        let params = KvCasParams {
+            key: key.into(),
+            expected,
+            value: value.into(),
+            ttl_ms: None,
+        };
+        let r = self.caller.call::<KvCas>(&params).await?;
+        Ok(match (r.ok, r.version) {
+            (true, Some(v)) => Ok(v),
+            (_, current) => Err(current),
+        })
+    }
+}

@@ -7,8 +7,112 @@ use crate::proxy::AppState;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Requests by plugin, route and status, with a latency histogram per plugin and route.
+/// Recording takes a shared lock and a few atomics; the first request of a new route takes the
+/// write lock once.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    plugins: RwLock<HashMap<String, HashMap<String, Arc<RouteStats>>>>,
+}
+
+#[derive(Debug, Default)]
+struct RouteStats {
+    statuses: Mutex<Vec<(u16, u64)>>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl RequestMetrics {
+    /// Counts one request.
+    pub fn record(&self, plugin: &str, route: &str, status: u16, took: Duration) {
+        let stats = {
+            let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+            plugins.get(plugin).and_then(|r| r.get(route)).cloned()
+        };
+        let stats = stats.unwrap_or_else(|| {
+            let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+            plugins
+                .entry(plugin.to_owned())
+                .or_default()
+                .entry(route.to_owned())
+                .or_default()
+                .clone()
+        });
+        {
+            let mut statuses = stats.statuses.lock().unwrap_or_else(|e| e.into_inner());
+            match statuses.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => statuses.push((status, 1)),
+            }
+        }
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            stats.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        stats.count.fetch_add(1, Ordering::Relaxed);
+        stats
+            .sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<(&String, &String, &Arc<RouteStats>)> = plugins
+            .iter()
+            .flat_map(|(p, routes)| routes.iter().map(move |(r, s)| (p, r, s)))
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut f = Family::new(
+            out,
+            "plugd_http_requests_total",
+            "counter",
+            "HTTP requests by plugin, route and status.",
+        );
+        for (plugin, route, stats) in &rows {
+            let mut statuses = stats
+                .statuses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            statuses.sort();
+            for (status, n) in statuses {
+                let status = status.to_string();
+                f.sample(
+                    "plugd_http_requests_total",
+                    &[("plugin", plugin), ("route", route), ("status", &status)],
+                    n as f64,
+                );
+            }
+        }
+        let name = "plugd_http_request_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Time to answer an HTTP request, by plugin and route.\n# TYPE {name} histogram");
+        for (plugin, route, stats) in &rows {
+            let labels = format!("plugin=\"{}\",route=\"{}\"", escape(plugin), escape(route));
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += stats.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let count = stats.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let sum = stats.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        }
+    }
+}
 
 const STATES: [&str; 7] = [
     "starting",
@@ -52,6 +156,7 @@ pub fn render(app: &AppState) -> String {
     let mut names: Vec<&String> = plugins.keys().collect();
     names.sort();
     let mut out = String::with_capacity(4096);
+    app.metrics.render(&mut out);
 
     let mut f = Family::new(
         &mut out,

@@ -42,6 +42,8 @@ pub struct AppState {
     pub reconciler: std::sync::OnceLock<crate::reconcile::Handle>,
     /// Where plugins live (installs unpack here).
     pub plugins_dir: std::path::PathBuf,
+    /// Request counts and latencies for `/metrics`.
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             plugins_dir,
+            metrics: crate::metrics::RequestMetrics::default(),
             store,
             admin_tokens,
             reconciler: std::sync::OnceLock::new(),
@@ -94,6 +97,31 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// Forwards one request to a plugin.
 pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    let started = std::time::Instant::now();
+    let name = plugin_name(request.uri().path()).to_owned();
+    let response = forward(&app, request).await;
+    // Only plugins plugd knows are counted: arbitrary names in URLs must not grow the metrics.
+    if app.plugins.load().contains_key(&name) {
+        let route = response
+            .extensions()
+            .get::<MatchedRoute>()
+            .map_or("(none)", |r| r.0.as_str());
+        app.metrics
+            .record(&name, route, response.status().as_u16(), started.elapsed());
+    }
+    response
+}
+
+/// The route pattern a request matched, passed from the handler to the metrics.
+#[derive(Debug, Clone)]
+struct MatchedRoute(String);
+
+fn plugin_name(path: &str) -> &str {
+    let rest = path.strip_prefix("/plugins/").unwrap_or_default();
+    rest.split('/').next().unwrap_or_default()
+}
+
+async fn forward(app: &Arc<AppState>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let full_path = parts.uri.path();
     let rest = full_path.strip_prefix("/plugins/").unwrap_or_default();
@@ -213,7 +241,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
         request_id: request_id.clone(),
         method: method.to_owned(),
         path: path.to_owned(),
-        route,
+        route: route.clone(),
         params,
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: forward_headers(&parts.headers),
@@ -290,6 +318,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, request: axum::extract::Req
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    response.extensions_mut().insert(MatchedRoute(route));
     response
 }
 

@@ -193,6 +193,11 @@ async fn limits_and_usage_are_visible() {
     assert!(status["usage"]["tasks"].as_u64().expect("tasks") >= 1);
     assert!(status["usage"]["open_files"].as_u64().expect("fds") >= 3);
 
+    for _ in 0..3 {
+        sup.get("/plugins/seen/echo/1").await.expect("request");
+    }
+    sup.get("/plugins/seen/missing").await.expect("404");
+    sup.get("/plugins/nobody/x").await.expect("unknown plugin");
     let r = sup.get("/metrics").await.expect("metrics");
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -206,6 +211,10 @@ async fn limits_and_usage_are_visible() {
         "plugd_plugin_tasks_limit{plugin=\"seen\"} 64",
         "plugd_plugin_restarts_total{plugin=\"seen\"} 0",
         "# TYPE plugd_plugin_memory_bytes gauge",
+        "plugd_http_requests_total{plugin=\"seen\",route=\"/echo/{id}\",status=\"200\"} 3",
+        "plugd_http_requests_total{plugin=\"seen\",route=\"(none)\",status=\"404\"} 1",
+        "plugd_http_request_duration_seconds_count{plugin=\"seen\",route=\"/echo/{id}\"} 3",
+        "# TYPE plugd_http_request_duration_seconds histogram",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -218,4 +227,8 @@ async fn limits_and_usage_are_visible() {
         .and_then(|v| v.parse::<f64>().ok())
         .expect("memory sample");
     assert!(memory > 0.0);
+    assert!(
+        !text.contains("nobody"),
+        "unknown plugin names are not metrics labels"
+    );
 }

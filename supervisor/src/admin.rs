@@ -354,8 +354,21 @@ async fn stats(State(app): State<Arc<AppState>>) -> Response {
 async fn install(
     State(app): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                rejection.status(),
+                "bundle not accepted",
+                format!(
+                    "{} (bundles may be at most {MAX_BUNDLE} bytes)",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
     let sha256 = crate::bundle::sha256(&body);
     let plugins_dir = app.plugins_dir.clone();
     let placed = tokio::task::spawn_blocking(move || place_bundle(&body, &plugins_dir)).await;

@@ -140,8 +140,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn migrate(args: ServeArgs) -> ExitCode {
-    let settings = match load_settings(&args) {
+/// Loads the settings, builds the async runtime and runs `work` on it; any failure is
+/// reported on stderr and becomes the exit code.
+fn run_async<Fut>(args: &ServeArgs, work: impl FnOnce(Settings) -> Fut) -> ExitCode
+where
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let settings = match load_settings(args) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -149,38 +154,7 @@ fn migrate(args: ServeArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let result = runtime.block_on(async {
-        std::fs::create_dir_all(&settings.data_dir)?;
-        let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
-        store.migrate().await?;
-        anyhow::Ok(store.backend())
-    });
-    match result {
-        Ok(backend) => {
-            println!("plugd: the {backend:?} store is up to date");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("plugd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn serve(args: ServeArgs) -> ExitCode {
-    let settings = match load_settings(&args) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let result = runtime.block_on(async {
-        let app = Application::build(settings).await?;
-        app.run_until_stopped(shutdown_signal()).await
-    });
-    match result {
+    match runtime.block_on(work(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -188,6 +162,23 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn migrate(args: ServeArgs) -> ExitCode {
+    run_async(&args, |settings| async move {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+        store.migrate().await?;
+        println!("plugd: the {:?} store is up to date", store.backend());
+        Ok(())
+    })
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    run_async(&args, |settings| async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown_signal()).await
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -121,6 +121,23 @@ struct Entry {
     enabled: bool,
 }
 
+impl Entry {
+    fn new(manifest: Manifest, program: Option<(SystemTime, u64)>, enabled: bool) -> Entry {
+        Entry {
+            slot: PluginSlot::new(&manifest.name),
+            manifest: Arc::new(manifest),
+            program,
+            current: None,
+            starting: None,
+            restart: RestartState::default(),
+            kill_reason: None,
+            retry_generation: 0,
+            removed: false,
+            enabled,
+        }
+    }
+}
+
 /// The loop itself.
 #[derive(Debug)]
 pub struct Reconciler {
@@ -516,44 +533,17 @@ impl Reconciler {
             }
             match self.entries.get_mut(&name) {
                 None if !enabled => {
-                    let slot = PluginSlot::new(&name);
-                    slot.set(PluginState::Disabled);
-                    self.entries.insert(
-                        name.clone(),
-                        Entry {
-                            manifest: Arc::new(m),
-                            program,
-                            slot,
-                            current: None,
-                            starting: None,
-                            restart: RestartState::default(),
-                            kill_reason: None,
-                            retry_generation: 0,
-                            removed: false,
-                            enabled: false,
-                        },
-                    );
+                    let entry = Entry::new(m, program, false);
+                    entry.slot.set(PluginState::Disabled);
+                    self.entries.insert(name.clone(), entry);
                 }
                 Some(entry) if !entry.enabled => {
                     entry.manifest = Arc::new(m);
                     entry.program = program;
                 }
                 None => {
-                    self.entries.insert(
-                        name.clone(),
-                        Entry {
-                            manifest: Arc::new(m),
-                            program,
-                            slot: PluginSlot::new(&name),
-                            current: None,
-                            starting: None,
-                            restart: RestartState::default(),
-                            kill_reason: None,
-                            retry_generation: 0,
-                            removed: false,
-                            enabled: true,
-                        },
-                    );
+                    self.entries
+                        .insert(name.clone(), Entry::new(m, program, true));
                     self.start(&name);
                 }
                 Some(entry) => {

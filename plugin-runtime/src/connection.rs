@@ -4,8 +4,9 @@
 //! sends the frames those tasks produce. Requests in flight are tracked by id so a `cancel` can
 //! abort one and a `shutdown` can wait for all of them.
 
+use crate::hook::HookEvent;
 use crate::kv::{Caller, Kv};
-use crate::plugin::{Callback, Error, Plugin, Route};
+use crate::plugin::{Callback, Error, HookRoute, Plugin, Route};
 use crate::request::Request;
 use crate::response::{HttpError, IntoResponse};
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use futures_util::{FutureExt, StreamExt};
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
 use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
+use plugd_protocol::message::hook::{HookCall, HookInput};
 use plugd_protocol::message::http::{Http, HttpRequest};
 use plugd_protocol::message::{Method, NotificationKind};
 use plugd_protocol::{
@@ -72,6 +74,7 @@ impl Env {
 /// State shared by the reader loop and the request tasks.
 struct Shared<S> {
     routes: Vec<Route<S>>,
+    hooks: Vec<HookRoute<S>>,
     state: Arc<S>,
     out: mpsc::Sender<Bytes>,
     max_frame: AtomicUsize,
@@ -157,7 +160,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                 permission: None,
             })
             .collect(),
-        hooks: Vec::new(),
+        hooks: plugin.hooks.iter().map(|h| h.decl.clone()).collect(),
         services: Vec::new(),
         permissions: Vec::new(),
     };
@@ -191,6 +194,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     let (count, _) = watch::channel(0usize);
     let shared = Arc::new(Shared {
         routes: plugin.routes,
+        hooks: plugin.hooks,
         state: plugin.state,
         caller: Caller::new(out.clone(), max_frame),
         // Moved, not cloned: the writer ends when the last sender is gone.
@@ -249,6 +253,7 @@ async fn dispatch_request<S: Send + Sync + 'static>(
 ) {
     match req.method.as_str() {
         Http::NAME => start_http(shared, req).await,
+        HookCall::NAME => start_hook(shared, req).await,
         Ping::NAME => {
             if let Ok(frame) = encode_response(req.id, &Empty {}, shared.max_frame()) {
                 shared.send(frame).await;
@@ -360,6 +365,75 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
     });
     in_flight.insert(id, task.abort_handle());
     drop(in_flight);
+}
+
+async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
+    let id = req.id;
+    let input: HookInput = match req.decode_params::<HookCall>() {
+        Ok(p) => p,
+        Err(e) => {
+            return shared
+                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
+                .await
+        }
+    };
+    if shared.draining.load(Ordering::SeqCst) {
+        return shared
+            .reply_error(
+                id,
+                codes::SHUTTING_DOWN,
+                "the plugin is shutting down".into(),
+            )
+            .await;
+    }
+    let Some(route) = shared.hooks.iter().find(|h| h.decl.name == input.hook) else {
+        let message = format!("this plugin does not handle hook {:?}", input.hook);
+        return shared.reply_error(id, codes::NO_ROUTE, message).await;
+    };
+    let event = HookEvent {
+        payload: serde_json::to_value(&input.payload).unwrap_or(serde_json::Value::Null),
+        hook: input.hook,
+        depth: input.depth,
+    };
+    let future = (route.handler)(event, shared.state.clone());
+    spawn_tracked(shared, id, async move {
+        match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(reply) => Ok(reply.into_wire()),
+            Err(panic) => Err(ErrorObject::new(
+                codes::HANDLER_PANICKED,
+                format!("hook handler panicked: {}", panic_message(&panic)),
+            )),
+        }
+    });
+}
+
+/// Runs `work` as a tracked task (cancellable, awaited by shutdown) and sends its answer.
+fn spawn_tracked<S, T>(
+    shared: &Arc<Shared<S>>,
+    id: u64,
+    work: impl std::future::Future<Output = Result<T, ErrorObject>> + Send + 'static,
+) where
+    S: Send + Sync + 'static,
+    T: serde::Serialize + Send + 'static,
+{
+    let task_shared = shared.clone();
+    let mut in_flight = shared.lock_in_flight();
+    // The task cannot finish before it is registered and counted: finish() needs this lock.
+    shared.count.send_modify(|n| *n += 1);
+    let task = tokio::spawn(async move {
+        let max = task_shared.max_frame();
+        let frame = match work.await {
+            Ok(value) => encode_response(id, &value, max).or_else(|e| {
+                encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
+            }),
+            Err(error) => encode_error(id, &error, max),
+        };
+        if let Ok(frame) = frame {
+            task_shared.send(frame).await;
+        }
+        task_shared.finish(id);
+    });
+    in_flight.insert(id, task.abort_handle());
 }
 
 fn handle_notification<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, note: Notification) {

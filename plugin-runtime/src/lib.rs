@@ -41,11 +41,13 @@
 //! on its own it exits with an error saying it must be started by plugd.
 
 mod connection;
+mod hook;
 mod kv;
 mod plugin;
 mod request;
 mod response;
 
+pub use hook::{HookEvent, HookMode, HookReply};
 pub use kv::{HostError, Kv, KvEntry};
 pub use plugd_protocol as protocol;
 pub use plugin::{Error, Plugin};

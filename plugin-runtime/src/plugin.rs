@@ -1,8 +1,10 @@
 //! The plugin builder: routes, handlers, state and lifecycle callbacks, then [`Plugin::run`].
 
 use crate::connection;
+use crate::hook::{HookEvent, HookReply};
 use crate::request::Request;
 use crate::response::{IntoResponse, Response};
+use plugd_protocol::message::handshake::{HookDecl, HookMode};
 use plugd_protocol::{DecodeError, EncodeError, ErrorObject};
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +12,8 @@ use std::sync::Arc;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) type Handler<S> = Arc<dyn Fn(Request, Arc<S>) -> BoxFuture<Response> + Send + Sync>;
+pub(crate) type HookHandler<S> =
+    Arc<dyn Fn(HookEvent, Arc<S>) -> BoxFuture<HookReply> + Send + Sync>;
 pub(crate) type Callback<S> = Box<dyn FnOnce(Arc<S>) -> BoxFuture<Result<(), BoxError>> + Send>;
 
 /// Any error an `on_load` or `on_unload` callback may return.
@@ -62,6 +66,12 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// One declared hook handler.
+pub(crate) struct HookRoute<S> {
+    pub(crate) decl: HookDecl,
+    pub(crate) handler: HookHandler<S>,
+}
+
 /// One declared route.
 pub(crate) struct Route<S> {
     pub(crate) method: String,
@@ -75,6 +85,7 @@ pub struct Plugin<S = ()> {
     pub(crate) version: String,
     pub(crate) state: Arc<S>,
     pub(crate) routes: Vec<Route<S>>,
+    pub(crate) hooks: Vec<HookRoute<S>>,
     pub(crate) on_load: Option<Callback<S>>,
     pub(crate) on_unload: Option<Callback<S>>,
 }
@@ -102,6 +113,7 @@ impl Plugin<()> {
             version: version.into(),
             state: Arc::new(()),
             routes: Vec::new(),
+            hooks: Vec::new(),
             on_load: None,
             on_unload: None,
         }
@@ -117,6 +129,7 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             version: self.version,
             state: Arc::new(state),
             routes: Vec::new(),
+            hooks: Vec::new(),
             on_load: None,
             on_unload: None,
         }
@@ -180,6 +193,39 @@ impl<S: Send + Sync + 'static> Plugin<S> {
         R: IntoResponse + 'static,
     {
         self.route("DELETE", path, handler)
+    }
+
+    /// Handles hook `name` in `mode`; lower `priority` runs first in `filter`, `first` and
+    /// `veto` hooks. The handler gets the payload as JSON and answers with a [`HookReply`].
+    pub fn hook<H, F, R>(mut self, name: &str, mode: HookMode, priority: i32, handler: H) -> Self
+    where
+        H: Fn(HookEvent, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = R> + Send + 'static,
+        R: Into<HookReply> + 'static,
+    {
+        let handler: HookHandler<S> = Arc::new(move |event, state| {
+            let fut = handler(event, state);
+            Box::pin(async move { fut.await.into() })
+        });
+        self.hooks.push(HookRoute {
+            decl: HookDecl {
+                name: name.to_owned(),
+                mode,
+                priority,
+                fail_closed: false,
+            },
+            handler,
+        });
+        self
+    }
+
+    /// Makes this plugin's last declared `veto` hook fail closed: if it errors, times out or is
+    /// down, the hook rejects instead of ignoring it.
+    pub fn fail_closed(mut self) -> Self {
+        if let Some(last) = self.hooks.last_mut() {
+            last.decl.fail_closed = true;
+        }
+        self
     }
 
     /// Runs `f` before the handshake, so before the first request; an error stops the plugin

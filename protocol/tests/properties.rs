@@ -84,6 +84,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                         name: p.clone(),
                         mode: HookMode::Filter,
                         priority: *prio,
+                        fail_closed: *prio % 2 == 0,
                     })
                     .collect(),
                 routes: routes

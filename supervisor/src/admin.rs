@@ -143,7 +143,7 @@ fn describe(app: &AppState, record: &PluginRecord) -> Value {
         "pid": null,
         "uptime_s": null,
         "routes": [],
-        "hooks": [],
+        "hooks": slot.map(|s| serde_json::to_value(&*s.hooks()).unwrap_or_default()).unwrap_or_else(|| json!([])),
     });
     if let Some(PluginState::Ready(instance)) = state.as_deref() {
         v["pid"] = instance.pid.into();
@@ -324,6 +324,7 @@ async fn stats(State(app): State<Arc<AppState>>) -> Response {
     };
     let plugins = app.plugins.load();
     let (mut failed, mut routes, mut ready) = (0, 0, 0);
+    let hooks: usize = plugins.values().map(|s| s.hooks().len()).sum();
     for slot in plugins.values() {
         match &*slot.state() {
             PluginState::Failed(_) => failed += 1,
@@ -343,7 +344,7 @@ async fn stats(State(app): State<Arc<AppState>>) -> Response {
         "ready": ready,
         "failed": failed,
         "routes": routes,
-        "hooks": 0,
+        "hooks": hooks,
     }))
     .into_response()
 }

@@ -74,6 +74,9 @@ struct ServeArgs {
     /// PostgreSQL URL for the state store [default: SQLite in the data directory].
     #[arg(long)]
     database_url: Option<String>,
+    /// Deadline of one hook handler call [default: 5s].
+    #[arg(long)]
+    hook_timeout: Option<String>,
 }
 
 impl ServeArgs {
@@ -91,6 +94,7 @@ impl ServeArgs {
             ("monitor_interval", &self.monitor_interval),
             ("cgroups", &self.cgroups),
             ("database_url", &self.database_url),
+            ("hook_timeout", &self.hook_timeout),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

@@ -7,6 +7,7 @@
 //! - [`settings`]: one settings tree from defaults, the TOML file, `PLUGD_*` variables and flags.
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
+//! - [`hooks`]: `POST /hooks/{hook}`: fires a hook at every plugin that handles it.
 //! - [`ipc`]: one multiplexed protocol connection per plugin.
 //! - [`kv`]: answers plugins' calls to the supervisor (the key-value store).
 //! - [`limits`]: resource limits per plugin: rlimits, cgroups, usage sampling.
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod bundle;
 pub mod cli;
+pub mod hooks;
 pub mod ipc;
 pub mod kv;
 pub mod limits;

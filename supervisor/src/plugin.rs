@@ -16,6 +16,7 @@ use crate::router::RouteTable;
 use arc_swap::ArcSwap;
 use nix::sys::signal::Signal;
 use plugd_protocol::message::control::{Shutdown, ShutdownParams};
+use plugd_protocol::message::handshake::HookDecl;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -109,6 +110,8 @@ pub struct Instance {
     pub conn: Arc<Connection>,
     /// Its routes.
     pub routes: RouteTable,
+    /// The hooks it handles.
+    pub hooks: Vec<HookDecl>,
     /// When it became ready.
     pub ready_at: Instant,
     /// Set to the exit reason once the process has exited.
@@ -129,6 +132,9 @@ pub struct PluginSlot {
     state: ArcSwap<PluginState>,
     restarts: AtomicU32,
     logs: Arc<LogRing>,
+    /// The hooks its last ready instance declared: a plugin that is down still counts as a
+    /// handler, so its absence is reported (or, for fail-closed vetoes, rejects).
+    hooks: ArcSwap<Vec<HookDecl>>,
 }
 
 impl PluginSlot {
@@ -139,7 +145,13 @@ impl PluginSlot {
             state: ArcSwap::from_pointee(PluginState::Starting),
             restarts: AtomicU32::new(0),
             logs: Arc::default(),
+            hooks: ArcSwap::from_pointee(Vec::new()),
         })
+    }
+
+    /// The hooks this plugin handles, as its last ready instance declared them.
+    pub fn hooks(&self) -> Arc<Vec<HookDecl>> {
+        self.hooks.load_full()
     }
 
     /// The plugin's recent output, across all its instances.
@@ -161,6 +173,9 @@ impl PluginSlot {
     pub(crate) fn set(&self, state: PluginState) {
         let from = self.state.load().name();
         let to = state.name();
+        if let PluginState::Ready(instance) = &state {
+            self.hooks.store(Arc::new(instance.hooks.clone()));
+        }
         match &state {
             PluginState::Ready(i) => tracing::info!(
                 plugin = %self.name, from, to, pid = i.pid, version = %i.version,
@@ -382,6 +397,7 @@ async fn start_in(
         manifest,
         conn,
         routes,
+        hooks: hello.hooks,
         ready_at: Instant::now(),
         exited,
     })

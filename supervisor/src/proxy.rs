@@ -44,6 +44,8 @@ pub struct AppState {
     pub plugins_dir: std::path::PathBuf,
     /// Request counts and latencies for `/metrics`.
     pub metrics: crate::metrics::RequestMetrics,
+    /// Deadline of one hook handler call.
+    pub hook_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
         AppState {
             plugins_dir,
             metrics: crate::metrics::RequestMetrics::default(),
+            hook_timeout: std::time::Duration::from_secs(5),
             store,
             admin_tokens,
             reconciler: std::sync::OnceLock::new(),

@@ -57,11 +57,13 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             store.clone(),
             settings.admin_tokens.clone(),
             settings.plugins_dir.clone(),
-        ));
+        );
+        state.hook_timeout = settings.hook_timeout;
+        let state = Arc::new(state);
         Ok(Application {
             settings,
             listener,
@@ -93,6 +95,10 @@ impl Application {
             .route("/healthz", get(proxy::healthz))
             .route("/readyz", get(proxy::readyz))
             .route("/metrics", get(crate::metrics::metrics))
+            .route(
+                "/hooks/{hook}",
+                axum::routing::post(crate::hooks::post_hook),
+            )
             .nest("/admin", crate::admin::router(state.clone()))
             .with_state(state.clone());
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -45,6 +45,9 @@ pub struct Settings {
     /// Whether to put each plugin in a cgroup of its own with its limits (`true` or `false`).
     #[serde(deserialize_with = "from_str")]
     pub cgroups: bool,
+    /// Deadline of one hook handler call.
+    #[serde(deserialize_with = "duration")]
+    pub hook_timeout: Duration,
     /// PostgreSQL URL for the state store; none means SQLite in the data directory.
     pub database_url: Option<String>,
     /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
@@ -97,6 +100,7 @@ impl Default for Settings {
             max_frame: ByteSize::mib(16),
             monitor_interval: Duration::from_secs(2),
             cgroups: true,
+            hook_timeout: Duration::from_secs(5),
             database_url: None,
             admin_tokens: Vec::new(),
         }
@@ -129,6 +133,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("monitor_interval", "PLUGD_MONITOR_INTERVAL"),
     ("cgroups", "PLUGD_CGROUPS"),
     ("database_url", "PLUGD_DATABASE_URL"),
+    ("hook_timeout", "PLUGD_HOOK_TIMEOUT"),
 ];
 
 /// The environment variable holding an admin token (named `env`, role `admin`).

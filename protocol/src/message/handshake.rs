@@ -84,6 +84,14 @@ pub struct HookDecl {
     pub mode: HookMode,
     /// Lower runs first.
     pub priority: i32,
+    /// For `veto` hooks: whether a failing handler (error, timeout, plugin down) rejects
+    /// (fail-closed) rather than being ignored (fail-open, the default). Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fail_closed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One permission the plugin defines.

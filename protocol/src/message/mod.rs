@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod handshake;
+pub mod hook;
 pub mod http;
 pub mod kv;
 

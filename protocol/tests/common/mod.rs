@@ -33,6 +33,7 @@ pub fn hello() -> Hello {
             name: "document.before_save".into(),
             mode: HookMode::Veto,
             priority: 10,
+            fail_closed: false,
         }],
         services: vec!["notes.search".into()],
         permissions: vec![PermissionDecl {

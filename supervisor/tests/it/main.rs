@@ -4,6 +4,7 @@
 mod admin;
 mod failures;
 mod harness;
+mod hooks;
 mod lifecycle;
 mod limits;
 mod pg;

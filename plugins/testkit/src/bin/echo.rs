@@ -2,7 +2,7 @@
 //! crash, panic). It takes its name from `PLUGD_PLUGIN_NAME`, so one binary can be installed
 //! under several names.
 
-use plugd_runtime::{Json, Plugin, Request, Response};
+use plugd_runtime::{HookEvent, HookMode, HookReply, Json, Plugin, Request, Response};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,11 +90,51 @@ fn spin_cpu(ms: u64) -> u64 {
     cpu_ms() - start
 }
 
+/// Hook handlers from `ECHO_HOOKS`: `name:mode:priority:behaviour[:closed]` separated by `;`.
+/// Behaviours: `echo` (the payload back), `tag-TEXT` (appends TEXT to a string payload),
+/// `answer-TEXT`, `pass`, `reject-REASON`, `hang`, `panic`.
+fn with_hooks(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
+    let spec = std::env::var("ECHO_HOOKS").unwrap_or_default();
+    for item in spec.split(';').filter(|s| !s.is_empty()) {
+        let parts: Vec<&str> = item.split(':').collect();
+        let (name, mode, priority, behaviour) = (parts[0], parts[1], parts[2], parts[3].to_owned());
+        let mode = match mode {
+            "collect" => HookMode::Collect,
+            "filter" => HookMode::Filter,
+            "first" => HookMode::First,
+            _ => HookMode::Veto,
+        };
+        let priority = priority.parse().unwrap_or(0);
+        plugin = plugin.hook(name, mode, priority, move |event: HookEvent, _| {
+            let behaviour = behaviour.clone();
+            async move {
+                match behaviour.as_str() {
+                    "echo" => HookReply::Value(event.payload),
+                    "pass" => HookReply::Pass,
+                    "hang" => std::future::pending().await,
+                    "panic" => panic!("hook handler panicked on purpose"),
+                    b if b.starts_with("tag-") => {
+                        let text = event.payload.as_str().unwrap_or_default();
+                        HookReply::Value(format!("{text}{}", &b[4..]).into())
+                    }
+                    b if b.starts_with("answer-") => HookReply::Value(b[7..].to_owned().into()),
+                    b if b.starts_with("reject-") => HookReply::Reject(b[7..].to_owned()),
+                    other => HookReply::Reject(format!("unknown behaviour {other}")),
+                }
+            }
+        });
+        if parts.get(4) == Some(&"closed") {
+            plugin = plugin.fail_closed();
+        }
+    }
+    plugin
+}
+
 #[tokio::main]
 async fn main() -> Result<(), plugd_runtime::Error> {
     let name = std::env::var("PLUGD_PLUGIN_NAME").unwrap_or_else(|_| "echo".into());
-    Plugin::new(name, "0.0.1")
-        .with_state(Counters::default())
+    let plugin = with_hooks(Plugin::new(name, "0.0.1").with_state(Counters::default()));
+    plugin
         .get("/echo/{id}", |req: Request, _| async move { echo(&req) })
         .post("/echo/{id}", |req: Request, _| async move { echo(&req) })
         .route("PUT", "/files/{*rest}", |req: Request, _| async move {

@@ -1,0 +1,153 @@
+//! Hooks: every mode with several plugins, priority order, deadlines, a plugin that is down,
+//! fail-open and fail-closed vetoes, and MessagePack in and out.
+
+use crate::harness::{PluginDef, TestSupervisor};
+use serde_json::{json, Value};
+
+fn hooked(name: &str, hooks: &str) -> PluginDef {
+    PluginDef::echo(
+        name,
+        &format!("[env]\nECHO_HOOKS = \"{hooks}\"\n[restart]\nmax_restarts = 0\n"),
+    )
+}
+
+async fn fire(sup: &TestSupervisor, hook: &str, payload: Value) -> Value {
+    let r = sup
+        .client
+        .post(sup.url(&format!("/hooks/{hook}")))
+        .json(&payload)
+        .send()
+        .await
+        .expect("fire");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn every_mode_combines_several_plugins_in_priority_order() {
+    let sup = TestSupervisor::start(
+        &[
+            hooked("a", "doc.render:filter:20:tag-A;preview:first:1:pass;stats:collect:0:echo;save:veto:5:pass"),
+            hooked("b", "doc.render:filter:10:tag-B;preview:first:2:answer-two;stats:collect:0:answer-b;save:veto:1:reject-too big"),
+            hooked("c", "doc.render:filter:30:panic;preview:first:3:answer-three;stats:collect:0:panic"),
+        ],
+        &["--hook-timeout", "2s"],
+    )
+    .await;
+
+    let filtered = fire(&sup, "doc.render", json!("x")).await;
+    assert_eq!(filtered["mode"], "filter");
+    assert_eq!(
+        filtered["value"], "xBA",
+        "b (10) before a (20); c's failure is skipped"
+    );
+    assert_eq!(filtered["applied"], json!(["b", "a"]));
+    assert_eq!(filtered["skipped"][0]["plugin"], "c");
+
+    let first = fire(&sup, "preview", json!({"mime": "text/markdown"})).await;
+    assert_eq!(
+        (first["value"].as_str(), first["plugin"].as_str()),
+        (Some("two"), Some("b"))
+    );
+
+    let collected = fire(&sup, "stats", json!({"n": 1})).await;
+    let results = collected["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    assert!(results.contains(&json!({"plugin": "a", "value": {"n": 1}})));
+    assert!(results.contains(&json!({"plugin": "b", "value": "b"})));
+    let c = results.iter().find(|r| r["plugin"] == "c").expect("c");
+    assert!(
+        c["error"].as_str().expect("error").contains("panicked"),
+        "{c}"
+    );
+
+    let vetoed = fire(&sup, "save", json!({"size": 9})).await;
+    assert_eq!(vetoed["allowed"], false);
+    assert_eq!(
+        vetoed["rejected_by"],
+        json!({"plugin": "b", "reason": "too big"})
+    );
+
+    let nobody = fire(&sup, "unknown.hook", json!(null)).await;
+    assert_eq!(nobody["handlers"], 0);
+}
+
+#[tokio::test]
+async fn deadlines_down_plugins_and_veto_policies() {
+    let sup = TestSupervisor::start(
+        &[
+            hooked("slow", "save:veto:1:hang;stats:collect:0:hang"),
+            hooked("strict", "guard:veto:1:hang:closed"),
+            hooked("gone", "stats:collect:0:echo;save:veto:2:pass"),
+        ],
+        &["--hook-timeout", "300ms"],
+    )
+    .await;
+    // A plugin that is down is still a handler: reported, not forgotten.
+    sup.get("/plugins/gone/crash").await.expect("crash");
+    sup.wait_until("gone is down", || async {
+        sup.plugin_status("gone").await["state"] == "failed"
+    })
+    .await;
+
+    let collected = fire(&sup, "stats", json!(1)).await;
+    let errors: Vec<(String, String)> = collected["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["plugin"].as_str().unwrap_or("").to_owned(),
+                r["error"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        errors.contains(&("slow".into(), "no answer within 300ms".into())),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(p, e)| p == "gone" && e.contains("is down")),
+        "{errors:?}"
+    );
+
+    // Fail-open (the default): the hung handler is skipped and the save is allowed.
+    let open = fire(&sup, "save", json!({})).await;
+    assert_eq!(open["allowed"], true, "{open}");
+    assert_eq!(open["skipped"].as_array().expect("skipped").len(), 2);
+    // Fail-closed: the hung handler rejects.
+    let closed = fire(&sup, "guard", json!({})).await;
+    assert_eq!(closed["allowed"], false, "{closed}");
+    assert_eq!(closed["rejected_by"]["plugin"], "strict");
+    assert!(closed["rejected_by"]["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("fails closed"));
+}
+
+#[tokio::test]
+async fn messagepack_in_messagepack_out() {
+    let sup = TestSupervisor::start(&[hooked("a", "doc.render:filter:1:tag-!")], &[]).await;
+    let body = rmp_serde::to_vec(&"hello").expect("encode");
+    let r = sup
+        .client
+        .post(sup.url("/hooks/doc.render"))
+        .header("content-type", "application/msgpack")
+        .body(body)
+        .send()
+        .await
+        .expect("fire");
+    assert_eq!(r.headers()["content-type"], "application/msgpack");
+    let answer: Value = rmp_serde::from_slice(&r.bytes().await.expect("body")).expect("msgpack");
+    assert_eq!(answer["value"], "hello!");
+    let bad = sup
+        .client
+        .post(sup.url("/hooks/doc.render"))
+        .body("{not json")
+        .send()
+        .await
+        .expect("bad");
+    assert_eq!(bad.status(), 400);
+}

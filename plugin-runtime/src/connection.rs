@@ -157,12 +157,12 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
             .map(|r| RouteDecl {
                 method: r.method.clone(),
                 path: r.path.clone(),
-                permission: None,
+                permission: r.permission.clone(),
             })
             .collect(),
         hooks: plugin.hooks.iter().map(|h| h.decl.clone()).collect(),
         services: Vec::new(),
-        permissions: Vec::new(),
+        permissions: plugin.permissions.clone(),
     };
     let _ = out
         .send(encode_request::<Handshake>(0, &hello, env.max_frame)?)

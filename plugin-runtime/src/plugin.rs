@@ -4,7 +4,7 @@ use crate::connection;
 use crate::hook::{HookEvent, HookReply};
 use crate::request::Request;
 use crate::response::{IntoResponse, Response};
-use plugd_protocol::message::handshake::{HookDecl, HookMode};
+use plugd_protocol::message::handshake::{HookDecl, HookMode, PermissionDecl};
 use plugd_protocol::{DecodeError, EncodeError, ErrorObject};
 use std::future::Future;
 use std::pin::Pin;
@@ -76,6 +76,7 @@ pub(crate) struct HookRoute<S> {
 pub(crate) struct Route<S> {
     pub(crate) method: String,
     pub(crate) path: String,
+    pub(crate) permission: Option<String>,
     pub(crate) handler: Handler<S>,
 }
 
@@ -86,6 +87,7 @@ pub struct Plugin<S = ()> {
     pub(crate) state: Arc<S>,
     pub(crate) routes: Vec<Route<S>>,
     pub(crate) hooks: Vec<HookRoute<S>>,
+    pub(crate) permissions: Vec<PermissionDecl>,
     pub(crate) on_load: Option<Callback<S>>,
     pub(crate) on_unload: Option<Callback<S>>,
 }
@@ -114,6 +116,7 @@ impl Plugin<()> {
             state: Arc::new(()),
             routes: Vec::new(),
             hooks: Vec::new(),
+            permissions: Vec::new(),
             on_load: None,
             on_unload: None,
         }
@@ -130,6 +133,7 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             state: Arc::new(state),
             routes: Vec::new(),
             hooks: Vec::new(),
+            permissions: Vec::new(),
             on_load: None,
             on_unload: None,
         }
@@ -150,6 +154,7 @@ impl<S: Send + Sync + 'static> Plugin<S> {
         self.routes.push(Route {
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
+            permission: None,
             handler,
         });
         self
@@ -216,6 +221,25 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             },
             handler,
         });
+        self
+    }
+
+    /// Defines a permission (such as `notes.write`) that tokens can be granted and routes can
+    /// require; listed for admins in `GET /admin/permissions`.
+    pub fn permission(mut self, key: &str, description: &str) -> Self {
+        self.permissions.push(PermissionDecl {
+            key: key.to_owned(),
+            description: description.to_owned(),
+        });
+        self
+    }
+
+    /// Makes the last declared route require `permission`: plugd answers 403 to callers whose
+    /// token lacks it, before the request reaches the plugin.
+    pub fn require(mut self, permission: &str) -> Self {
+        if let Some(last) = self.routes.last_mut() {
+            last.permission = Some(permission.to_owned());
+        }
         self
     }
 

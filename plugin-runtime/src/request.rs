@@ -86,6 +86,19 @@ impl Request {
             .map_err(|e| HttpError::bad_request(format!("request body is not valid JSON: {e}")))
     }
 
+    /// The name of the token the caller presented, when the route required a permission (set
+    /// by plugd from a verified token; a client cannot forge it).
+    pub fn caller(&self) -> Option<&str> {
+        self.header("x-plugd-caller")
+    }
+
+    /// The permissions granted to the caller's token, when the route required one.
+    pub fn caller_permissions(&self) -> Vec<&str> {
+        self.header("x-plugd-permissions")
+            .map(|p| p.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
     /// The request id the supervisor assigned (also in the `x-request-id` header).
     pub fn request_id(&self) -> &str {
         &self.inner.request_id

@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/plugins/{name}/restart", post(restart))
         .route("/plugins/{name}/logs", get(logs))
         .route("/events", get(events))
+        .route("/permissions", get(permissions))
         .route("/stats", get(stats))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found", "no such admin endpoint") })
         .layer(middleware::from_fn_with_state(state, authenticate))
@@ -63,25 +64,9 @@ async fn authenticate(
             "no admin token is configured: set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file",
         );
     }
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return unauthorized("send Authorization: Bearer <token>");
-    };
-    // Compare against every token so the time taken does not say which one came close.
-    let mut found = None;
-    for t in &app.admin_tokens {
-        let equal: bool = t.token.as_bytes().ct_eq(presented.as_bytes()).into();
-        if equal {
-            found = Some(t);
-        }
-    }
-    let Some(token) = found else {
-        return unauthorized("the token is not valid");
+    let token = match bearer_token(&app.admin_tokens, request.headers()) {
+        Ok(token) => token,
+        Err(detail) => return unauthorized(detail),
     };
     let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
     if token.role == Role::Viewer && !read_only {
@@ -98,7 +83,30 @@ async fn authenticate(
     next.run(request).await
 }
 
-fn unauthorized(detail: &str) -> Response {
+/// The configured token the request's `Authorization: Bearer …` presents, compared in constant
+/// time against every token so the time taken does not say which one came close.
+pub(crate) fn bearer_token<'a>(
+    tokens: &'a [crate::settings::AdminToken],
+    headers: &axum::http::HeaderMap,
+) -> Result<&'a crate::settings::AdminToken, &'static str> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or("send Authorization: Bearer <token>")?;
+    let mut found = None;
+    for t in tokens {
+        let equal: bool = t.token.as_bytes().ct_eq(presented.as_bytes()).into();
+        if equal {
+            found = Some(t);
+        }
+    }
+    found.ok_or("the token is not valid")
+}
+
+/// A 401 with the `WWW-Authenticate` challenge.
+pub(crate) fn unauthorized(detail: &str) -> Response {
     let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", detail);
     response.headers_mut().insert(
         axum::http::header::WWW_AUTHENTICATE,
@@ -480,4 +488,20 @@ async fn uninstall(
         Ok(false) => unknown(&name),
         Err(e) => store_error(e),
     }
+}
+
+/// `GET /admin/permissions`: every permission a plugin declared, with the plugin.
+async fn permissions(State(app): State<Arc<AppState>>) -> Response {
+    let plugins = app.plugins.load();
+    let mut list: Vec<Value> = plugins
+        .iter()
+        .flat_map(|(name, slot)| {
+            slot.permissions()
+                .iter()
+                .map(|p| json!({ "key": p.key, "description": p.description, "plugin": name }))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    list.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    Json(json!({ "permissions": list })).into_response()
 }

@@ -16,7 +16,7 @@ use crate::router::RouteTable;
 use arc_swap::ArcSwap;
 use nix::sys::signal::Signal;
 use plugd_protocol::message::control::{Shutdown, ShutdownParams};
-use plugd_protocol::message::handshake::HookDecl;
+use plugd_protocol::message::handshake::{HookDecl, PermissionDecl};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -112,6 +112,8 @@ pub struct Instance {
     pub routes: RouteTable,
     /// The hooks it handles.
     pub hooks: Vec<HookDecl>,
+    /// The permissions it defines.
+    pub permissions: Vec<PermissionDecl>,
     /// When it became ready.
     pub ready_at: Instant,
     /// Set to the exit reason once the process has exited.
@@ -135,6 +137,8 @@ pub struct PluginSlot {
     /// The hooks its last ready instance declared: a plugin that is down still counts as a
     /// handler, so its absence is reported (or, for fail-closed vetoes, rejects).
     hooks: ArcSwap<Vec<HookDecl>>,
+    /// The permissions its last ready instance defined.
+    permissions: ArcSwap<Vec<PermissionDecl>>,
 }
 
 impl PluginSlot {
@@ -146,7 +150,13 @@ impl PluginSlot {
             restarts: AtomicU32::new(0),
             logs: Arc::default(),
             hooks: ArcSwap::from_pointee(Vec::new()),
+            permissions: ArcSwap::from_pointee(Vec::new()),
         })
+    }
+
+    /// The permissions this plugin defines, as its last ready instance declared them.
+    pub fn permissions(&self) -> Arc<Vec<PermissionDecl>> {
+        self.permissions.load_full()
     }
 
     /// The hooks this plugin handles, as its last ready instance declared them.
@@ -175,6 +185,8 @@ impl PluginSlot {
         let to = state.name();
         if let PluginState::Ready(instance) = &state {
             self.hooks.store(Arc::new(instance.hooks.clone()));
+            self.permissions
+                .store(Arc::new(instance.permissions.clone()));
         }
         match &state {
             PluginState::Ready(i) => tracing::info!(
@@ -398,6 +410,7 @@ async fn start_in(
         conn,
         routes,
         hooks: hello.hooks,
+        permissions: hello.permissions,
         ready_at: Instant::now(),
         exited,
     })

@@ -157,8 +157,21 @@ async fn forward(app: &Arc<AppState>, request: axum::extract::Request) -> Respon
         }
     };
     let method = parts.method.as_str();
+    let mut caller = None;
     let (route, params) = match instance.routes.lookup(method, path) {
-        Lookup::Found { pattern, params } => (pattern.to_owned(), params),
+        Lookup::Found {
+            pattern,
+            params,
+            permission,
+        } => {
+            if let Some(permission) = permission {
+                match authorize(&app.admin_tokens, &parts.headers, permission, name, path) {
+                    Ok(token) => caller = Some(token),
+                    Err(response) => return response,
+                }
+            }
+            (pattern.to_owned(), params)
+        }
         Lookup::NotFound => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -247,7 +260,7 @@ async fn forward(app: &Arc<AppState>, request: axum::extract::Request) -> Respon
         route: route.clone(),
         params,
         query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: forward_headers(&parts.headers),
+        headers: forward_headers(&parts.headers, caller),
         body,
         deadline_unix_ms: deadline
             .duration_since(UNIX_EPOCH)
@@ -325,10 +338,13 @@ async fn forward(app: &Arc<AppState>, request: axum::extract::Request) -> Respon
     response
 }
 
-fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
+/// The headers a plugin gets: hop-by-hop ones removed, `x-plugd-*` only as plugd sets them
+/// (a client cannot claim an identity), and a token plugd verified kept from the plugin.
+fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
         .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !k.as_str().starts_with("x-plugd-"))
+        .filter(|(k, _)| caller.is_none() || *k != axum::http::header::AUTHORIZATION)
         .map(|(k, v)| {
             let value = match v.to_str() {
                 Ok(s) => s.to_owned(),
@@ -336,7 +352,37 @@ fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             };
             (k.as_str().to_owned(), value)
         })
-        .collect()
+        .collect();
+    if let Some(token) = caller {
+        out.push(("x-plugd-caller".into(), token.name.clone()));
+        out.push(("x-plugd-permissions".into(), token.permissions.join(",")));
+    }
+    out
+}
+
+/// Checks the caller's token holds `permission`: 401 without a valid token, 403 naming the
+/// missing permission.
+fn authorize<'a>(
+    tokens: &'a [AdminToken],
+    headers: &HeaderMap,
+    permission: &str,
+    plugin: &str,
+    path: &str,
+) -> Result<&'a AdminToken, Response> {
+    let token = crate::admin::bearer_token(tokens, headers).map_err(|detail| {
+        crate::admin::unauthorized(&format!(
+            "{path} of plugin {plugin:?} requires permission {permission:?}: {detail}"
+        ))
+    })?;
+    if token.permissions.iter().any(|p| p == permission) {
+        Ok(token)
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            "missing permission",
+            format!("token {:?} lacks permission {permission:?}, which {path} of plugin {plugin:?} requires", token.name),
+        ))
+    }
 }
 
 fn build_response(answer: plugd_protocol::message::http::HttpResponse) -> Result<Response, String> {

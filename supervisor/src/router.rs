@@ -19,6 +19,8 @@ pub struct RouteTable {
 struct PathRoutes {
     pattern: String,
     methods: Vec<String>,
+    /// The permission each method requires, parallel to `methods`.
+    permissions: Vec<Option<String>>,
 }
 
 /// The result of a lookup.
@@ -28,6 +30,8 @@ pub enum Lookup<'a> {
     Found {
         /// The pattern as the plugin declared it.
         pattern: &'a str,
+        /// The permission the route requires, if any.
+        permission: Option<&'a str>,
         /// Captured values, percent-decoded.
         params: BTreeMap<String, String>,
     },
@@ -67,7 +71,10 @@ impl RouteTable {
                         route.method, route.path
                     ))
                 }
-                Some(existing) => existing.methods.push(route.method.clone()),
+                Some(existing) => {
+                    existing.methods.push(route.method.clone());
+                    existing.permissions.push(route.permission.clone());
+                }
                 None => {
                     table
                         .router
@@ -76,6 +83,7 @@ impl RouteTable {
                     table.paths.push(PathRoutes {
                         pattern: route.path.clone(),
                         methods: vec![route.method.clone()],
+                        permissions: vec![route.permission.clone()],
                     });
                 }
             }
@@ -89,11 +97,11 @@ impl RouteTable {
             return Lookup::NotFound;
         };
         let entry = &self.paths[*matched.value];
-        if !entry.methods.iter().any(|m| m == method) {
+        let Some(index) = entry.methods.iter().position(|m| m == method) else {
             return Lookup::MethodNotAllowed {
                 allowed: &entry.methods,
             };
-        }
+        };
         let params = matched
             .params
             .iter()
@@ -104,6 +112,7 @@ impl RouteTable {
             .collect();
         Lookup::Found {
             pattern: &entry.pattern,
+            permission: entry.permissions[index].as_deref(),
             params,
         }
     }
@@ -150,7 +159,9 @@ mod tests {
         .expect("valid");
         assert_eq!(table.len(), 3);
         match table.lookup("GET", "/items/a%20b") {
-            Lookup::Found { pattern, params } => {
+            Lookup::Found {
+                pattern, params, ..
+            } => {
                 assert_eq!(pattern, "/items/{id}");
                 assert_eq!(params["id"], "a b");
             }

@@ -62,8 +62,11 @@ pub struct AdminToken {
     pub name: String,
     /// The secret.
     pub token: String,
-    /// `admin` (everything) or `viewer` (GET only).
+    /// `admin` (everything) or `viewer` (GET only) in the admin API.
     pub role: Role,
+    /// Permissions granted to callers presenting this token on plugin routes.
+    #[serde(default)]
+    pub permissions: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminToken {
@@ -72,6 +75,7 @@ impl std::fmt::Debug for AdminToken {
             .field("name", &self.name)
             .field("token", &"***")
             .field("role", &self.role)
+            .field("permissions", &self.permissions)
             .finish()
     }
 }
@@ -176,6 +180,7 @@ impl Settings {
                 name: "env".into(),
                 token,
                 role: Role::Admin,
+                permissions: Vec::new(),
             });
         }
         if let Some(t) = settings.admin_tokens.iter().find(|t| t.token.len() < 16) {

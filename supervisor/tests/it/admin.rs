@@ -422,3 +422,70 @@ async fn plugins_use_their_own_key_value_store_through_the_protocol() {
         404
     );
 }
+
+#[tokio::test]
+async fn routes_that_require_a_permission_check_the_callers_token() {
+    let config = format!(
+        "[[admin_tokens]]\nname = \"reader\"\ntoken = \"reader-token-0123456789\"\nrole = \"viewer\"\npermissions = [\"echo.secret\"]\n\n\
+         [[admin_tokens]]\nname = \"other\"\ntoken = \"other-token-01234567890\"\nrole = \"viewer\"\n"
+    );
+    let sup = TestSupervisor::start_full(
+        &[PluginDef::echo("echo", "")],
+        &[],
+        &[("PLUGD_ADMIN_TOKEN", ADMIN.to_string())],
+        Some(&config),
+    )
+    .await;
+    let secret = |token: Option<&'static str>| {
+        let mut req = sup.client.get(sup.url("/plugins/echo/secret"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(secret(None).await.expect("anonymous").status(), 401);
+    let denied = secret(Some("other-token-01234567890"))
+        .await
+        .expect("other");
+    assert_eq!(denied.status(), 403);
+    let body: Value = denied.json().await.expect("json");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("\"echo.secret\""),
+        "{body}"
+    );
+
+    let allowed = secret(Some("reader-token-0123456789"))
+        .await
+        .expect("reader");
+    assert_eq!(allowed.status(), 200);
+    let body: Value = allowed.json().await.expect("json");
+    assert_eq!(body["caller"], "reader");
+    assert_eq!(body["permissions"], serde_json::json!(["echo.secret"]));
+    assert_eq!(
+        body["authorization_seen"], false,
+        "plugd keeps the verified token from the plugin"
+    );
+
+    // A client cannot claim an identity on an open route.
+    let forged = sup
+        .client
+        .get(sup.url("/plugins/echo/echo/1"))
+        .header("x-plugd-caller", "admin")
+        .send()
+        .await
+        .expect("forged");
+    let echoed: Value = forged.json().await.expect("json");
+    assert!(
+        !echoed["headers"].to_string().contains("x-plugd-caller"),
+        "{echoed}"
+    );
+
+    let (_, perms) = get(&sup, "/admin/permissions").await;
+    assert_eq!(
+        perms["permissions"],
+        serde_json::json!([{"key": "echo.secret", "description": "read the echo plugin's secret", "plugin": "echo"}])
+    );
+}

@@ -165,6 +165,16 @@ async fn main() -> Result<(), plugd_runtime::Error> {
         .get("/pid", |_req: Request, _| async {
             std::process::id().to_string()
         })
+        // A route guarded by a permission, answering with the caller plugd verified.
+        .permission("echo.secret", "read the echo plugin's secret")
+        .get("/secret", |req: Request, _| async move {
+            Json(serde_json::json!({
+                "caller": req.caller(),
+                "permissions": req.caller_permissions(),
+                "authorization_seen": req.header("authorization").is_some(),
+            }))
+        })
+        .require("echo.secret")
         // The key-value store, for the store tests.
         .route("PUT", "/kv/{key}", |req: Request, _| async move {
             let key = req.param("key").unwrap_or_default().to_owned();

@@ -167,7 +167,7 @@ async fn forward(app: &Arc<AppState>, request: axum::extract::Request) -> Respon
             if let Some(permission) = permission {
                 match authorize(&app.admin_tokens, &parts.headers, permission, name, path) {
                     Ok(token) => caller = Some(token),
-                    Err(response) => return response,
+                    Err(response) => return *response,
                 }
             }
             (pattern.to_owned(), params)
@@ -368,20 +368,20 @@ fn authorize<'a>(
     permission: &str,
     plugin: &str,
     path: &str,
-) -> Result<&'a AdminToken, Response> {
+) -> Result<&'a AdminToken, Box<Response>> {
     let token = crate::admin::bearer_token(tokens, headers).map_err(|detail| {
-        crate::admin::unauthorized(&format!(
+        Box::new(crate::admin::unauthorized(&format!(
             "{path} of plugin {plugin:?} requires permission {permission:?}: {detail}"
-        ))
+        )))
     })?;
     if token.permissions.iter().any(|p| p == permission) {
         Ok(token)
     } else {
-        Err(error(
+        Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "missing permission",
             format!("token {:?} lacks permission {permission:?}, which {path} of plugin {plugin:?} requires", token.name),
-        ))
+        )))
     }
 }
 

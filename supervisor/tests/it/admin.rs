@@ -425,15 +425,13 @@ async fn plugins_use_their_own_key_value_store_through_the_protocol() {
 
 #[tokio::test]
 async fn routes_that_require_a_permission_check_the_callers_token() {
-    let config = format!(
-        "[[admin_tokens]]\nname = \"reader\"\ntoken = \"reader-token-0123456789\"\nrole = \"viewer\"\npermissions = [\"echo.secret\"]\n\n\
-         [[admin_tokens]]\nname = \"other\"\ntoken = \"other-token-01234567890\"\nrole = \"viewer\"\n"
-    );
+    let config = "[[admin_tokens]]\nname = \"reader\"\ntoken = \"reader-token-0123456789\"\nrole = \"viewer\"\npermissions = [\"echo.secret\"]\n\n\
+         [[admin_tokens]]\nname = \"other\"\ntoken = \"other-token-01234567890\"\nrole = \"viewer\"\n";
     let sup = TestSupervisor::start_full(
         &[PluginDef::echo("echo", "")],
         &[],
         &[("PLUGD_ADMIN_TOKEN", ADMIN.to_string())],
-        Some(&config),
+        Some(config),
     )
     .await;
     let secret = |token: Option<&'static str>| {

@@ -4,9 +4,9 @@
 //! sends the frames those tasks produce. Requests in flight are tracked by id so a `cancel` can
 //! abort one and a `shutdown` can wait for all of them.
 
-use crate::hook::HookEvent;
-use crate::kv::{Caller, Kv};
-use crate::plugin::{Callback, Error, HookRoute, Plugin, Route};
+use crate::hook::{HookEvent, ServiceEvent};
+use crate::kv::{Caller, Host};
+use crate::plugin::{Callback, Error, HookRoute, Plugin, Route, ServiceHandler};
 use crate::request::Request;
 use crate::response::{HttpError, IntoResponse};
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
 use plugd_protocol::message::hook::{HookCall, HookInput};
 use plugd_protocol::message::http::{Http, HttpRequest};
+use plugd_protocol::message::service::{ServiceCall, ServiceInput, ServiceOutput};
 use plugd_protocol::message::{Method, NotificationKind};
 use plugd_protocol::{
     codes, ErrorObject, FrameCodec, Message, Notification, ProtocolVersion, Request as WireRequest,
@@ -75,6 +76,7 @@ impl Env {
 struct Shared<S> {
     routes: Vec<Route<S>>,
     hooks: Vec<HookRoute<S>>,
+    services: Vec<(String, ServiceHandler<S>)>,
     state: Arc<S>,
     out: mpsc::Sender<Bytes>,
     max_frame: AtomicUsize,
@@ -161,7 +163,11 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
             })
             .collect(),
         hooks: plugin.hooks.iter().map(|h| h.decl.clone()).collect(),
-        services: Vec::new(),
+        services: plugin
+            .services
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect(),
         permissions: plugin.permissions.clone(),
     };
     let _ = out
@@ -195,6 +201,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     let shared = Arc::new(Shared {
         routes: plugin.routes,
         hooks: plugin.hooks,
+        services: plugin.services,
         state: plugin.state,
         caller: Caller::new(out.clone(), max_frame),
         // Moved, not cloned: the writer ends when the last sender is gone.
@@ -254,6 +261,7 @@ async fn dispatch_request<S: Send + Sync + 'static>(
     match req.method.as_str() {
         Http::NAME => start_http(shared, req).await,
         HookCall::NAME => start_hook(shared, req).await,
+        ServiceCall::NAME => start_service(shared, req).await,
         Ping::NAME => {
             if let Ok(frame) = encode_response(req.id, &Empty {}, shared.max_frame()) {
                 shared.send(frame).await;
@@ -338,7 +346,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
     };
     let route_name = params.route.clone();
-    let request = Request::new(params, Kv::new(shared.caller.clone()));
+    let request = Request::new(params, Host::new(shared.caller.clone(), 0));
     let handler_future = (route.handler)(request, shared.state.clone());
     let task_shared = shared.clone();
     let mut in_flight = shared.lock_in_flight();
@@ -394,6 +402,7 @@ async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
         payload: serde_json::to_value(&input.payload).unwrap_or(serde_json::Value::Null),
         hook: input.hook,
         depth: input.depth,
+        host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = (route.handler)(event, shared.state.clone());
     spawn_tracked(shared, id, async move {
@@ -402,6 +411,54 @@ async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
             Err(panic) => Err(ErrorObject::new(
                 codes::HANDLER_PANICKED,
                 format!("hook handler panicked: {}", panic_message(&panic)),
+            )),
+        }
+    });
+}
+
+async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
+    let id = req.id;
+    let input: ServiceInput = match req.decode_params::<ServiceCall>() {
+        Ok(p) => p,
+        Err(e) => {
+            return shared
+                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
+                .await
+        }
+    };
+    if shared.draining.load(Ordering::SeqCst) {
+        return shared
+            .reply_error(
+                id,
+                codes::SHUTTING_DOWN,
+                "the plugin is shutting down".into(),
+            )
+            .await;
+    }
+    let Some((_, handler)) = shared
+        .services
+        .iter()
+        .find(|(name, _)| *name == input.service)
+    else {
+        let message = format!("this plugin does not provide service {:?}", input.service);
+        return shared.reply_error(id, codes::NOT_AVAILABLE, message).await;
+    };
+    let event = ServiceEvent {
+        payload: serde_json::to_value(&input.payload).unwrap_or(serde_json::Value::Null),
+        service: input.service,
+        depth: input.depth,
+        host: Host::new(shared.caller.clone(), input.depth),
+    };
+    let future = handler(event, shared.state.clone());
+    spawn_tracked(shared, id, async move {
+        match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(Ok(value)) => Ok(ServiceOutput {
+                value: rmpv::ext::to_value(&value).unwrap_or(rmpv::Value::Nil),
+            }),
+            Ok(Err(message)) => Err(ErrorObject::new(codes::INTERNAL, message)),
+            Err(panic) => Err(ErrorObject::new(
+                codes::HANDLER_PANICKED,
+                format!("service handler panicked: {}", panic_message(&panic)),
             )),
         }
     });

@@ -15,6 +15,21 @@ pub struct HookEvent {
     pub payload: Value,
     /// How many hook or service calls led here.
     pub depth: u32,
+    /// The supervisor, for calls made while handling this hook.
+    pub host: crate::kv::Host,
+}
+
+/// One call of a service this plugin provides.
+#[derive(Debug, Clone)]
+pub struct ServiceEvent {
+    /// The service's name.
+    pub service: String,
+    /// The argument.
+    pub payload: Value,
+    /// How many hook or service calls led here.
+    pub depth: u32,
+    /// The supervisor, for calls made while serving this call.
+    pub host: crate::kv::Host,
 }
 
 /// A handler's answer.

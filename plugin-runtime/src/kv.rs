@@ -3,9 +3,11 @@
 use crate::response::HttpError;
 use bytes::Bytes;
 use plugd_protocol::envelope::encode_request;
+use plugd_protocol::message::hook::{HookFire, HookFireParams};
 use plugd_protocol::message::kv::{
     KvCas, KvCasParams, KvDelete, KvGet, KvKey, KvList, KvPrefix, KvSet, KvWrite,
 };
+use plugd_protocol::message::service::{ServiceCall, ServiceInput};
 use plugd_protocol::message::Method;
 use plugd_protocol::{ErrorObject, Response as WireResponse};
 use std::collections::HashMap;
@@ -110,6 +112,59 @@ impl Caller {
             Ok(Err(error)) => Err(HostError::Remote(error)),
             Err(e) => Err(HostError::Protocol(e.to_string())),
         }
+    }
+}
+
+/// The supervisor as seen from a handler: the key-value store, other plugins' services, and
+/// hooks. Calls made through it carry the depth of the call being handled, so loops between
+/// plugins end at the supervisor's limit.
+#[derive(Debug, Clone)]
+pub struct Host {
+    caller: Arc<Caller>,
+    depth: u32,
+}
+
+impl Host {
+    pub(crate) fn new(caller: Arc<Caller>, depth: u32) -> Host {
+        Host { caller, depth }
+    }
+
+    /// The plugin's key-value store.
+    pub fn kv(&self) -> Kv {
+        Kv::new(self.caller.clone())
+    }
+
+    /// Calls service `name` of another plugin with a JSON argument; answers its JSON result.
+    pub async fn call_service(
+        &self,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, HostError> {
+        let params = ServiceInput {
+            service: name.to_owned(),
+            payload: rmpv::ext::to_value(&payload)
+                .map_err(|e| HostError::Protocol(e.to_string()))?,
+            depth: self.depth,
+        };
+        let out = self.caller.call::<ServiceCall>(&params).await?;
+        serde_json::to_value(&out.value).map_err(|e| HostError::Protocol(e.to_string()))
+    }
+
+    /// Fires hook `name` at every plugin that handles it; answers the combined result, as
+    /// `POST /hooks/{name}` would.
+    pub async fn fire_hook(
+        &self,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, HostError> {
+        let params = HookFireParams {
+            hook: name.to_owned(),
+            payload: rmpv::ext::to_value(&payload)
+                .map_err(|e| HostError::Protocol(e.to_string()))?,
+            depth: self.depth,
+        };
+        let out = self.caller.call::<HookFire>(&params).await?;
+        serde_json::to_value(&out).map_err(|e| HostError::Protocol(e.to_string()))
     }
 }
 

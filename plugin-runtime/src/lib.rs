@@ -47,8 +47,8 @@ mod plugin;
 mod request;
 mod response;
 
-pub use hook::{HookEvent, HookMode, HookReply};
-pub use kv::{HostError, Kv, KvEntry};
+pub use hook::{HookEvent, HookMode, HookReply, ServiceEvent};
+pub use kv::{Host, HostError, Kv, KvEntry};
 pub use plugd_protocol as protocol;
 pub use plugin::{Error, Plugin};
 pub use request::Request;

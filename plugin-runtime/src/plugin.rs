@@ -1,7 +1,7 @@
 //! The plugin builder: routes, handlers, state and lifecycle callbacks, then [`Plugin::run`].
 
 use crate::connection;
-use crate::hook::{HookEvent, HookReply};
+use crate::hook::{HookEvent, HookReply, ServiceEvent};
 use crate::request::Request;
 use crate::response::{IntoResponse, Response};
 use plugd_protocol::message::handshake::{HookDecl, HookMode, PermissionDecl};
@@ -14,6 +14,8 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) type Handler<S> = Arc<dyn Fn(Request, Arc<S>) -> BoxFuture<Response> + Send + Sync>;
 pub(crate) type HookHandler<S> =
     Arc<dyn Fn(HookEvent, Arc<S>) -> BoxFuture<HookReply> + Send + Sync>;
+pub(crate) type ServiceHandler<S> =
+    Arc<dyn Fn(ServiceEvent, Arc<S>) -> BoxFuture<Result<serde_json::Value, String>> + Send + Sync>;
 pub(crate) type Callback<S> = Box<dyn FnOnce(Arc<S>) -> BoxFuture<Result<(), BoxError>> + Send>;
 
 /// Any error an `on_load` or `on_unload` callback may return.
@@ -88,6 +90,7 @@ pub struct Plugin<S = ()> {
     pub(crate) routes: Vec<Route<S>>,
     pub(crate) hooks: Vec<HookRoute<S>>,
     pub(crate) permissions: Vec<PermissionDecl>,
+    pub(crate) services: Vec<(String, ServiceHandler<S>)>,
     pub(crate) on_load: Option<Callback<S>>,
     pub(crate) on_unload: Option<Callback<S>>,
 }
@@ -117,6 +120,7 @@ impl Plugin<()> {
             routes: Vec::new(),
             hooks: Vec::new(),
             permissions: Vec::new(),
+            services: Vec::new(),
             on_load: None,
             on_unload: None,
         }
@@ -134,6 +138,7 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             routes: Vec::new(),
             hooks: Vec::new(),
             permissions: Vec::new(),
+            services: Vec::new(),
             on_load: None,
             on_unload: None,
         }
@@ -221,6 +226,19 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             },
             handler,
         });
+        self
+    }
+
+    /// Provides service `name` (such as `markdown.render`) to other plugins. The handler gets
+    /// the caller's JSON argument and answers a JSON value, or an error message.
+    pub fn service<H, F>(mut self, name: &str, handler: H) -> Self
+    where
+        H: Fn(ServiceEvent, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+    {
+        let handler: ServiceHandler<S> =
+            Arc::new(move |event, state| Box::pin(handler(event, state)));
+        self.services.push((name.to_owned(), handler));
         self
     }
 

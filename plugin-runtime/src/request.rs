@@ -1,6 +1,6 @@
 //! The request a handler receives: the proxied HTTP request plus convenient accessors.
 
-use crate::kv::Kv;
+use crate::kv::{Host, Kv};
 use crate::response::HttpError;
 use plugd_protocol::message::http::HttpRequest;
 use serde::de::DeserializeOwned;
@@ -10,17 +10,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone)]
 pub struct Request {
     inner: HttpRequest,
+    host: Host,
     kv: Kv,
 }
 
 impl Request {
-    pub(crate) fn new(inner: HttpRequest, kv: Kv) -> Self {
-        Request { inner, kv }
+    pub(crate) fn new(inner: HttpRequest, host: Host) -> Self {
+        Request {
+            inner,
+            kv: host.kv(),
+            host,
+        }
     }
 
     /// The plugin's key-value store, kept by the supervisor.
     pub fn kv(&self) -> &Kv {
         &self.kv
+    }
+
+    /// The supervisor: other plugins' services and hooks.
+    pub fn host(&self) -> &Host {
+        &self.host
     }
 
     /// The HTTP method, in upper case.

@@ -25,6 +25,10 @@ pub mod codes {
     pub const SHUTTING_DOWN: i32 = 4;
     /// The plugin has no route for this method and path.
     pub const NO_ROUTE: i32 = 5;
+    /// No running plugin provides the service.
+    pub const NOT_AVAILABLE: i32 = 6;
+    /// The chain of hook and service calls is deeper than the supervisor allows.
+    pub const DEPTH_EXCEEDED: i32 = 7;
     /// The handshake was refused (for example a protocol major mismatch).
     pub const HANDSHAKE_REFUSED: i32 = 10;
     /// The handshake's token or epoch did not match what the supervisor issued.

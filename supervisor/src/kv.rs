@@ -1,14 +1,19 @@
-//! Answers plugins' calls to the supervisor. Today that is the key-value store (`kv.*`), each
-//! plugin confined to its own keys: the plugin's name comes from its connection, never from
-//! the request.
+//! Answers plugins' calls to the supervisor: the key-value store (`kv.*`, each plugin confined
+//! to its own keys), other plugins' services (`service.call`) and hooks (`hook.fire`). The
+//! calling plugin's name comes from its connection, never from the request.
 
+use crate::ipc::CallError;
+use crate::plugin::PluginState;
+use crate::proxy::AppState;
 use crate::store::Store;
 use bytes::Bytes;
 use plugd_protocol::envelope::{encode_error, encode_response};
+use plugd_protocol::message::hook::HookFire;
 use plugd_protocol::message::kv::{
     KvCas, KvCasResult, KvDelete, KvDeleted, KvEntries, KvEntry, KvGet, KvList, KvSet, KvValue,
     KvVersion,
 };
+use plugd_protocol::message::service::{ServiceCall, ServiceInput};
 use plugd_protocol::message::Method;
 use plugd_protocol::{codes, ErrorObject, Request};
 use serde::Serialize;
@@ -43,17 +48,21 @@ impl PluginCalls {
 /// Longest key accepted.
 pub const MAX_KEY: usize = 512;
 
-/// The handler for plugins' calls, backed by `store`.
-pub fn calls(store: Store) -> PluginCalls {
+/// The handler for plugins' calls, backed by the store and the other plugins in `app`.
+pub fn calls(app: Arc<AppState>) -> PluginCalls {
     PluginCalls(Arc::new(move |plugin, request, max| {
-        let store = store.clone();
-        Box::pin(async move { answer(&store, &plugin, &request, max).await })
+        let app = app.clone();
+        Box::pin(async move { answer(&app, &plugin, &request, max).await })
     }))
 }
 
-async fn answer(store: &Store, plugin: &str, request: &Request, max: usize) -> Bytes {
+async fn answer(app: &AppState, plugin: &str, request: &Request, max: usize) -> Bytes {
     let id = request.id;
-    let result = handle(store, plugin, request).await;
+    let result = match request.method.as_str() {
+        ServiceCall::NAME => call_service(app, request).await,
+        HookFire::NAME => fire_hook(app, request).await,
+        _ => handle(&app.store, plugin, request).await,
+    };
     let frame = match result {
         Ok(frame) => frame(id, max),
         Err(error) => encode_error(id, &error, max),
@@ -92,6 +101,62 @@ fn store_failed(e: anyhow::Error) -> ErrorObject {
 
 fn version(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+async fn call_service(app: &AppState, request: &Request) -> Result<Encoder, ErrorObject> {
+    let p = params::<ServiceCall>(request)?;
+    if p.depth >= crate::hooks::MAX_DEPTH {
+        return Err(ErrorObject::new(
+            codes::DEPTH_EXCEEDED,
+            format!(
+                "call chain deeper than {} (a loop between plugins?) at service {:?}",
+                crate::hooks::MAX_DEPTH,
+                p.service
+            ),
+        ));
+    }
+    let provider = app
+        .plugins
+        .load()
+        .values()
+        .find_map(|slot| match &*slot.state() {
+            PluginState::Ready(i) if i.services.contains(&p.service) => Some(i.clone()),
+            _ => None,
+        });
+    let Some(provider) = provider else {
+        return Err(ErrorObject::new(
+            codes::NOT_AVAILABLE,
+            format!("no running plugin provides service {:?}", p.service),
+        ));
+    };
+    let forwarded = ServiceInput {
+        depth: p.depth + 1,
+        ..p
+    };
+    match provider
+        .conn
+        .call::<ServiceCall>(&forwarded, app.hook_timeout)
+        .await
+    {
+        Ok(out) => reply(out),
+        Err(CallError::Remote(e)) => Err(e),
+        Err(e) => Err(ErrorObject::new(
+            codes::NOT_AVAILABLE,
+            format!(
+                "service {:?} of plugin {:?} failed: {e}",
+                forwarded.service, provider.manifest.name
+            ),
+        )),
+    }
+}
+
+async fn fire_hook(app: &AppState, request: &Request) -> Result<Encoder, ErrorObject> {
+    let p = params::<HookFire>(request)?;
+    let plugins = app.plugins.load();
+    match crate::hooks::fire(&plugins, &p.hook, p.payload, p.depth, app.hook_timeout).await {
+        Ok(answer) => reply(rmpv::ext::to_value(&answer).unwrap_or(rmpv::Value::Nil)),
+        Err(e) => Err(ErrorObject::new(codes::DEPTH_EXCEEDED, e)),
+    }
 }
 
 async fn handle(store: &Store, plugin: &str, request: &Request) -> Result<Encoder, ErrorObject> {

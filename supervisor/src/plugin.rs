@@ -114,6 +114,8 @@ pub struct Instance {
     pub hooks: Vec<HookDecl>,
     /// The permissions it defines.
     pub permissions: Vec<PermissionDecl>,
+    /// The services it provides.
+    pub services: Vec<String>,
     /// When it became ready.
     pub ready_at: Instant,
     /// Set to the exit reason once the process has exited.
@@ -411,6 +413,7 @@ async fn start_in(
         routes,
         hooks: hello.hooks,
         permissions: hello.permissions,
+        services: hello.services,
         ready_at: Instant::now(),
         exited,
     })

@@ -130,7 +130,7 @@ impl Application {
             max_body: usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX),
             cgroups: cgroups.clone(),
             monitor_interval: settings.monitor_interval,
-            calls: Some(crate::kv::calls(store.clone())),
+            calls: Some(crate::kv::calls(state.clone())),
         };
         let (reconciler, handle) = Reconciler::new(
             settings.plugins_dir.clone(),

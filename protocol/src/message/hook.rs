@@ -39,3 +39,25 @@ impl Method for HookCall {
     type Params = HookInput;
     type Result = HookOutput;
 }
+
+/// `hook.fire`: plugin → supervisor, fires a hook at every plugin that handles it (the caller
+/// included) and answers the combined result, as `POST /hooks/{hook}` would.
+#[derive(Debug)]
+pub struct HookFire;
+
+/// Parameters of [`HookFire`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookFireParams {
+    /// The hook's name.
+    pub hook: String,
+    /// The payload.
+    pub payload: rmpv::Value,
+    /// The depth of the call the plugin is handling (0 for an HTTP request).
+    pub depth: u32,
+}
+
+impl Method for HookFire {
+    const NAME: &'static str = "hook.fire";
+    type Params = HookFireParams;
+    type Result = rmpv::Value;
+}

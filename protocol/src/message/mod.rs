@@ -6,6 +6,7 @@ pub mod handshake;
 pub mod hook;
 pub mod http;
 pub mod kv;
+pub mod service;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -151,3 +151,80 @@ async fn messagepack_in_messagepack_out() {
         .expect("bad");
     assert_eq!(bad.status(), 400);
 }
+
+fn serving(name: &str, services: &str, hooks: &str) -> PluginDef {
+    PluginDef::echo(
+        name,
+        &format!("[env]\nECHO_SERVICES = \"{services}\"\nECHO_HOOKS = \"{hooks}\"\n[restart]\nmax_restarts = 0\n"),
+    )
+}
+
+async fn call(sup: &TestSupervisor, from: &str, service: &str, payload: Value) -> (u16, String) {
+    let r = sup
+        .client
+        .post(sup.url(&format!("/plugins/{from}/call/{service}")))
+        .json(&payload)
+        .send()
+        .await
+        .expect("call");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn plugins_call_each_others_services_and_fire_hooks() {
+    let sup = TestSupervisor::start(
+        &[
+            serving("a", "a.relay:relay", ""),
+            serving(
+                "b",
+                "text.upper:upper;b.relay:relay;b.fail:fail",
+                "greet:collect:0:answer-hi",
+            ),
+            serving("down", "down.svc:upper", ""),
+        ],
+        &["--hook-timeout", "2s"],
+    )
+    .await;
+    assert_eq!(
+        call(&sup, "a", "text.upper", json!("shout")).await,
+        (200, "\"SHOUT\"".into())
+    );
+
+    let (status, body) = call(&sup, "a", "no.such", json!(1)).await;
+    assert_eq!(status, 502);
+    assert!(
+        body.contains("no running plugin provides service"),
+        "{body}"
+    );
+    let (status, body) = call(&sup, "a", "b.fail", json!(1)).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("fails on purpose"), "{body}");
+
+    sup.get("/plugins/down/crash").await.expect("crash");
+    sup.wait_until("the provider is down", || async {
+        sup.plugin_status("down").await["state"] == "failed"
+    })
+    .await;
+    let (status, body) = call(&sup, "a", "down.svc", json!("x")).await;
+    assert_eq!(status, 502);
+    assert!(
+        body.contains("no running plugin provides service \\\"down.svc\\\""),
+        "{body}"
+    );
+
+    // a → b → a → … ends at the depth limit with an error, not a hang.
+    let (status, body) = call(&sup, "a", "b.relay", json!({"to": "a.relay"})).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("call chain deeper than 8"), "{body}");
+
+    // A plugin fires a hook; other plugins answer it.
+    let r = sup
+        .client
+        .post(sup.url("/plugins/a/fire/greet"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("fire");
+    let answer: Value = r.json().await.expect("json");
+    assert_eq!(answer["results"], json!([{"plugin": "b", "value": "hi"}]));
+}

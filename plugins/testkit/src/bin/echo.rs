@@ -2,7 +2,9 @@
 //! crash, panic). It takes its name from `PLUGD_PLUGIN_NAME`, so one binary can be installed
 //! under several names.
 
-use plugd_runtime::{HookEvent, HookMode, HookReply, Json, Plugin, Request, Response};
+use plugd_runtime::{
+    HookEvent, HookMode, HookReply, Json, Plugin, Request, Response, ServiceEvent,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,10 +132,45 @@ fn with_hooks(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
     plugin
 }
 
+/// Services from `ECHO_SERVICES`: `name:behaviour` separated by `;`. Behaviours: `upper`
+/// (upper-cases a string), `relay` (calls the service named by `to` with `payload`), `fail`.
+fn with_services(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
+    let spec = std::env::var("ECHO_SERVICES").unwrap_or_default();
+    for item in spec.split(';').filter(|s| !s.is_empty()) {
+        let (name, behaviour) = item.split_once(':').unwrap_or((item, "upper"));
+        let behaviour = behaviour.to_owned();
+        plugin = plugin.service(name, move |event: ServiceEvent, _| {
+            let behaviour = behaviour.clone();
+            async move {
+                match behaviour.as_str() {
+                    "upper" => Ok(event
+                        .payload
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_uppercase()
+                        .into()),
+                    "relay" => {
+                        let to = event.payload["to"].as_str().unwrap_or_default().to_owned();
+                        event
+                            .host
+                            .call_service(&to, event.payload.clone())
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    _ => Err("this service fails on purpose".to_owned()),
+                }
+            }
+        });
+    }
+    plugin
+}
+
 #[tokio::main]
 async fn main() -> Result<(), plugd_runtime::Error> {
     let name = std::env::var("PLUGD_PLUGIN_NAME").unwrap_or_else(|_| "echo".into());
-    let plugin = with_hooks(Plugin::new(name, "0.0.1").with_state(Counters::default()));
+    let plugin = with_services(with_hooks(
+        Plugin::new(name, "0.0.1").with_state(Counters::default()),
+    ));
     plugin
         .get("/echo/{id}", |req: Request, _| async move { echo(&req) })
         .post("/echo/{id}", |req: Request, _| async move { echo(&req) })
@@ -175,6 +212,23 @@ async fn main() -> Result<(), plugd_runtime::Error> {
             }))
         })
         .require("echo.secret")
+        // Calls to other plugins through the supervisor.
+        .post("/call/{service}", |req: Request, _| async move {
+            let payload: serde_json::Value = req.json()?;
+            let service = req.param("service").unwrap_or_default();
+            match req.host().call_service(service, payload).await {
+                Ok(value) => Ok(Json(value)),
+                Err(e) => Err(plugd_runtime::HttpError::new(502, e.to_string())),
+            }
+        })
+        .post("/fire/{hook}", |req: Request, _| async move {
+            let payload: serde_json::Value = req.json()?;
+            let answer = req
+                .host()
+                .fire_hook(req.param("hook").unwrap_or_default(), payload)
+                .await?;
+            Ok::<_, plugd_runtime::HttpError>(Json(answer))
+        })
         // The key-value store, for the store tests.
         .route("PUT", "/kv/{key}", |req: Request, _| async move {
             let key = req.param("key").unwrap_or_default().to_owned();

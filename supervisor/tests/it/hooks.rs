@@ -228,3 +228,65 @@ async fn plugins_call_each_others_services_and_fire_hooks() {
     let answer: Value = r.json().await.expect("json");
     assert_eq!(answer["results"], json!([{"plugin": "b", "value": "hi"}]));
 }
+
+#[tokio::test]
+async fn the_example_hook_plugins_preview_tidy_and_guard_documents() {
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::relative("preview", "plugd-example-preview"),
+            PluginDef::relative("guard", "plugd-example-guard"),
+            PluginDef::echo("caller", ""),
+        ],
+        &[],
+    )
+    .await;
+    let md = fire(
+        &sup,
+        "file.preview",
+        json!({"mime": "text/markdown", "content": "# Hi"}),
+    )
+    .await;
+    assert_eq!(
+        (md["plugin"].as_str(), md["value"]["html"].as_str()),
+        (Some("preview"), Some("<h1>Hi</h1>\n"))
+    );
+    let other = fire(
+        &sup,
+        "file.preview",
+        json!({"mime": "image/png", "content": ""}),
+    )
+    .await;
+    assert_eq!(other["value"], Value::Null, "not ours: passed on");
+
+    let tidy = fire(
+        &sup,
+        "document.render",
+        json!({"title": "t", "body": "a  \n\n\n\nb"}),
+    )
+    .await;
+    assert_eq!(tidy["value"]["body"], "a\n\nb");
+
+    let refused = fire(
+        &sup,
+        "document.before_save",
+        json!({"title": " ", "body": "x"}),
+    )
+    .await;
+    assert_eq!(refused["allowed"], false);
+    assert_eq!(
+        refused["rejected_by"],
+        json!({"plugin": "guard", "reason": "a document needs a title"})
+    );
+    let allowed = fire(
+        &sup,
+        "document.before_save",
+        json!({"title": "ok", "body": "x"}),
+    )
+    .await;
+    assert_eq!(allowed["allowed"], true);
+
+    assert_eq!(
+        call(&sup, "caller", "markdown.render", json!("*x*")).await,
+        (200, "\"<p><em>x</em></p>\\n\"".into())
+    );
+}

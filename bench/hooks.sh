@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Hook and service costs, measured in one run with wrk (same connections for all):
+#   1. POST /hooks/bench, a collect hook fanned out to 1, 5 and 10 plugins: requests/s, p50, p99;
+#   2. a service call round trip (HTTP → plugin a → supervisor → plugin b → back) against a
+#      plain route call to plugin a, and the ratio of their p50s.
+# Installs wrk when absent. Settings: DURATION (8s), CONNECTIONS (32), THREADS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-8s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-2}
+
+if ! command -v wrk >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
+fi
+cargo build --release -q -p plugd -p plugd-testkit
+
+work=$(mktemp -d /tmp/plugd-hooks.XXXXXX)
+plugd_pid=""
+stop_plugd() {
+  if [ -n "$plugd_pid" ]; then
+    kill "$plugd_pid" 2>/dev/null || true
+    wait "$plugd_pid" 2>/dev/null || true
+    plugd_pid=""
+  fi
+}
+trap 'stop_plugd; rm -rf "$work"' EXIT
+echo_bin="$PWD/target/release/plugd-testkit-echo"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_plugd() {
+  port=$(free_port)
+  PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port" --plugins-dir "$1" \
+    --data-dir "$work/data" --runtime-dir "$work/run" >"$work/out" 2>"$work/err" &
+  plugd_pid=$!
+  for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$work/err" >&2; return 1
+}
+
+# plugin NAME DIR SERVICES HOOKS
+plugin() {
+  mkdir -p "$2/$1"
+  printf 'name = "%s"\nversion = "1"\ncommand = "%s"\n[env]\nECHO_SERVICES = "%s"\nECHO_HOOKS = "%s"\n' \
+    "$1" "$echo_bin" "$3" "$4" >"$2/$1/plugin.toml"
+}
+
+cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '"payload"'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+measure() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" "$1" >/dev/null
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec:/ { rps=$2 } /^ +50%/ { p50=ms($2) } /^ +99%/ { p99=ms($2) }
+    /Non-2xx/ { bad=$NF }
+    END { if (bad) { print "non-2xx responses: " bad > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+
+printf '%-40s %12s %10s %10s\n' "wrk -c$CONNECTIONS -d$DURATION" "requests/s" "p50 ms" "p99 ms"
+for n in 1 5 10; do
+  dir="$work/fan$n"
+  for i in $(seq "$n"); do plugin "h$i" "$dir" "" "bench:collect:0:echo"; done
+  start_plugd "$dir"
+  read -r rps p50 p99 < <(measure "http://127.0.0.1:$port/hooks/bench")
+  stop_plugd
+  printf '%-40s %12.0f %10.3f %10.3f\n' "collect hook, $n plugins" "$rps" "$p50" "$p99"
+done
+
+dir="$work/svc"
+plugin a "$dir" "" ""
+plugin b "$dir" "text.upper:upper" ""
+start_plugd "$dir"
+read -r r_rps r_p50 r_p99 < <(measure "http://127.0.0.1:$port/plugins/a/echo/1")
+read -r s_rps s_p50 s_p99 < <(measure "http://127.0.0.1:$port/plugins/a/call/text.upper")
+stop_plugd
+printf '%-40s %12.0f %10.3f %10.3f\n' "plain route call (a)" "$r_rps" "$r_p50" "$r_p99"
+printf '%-40s %12.0f %10.3f %10.3f\n' "route + service call (a -> b)" "$s_rps" "$s_p50" "$s_p99"
+awk -v a="$r_p50" -v b="$s_p50" -v ra="$r_rps" -v rb="$s_rps" 'BEGIN { printf "service/route: p50 ratio %.2f, throughput ratio %.2f\n", b/a, rb/ra }'

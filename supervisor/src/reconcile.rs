@@ -351,6 +351,16 @@ impl Reconciler {
                 }
                 let old = entry.current.replace(instance.clone());
                 entry.slot.set(PluginState::Ready(instance.clone()));
+                self.lifecycle_hook(
+                    "plugd.plugin.loaded",
+                    serde_json::json!({ "plugin": name, "version": instance.version, "pid": instance.pid }),
+                );
+                if let Some(old) = &old {
+                    self.lifecycle_hook(
+                        "plugd.plugin.config_changed",
+                        serde_json::json!({ "plugin": name, "from": old.version, "to": instance.version }),
+                    );
+                }
                 let tx = self.tx.clone();
                 let follow_name = name.to_owned();
                 let interval = self.ctx.monitor_interval;
@@ -411,6 +421,12 @@ impl Reconciler {
             }
             InstanceEvent::Exited(reason) => {
                 let instance = entry.current.take().expect("checked above");
+                let payload =
+                    serde_json::json!({ "plugin": name, "pid": instance.pid, "reason": reason });
+                self.lifecycle_hook("plugd.plugin.unloaded", payload);
+                let Some(entry) = self.entries.get_mut(name) else {
+                    return;
+                };
                 let reason = match entry.kill_reason.take() {
                     Some((e, why)) if e == epoch => why,
                     _ => reason,
@@ -590,6 +606,19 @@ impl Reconciler {
             Err(e) => tracing::error!("{e:#}"),
         }
         self.publish_map();
+    }
+
+    /// Fires one of the supervisor's own hooks (`plugd.plugin.loaded`, `…unloaded`,
+    /// `…config_changed`) at the plugins that handle it, without waiting for the answers.
+    fn lifecycle_hook(&self, hook: &'static str, payload: serde_json::Value) {
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let payload = rmpv::ext::to_value(&payload).unwrap_or(rmpv::Value::Nil);
+            let plugins = app.plugins.load_full();
+            if let Err(e) = crate::hooks::fire(&plugins, hook, payload, 0, app.hook_timeout).await {
+                tracing::warn!(hook, "lifecycle hook: {e}");
+            }
+        });
     }
 
     /// Brings one plugin in line with the store's enabled flag.

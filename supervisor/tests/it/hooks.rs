@@ -290,3 +290,53 @@ async fn the_example_hook_plugins_preview_tidy_and_guard_documents() {
         (200, "\"<p><em>x</em></p>\\n\"".into())
     );
 }
+
+#[tokio::test]
+async fn the_supervisor_fires_lifecycle_hooks() {
+    let sup = TestSupervisor::start(
+        &[
+            hooked(
+                "watcher",
+                "plugd.plugin.loaded:collect:0:record;plugd.plugin.unloaded:collect:0:record;plugd.plugin.config_changed:collect:0:record",
+            ),
+            PluginDef::echo("b", ""),
+        ],
+        &[],
+    )
+    .await;
+    let recorded = |hook: &'static str| {
+        let url = sup.url(&format!("/plugins/watcher/kv/hook:{hook}"));
+        let client = sup.client.clone();
+        async move {
+            let r = client.get(url).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            serde_json::from_str::<Value>(&r.text().await.ok()?).ok()
+        }
+    };
+    sup.get("/plugins/b/crash").await.expect("crash");
+    sup.wait_until("b's exit is announced", || async {
+        recorded("plugd.plugin.unloaded")
+            .await
+            .is_some_and(|v| v["plugin"] == "b" && v["reason"] == "exited with code 7")
+    })
+    .await;
+    sup.wait_until("b's restart is announced", || async {
+        recorded("plugd.plugin.loaded")
+            .await
+            .is_some_and(|v| v["plugin"] == "b")
+    })
+    .await;
+    std::fs::write(
+        sup.dir.path().join("plugins/b/plugin.toml"),
+        PluginDef::echo("b", "[env]\nCHANGED = \"1\"\n").manifest,
+    )
+    .expect("change b");
+    sup.wait_until("b's reload is announced", || async {
+        recorded("plugd.plugin.config_changed")
+            .await
+            .is_some_and(|v| v["plugin"] == "b")
+    })
+    .await;
+}

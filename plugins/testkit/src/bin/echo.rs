@@ -93,7 +93,8 @@ fn spin_cpu(ms: u64) -> u64 {
 }
 
 /// Hook handlers from `ECHO_HOOKS`: `name:mode:priority:behaviour[:closed]` separated by `;`.
-/// Behaviours: `echo` (the payload back), `tag-TEXT` (appends TEXT to a string payload),
+/// Behaviours: `echo` (the payload back), `record` (keeps the payload in the KV store under
+/// `hook:NAME`), `tag-TEXT` (appends TEXT to a string payload),
 /// `answer-TEXT`, `pass`, `reject-REASON`, `hang`, `panic`.
 fn with_hooks(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
     let spec = std::env::var("ECHO_HOOKS").unwrap_or_default();
@@ -112,6 +113,11 @@ fn with_hooks(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
             async move {
                 match behaviour.as_str() {
                     "echo" => HookReply::Value(event.payload),
+                    "record" => {
+                        let key = format!("hook:{}", event.hook);
+                        let _ = event.host.kv().set(&key, event.payload.to_string()).await;
+                        HookReply::Pass
+                    }
                     "pass" => HookReply::Pass,
                     "hang" => std::future::pending().await,
                     "panic" => panic!("hook handler panicked on purpose"),

@@ -29,6 +29,8 @@ pub struct Application {
     state: Arc<AppState>,
     socket_dir: PathBuf,
     store: Store,
+    /// Held for plugd's lifetime on the SQLite store: one worker per data directory.
+    _worker_lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Application {
@@ -50,12 +52,16 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
+        // SQLite serves one worker: a second plugd on the same data directory is refused.
+        let worker_lock = match settings.database_url {
+            None => Some(lock_data_dir(&settings.data_dir)?),
+            Some(_) => None,
+        };
         let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "state store ready");
         let socket_dir = private_socket_dir(&settings.runtime_dir)?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
+        let listener = bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let mut state = AppState::new(
             store.clone(),
@@ -70,6 +76,7 @@ impl Application {
             state,
             socket_dir,
             store,
+            _worker_lock: worker_lock,
         })
     }
 
@@ -87,6 +94,7 @@ impl Application {
             state,
             socket_dir,
             store,
+            _worker_lock,
         } = self;
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -181,6 +189,49 @@ async fn forward_hangups(handle: Handle) {
         tracing::info!("received SIGHUP");
         if !handle.send(Event::Rescan { requested: true }) {
             return;
+        }
+    }
+}
+
+/// Binds the listen address with `SO_REUSEPORT`, so several plugd workers on one host (on the
+/// PostgreSQL store) can share the port; the kernel spreads connections across them.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Takes `<data_dir>/plugd.lock` for this process, or says which process holds it.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("plugd.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "another plugd (pid {}) already uses the data directory {} with the SQLite store, which serves one worker; run several workers on PostgreSQL (--database-url postgres://…)",
+                holder.trim(),
+                data_dir.display()
+            )
         }
     }
 }

@@ -255,3 +255,35 @@ async fn file_changes_are_picked_up_without_a_signal() {
     .await;
     assert_eq!(sup.get("/plugins/a/echo/1").await.expect("a").status(), 200);
 }
+
+#[tokio::test]
+async fn a_second_worker_on_the_same_sqlite_data_directory_is_refused() {
+    let sup = TestSupervisor::start(&[PluginDef::echo("echo", "")], &[]).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugd"))
+        .current_dir(sup.dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugins-dir",
+            "plugins",
+        ])
+        .args(["--data-dir", "data", "--runtime-dir", "run2"])
+        .env_remove("PLUGD_CONFIG")
+        .output()
+        .expect("second plugd");
+    assert!(!out.status.success(), "the second worker must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already uses the data directory")
+            && stderr.contains(&format!("pid {}", sup.pid())),
+        "{stderr}"
+    );
+    assert_eq!(
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("first")
+            .status(),
+        200
+    );
+}

@@ -11,7 +11,7 @@ use crate::plugin::PluginState;
 use crate::proxy::{error, AppState};
 use crate::reconcile::Event;
 use crate::settings::Role;
-use crate::store::PluginRecord;
+use crate::store::{PluginRecord, SetOutcome};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
@@ -181,35 +181,81 @@ async fn list_plugins(State(app): State<Arc<AppState>>) -> Response {
 
 async fn get_plugin(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
     match app.store.plugin(&name).await {
-        Ok(Some(record)) => Json(describe(&app, &record)).into_response(),
+        Ok(Some(record)) => {
+            let mut response = Json(describe(&app, &record)).into_response();
+            // The generation, for If-Match on the next write.
+            if let Ok(etag) =
+                axum::http::HeaderValue::from_str(&format!("\"{}\"", record.generation))
+            {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::ETAG, etag);
+            }
+            response
+        }
         Ok(None) => unknown(&name),
         Err(e) => store_error(e),
     }
 }
 
-async fn set_enabled(app: &AppState, name: &str, enabled: bool, actor: &Actor) -> Response {
-    match app.store.set_enabled(name, enabled, &actor.0).await {
-        Ok(None) => unknown(name),
-        Ok(Some(changed)) => {
-            if changed {
-                send(
-                    app,
-                    Event::Desired {
-                        name: name.to_owned(),
-                    },
-                );
-            }
-            let word = if enabled { "enabled" } else { "disabled" };
-            let detail = if changed {
-                format!("plugin {name:?} is now {word}")
-            } else {
-                format!("plugin {name:?} was already {word}; nothing changed")
-            };
-            Json(json!({ "changed": changed, "enabled": enabled, "detail": detail }))
+async fn set_enabled(
+    app: &AppState,
+    name: &str,
+    enabled: bool,
+    actor: &Actor,
+    expected: Option<i64>,
+) -> Response {
+    let word = if enabled { "enabled" } else { "disabled" };
+    match app
+        .store
+        .set_enabled(name, enabled, &actor.0, expected)
+        .await
+    {
+        Ok(SetOutcome::Unknown) => unknown(name),
+        Ok(SetOutcome::Changed(record)) => {
+            send(
+                app,
+                Event::Desired {
+                    name: name.to_owned(),
+                },
+            );
+            let detail = format!("plugin {name:?} is now {word}");
+            Json(json!({ "changed": true, "enabled": enabled, "generation": record.generation, "detail": detail }))
                 .into_response()
+        }
+        Ok(SetOutcome::Unchanged(record)) => {
+            let detail = format!("plugin {name:?} was already {word}; nothing changed");
+            Json(json!({ "changed": false, "enabled": enabled, "generation": record.generation, "detail": detail }))
+                .into_response()
+        }
+        Ok(SetOutcome::Conflict(record)) => {
+            let body = json!({
+                "error": "conflict",
+                "detail": format!(
+                    "plugin {name:?} is at generation {}, not the expected {}: another change came first; read it again and retry",
+                    record.generation,
+                    expected.unwrap_or_default()
+                ),
+                "current": record,
+            });
+            (StatusCode::CONFLICT, Json(body)).into_response()
         }
         Err(e) => store_error(e),
     }
+}
+
+/// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`.
+fn expected_generation(headers: &axum::http::HeaderMap, query: &GenerationQuery) -> Option<i64> {
+    headers
+        .get(axum::http::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().trim_matches('"').parse().ok())
+        .or(query.generation)
+}
+
+#[derive(Debug, Deserialize)]
+struct GenerationQuery {
+    generation: Option<i64>,
 }
 
 fn send(app: &AppState, event: Event) {
@@ -222,16 +268,22 @@ async fn enable(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<GenerationQuery>,
 ) -> Response {
-    set_enabled(&app, &name, true, &actor).await
+    let expected = expected_generation(&headers, &q);
+    set_enabled(&app, &name, true, &actor, expected).await
 }
 
 async fn disable(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<GenerationQuery>,
 ) -> Response {
-    set_enabled(&app, &name, false, &actor).await
+    let expected = expected_generation(&headers, &q);
+    set_enabled(&app, &name, false, &actor, expected).await
 }
 
 async fn action(app: &AppState, name: &str, actor: &Actor, what: &str) -> Response {

@@ -54,6 +54,19 @@ pub struct PluginRecord {
     pub bundle_sha256: Option<String>,
 }
 
+/// What a conditional write of the desired state did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// No such plugin.
+    Unknown,
+    /// It already was in that state; nothing changed.
+    Unchanged(PluginRecord),
+    /// Written; the record after the change.
+    Changed(PluginRecord),
+    /// Another write came first: the generation was not the expected one.
+    Conflict(PluginRecord),
+}
+
 /// One audit-log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRecord {
@@ -215,39 +228,45 @@ impl Store {
     }
 
     /// Sets a plugin's enabled flag on behalf of `actor`, with a `changes` row and an audit
-    /// entry, in one transaction. `Ok(None)`: no such plugin; `Ok(Some(false))`: it already was.
+    /// entry, in one transaction. With `expected`, the write only happens if the plugin's
+    /// generation is still that one (no lost updates between admins or workers).
     pub async fn set_enabled(
         &self,
         name: &str,
         enabled: bool,
         actor: &str,
-    ) -> anyhow::Result<Option<bool>> {
+        expected: Option<i64>,
+    ) -> anyhow::Result<SetOutcome> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT enabled FROM plugins WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(current) = current else {
-            return Ok(None);
-        };
-        if (current != 0) == enabled {
-            return Ok(Some(false));
-        }
         let now = now_ms();
-        sqlx::query(
-            "UPDATE plugins SET enabled = $2, generation = generation + 1, updated_ms = $3 WHERE name = $1",
+        // One conditional UPDATE, so two concurrent writers cannot both pass the check.
+        let updated = sqlx::query(
+            "UPDATE plugins SET enabled = $2, generation = generation + 1, updated_ms = $3
+             WHERE name = $1 AND enabled <> $2 AND COALESCE($4, generation) = generation",
         )
         .bind(name)
         .bind(i64::from(enabled))
         .bind(now)
+        .bind(expected)
         .execute(&mut *tx)
-        .await?;
-        let action = if enabled { "enable" } else { "disable" };
-        insert_change(&mut tx, name, action, now).await?;
-        insert_event(&mut tx, Some(name), actor, action, "", now).await?;
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            let action = if enabled { "enable" } else { "disable" };
+            insert_change(&mut tx, name, action, now).await?;
+            insert_event(&mut tx, Some(name), actor, action, "", now).await?;
+        }
         tx.commit().await?;
-        Ok(Some(true))
+        let Some(record) = self.plugin(name).await? else {
+            return Ok(SetOutcome::Unknown);
+        };
+        Ok(if updated == 1 {
+            SetOutcome::Changed(record)
+        } else if expected.is_some_and(|g| g != record.generation) {
+            SetOutcome::Conflict(record)
+        } else {
+            SetOutcome::Unchanged(record)
+        })
     }
 
     /// Records the bundle a plugin was installed from, with an audit entry and a `changes`

@@ -487,3 +487,48 @@ async fn routes_that_require_a_permission_check_the_callers_token() {
         serde_json::json!([{"key": "echo.secret", "description": "read the echo plugin's secret", "plugin": "echo"}])
     );
 }
+
+#[tokio::test]
+async fn a_change_naming_a_stale_generation_gets_409_with_the_current_value() {
+    let sup = admin_sup(&[PluginDef::echo("echo", "")]).await;
+    let r = sup
+        .client
+        .get(sup.url("/admin/plugins/echo"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("get");
+    let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+    let post = |path: &'static str| {
+        sup.client
+            .post(sup.url(path))
+            .bearer_auth(ADMIN)
+            .header("if-match", etag.clone())
+            .send()
+    };
+    assert_eq!(
+        post("/admin/plugins/echo/disable")
+            .await
+            .expect("first")
+            .status(),
+        200
+    );
+    let stale = post("/admin/plugins/echo/enable").await.expect("second");
+    assert_eq!(stale.status(), 409);
+    let body: Value = stale.json().await.expect("json");
+    assert_eq!(body["error"], "conflict");
+    assert_eq!(body["current"]["enabled"], false);
+    let fresh = body["current"]["generation"].as_i64().expect("generation");
+    let (status, _) = post_with_generation(&sup, "/admin/plugins/echo/enable", fresh).await;
+    assert_eq!(status, 200);
+}
+
+async fn post_with_generation(sup: &TestSupervisor, path: &str, generation: i64) -> (u16, Value) {
+    call(
+        sup,
+        reqwest::Method::POST,
+        &format!("{path}?generation={generation}"),
+        Some(ADMIN),
+    )
+    .await
+}

@@ -2,7 +2,17 @@
 //! PostgreSQL (see `pg.rs`).
 
 use plugd::manifest::{self, Manifest};
-use plugd::store::{Backend, Store};
+use plugd::store::{Backend, SetOutcome, Store};
+
+/// `Some(true)` changed, `Some(false)` unchanged, `None` unknown plugin.
+fn changed(outcome: SetOutcome) -> Option<bool> {
+    match outcome {
+        SetOutcome::Unknown => None,
+        SetOutcome::Unchanged(_) => Some(false),
+        SetOutcome::Changed(_) => Some(true),
+        SetOutcome::Conflict(r) => panic!("unexpected conflict at generation {}", r.generation),
+    }
+}
 
 /// One store per backend, migrated, and the temp dir that keeps the SQLite file alive.
 async fn stores() -> Vec<(Store, tempfile::TempDir)> {
@@ -49,10 +59,12 @@ async fn registration_keeps_an_admins_choice_and_marks_missing_plugins() {
             .expect("register");
 
         assert_eq!(
-            store
-                .set_enabled("alpha", false, "ops")
-                .await
-                .expect("disable"),
+            changed(
+                store
+                    .set_enabled("alpha", false, "ops", None)
+                    .await
+                    .expect("disable")
+            ),
             Some(true)
         );
         // Discovery again (a restart): the admin's choice stands, the manifest's data updates.
@@ -94,29 +106,48 @@ async fn changes_are_audited_and_repeats_change_nothing() {
             .await
             .expect("register");
         assert_eq!(
-            store.set_enabled("alpha", true, "ops").await.expect("noop"),
+            changed(
+                store
+                    .set_enabled("alpha", true, "ops", None)
+                    .await
+                    .expect("noop")
+            ),
             Some(false)
         );
         assert_eq!(
-            store
-                .set_enabled("nope", true, "ops")
-                .await
-                .expect("unknown"),
+            changed(
+                store
+                    .set_enabled("nope", true, "ops", None)
+                    .await
+                    .expect("unknown")
+            ),
             None
         );
         assert_eq!(
-            store.set_enabled("alpha", false, "ops").await.expect("off"),
+            changed(
+                store
+                    .set_enabled("alpha", false, "ops", None)
+                    .await
+                    .expect("off")
+            ),
             Some(true)
         );
         assert_eq!(
-            store
-                .set_enabled("alpha", false, "ops")
-                .await
-                .expect("again"),
+            changed(
+                store
+                    .set_enabled("alpha", false, "ops", None)
+                    .await
+                    .expect("again")
+            ),
             Some(false)
         );
         assert_eq!(
-            store.set_enabled("alpha", true, "dev").await.expect("on"),
+            changed(
+                store
+                    .set_enabled("alpha", true, "dev", None)
+                    .await
+                    .expect("on")
+            ),
             Some(true)
         );
         for i in 0..5 {
@@ -310,5 +341,43 @@ async fn the_kv_store_versions_expires_lists_and_compares() {
         );
         assert!(store.kv_delete("p", "b").await.expect("delete"));
         assert!(!store.kv_delete("p", "b").await.expect("delete"));
+    }
+}
+
+#[tokio::test]
+async fn a_write_naming_a_stale_generation_is_refused() {
+    for (store, _dir) in stores().await {
+        let b = store.backend();
+        let rec = store
+            .register(&manifest("alpha", "1.0"))
+            .await
+            .expect("register");
+        let g = rec.generation;
+        match store
+            .set_enabled("alpha", false, "ops", Some(g))
+            .await
+            .expect("first")
+        {
+            SetOutcome::Changed(r) => assert_eq!(r.generation, g + 1, "{b:?}"),
+            other => panic!("{b:?}: {other:?}"),
+        }
+        // A second writer that read the same generation loses, and learns the current value.
+        match store
+            .set_enabled("alpha", true, "dev", Some(g))
+            .await
+            .expect("second")
+        {
+            SetOutcome::Conflict(r) => {
+                assert_eq!((r.enabled, r.generation), (false, g + 1), "{b:?}")
+            }
+            other => panic!("{b:?}: {other:?}"),
+        }
+        assert!(matches!(
+            store
+                .set_enabled("alpha", true, "dev", Some(g + 1))
+                .await
+                .expect("third"),
+            SetOutcome::Changed(_)
+        ));
     }
 }

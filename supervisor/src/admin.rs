@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/plugins/{name}/logs", get(logs))
         .route("/events", get(events))
         .route("/permissions", get(permissions))
+        .route("/workers", get(workers))
         .route("/stats", get(stats))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found", "no such admin endpoint") })
         .layer(middleware::from_fn_with_state(state, authenticate))
@@ -182,7 +183,24 @@ async fn list_plugins(State(app): State<Arc<AppState>>) -> Response {
 async fn get_plugin(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
     match app.store.plugin(&name).await {
         Ok(Some(record)) => {
-            let mut response = Json(describe(&app, &record)).into_response();
+            let mut view = describe(&app, &record);
+            // Each live worker's state of this plugin.
+            if let Ok(workers) = app.store.workers(crate::cluster::EXPIRY).await {
+                let states: serde_json::Map<String, Value> = workers
+                    .into_iter()
+                    .map(|w| {
+                        (
+                            w.id,
+                            w.plugins
+                                .get(&name)
+                                .cloned()
+                                .unwrap_or(json!({ "state": "absent" })),
+                        )
+                    })
+                    .collect();
+                view["workers"] = Value::Object(states);
+            }
+            let mut response = Json(view).into_response();
             // The generation, for If-Match on the next write.
             if let Ok(etag) =
                 axum::http::HeaderValue::from_str(&format!("\"{}\"", record.generation))
@@ -556,4 +574,23 @@ async fn permissions(State(app): State<Arc<AppState>>) -> Response {
         .collect();
     list.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
     Json(json!({ "permissions": list })).into_response()
+}
+
+/// `GET /admin/workers`: every worker that heartbeated within the expiry, with the state of each
+/// of its plugins; this worker is marked.
+async fn workers(State(app): State<Arc<AppState>>) -> Response {
+    match app.store.workers(crate::cluster::EXPIRY).await {
+        Ok(workers) => {
+            let list: Vec<Value> = workers
+                .into_iter()
+                .map(|w| {
+                    let mut v = serde_json::to_value(&w).unwrap_or_default();
+                    v["this"] = (w.id == app.worker.id).into();
+                    v
+                })
+                .collect();
+            Json(json!({ "workers": list })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
 }

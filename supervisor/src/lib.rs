@@ -4,6 +4,7 @@
 //! Map of the modules, in the order a request meets them:
 //! - [`admin`]: the admin REST API under `/admin`, with bearer tokens and roles.
 //! - [`bundle`]: unpacking plugin bundles (zip, tar.gz) with suspicion.
+//! - [`cluster`]: heartbeats, and following other workers' changes through PostgreSQL.
 //! - [`settings`]: one settings tree from defaults, the TOML file, `PLUGD_*` variables and flags.
 //! - [`manifest`]: discovery and validation of `plugins/*/plugin.toml`.
 //! - [`process`]: the one helper that spawns plugin processes.
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod bundle;
 pub mod cli;
+pub mod cluster;
 pub mod hooks;
 pub mod ipc;
 pub mod kv;

@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: crate::metrics::RequestMetrics,
     /// Deadline of one hook handler call.
     pub hook_timeout: std::time::Duration,
+    /// This worker's identity in the cluster.
+    pub worker: crate::cluster::Worker,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             plugins_dir,
             metrics: crate::metrics::RequestMetrics::default(),
             hook_timeout: std::time::Duration::from_secs(5),
+            worker: crate::cluster::Worker::new(),
             store,
             admin_tokens,
             reconciler: std::sync::OnceLock::new(),

@@ -101,6 +101,11 @@ impl Handle {
     pub fn send(&self, event: Event) -> bool {
         self.tx.send(event).is_ok()
     }
+
+    /// Whether the loop has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// What the loop knows of one plugin beyond its visible state.

@@ -149,10 +149,22 @@ impl Application {
         );
         let _ = state.reconciler.set(handle.clone());
         let reconciling = tokio::spawn(reconciler.run());
+        let heartbeat = tokio::spawn(crate::cluster::heartbeat(state.clone()));
+        let following = settings.database_url.clone().map(|url| {
+            tokio::spawn(crate::cluster::follow_changes(
+                url,
+                store.clone(),
+                handle.clone(),
+            ))
+        });
         let hangups = tokio::spawn(forward_hangups(handle.clone()));
 
         shutdown.await;
         hangups.abort();
+        heartbeat.abort();
+        if let Some(following) = following {
+            following.abort();
+        }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         // One budget for the whole stop: HTTP requests in flight, then the plugins.
         let deadline = std::time::Instant::now() + settings.shutdown_timeout;

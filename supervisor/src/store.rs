@@ -253,7 +253,7 @@ impl Store {
         .rows_affected();
         if updated == 1 {
             let action = if enabled { "enable" } else { "disable" };
-            insert_change(&mut tx, name, action, now).await?;
+            insert_change(&mut tx, self.backend, name, action, now).await?;
             insert_event(&mut tx, Some(name), actor, action, "", now).await?;
         }
         tx.commit().await?;
@@ -289,7 +289,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        insert_change(&mut tx, &m.name, action, now).await?;
+        insert_change(&mut tx, self.backend, &m.name, action, now).await?;
         let detail = format!("version {} sha256 {sha256}", m.version);
         insert_event(&mut tx, Some(&m.name), actor, action, &detail, now).await?;
         tx.commit().await?;
@@ -311,7 +311,7 @@ impl Store {
             return Ok(false);
         }
         let now = now_ms();
-        insert_change(&mut tx, name, "uninstall", now).await?;
+        insert_change(&mut tx, self.backend, name, "uninstall", now).await?;
         insert_event(&mut tx, Some(name), actor, "uninstall", "", now).await?;
         tx.commit().await?;
         Ok(true)
@@ -384,58 +384,174 @@ impl Store {
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "sql"))
             .collect();
-        files.sort();
-        let mut applied = 0;
-        for file in files {
-            let id = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let sql = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read migration {}: {e}", file.display()))?;
-            let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
-            let known: Option<String> = sqlx::query_scalar(
-                "SELECT checksum FROM plugin_migrations WHERE plugin = $1 AND migration = $2",
-            )
-            .bind(plugin)
-            .bind(&id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| format!("cannot read applied migrations: {e}"))?;
-            match known {
-                Some(sum) if sum == checksum => continue,
-                Some(sum) => {
-                    return Err(format!(
-                        "migration {id} was applied with checksum {sum} but the file now has checksum {checksum}; applied migrations must not change"
-                    ))
-                }
-                None => {}
-            }
-            let mut tx = self
-                .pool
-                .begin()
-                .await
-                .map_err(|e| format!("cannot start a transaction: {e}"))?;
-            if let Err(e) = (&mut *tx).execute(sql.as_str()).await {
-                // Dropping the transaction rolls it back.
-                return Err(format!("migration {id} failed and was rolled back: {e}"));
-            }
-            sqlx::query(
-                "INSERT INTO plugin_migrations (plugin, migration, checksum, applied_ms) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(plugin)
-            .bind(&id)
-            .bind(&checksum)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| format!("cannot record migration {id}: {e}"))?;
-            tx.commit()
-                .await
-                .map_err(|e| format!("cannot commit migration {id}: {e}"))?;
-            applied += 1;
+        if files.is_empty() {
+            return Ok(0);
         }
-        Ok(applied)
+        files.sort();
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| format!("cannot reach the store: {e}"))?;
+        // On PostgreSQL every worker starting this plugin gets here: one runs the migrations
+        // under a cluster-wide advisory lock, the others wait for it, then find them applied.
+        let lock_key = format!("plugd:migrate:{plugin}");
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+                .bind(&lock_key)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+        }
+        let result = apply_migrations(&mut conn, plugin, &files).await;
+        if self.backend == Backend::Postgres {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+                .bind(&lock_key)
+                .execute(&mut *conn)
+                .await;
+        }
+        result
+    }
+}
+
+async fn apply_migrations(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    files: &[std::path::PathBuf],
+) -> Result<usize, String> {
+    use sqlx::Connection;
+    let mut applied = 0;
+    for file in files {
+        let id = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sql = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read migration {}: {e}", file.display()))?;
+        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+        let known: Option<String> = sqlx::query_scalar(
+            "SELECT checksum FROM plugin_migrations WHERE plugin = $1 AND migration = $2",
+        )
+        .bind(plugin)
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| format!("cannot read applied migrations: {e}"))?;
+        match known {
+            Some(sum) if sum == checksum => continue,
+            Some(sum) => {
+                return Err(format!(
+                    "migration {id} was applied with checksum {sum} but the file now has checksum {checksum}; applied migrations must not change"
+                ))
+            }
+            None => {}
+        }
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(|e| format!("cannot start a transaction: {e}"))?;
+        if let Err(e) = (&mut *tx).execute(sql.as_str()).await {
+            // Dropping the transaction rolls it back.
+            return Err(format!("migration {id} failed and was rolled back: {e}"));
+        }
+        sqlx::query(
+            "INSERT INTO plugin_migrations (plugin, migration, checksum, applied_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(plugin)
+        .bind(&id)
+        .bind(&checksum)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| format!("cannot record migration {id}: {e}"))?;
+        tx.commit()
+            .await
+            .map_err(|e| format!("cannot commit migration {id}: {e}"))?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// One worker as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerRecord {
+    /// Random id chosen at start.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id on that host.
+    pub pid: i64,
+    /// When it started, Unix milliseconds.
+    pub started_ms: i64,
+    /// Its last heartbeat, Unix milliseconds.
+    pub seen_ms: i64,
+    /// Each plugin's state on that worker: name → {state, generation}.
+    pub plugins: serde_json::Value,
+}
+
+impl Store {
+    /// Records this worker's heartbeat with the state of its plugins.
+    pub async fn heartbeat(&self, worker: &WorkerRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, started_ms, seen_ms, plugins) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = $5, plugins = $6",
+        )
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(worker.pid)
+        .bind(worker.started_ms)
+        .bind(now_ms())
+        .bind(worker.plugins.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Workers seen within `fresh`; older rows are deleted (the worker stopped).
+    pub async fn workers(&self, fresh: Duration) -> anyhow::Result<Vec<WorkerRecord>> {
+        let cutoff = now_ms() - fresh.as_millis() as i64;
+        sqlx::query("DELETE FROM workers WHERE seen_ms < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, host, pid, started_ms, seen_ms, plugins FROM workers ORDER BY started_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let plugins: String = r.try_get("plugins")?;
+                Ok(WorkerRecord {
+                    id: r.try_get("id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    started_ms: r.try_get("started_ms")?,
+                    seen_ms: r.try_get("seen_ms")?,
+                    plugins: serde_json::from_str(&plugins).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest change version, and the plugins changed after `since`.
+    pub async fn changes_since(&self, since: i64) -> anyhow::Result<(i64, Vec<String>)> {
+        let rows =
+            sqlx::query("SELECT version, plugin FROM changes WHERE version > $1 ORDER BY version")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut last = since;
+        let mut plugins = Vec::new();
+        for r in rows {
+            last = last.max(r.try_get::<i64, _>("version")?);
+            if let Some(p) = r.try_get::<Option<String>, _>("plugin")? {
+                if !plugins.contains(&p) {
+                    plugins.push(p);
+                }
+            }
+        }
+        Ok((last, plugins))
     }
 }
 
@@ -589,8 +705,14 @@ fn kv_from_row(row: &AnyRow) -> Result<KvItem, sqlx::Error> {
     })
 }
 
+/// The channel on which PostgreSQL workers hear of changes.
+pub const CHANNEL: &str = "plugd_changes";
+
+/// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
+/// plugin's name (sent when the transaction commits; the table stays the truth).
 async fn insert_change(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     plugin: &str,
     kind: &str,
     now: i64,
@@ -599,8 +721,15 @@ async fn insert_change(
         .bind(now)
         .bind(plugin)
         .bind(kind)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(plugin)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! with real plugin processes, and talks to it over real sockets.
 
 mod admin;
+mod cluster;
 mod failures;
 mod harness;
 mod hooks;

@@ -274,6 +274,48 @@ fn expected_generation(headers: &axum::http::HeaderMap, query: &GenerationQuery)
 #[derive(Debug, Deserialize)]
 struct GenerationQuery {
     generation: Option<i64>,
+    /// Wait up to this long (`5s`) for every live worker to run the desired state.
+    wait: Option<String>,
+}
+
+/// Waits until every live worker reports `name` in a state that matches `enabled` (or the
+/// deadline passes); answers whether it converged and each worker's state.
+async fn converge(app: &AppState, name: &str, enabled: bool, wait: std::time::Duration) -> Value {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let workers = app
+            .store
+            .workers(crate::cluster::EXPIRY)
+            .await
+            .unwrap_or_default();
+        let states: serde_json::Map<String, Value> = workers
+            .iter()
+            .map(|w| {
+                let state = w
+                    .plugins
+                    .get(name)
+                    .and_then(|p| p["state"].as_str())
+                    .unwrap_or("absent");
+                (w.id.clone(), Value::String(state.to_owned()))
+            })
+            .collect();
+        let done = |s: &str| {
+            if enabled {
+                matches!(s, "ready" | "failed")
+            } else {
+                s == "disabled"
+            }
+        };
+        let pending: Vec<&String> = states
+            .iter()
+            .filter(|(_, s)| !done(s.as_str().unwrap_or_default()))
+            .map(|(id, _)| id)
+            .collect();
+        if pending.is_empty() || std::time::Instant::now() >= deadline {
+            return json!({ "converged": pending.is_empty(), "workers": states, "pending": pending });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn send(app: &AppState, event: Event) {
@@ -290,7 +332,14 @@ async fn enable(
     Query(q): Query<GenerationQuery>,
 ) -> Response {
     let expected = expected_generation(&headers, &q);
-    set_enabled(&app, &name, true, &actor, expected).await
+    with_wait(
+        &app,
+        &name,
+        true,
+        q.wait.as_deref(),
+        set_enabled(&app, &name, true, &actor, expected).await,
+    )
+    .await
 }
 
 async fn disable(
@@ -301,7 +350,52 @@ async fn disable(
     Query(q): Query<GenerationQuery>,
 ) -> Response {
     let expected = expected_generation(&headers, &q);
-    set_enabled(&app, &name, false, &actor, expected).await
+    with_wait(
+        &app,
+        &name,
+        false,
+        q.wait.as_deref(),
+        set_enabled(&app, &name, false, &actor, expected).await,
+    )
+    .await
+}
+
+/// With `?wait=…`, holds a successful answer until the cluster converged (or the wait ran out)
+/// and adds what each worker runs.
+async fn with_wait(
+    app: &AppState,
+    name: &str,
+    enabled: bool,
+    wait: Option<&str>,
+    response: Response,
+) -> Response {
+    let Some(wait) = wait else {
+        return response;
+    };
+    let wait = match humantime::parse_duration(wait) {
+        Ok(w) => w.min(std::time::Duration::from_secs(60)),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid wait",
+                format!("{wait:?}: {e}"),
+            )
+        }
+    };
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            "cannot read the answer",
+        );
+    };
+    let mut answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    answer["convergence"] = converge(app, name, enabled, wait).await;
+    (parts.status, Json(answer)).into_response()
 }
 
 async fn action(app: &AppState, name: &str, actor: &Actor, what: &str) -> Response {

@@ -95,7 +95,11 @@ pub async fn heartbeat(app: Arc<AppState>) {
             }
             Err(_) => {}
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        // Report a change of state at once; otherwise every HEARTBEAT.
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = app.state_changed.notified() => {}
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub struct AppState {
     pub hook_timeout: std::time::Duration,
     /// This worker's identity in the cluster.
     pub worker: crate::cluster::Worker,
+    /// Woken when a plugin's state changes, so the heartbeat reports it at once.
+    pub state_changed: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             metrics: crate::metrics::RequestMetrics::default(),
             hook_timeout: std::time::Duration::from_secs(5),
             worker: crate::cluster::Worker::new(),
+            state_changed: tokio::sync::Notify::new(),
             store,
             admin_tokens,
             reconciler: std::sync::OnceLock::new(),

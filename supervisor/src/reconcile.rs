@@ -154,6 +154,8 @@ pub struct Reconciler {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     last_status: String,
+    /// The plugins' states at the last publish, to tell the heartbeat about changes.
+    last_states: String,
     watcher: Option<Watcher>,
     /// Numbers scheduled retries across all plugins, so a timer outliving its entry is stale.
     generations: u64,
@@ -193,6 +195,7 @@ impl Reconciler {
             tx,
             rx,
             last_status: String::new(),
+            last_states: String::new(),
             watcher: None,
             generations: 0,
             store,
@@ -745,6 +748,23 @@ impl Reconciler {
                 "plugd ready: {ready} plugins ready, {failed} failed"
             ));
             notify(&[sd_notify::NotifyState::Ready]);
+        }
+        let signature: Vec<(&str, &'static str, u64)> = self
+            .entries
+            .iter()
+            .map(|(name, e)| {
+                let state = e.slot.state();
+                let epoch = match &*state {
+                    PluginState::Ready(i) => i.epoch,
+                    _ => 0,
+                };
+                (name.as_str(), state.name(), epoch)
+            })
+            .collect();
+        let signature = format!("{signature:?}");
+        if signature != self.last_states {
+            self.last_states = signature;
+            self.app.state_changed.notify_one();
         }
         let status = format!("{ready} plugins ready, {failed} failed, {other} other");
         if status != self.last_status {

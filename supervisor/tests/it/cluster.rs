@@ -38,8 +38,21 @@ async fn a_toggle_on_one_worker_converges_on_all() {
     let c = worker(&url, &plugins).await;
     let all = [&a, &b, &c];
 
-    let (status, _) = admin(&a, reqwest::Method::POST, "/admin/plugins/echo/disable").await;
+    let (status, body) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/admin/plugins/echo/disable?wait=10s",
+    )
+    .await;
     assert_eq!(status, 200);
+    assert_eq!(body["convergence"]["converged"], true, "{body}");
+    assert_eq!(
+        body["convergence"]["workers"]
+            .as_object()
+            .expect("workers")
+            .len(),
+        3
+    );
     for w in all {
         w.wait_until("every worker disables it", || async {
             w.plugin_status("echo").await["state"] == "disabled"
@@ -111,4 +124,41 @@ async fn workers_started_together_run_a_migration_exactly_once() {
         .await
         .expect("rows");
     assert_eq!((applied, rows), (1, 1));
+}
+
+#[tokio::test]
+async fn a_listener_whose_connection_is_killed_resyncs() {
+    let url = crate::pg::fresh_database().await;
+    let plugins = [PluginDef::echo("echo", "")];
+    let a = worker(&url, &plugins).await;
+    let b = worker(&url, &plugins).await;
+    b.wait_until("b listens", || async {
+        b.logged(&["listening for changes of the desired state"])
+    })
+    .await;
+
+    // Cut every connection the workers have, the listeners' included.
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("terminate");
+    assert!(killed >= 2, "both listeners were connected");
+
+    let (status, _) = admin(&a, reqwest::Method::POST, "/admin/plugins/echo/disable").await;
+    assert_eq!(status, 200);
+    b.wait_until("b applies the change after reconnecting", || async {
+        b.plugin_status("echo").await["state"] == "disabled"
+    })
+    .await;
+    assert!(
+        b.logged(&["change listener"]),
+        "the lost connection is logged"
+    );
 }

@@ -544,7 +544,9 @@ async fn install(
     };
     let sha256 = crate::bundle::sha256(&body);
     let plugins_dir = app.plugins_dir.clone();
-    let placed = tokio::task::spawn_blocking(move || place_bundle(&body, &plugins_dir)).await;
+    let (bytes, sum) = (body.clone(), sha256.clone());
+    let placed =
+        tokio::task::spawn_blocking(move || crate::bundle::place(&bytes, &sum, &plugins_dir)).await;
     let (manifest, upgraded) = match placed {
         Ok(Ok(done)) => done,
         Ok(Err(detail)) => return error(StatusCode::BAD_REQUEST, "invalid bundle", detail),
@@ -556,6 +558,10 @@ async fn install(
             )
         }
     };
+    // Kept in the store, so every worker unpacks the same bytes.
+    if let Err(e) = app.store.save_bundle(&sha256, &manifest.name, &body).await {
+        return store_error(e);
+    }
     let action = if upgraded { "upgrade" } else { "install" };
     let record = match app
         .store
@@ -581,44 +587,6 @@ async fn install(
         })),
     )
         .into_response()
-}
-
-/// Unpacks into `.install-*` under the plugins directory, validates, and renames into place.
-fn place_bundle(
-    body: &[u8],
-    plugins_dir: &std::path::Path,
-) -> Result<(crate::manifest::Manifest, bool), String> {
-    let staging = plugins_dir.join(format!(".install-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-    let result = (|| {
-        let root = crate::bundle::unpack(body, &staging, crate::bundle::BundleLimits::default())?;
-        let manifest = crate::manifest::load(&root.join(crate::manifest::MANIFEST_FILE))
-            .map_err(|e| format!("the bundle's manifest is invalid: {}", e.message))?;
-        let target = plugins_dir.join(&manifest.name);
-        let upgraded = target.exists();
-        let old = plugins_dir.join(format!(
-            ".old-{}-{:016x}",
-            manifest.name,
-            rand::random::<u64>()
-        ));
-        if upgraded {
-            std::fs::rename(&target, &old)
-                .map_err(|e| format!("cannot move the old version aside: {e}"))?;
-        }
-        if let Err(e) = std::fs::rename(&root, &target) {
-            if upgraded {
-                let _ = std::fs::rename(&old, &target);
-            }
-            return Err(format!("cannot move the bundle into place: {e}"));
-        }
-        let _ = std::fs::remove_dir_all(&old);
-        let manifest = crate::manifest::load(&target.join(crate::manifest::MANIFEST_FILE))
-            .map_err(|e| e.to_string())?;
-        Ok((manifest, upgraded))
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    result
 }
 
 /// `DELETE /admin/plugins/{name}`: stops the plugin, removes its directory and its

@@ -226,6 +226,59 @@ fn unpack_tar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), S
     Ok(())
 }
 
+/// The file in an installed plugin's directory naming the bundle it came from.
+pub const MARKER: &str = ".bundle-sha256";
+
+/// Unpacks `body` into `.install-*` under the plugins directory, validates its manifest, and
+/// renames it into place as `<plugins_dir>/<name>` (moving an older version aside first), with
+/// a [`MARKER`] holding `sha256`. Returns the manifest and whether it replaced a version.
+pub fn place(
+    body: &[u8],
+    sha256: &str,
+    plugins_dir: &Path,
+) -> Result<(crate::manifest::Manifest, bool), String> {
+    let staging = plugins_dir.join(format!(".install-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let result = (|| {
+        let root = unpack(body, &staging, BundleLimits::default())?;
+        let manifest = crate::manifest::load(&root.join(crate::manifest::MANIFEST_FILE))
+            .map_err(|e| format!("the bundle's manifest is invalid: {}", e.message))?;
+        std::fs::write(root.join(MARKER), sha256)
+            .map_err(|e| format!("cannot mark the bundle: {e}"))?;
+        let target = plugins_dir.join(&manifest.name);
+        let upgraded = target.exists();
+        let old = plugins_dir.join(format!(
+            ".old-{}-{:016x}",
+            manifest.name,
+            rand::random::<u64>()
+        ));
+        if upgraded {
+            std::fs::rename(&target, &old)
+                .map_err(|e| format!("cannot move the old version aside: {e}"))?;
+        }
+        if let Err(e) = std::fs::rename(&root, &target) {
+            if upgraded {
+                let _ = std::fs::rename(&old, &target);
+            }
+            return Err(format!("cannot move the bundle into place: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+        let manifest = crate::manifest::load(&target.join(crate::manifest::MANIFEST_FILE))
+            .map_err(|e| e.to_string())?;
+        Ok((manifest, upgraded))
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// The sha256 of the bundle a plugin directory was installed from, if it was.
+pub fn installed_sha256(plugin_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(plugin_dir.join(MARKER))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// The sha256 of a bundle, in hex.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;

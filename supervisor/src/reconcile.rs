@@ -215,6 +215,7 @@ impl Reconciler {
                 self.plugins_dir.display()
             ),
         }
+        self.sync_all_bundles().await;
         self.rescan(false).await;
         let watchdog = sd_notify::watchdog_enabled();
         let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
@@ -629,16 +630,101 @@ impl Reconciler {
         });
     }
 
-    /// Brings one plugin in line with the store's enabled flag.
+    /// Makes the local copy of `name`'s bundle match the store: unpacks a bundle installed
+    /// through another worker (after checking its sha256), removes one uninstalled elsewhere.
+    /// Returns whether the plugins directory changed.
+    async fn sync_bundle(&self, name: &str, record: Option<&crate::store::PluginRecord>) -> bool {
+        let dir = self.plugins_dir.join(name);
+        let local = crate::bundle::installed_sha256(&dir);
+        let wanted = record.and_then(|r| r.bundle_sha256.clone());
+        match (wanted, local) {
+            (Some(want), have) if have.as_deref() != Some(want.as_str()) => {
+                let bytes = match self.store.bundle(&want).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => {
+                        tracing::error!(plugin = name, "bundle {want} is not in the store");
+                        return false;
+                    }
+                    Err(e) => {
+                        tracing::error!(plugin = name, "cannot fetch bundle {want}: {e:#}");
+                        return false;
+                    }
+                };
+                let got = crate::bundle::sha256(&bytes);
+                if got != want {
+                    tracing::error!(
+                        plugin = name,
+                        "bundle checksum mismatch: expected {want}, got {got}; not running it"
+                    );
+                    return false;
+                }
+                let plugins_dir = self.plugins_dir.clone();
+                let placed = tokio::task::spawn_blocking(move || {
+                    crate::bundle::place(&bytes, &want, &plugins_dir)
+                })
+                .await;
+                match placed {
+                    Ok(Ok(_)) => {
+                        tracing::info!(plugin = name, sha256 = %got, "installed the bundle from the store");
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(
+                            plugin = name,
+                            "cannot unpack the bundle from the store: {e}"
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            plugin = name,
+                            "cannot unpack the bundle from the store: {e}"
+                        );
+                        false
+                    }
+                }
+            }
+            (None, Some(_)) if record.is_none() => {
+                let trash = self
+                    .plugins_dir
+                    .join(format!(".trash-{name}-{:016x}", rand::random::<u64>()));
+                if std::fs::rename(&dir, &trash).is_ok() {
+                    let _ =
+                        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
+                    tracing::info!(plugin = name, "uninstalled through another worker; removed");
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Unpacks every bundle the store knows that this worker lacks (a worker joining later).
+    async fn sync_all_bundles(&self) {
+        if let Ok(records) = self.store.plugins().await {
+            for record in records.iter().filter(|r| r.bundle_sha256.is_some()) {
+                self.sync_bundle(&record.name, Some(record)).await;
+            }
+        }
+    }
+
+    /// Brings one plugin in line with the store: its bundle, then its enabled flag.
     async fn apply_desired(&mut self, name: &str) {
-        let enabled = match self.store.plugin(name).await {
-            Ok(Some(record)) => record.enabled,
-            Ok(None) => return,
+        let record = match self.store.plugin(name).await {
+            Ok(record) => record,
             Err(e) => {
                 tracing::error!(plugin = name, "cannot read the desired state: {e:#}");
                 return;
             }
         };
+        if self.sync_bundle(name, record.as_ref()).await {
+            Box::pin(self.rescan(false)).await;
+        }
+        let Some(record) = record else {
+            return;
+        };
+        let enabled = record.enabled;
         let grace = self.grace;
         let Some(entry) = self.entries.get_mut(name) else {
             return;

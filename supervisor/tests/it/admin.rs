@@ -230,7 +230,7 @@ async fn a_failing_plugin_migration_fails_that_plugin_only() {
 }
 
 /// A tar.gz bundle whose plugin runs the echo test plugin through a script in the bundle.
-fn bundle(name: &str, version: &str) -> Vec<u8> {
+pub fn bundle(name: &str, version: &str) -> Vec<u8> {
     let echo = crate::harness::workspace_bin("plugd-testkit-echo");
     let manifest = format!("name = {name:?}\nversion = {version:?}\ncommand = \"./run.sh\"\n");
     let script = format!("#!/bin/sh\nexec {} \"$@\"\n", echo.display());

@@ -162,3 +162,36 @@ async fn a_listener_whose_connection_is_killed_resyncs() {
         "the lost connection is logged"
     );
 }
+
+#[tokio::test]
+async fn a_bundle_installed_through_one_worker_is_served_by_all() {
+    let url = crate::pg::fresh_database().await;
+    let plugins = [PluginDef::echo("base", "")];
+    let a = worker(&url, &plugins).await;
+    let b = worker(&url, &plugins).await;
+    let r = a
+        .client
+        .post(a.url("/admin/plugins/install"))
+        .bearer_auth(ADMIN)
+        .body(crate::admin::bundle("shipped", "1.0.0"))
+        .send()
+        .await
+        .expect("install");
+    assert_eq!(r.status(), 201);
+    for w in [&a, &b] {
+        w.wait_until("every worker serves the installed plugin", || async {
+            w.get("/plugins/shipped/echo/1")
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+    assert!(b.dir.path().join("plugins/shipped/.bundle-sha256").exists());
+
+    let (status, _) = admin(&a, reqwest::Method::DELETE, "/admin/plugins/shipped").await;
+    assert_eq!(status, 200);
+    b.wait_until("the other worker removes it too", || async {
+        b.plugin_status("shipped").await.is_null() && !b.dir.path().join("plugins/shipped").exists()
+    })
+    .await;
+}

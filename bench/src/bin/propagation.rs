@@ -1,0 +1,123 @@
+//! Measures how fast a change made through one plugd worker is live on the others.
+//!
+//! Usage: `plugd-bench-propagation TOKEN URL_A URL_B [URL_C …]` with a plugin named `echo` on
+//! every worker. Prints p50 and p99 of the time from an admin change on A until every other
+//! worker runs the new state, over `ROUNDS` changes (default 100), then the sustained rate of
+//! changes per second with clients writing through every worker for `WRITE_SECONDS` (default 5).
+
+use std::time::{Duration, Instant};
+
+async fn state(client: &reqwest::Client, base: &str) -> String {
+    let Ok(r) = client.get(format!("{base}/readyz")).send().await else {
+        return String::new();
+    };
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    v["plugins"]["echo"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn toggle(client: &reqwest::Client, base: &str, token: &str, enable: bool) -> bool {
+    let verb = if enable { "enable" } else { "disable" };
+    client
+        .post(format!("{base}/admin/plugins/echo/{verb}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 3 {
+        eprintln!("usage: plugd-bench-propagation TOKEN URL_A URL_B [URL_C …]");
+        std::process::exit(2);
+    }
+    let (token, a, others) = (&args[0], &args[1], &args[2..]);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let seconds: u64 = std::env::var("WRITE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+
+    let mut latencies = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let enable = round % 2 == 1;
+        let want = if enable { "ready" } else { "disabled" };
+        let start = Instant::now();
+        assert!(
+            toggle(&client, a, token, enable).await,
+            "the change was refused"
+        );
+        let waits: Vec<_> = others
+            .iter()
+            .map(|base| {
+                let (client, base) = (client.clone(), base.clone());
+                tokio::spawn(async move {
+                    let deadline = start + Duration::from_secs(30);
+                    while state(&client, &base).await != want {
+                        assert!(Instant::now() < deadline, "{base} never converged");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for w in waits {
+            slowest = slowest.max(w.await.expect("waiter"));
+        }
+        latencies.push(slowest);
+    }
+    latencies.sort();
+    println!(
+        "propagation A -> {} other workers over {rounds} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        others.len(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+
+    // Sustained writes through every worker at once.
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let workers: Vec<String> = std::iter::once(a.clone())
+        .chain(others.iter().cloned())
+        .collect();
+    let clients = workers.iter().enumerate().map(|(i, base)| {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut enable = i % 2 == 0;
+            while Instant::now() < deadline {
+                if toggle(&client, &base, &token, enable).await {
+                    n += 1;
+                }
+                enable = !enable;
+            }
+            n
+        })
+    });
+    let mut total = 0;
+    for c in clients {
+        total += c.await.unwrap_or(0);
+    }
+    println!(
+        "sustained: {total} admin writes in {seconds} s through {} workers = {:.0} writes/s",
+        workers.len(),
+        total as f64 / seconds as f64
+    );
+}

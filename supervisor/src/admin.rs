@@ -262,13 +262,36 @@ async fn set_enabled(
     }
 }
 
-/// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`.
-fn expected_generation(headers: &axum::http::HeaderMap, query: &GenerationQuery) -> Option<i64> {
-    headers
-        .get(axum::http::header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
+/// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`. A header
+/// that is not a generation is refused rather than ignored: ignoring it would turn a
+/// conditional write into an unconditional one.
+#[allow(clippy::result_large_err)] // a Response, returned at once to the client
+fn expected_generation(
+    headers: &axum::http::HeaderMap,
+    query: &GenerationQuery,
+) -> Result<Option<i64>, Response> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(query.generation);
+    };
+    // `*` matches any current version (RFC 9110): no condition on the generation.
+    if value.as_bytes() == b"*" {
+        return Ok(query.generation);
+    }
+    value
+        .to_str()
+        .ok()
         .and_then(|v| v.trim().trim_matches('"').parse().ok())
-        .or(query.generation)
+        .map(Some)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad If-Match",
+                format!(
+                    "If-Match must be a generation such as \"3\" (the ETag of GET /admin/plugins/{{name}}), not {:?}",
+                    String::from_utf8_lossy(value.as_bytes())
+                ),
+            )
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,15 +354,7 @@ async fn enable(
     headers: axum::http::HeaderMap,
     Query(q): Query<GenerationQuery>,
 ) -> Response {
-    let expected = expected_generation(&headers, &q);
-    with_wait(
-        &app,
-        &name,
-        true,
-        q.wait.as_deref(),
-        set_enabled(&app, &name, true, &actor, expected).await,
-    )
-    .await
+    toggle(&app, &name, true, &actor, &headers, &q).await
 }
 
 async fn disable(
@@ -349,15 +364,24 @@ async fn disable(
     headers: axum::http::HeaderMap,
     Query(q): Query<GenerationQuery>,
 ) -> Response {
-    let expected = expected_generation(&headers, &q);
-    with_wait(
-        &app,
-        &name,
-        false,
-        q.wait.as_deref(),
-        set_enabled(&app, &name, false, &actor, expected).await,
-    )
-    .await
+    toggle(&app, &name, false, &actor, &headers, &q).await
+}
+
+/// Enable or disable: the conditional write, then the optional wait for convergence.
+async fn toggle(
+    app: &AppState,
+    name: &str,
+    enabled: bool,
+    actor: &Actor,
+    headers: &axum::http::HeaderMap,
+    q: &GenerationQuery,
+) -> Response {
+    let expected = match expected_generation(headers, q) {
+        Ok(expected) => expected,
+        Err(response) => return response,
+    };
+    let written = set_enabled(app, name, enabled, actor, expected).await;
+    with_wait(app, name, enabled, q.wait.as_deref(), written).await
 }
 
 /// With `?wait=…`, holds a successful answer until the cluster converged (or the wait ran out)

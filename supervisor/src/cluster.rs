@@ -104,44 +104,68 @@ pub async fn heartbeat(app: Arc<AppState>) {
 }
 
 /// Follows changes of the desired state made by any worker and hands them to the reconcile
-/// loop. PostgreSQL only: it uses LISTEN/NOTIFY, with a poll as fallback.
+/// loop. PostgreSQL only: it uses LISTEN/NOTIFY, with a poll as fallback and a liveness query
+/// on the listener's own connection, so one that went silent is noticed and replaced.
 pub async fn follow_changes(url: String, store: Store, handle: Handle) {
     // Start from the newest change: start-up already applied everything before it.
-    let mut last = newest(&store).await.unwrap_or(0);
-    let mut backoff = Duration::from_millis(200);
+    let mut cursor = Cursor {
+        last: newest(&store).await.unwrap_or(0),
+        failing: false,
+    };
+    let mut backoff = RECONNECT_MIN;
+    let mut lost_since: Option<std::time::Instant> = None;
     loop {
-        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+        let mut listener = match connect_listener(&url).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!("change listener cannot connect: {e}; retrying in {backoff:?}");
+                if lost_since.is_none() {
+                    lost_since = Some(std::time::Instant::now());
+                }
+                tracing::warn!("change listener cannot connect: {e:#}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                if handle.is_closed() {
+                    return;
+                }
                 continue;
             }
         };
-        // LISTEN first, then resync: nothing committed in between can be missed.
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!("change listener cannot LISTEN: {e}; reconnecting");
-            tokio::time::sleep(backoff).await;
-            continue;
+        backoff = RECONNECT_MIN;
+        match lost_since.take() {
+            Some(t) => tracing::info!(
+                "change listener connected again after {:.1?}; resyncing",
+                t.elapsed()
+            ),
+            None => tracing::info!("listening for changes of the desired state"),
         }
-        backoff = Duration::from_millis(200);
-        tracing::info!("listening for changes of the desired state");
-        resync(&store, &handle, &mut last).await;
+        resync(&store, &handle, &mut cursor).await;
+        let mut polls = 0u32;
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
-                    Ok(Some(_)) => resync(&store, &handle, &mut last).await,
+                    Ok(Some(_)) => resync(&store, &handle, &mut cursor).await,
                     Ok(None) => {
-                        tracing::warn!("change listener reconnected; resyncing");
-                        resync(&store, &handle, &mut last).await;
+                        tracing::warn!("change listener lost its connection; reconnecting");
+                        lost_since = Some(std::time::Instant::now());
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!("change listener lost its connection: {e}; reconnecting");
+                        lost_since = Some(std::time::Instant::now());
                         break;
                     }
                 },
-                _ = tokio::time::sleep(POLL) => resync(&store, &handle, &mut last).await,
+                _ = tokio::time::sleep(POLL) => {
+                    resync(&store, &handle, &mut cursor).await;
+                    polls += 1;
+                    if polls % LIVENESS_EVERY == 0 {
+                        if let Err(e) = alive(&mut listener).await {
+                            tracing::warn!("change listener went silent ({e}); reconnecting");
+                            lost_since = Some(std::time::Instant::now());
+                            break;
+                        }
+                    }
+                }
             }
             if handle.is_closed() {
                 return;
@@ -150,19 +174,72 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
     }
 }
 
+/// First wait between listener reconnects; doubled after each failure up to [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between listener reconnects.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How long one connection attempt of the listener may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The liveness query runs every this many polls.
+const LIVENESS_EVERY: u32 = 5;
+
+/// Connects a listener and LISTENs. Its pool of one is bounded in time, unlike the one
+/// `PgListener::connect` makes, so an outage costs at most a backoff step, not half a minute.
+async fn connect_listener(url: &str) -> anyhow::Result<sqlx::postgres::PgListener> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy(url)?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    // A lost connection is reported (`Ok(None)`), not mended inside `try_recv`: a reconnect
+    // there would be cancelled by every poll, and the loop here reconnects with backoff.
+    listener.eager_reconnect(false);
+    // LISTEN first, then resync: nothing committed in between can be missed.
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// A round trip on the listener's own connection, bounded in time.
+async fn alive(listener: &mut sqlx::postgres::PgListener) -> anyhow::Result<()> {
+    tokio::time::timeout(CONNECT_TIMEOUT, sqlx::query("SELECT 1").execute(listener))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+    Ok(())
+}
+
 async fn newest(store: &Store) -> Option<i64> {
     store.changes_since(0).await.ok().map(|(v, _)| v)
 }
 
-/// Reads the changes after `last` and asks the loop to apply each changed plugin.
-async fn resync(store: &Store, handle: &Handle, last: &mut i64) {
-    match store.changes_since(*last).await {
+/// How far this worker has read the `changes` table.
+struct Cursor {
+    /// The newest change version applied.
+    last: i64,
+    /// Whether the last read failed (so a failure streak is logged once, and its end).
+    failing: bool,
+}
+
+/// Reads the changes after the cursor and asks the loop to apply each changed plugin.
+async fn resync(store: &Store, handle: &Handle, cursor: &mut Cursor) {
+    match store.changes_since(cursor.last).await {
         Ok((version, plugins)) => {
-            *last = version;
+            if std::mem::take(&mut cursor.failing) {
+                tracing::info!(
+                    "changes readable again; resynced from version {}",
+                    cursor.last
+                );
+            }
+            cursor.last = version;
             for name in plugins {
                 handle.send(Event::Desired { name });
             }
         }
-        Err(e) => tracing::warn!("cannot read changes: {e:#}"),
+        Err(e) if !cursor.failing => {
+            tracing::warn!("cannot read changes: {e:#}; serving on with the last known state");
+            cursor.failing = true;
+        }
+        Err(_) => {}
     }
 }

@@ -90,6 +90,9 @@ pub enum Event {
 /// Lines of a plugin's output logged when it goes down.
 const LAST_WORDS: usize = 5;
 
+/// How long to wait before reading a plugin's desired state again after the store failed.
+const DESIRED_RETRY: Duration = Duration::from_secs(2);
+
 /// The loop's handle: cloneable, cheap, usable from any task.
 #[derive(Debug, Clone)]
 pub struct Handle {
@@ -714,7 +717,17 @@ impl Reconciler {
         let record = match self.store.plugin(name).await {
             Ok(record) => record,
             Err(e) => {
-                tracing::error!(plugin = name, "cannot read the desired state: {e:#}");
+                // The store is away: keep running what runs, and try again later, so a change
+                // that was announced is not lost with the failed read.
+                tracing::warn!(
+                    plugin = name,
+                    "cannot read the desired state: {e:#}; keeping the current state, retrying in {DESIRED_RETRY:?}"
+                );
+                let (tx, name) = (self.tx.clone(), name.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep(DESIRED_RETRY).await;
+                    let _ = tx.send(Event::Desired { name });
+                });
                 return;
             }
         };

@@ -164,9 +164,11 @@ impl Store {
 
     /// Checks the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        // Bounded well below the pool's acquire timeout: a probe must answer quickly.
+        const PING: Duration = Duration::from_secs(1);
+        tokio::time::timeout(PING, sqlx::query("SELECT 1").execute(&self.pool))
             .await
+            .map_err(|_| anyhow::anyhow!("the store does not answer within {PING:?}"))?
             .context("the store does not answer")?;
         Ok(())
     }
@@ -212,12 +214,8 @@ impl Store {
 
     /// One plugin's record.
     pub async fn plugin(&self, name: &str) -> anyhow::Result<Option<PluginRecord>> {
-        let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1");
-        let row = sqlx::query(&sql)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(plugin_from_row).transpose()?)
+        let mut conn = self.pool.acquire().await?;
+        read_plugin(&mut conn, name).await
     }
 
     /// Every registered plugin, by name.
@@ -256,8 +254,11 @@ impl Store {
             insert_change(&mut tx, self.backend, name, action, now).await?;
             insert_event(&mut tx, Some(name), actor, action, "", now).await?;
         }
+        // Read inside the transaction: the generation reported is the one this write made,
+        // not one a later writer made after the commit.
+        let record = read_plugin(&mut tx, name).await?;
         tx.commit().await?;
-        let Some(record) = self.plugin(name).await? else {
+        let Some(record) = record else {
             return Ok(SetOutcome::Unknown);
         };
         Ok(if updated == 1 {
@@ -735,6 +736,18 @@ pub const CHANNEL: &str = "plugd_changes";
 
 /// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
 /// plugin's name (sent when the transaction commits; the table stays the truth).
+async fn read_plugin(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+) -> anyhow::Result<Option<PluginRecord>> {
+    let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1");
+    let row = sqlx::query(&sql)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(plugin_from_row).transpose()?)
+}
+
 async fn insert_change(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,

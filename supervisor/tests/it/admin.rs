@@ -521,6 +521,20 @@ async fn a_change_naming_a_stale_generation_gets_409_with_the_current_value() {
     let fresh = body["current"]["generation"].as_i64().expect("generation");
     let (status, _) = post_with_generation(&sup, "/admin/plugins/echo/enable", fresh).await;
     assert_eq!(status, 200);
+
+    // An If-Match that is not a generation is refused, not taken as "no condition".
+    let bad = sup
+        .client
+        .post(sup.url("/admin/plugins/echo/disable"))
+        .bearer_auth(ADMIN)
+        .header("if-match", "\"v2\"")
+        .send()
+        .await
+        .expect("bad if-match");
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.expect("json");
+    assert_eq!(body["error"], "bad If-Match", "{body}");
+    assert_eq!(sup.plugin_status("echo").await["state"], "ready");
 }
 
 async fn post_with_generation(sup: &TestSupervisor, path: &str, generation: i64) -> (u16, Value) {

@@ -195,3 +195,229 @@ async fn a_bundle_installed_through_one_worker_is_served_by_all() {
     })
     .await;
 }
+
+/// One client's committed writes: (generation it made, enabled value it wrote).
+type Writes = Vec<(i64, bool)>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_toggles_through_several_workers_lose_no_update() {
+    let url = crate::pg::fresh_database().await;
+    let plugins = [PluginDef::echo("echo", "")];
+    let workers = [
+        worker(&url, &plugins).await,
+        worker(&url, &plugins).await,
+        worker(&url, &plugins).await,
+    ];
+    let (_, start) = admin(&workers[0], reqwest::Method::GET, "/admin/plugins/echo").await;
+    let (g0, initially) = (
+        start["generation"].as_i64().expect("generation"),
+        start["enabled"].as_bool().expect("enabled"),
+    );
+
+    // Four clients, each reading the plugin and flipping it with If-Match, through a different
+    // worker every round: read-modify-write races that only a conditional write survives.
+    let bases: Vec<String> = workers.iter().map(|w| w.url("")).collect();
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let bases = bases.clone();
+            let http = workers[0].client.clone();
+            tokio::spawn(async move {
+                let (mut writes, mut conflicts): (Writes, u32) = (Vec::new(), 0);
+                for round in 0..12 {
+                    let base = &bases[(client + round) % bases.len()];
+                    let current: Value = http
+                        .get(format!("{base}/admin/plugins/echo"))
+                        .bearer_auth(ADMIN)
+                        .send()
+                        .await
+                        .expect("read")
+                        .json()
+                        .await
+                        .expect("json");
+                    let flip = !current["enabled"].as_bool().expect("enabled");
+                    let action = if flip { "enable" } else { "disable" };
+                    let r = http
+                        .post(format!("{base}/admin/plugins/echo/{action}"))
+                        .bearer_auth(ADMIN)
+                        .header("If-Match", format!("\"{}\"", current["generation"]))
+                        .send()
+                        .await
+                        .expect("write");
+                    let status = r.status().as_u16();
+                    let body: Value = r.json().await.expect("json");
+                    match status {
+                        200 => {
+                            assert_eq!(body["changed"], true, "{body}");
+                            writes.push((body["generation"].as_i64().expect("gen"), flip));
+                        }
+                        409 => {
+                            assert!(
+                                body["current"]["generation"].as_i64()
+                                    > current["generation"].as_i64(),
+                                "{body}"
+                            );
+                            conflicts += 1;
+                        }
+                        _ => panic!("unexpected answer {status}: {body}"),
+                    }
+                }
+                (writes, conflicts)
+            })
+        })
+        .collect();
+    let mut writes: Writes = Vec::new();
+    let mut conflicts = 0;
+    for c in clients {
+        let (w, n) = c.await.expect("client");
+        writes.extend(w);
+        conflicts += n;
+    }
+    assert!(!writes.is_empty());
+    writes.sort();
+
+    // Every committed write made its own generation, one after another, and each flipped the
+    // state the one before it left: none was lost or applied on a stale read.
+    let generations: Vec<i64> = writes.iter().map(|(g, _)| *g).collect();
+    let expected: Vec<i64> = (g0 + 1..=g0 + writes.len() as i64).collect();
+    assert_eq!(generations, expected, "{conflicts} conflicts");
+    let mut state = initially;
+    for (generation, enabled) in &writes {
+        assert_eq!(*enabled, !state, "write at generation {generation}");
+        state = *enabled;
+    }
+
+    // The store holds the last committed write, and every worker converges on it.
+    let (_, end) = admin(&workers[1], reqwest::Method::GET, "/admin/plugins/echo").await;
+    assert_eq!(end["generation"], g0 + writes.len() as i64);
+    assert_eq!(end["enabled"], state);
+    let want = if state { "ready" } else { "disabled" };
+    for w in &workers {
+        w.wait_until("every worker runs the last committed state", || async {
+            w.plugin_status("echo").await["state"] == want
+        })
+        .await;
+    }
+    workers[2]
+        .wait_until("the cluster view agrees", || async {
+            let (_, view) = admin(&workers[2], reqwest::Method::GET, "/admin/plugins/echo").await;
+            view["workers"]
+                .as_object()
+                .is_some_and(|w| w.len() == 3 && w.values().all(|s| s["state"] == want))
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_after() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    // A server of this test's own, since it is stopped and started again.
+    let cluster = tokio::task::spawn_blocking(crate::pg::Cluster::start_new)
+        .await
+        .expect("cluster");
+    let url = crate::pg::database_on(&cluster.url()).await;
+    let plugins = [PluginDef::echo("echo", "")];
+    let workers = [
+        worker(&url, &plugins).await,
+        worker(&url, &plugins).await,
+        worker(&url, &plugins).await,
+    ];
+    for w in &workers {
+        w.wait_until("the worker listens", || async {
+            w.logged(&["listening for changes of the desired state"])
+        })
+        .await;
+    }
+
+    // Requests flow through every worker for the whole outage.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            let (http, route) = (w.client.clone(), w.url("/plugins/echo/echo/1"));
+            let (stop, served) = (stop.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match http.get(&route).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => failures.push(format!("status {}", r.status())),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop())
+        .await
+        .expect("stop PostgreSQL");
+    let during = served.load(Ordering::SeqCst);
+
+    // Admin writes are refused with a clear answer, and readiness says why.
+    let (status, body) = admin(
+        &workers[0],
+        reqwest::Method::POST,
+        "/admin/plugins/echo/disable",
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "store unavailable", "{body}");
+    let ready = workers[1].get("/readyz").await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.expect("json");
+    assert_ne!(ready["store"], "ok", "{ready}");
+    assert_eq!(ready["plugins"]["echo"]["state"], "ready", "{ready}");
+
+    // Every worker notices and says so, and keeps serving meanwhile.
+    for w in &workers {
+        w.wait_until("the worker logs the outage", || async {
+            w.logged(&["change listener"]) && w.logged(&["cannot write the heartbeat"])
+        })
+        .await;
+    }
+    workers[0]
+        .wait_until("requests are served during the outage", || async {
+            served.load(Ordering::SeqCst) > during + 300
+        })
+        .await;
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start())
+        .await
+        .expect("start PostgreSQL");
+    for w in &workers {
+        w.wait_until("the listener reconnects and resyncs", || async {
+            w.logged(&["change listener connected again"])
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        let failures = l.await.expect("load");
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+    }
+    for w in &workers {
+        assert_eq!(w.plugin_status("echo").await["restarts"], 0);
+    }
+
+    // Writes work again and the cluster converges on them.
+    let (status, body) = admin(
+        &workers[2],
+        reqwest::Method::POST,
+        "/admin/plugins/echo/disable?wait=10s",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["convergence"]["converged"], true, "{body}");
+    for w in &workers {
+        assert_eq!(w.plugin_status("echo").await["state"], "disabled");
+    }
+}

@@ -2,14 +2,20 @@
 # Propagation across workers: three plugd workers on one throwaway PostgreSQL cluster (started
 # here from the machine's server binaries, as the postgres user when run as root). Prints p50
 # and p99 of the time from an admin change on worker A to the change being live on B and C,
-# and the sustained admin writes per second through all three. Settings: ROUNDS (100),
-# WRITE_SECONDS (5). Installs postgresql when absent.
+# and the sustained admin writes per second through all three. Then an outage: wrk drives the
+# three workers' plugin route while PostgreSQL is stopped for OUTAGE_SECONDS (5), and the script
+# prints the requests served and failed meanwhile and the time from PostgreSQL's return to an
+# admin change being live on every worker. Settings: ROUNDS (100), WRITE_SECONDS (5),
+# OUTAGE_SECONDS (5). Installs postgresql and wrk when absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+  apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
 fi
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 cargo build --release -q -p plugd -p plugd-testkit -p plugd-bench
@@ -31,16 +37,23 @@ mkdir -p "$work/pg"
 [ "$(id -u)" = 0 ] && chown postgres "$work/pg"
 pgport=$(free_port)
 as_pg "$pgbin/initdb" -D "$work/pg/data" -A trust -U postgres --no-sync >/dev/null
-as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
-  -o "-p $pgport -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null
+pg_start() {
+  as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
+    -o "-p $pgport -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null
+}
+pg_start
 url="postgres://postgres@127.0.0.1:$pgport/postgres"
 token="bench-token-0123456789abcdef"
 
 urls=()
 for w in a b c; do
-  mkdir -p "$work/$w/plugins/echo"
-  printf 'name = "echo"\nversion = "1"\ncommand = "%s"\n' "$PWD/target/release/plugd-testkit-echo" \
-    >"$work/$w/plugins/echo/plugin.toml"
+  # echo: toggled by the propagation benchmark, then serves the load during the outage.
+  # flip: toggled after the outage, so the load on echo is untouched.
+  for p in echo flip; do
+    mkdir -p "$work/$w/plugins/$p"
+    printf 'name = "%s"\nversion = "1"\ncommand = "%s"\n' "$p" "$PWD/target/release/plugd-testkit-echo" \
+      >"$work/$w/plugins/$p/plugin.toml"
+  done
   port=$(free_port)
   PLUGD_LOG=warn PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" target/release/plugd serve \
     --listen "127.0.0.1:$port" --plugins-dir "$work/$w/plugins" --data-dir "$work/$w/data" \
@@ -53,3 +66,44 @@ for w in a b c; do
   urls+=("http://127.0.0.1:$port")
 done
 target/release/plugd-bench-propagation "$token" "${urls[@]}"
+
+# The outage: every worker keeps serving while the database is away.
+wait_converged() {
+  for _ in $(seq 600); do
+    curl -sf -X POST -H "Authorization: Bearer $token" \
+      "${urls[0]}/admin/plugins/$1?wait=10s" | grep -q '"converged":true' && return 0
+    sleep 0.05
+  done
+  return 1
+}
+wait_converged echo/enable
+outage=${OUTAGE_SECONDS:-5}
+echo
+echo "database outage of ${outage}s under load (wrk -t1 -c8 on each worker's plugin route):"
+wrks=()
+for u in "${urls[@]}"; do
+  wrk -t1 -c8 -d"$((outage + 6))s" "$u/plugins/echo/echo/1" >"$work/wrk-${u##*:}" 2>&1 &
+  wrks+=($!)
+done
+sleep 2
+as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null
+down=$(date +%s%N)
+curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" \
+  "${urls[0]}/admin/plugins/flip/disable" >"$work/code" &
+sleep "$outage"
+pg_start
+back=$(date +%s%N)
+wait_converged flip/disable || { echo "the cluster did not converge after the outage" >&2; exit 1; }
+done_ns=$(date +%s%N)
+wait "${wrks[@]}"
+ok=0; bad=0
+for f in "$work"/wrk-*; do
+  n=$(awk '/requests in/ {print $1}' "$f")
+  e=$(awk '/Non-2xx/ {print $NF}' "$f"); e=${e:-0}
+  s=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$f"); s=${s:-0}
+  ok=$((ok + n - e)); bad=$((bad + e + s))
+  grep -E 'Non-2xx|Socket errors' "$f" | sed "s/^ */  ${f##*wrk-}: /" || true
+done
+echo "  admin write during the outage answered: $(cat "$work/code")"
+echo "  requests answered 2xx: $ok, failed (non-2xx or socket errors): $bad"
+echo "  from PostgreSQL back to a change live on every worker: $(((done_ns - back) / 1000000)) ms (outage $(((back - down) / 1000000)) ms)"

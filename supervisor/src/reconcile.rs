@@ -328,9 +328,10 @@ impl Reconciler {
                     }
                     start_instance(manifest, epoch, &ctx, logs, spawned).await
                 }
+                // The store being away is worth a retry with backoff; a wrong migration is not.
                 Err(e) => Err(StartError {
                     reason: format!("plugin migration: {e}"),
-                    fatal: true,
+                    fatal: !e.transient,
                 }),
             };
             let _ = tx.send(Event::Started {

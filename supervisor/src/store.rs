@@ -10,7 +10,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A boxed future that may move between threads.
@@ -31,6 +33,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Per plugin, the migration files (name, sha256) this process found applied.
+    verified: Arc<Mutex<HashMap<String, MigrationSums>>>,
 }
 
 /// A plugin as the store knows it.
@@ -141,7 +145,11 @@ impl Store {
             .connect(&url)
             .await
             .with_context(|| format!("cannot open the {backend:?} store at {}", redact(&url)))?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            verified: Arc::default(),
+        })
     }
 
     /// Which database this is.
@@ -366,34 +374,34 @@ impl Store {
     /// Applies the plugin's `migrations/*.sql` in name order, each in its own transaction and
     /// recorded with its sha256. An applied migration whose file changed is refused; a failing
     /// one is rolled back and its error returned. Returns how many were applied now.
+    ///
+    /// A set of files this process already found applied is not checked again, so a plugin
+    /// restarted while the database is away starts without it.
     pub fn migrate_plugin<'a>(
         &'a self,
         plugin: &'a str,
         dir: &'a Path,
-    ) -> BoxFuture<'a, Result<usize, String>> {
+    ) -> BoxFuture<'a, Result<usize, MigrationError>> {
         // Boxed as `Send` here, where the borrows are concrete: callers spawn this future.
         Box::pin(self.migrate_plugin_now(plugin, dir))
     }
 
-    async fn migrate_plugin_now(&self, plugin: &str, dir: &Path) -> Result<usize, String> {
-        let dir = dir.join("migrations");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(0);
-        };
-        let mut files: Vec<_> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-            .collect();
+    async fn migrate_plugin_now(&self, plugin: &str, dir: &Path) -> Result<usize, MigrationError> {
+        let files = read_migrations(&dir.join("migrations")).map_err(MigrationError::fatal)?;
         if files.is_empty() {
             return Ok(0);
         }
-        files.sort();
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| format!("cannot reach the store: {e}"))?;
+        let sums: MigrationSums = files
+            .iter()
+            .map(|m| (m.id.clone(), m.checksum.clone()))
+            .collect();
+        if self.lock_verified().get(plugin) == Some(&sums) {
+            return Ok(0);
+        }
+        let mut conn =
+            self.pool.acquire().await.map_err(|e| {
+                MigrationError::from_sqlx(format!("cannot reach the store: {e}"), &e)
+            })?;
         // On PostgreSQL every worker starting this plugin gets here: one runs the migrations
         // under a cluster-wide advisory lock, the others wait for it, then find them applied.
         let lock_key = format!("plugd:migrate:{plugin}");
@@ -402,7 +410,9 @@ impl Store {
                 .bind(&lock_key)
                 .execute(&mut *conn)
                 .await
-                .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+                .map_err(|e| {
+                    MigrationError::from_sqlx(format!("cannot take the migration lock: {e}"), &e)
+                })?;
         }
         let result = apply_migrations(&mut conn, plugin, &files).await;
         if self.backend == Backend::Postgres {
@@ -411,63 +421,152 @@ impl Store {
                 .execute(&mut *conn)
                 .await;
         }
+        if result.is_ok() {
+            self.lock_verified().insert(plugin.to_owned(), sums);
+        }
         result
     }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, MigrationSums>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a plugin's migrations did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationError {
+    /// What went wrong, naming the migration.
+    pub message: String,
+    /// The store could not be reached: trying again later may succeed. Otherwise the
+    /// migrations themselves are wrong and this version of the plugin cannot run.
+    pub transient: bool,
+}
+
+impl MigrationError {
+    fn fatal(message: String) -> MigrationError {
+        MigrationError {
+            message,
+            transient: false,
+        }
+    }
+
+    fn from_sqlx(message: String, e: &sqlx::Error) -> MigrationError {
+        MigrationError {
+            message,
+            transient: is_connection_error(e),
+        }
+    }
+}
+
+impl std::fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether `e` says the database could not be reached (rather than that a statement was
+/// wrong): I/O, pool timeouts, and PostgreSQL's connection-exception (08) and
+/// operator-intervention (57P) classes, which a server shutting down sends.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// A plugin's migration files as (file name, sha256), in order.
+type MigrationSums = Vec<(String, String)>;
+
+/// One migration file, read and summed.
+struct MigrationFile {
+    id: String,
+    sql: String,
+    checksum: String,
+}
+
+/// The `*.sql` files in `dir`, in name order; none when there is no such directory.
+fn read_migrations(dir: &Path) -> Result<Vec<MigrationFile>, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let sql = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read migration {}: {e}", path.display()))?;
+            Ok(MigrationFile {
+                id: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                checksum: hex::encode(Sha256::digest(sql.as_bytes())),
+                sql,
+            })
+        })
+        .collect()
 }
 
 async fn apply_migrations(
     conn: &mut sqlx::AnyConnection,
     plugin: &str,
-    files: &[std::path::PathBuf],
-) -> Result<usize, String> {
+    files: &[MigrationFile],
+) -> Result<usize, MigrationError> {
     use sqlx::Connection;
+    let failed =
+        |what: String| move |e: sqlx::Error| MigrationError::from_sqlx(format!("{what}: {e}"), &e);
     let mut applied = 0;
-    for file in files {
-        let id = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let sql = std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read migration {}: {e}", file.display()))?;
-        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+    for MigrationFile { id, sql, checksum } in files {
         let known: Option<String> = sqlx::query_scalar(
             "SELECT checksum FROM plugin_migrations WHERE plugin = $1 AND migration = $2",
         )
         .bind(plugin)
-        .bind(&id)
+        .bind(id)
         .fetch_optional(&mut *conn)
         .await
-        .map_err(|e| format!("cannot read applied migrations: {e}"))?;
+        .map_err(failed("cannot read applied migrations".into()))?;
         match known {
-            Some(sum) if sum == checksum => continue,
+            Some(sum) if sum == *checksum => continue,
             Some(sum) => {
-                return Err(format!(
+                return Err(MigrationError::fatal(format!(
                     "migration {id} was applied with checksum {sum} but the file now has checksum {checksum}; applied migrations must not change"
-                ))
+                )))
             }
             None => {}
         }
         let mut tx = conn
             .begin()
             .await
-            .map_err(|e| format!("cannot start a transaction: {e}"))?;
-        if let Err(e) = (&mut *tx).execute(sql.as_str()).await {
-            // Dropping the transaction rolls it back.
-            return Err(format!("migration {id} failed and was rolled back: {e}"));
-        }
+            .map_err(failed("cannot start a transaction".into()))?;
+        // Dropping the transaction rolls it back.
+        (&mut *tx)
+            .execute(sql.as_str())
+            .await
+            .map_err(failed(format!("migration {id} failed and was rolled back")))?;
         sqlx::query(
             "INSERT INTO plugin_migrations (plugin, migration, checksum, applied_ms) VALUES ($1, $2, $3, $4)",
         )
         .bind(plugin)
-        .bind(&id)
-        .bind(&checksum)
+        .bind(id)
+        .bind(checksum)
         .bind(now_ms())
         .execute(&mut *tx)
         .await
-        .map_err(|e| format!("cannot record migration {id}: {e}"))?;
+        .map_err(failed(format!("cannot record migration {id}")))?;
         tx.commit()
             .await
-            .map_err(|e| format!("cannot commit migration {id}: {e}"))?;
+            .map_err(failed(format!("cannot commit migration {id}")))?;
         applied += 1;
     }
     Ok(applied)

@@ -317,7 +317,13 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
         .await
         .expect("cluster");
     let url = crate::pg::database_on(&cluster.url()).await;
-    let plugins = [PluginDef::echo("echo", "")];
+    let plugins = [
+        PluginDef::echo("echo", ""),
+        PluginDef::echo("migrated", "").with_file(
+            "migrations/001_items.sql",
+            "CREATE TABLE migrated_items (id BIGINT PRIMARY KEY);",
+        ),
+    ];
     let workers = [
         worker(&url, &plugins).await,
         worker(&url, &plugins).await,
@@ -389,6 +395,22 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
         })
         .await;
 
+    // A plugin with migrations that crashes meanwhile comes back: this worker already found
+    // its migrations applied and does not need the database to start it again.
+    let crashed = workers[0].plugin_status("migrated").await;
+    let pid = crashed["pid"].as_i64().expect("pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the plugin");
+    workers[0]
+        .wait_until("the crashed plugin runs again", || async {
+            let s = workers[0].plugin_status("migrated").await;
+            s["state"] == "ready" && s["pid"] != pid
+        })
+        .await;
+
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || c.start())
         .await
@@ -406,6 +428,7 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
     }
     for w in &workers {
         assert_eq!(w.plugin_status("echo").await["restarts"], 0);
+        assert_eq!(w.plugin_status("migrated").await["state"], "ready");
     }
 
     // Writes work again and the cluster converges on them.

@@ -222,14 +222,23 @@ async fn plugin_migrations_apply_once_refuse_edits_and_roll_back_failures() {
             .await
             .expect_err("fails");
         assert!(
-            err.contains("003_bad.sql") && err.contains("no_such_table"),
+            err.message.contains("003_bad.sql") && err.message.contains("no_such_table"),
             "{b:?}: {err}"
         );
-        std::fs::remove_file(migrations.join("003_bad.sql")).expect("rm");
+        assert!(
+            !err.transient,
+            "{b:?}: a wrong statement is not worth a retry"
+        );
+        // The failure left nothing recorded: the fixed file applies, and its row is there once.
+        std::fs::write(
+            migrations.join("003_bad.sql"),
+            "INSERT INTO plug_items (id, name) VALUES (2, 'two');",
+        )
+        .expect("write");
         assert_eq!(
             store.migrate_plugin("plug", &plugin).await,
-            Ok(0),
-            "{b:?}: the failure left nothing recorded"
+            Ok(1),
+            "{b:?}: the failed migration was not recorded"
         );
 
         // An applied migration that changed is refused.
@@ -243,9 +252,10 @@ async fn plugin_migrations_apply_once_refuse_edits_and_roll_back_failures() {
             .await
             .expect_err("changed");
         assert!(
-            err.contains("002_seed.sql") && err.contains("must not change"),
+            err.message.contains("002_seed.sql") && err.message.contains("must not change"),
             "{b:?}: {err}"
         );
+        assert!(!err.transient);
     }
 }
 

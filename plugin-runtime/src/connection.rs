@@ -14,9 +14,9 @@ use futures_util::{FutureExt, StreamExt};
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
 use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
-use plugd_protocol::message::hook::{HookCall, HookInput};
-use plugd_protocol::message::http::{Http, HttpRequest};
-use plugd_protocol::message::service::{ServiceCall, ServiceInput, ServiceOutput};
+use plugd_protocol::message::hook::HookCall;
+use plugd_protocol::message::http::Http;
+use plugd_protocol::message::service::{ServiceCall, ServiceOutput};
 use plugd_protocol::message::{Method, NotificationKind};
 use plugd_protocol::{
     codes, ErrorObject, FrameCodec, Message, Notification, ProtocolVersion, Request as WireRequest,
@@ -320,23 +320,9 @@ async fn drain_and_stop<S: Send + Sync + 'static>(
 
 async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
     let id = req.id;
-    let params: HttpRequest = match req.decode_params::<Http>() {
-        Ok(p) => p,
-        Err(e) => {
-            return shared
-                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
-                .await
-        }
+    let Some(params) = admit::<S, Http>(shared, &req).await else {
+        return;
     };
-    if shared.draining.load(Ordering::SeqCst) {
-        return shared
-            .reply_error(
-                id,
-                codes::SHUTTING_DOWN,
-                "the plugin is shutting down".into(),
-            )
-            .await;
-    }
     let Some(route) = shared
         .routes
         .iter()
@@ -348,11 +334,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
     let route_name = params.route.clone();
     let request = Request::new(params, Host::new(shared.caller.clone(), 0));
     let handler_future = (route.handler)(request, shared.state.clone());
-    let task_shared = shared.clone();
-    let mut in_flight = shared.lock_in_flight();
-    // The task cannot finish before it is registered and counted: finish() needs this lock.
-    shared.count.send_modify(|n| *n += 1);
-    let task = tokio::spawn(async move {
+    spawn_tracked(shared, id, async move {
         let response = match AssertUnwindSafe(handler_future).catch_unwind().await {
             Ok(response) => response,
             Err(panic) => {
@@ -361,39 +343,43 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 HttpError::internal(format!("handler panicked: {what}")).into_response()
             }
         };
-        let max = task_shared.max_frame();
-        let frame = encode_response(id, &response.into_wire(), max).or_else(|e| {
-            tracing::error!(route = %route_name, "cannot send response: {e}");
-            encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
-        });
-        if let Ok(frame) = frame {
-            task_shared.send(frame).await;
-        }
-        task_shared.finish(id);
+        Ok(response.into_wire())
     });
-    in_flight.insert(id, task.abort_handle());
-    drop(in_flight);
 }
 
-async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
-    let id = req.id;
-    let input: HookInput = match req.decode_params::<HookCall>() {
+/// Decodes a request's parameters as method `M`'s and checks that the plugin still takes
+/// work; otherwise answers the error itself and gives `None`.
+async fn admit<S: Send + Sync + 'static, M: Method>(
+    shared: &Arc<Shared<S>>,
+    req: &WireRequest,
+) -> Option<M::Params> {
+    let params = match req.decode_params::<M>() {
         Ok(p) => p,
         Err(e) => {
-            return shared
-                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
-                .await
+            shared
+                .reply_error(req.id, codes::INVALID_PARAMS, e.to_string())
+                .await;
+            return None;
         }
     };
     if shared.draining.load(Ordering::SeqCst) {
-        return shared
+        shared
             .reply_error(
-                id,
+                req.id,
                 codes::SHUTTING_DOWN,
                 "the plugin is shutting down".into(),
             )
             .await;
+        return None;
     }
+    Some(params)
+}
+
+async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
+    let id = req.id;
+    let Some(input) = admit::<S, HookCall>(shared, &req).await else {
+        return;
+    };
     let Some(route) = shared.hooks.iter().find(|h| h.decl.name == input.hook) else {
         let message = format!("this plugin does not handle hook {:?}", input.hook);
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
@@ -418,23 +404,9 @@ async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
 
 async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
     let id = req.id;
-    let input: ServiceInput = match req.decode_params::<ServiceCall>() {
-        Ok(p) => p,
-        Err(e) => {
-            return shared
-                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
-                .await
-        }
+    let Some(input) = admit::<S, ServiceCall>(shared, &req).await else {
+        return;
     };
-    if shared.draining.load(Ordering::SeqCst) {
-        return shared
-            .reply_error(
-                id,
-                codes::SHUTTING_DOWN,
-                "the plugin is shutting down".into(),
-            )
-            .await;
-    }
     let Some((_, handler)) = shared
         .services
         .iter()
@@ -481,6 +453,7 @@ fn spawn_tracked<S, T>(
         let max = task_shared.max_frame();
         let frame = match work.await {
             Ok(value) => encode_response(id, &value, max).or_else(|e| {
+                tracing::error!(id, "cannot send the answer: {e}");
                 encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
             }),
             Err(error) => encode_error(id, &error, max),

@@ -490,12 +490,16 @@ impl Reconciler {
             .on_exit(&policy, Instant::now(), up_for, rand::random::<f64>())
         {
             Decision::RestartAfter(delay) => {
-                entry.slot.count_restart();
+                // The restart is counted after the state left `ready`: nobody reads the new
+                // count next to the old state.
                 self.generations += 1;
                 entry.retry_generation = self.generations;
                 if delay.is_zero() {
                     tracing::warn!(plugin = name, %reason, "plugin down; restarting now");
                     self.start(name);
+                    if let Some(entry) = self.entries.get(name) {
+                        entry.slot.count_restart();
+                    }
                     return;
                 }
                 let retry_at = SystemTime::now() + delay;
@@ -505,6 +509,7 @@ impl Reconciler {
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64),
                 });
+                entry.slot.count_restart();
                 let (tx, generation, name) =
                     (self.tx.clone(), entry.retry_generation, name.to_owned());
                 tokio::spawn(async move {

@@ -306,11 +306,20 @@ struct GenerationQuery {
 async fn converge(app: &AppState, name: &str, enabled: bool, wait: std::time::Duration) -> Value {
     let deadline = std::time::Instant::now() + wait;
     loop {
-        let workers = app
-            .store
-            .workers(crate::cluster::EXPIRY)
-            .await
-            .unwrap_or_default();
+        let workers = match app.store.workers(crate::cluster::EXPIRY).await {
+            Ok(workers) => workers,
+            // Not knowing the workers is not having converged.
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return json!({
+                    "converged": false,
+                    "error": format!("cannot read the workers: {e:#}"),
+                });
+            }
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let states: serde_json::Map<String, Value> = workers
             .iter()
             .map(|w| {

@@ -81,7 +81,7 @@ pub async fn heartbeat(app: Arc<AppState>) {
             seen_ms: 0,
             plugins: serde_json::Value::Object(plugins),
         };
-        match app.store.heartbeat(&record).await {
+        match bounded(app.store.heartbeat(&record)).await {
             Ok(()) if failing => {
                 tracing::info!("heartbeat written again: the store is back");
                 failing = false;
@@ -104,8 +104,8 @@ pub async fn heartbeat(app: Arc<AppState>) {
 }
 
 /// Follows changes of the desired state made by any worker and hands them to the reconcile
-/// loop. PostgreSQL only: it uses LISTEN/NOTIFY, with a poll as fallback and a liveness query
-/// on the listener's own connection, so one that went silent is noticed and replaced.
+/// loop. PostgreSQL only: it uses LISTEN/NOTIFY, with a poll as fallback and, at every poll, a
+/// liveness query on the listener's own connection, so one that went silent is replaced.
 pub async fn follow_changes(url: String, store: Store, handle: Handle) {
     // Start from the newest change: start-up already applied everything before it.
     let mut cursor = Cursor {
@@ -139,7 +139,6 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
             None => tracing::info!("listening for changes of the desired state"),
         }
         resync(&store, &handle, &mut cursor).await;
-        let mut polls = 0u32;
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
@@ -157,13 +156,10 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
                 },
                 _ = tokio::time::sleep(POLL) => {
                     resync(&store, &handle, &mut cursor).await;
-                    polls += 1;
-                    if polls % LIVENESS_EVERY == 0 {
-                        if let Err(e) = alive(&mut listener).await {
-                            tracing::warn!("change listener went silent ({e}); reconnecting");
-                            lost_since = Some(std::time::Instant::now());
-                            break;
-                        }
+                    if let Err(e) = alive(&mut listener).await {
+                        tracing::warn!("change listener went silent ({e}); reconnecting");
+                        lost_since = Some(std::time::Instant::now());
+                        break;
                     }
                 }
             }
@@ -174,14 +170,25 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
     }
 }
 
+/// The longest a heartbeat or a read of the changes may take. The pool bounds the wait for a
+/// connection, not a query on one that went silent mid-way (a partition, a host gone without
+/// a reset); this does, so the loops here carry on.
+const STORE_CALL: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(STORE_CALL, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("the store did not answer within {STORE_CALL:?}"))?
+}
+
 /// First wait between listener reconnects; doubled after each failure up to [`RECONNECT_MAX`].
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 /// Longest wait between listener reconnects.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How long one connection attempt of the listener may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The liveness query runs every this many polls.
-const LIVENESS_EVERY: u32 = 5;
 
 /// Connects a listener and LISTENs. Its pool of one is bounded in time, unlike the one
 /// `PgListener::connect` makes, so an outage costs at most a backoff step, not half a minute.
@@ -223,7 +230,7 @@ struct Cursor {
 
 /// Reads the changes after the cursor and asks the loop to apply each changed plugin.
 async fn resync(store: &Store, handle: &Handle, cursor: &mut Cursor) {
-    match store.changes_since(cursor.last).await {
+    match bounded(store.changes_since(cursor.last)).await {
         Ok((version, plugins)) => {
             if std::mem::take(&mut cursor.failing) {
                 tracing::info!(

@@ -416,9 +416,13 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
         .await
         .expect("start PostgreSQL");
     for w in &workers {
-        w.wait_until("the listener reconnects and resyncs", || async {
-            w.logged(&["change listener connected again"])
-        })
+        w.wait_until(
+            "the listener reconnects and the heartbeat resumes",
+            || async {
+                w.logged(&["change listener connected again"])
+                    && w.logged(&["heartbeat written again"])
+            },
+        )
         .await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -443,4 +447,31 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
     for w in &workers {
         assert_eq!(w.plugin_status("echo").await["state"], "disabled");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_connection_that_goes_silent_is_replaced() {
+    let url = crate::pg::fresh_database().await;
+    let (proxy, proxied) = crate::pg::SilentProxy::start(&url).await;
+    let plugins = [PluginDef::echo("echo", "")];
+    let a = worker(&url, &plugins).await;
+    let b = worker(&proxied, &plugins).await;
+    b.wait_until("b listens", || async {
+        b.logged(&["listening for changes of the desired state"])
+    })
+    .await;
+
+    // Every connection b has goes silent: no error, no reset, just nothing.
+    proxy.silence();
+    b.wait_until("b finds its listener silent", || async {
+        b.logged(&["change listener went silent"])
+    })
+    .await;
+    let (status, _) = admin(&a, reqwest::Method::POST, "/admin/plugins/echo/disable").await;
+    assert_eq!(status, 200);
+    b.wait_until("b applies the change over its new connection", || async {
+        b.plugin_status("echo").await["state"] == "disabled"
+    })
+    .await;
+    assert!(b.logged(&["change listener connected again"]));
 }

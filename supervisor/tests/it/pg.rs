@@ -224,3 +224,78 @@ pub async fn database_on(server: &str) -> String {
     let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
     format!("{base}/{name}")
 }
+
+/// A TCP proxy in front of a database server whose connections can be made to go silent:
+/// bytes stop flowing both ways while the sockets stay open, as in a network partition or
+/// with a host that vanished without a reset. Connections made afterwards flow normally.
+pub struct SilentProxy {
+    era: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl SilentProxy {
+    /// Starts a proxy to the server of `url`, and returns it with `url` rewritten to use it.
+    pub async fn start(url: &str) -> (SilentProxy, String) {
+        let (_, rest) = url.split_once('@').expect("a URL with user@host:port");
+        let server = rest.split('/').next().expect("host:port").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let era = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shared = era.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                let born = shared.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = upstream.into_split();
+                tokio::spawn(pipe(client_read, server_write, shared.clone(), born));
+                tokio::spawn(pipe(server_read, client_write, shared.clone(), born));
+            }
+        });
+        let proxied = url.replacen(
+            rest.split('/').next().unwrap_or_default(),
+            &addr.to_string(),
+            1,
+        );
+        (SilentProxy { era, accept }, proxied)
+    }
+
+    /// Every connection open now goes silent, for good.
+    pub fn silence(&self) {
+        self.era.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SilentProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies bytes one way until either side closes, or holds them (and the sockets) for ever
+/// once the proxy's era moved past the one the connection was made in.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    era: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if era.load(Ordering::SeqCst) != born {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

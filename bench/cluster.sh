@@ -70,8 +70,9 @@ target/release/plugd-bench-propagation "$token" "${urls[@]}"
 # The outage: every worker keeps serving while the database is away.
 wait_converged() {
   for _ in $(seq 600); do
-    curl -sf -X POST -H "Authorization: Bearer $token" \
-      "${urls[0]}/admin/plugins/$1?wait=10s" | grep -q '"converged":true' && return 0
+    # Not a pipe: under pipefail, grep -q leaving early could fail curl with SIGPIPE.
+    grep -q '"converged":true' <<<"$(curl -sf -X POST -H "Authorization: Bearer $token" \
+      "${urls[0]}/admin/plugins/$1?wait=10s")" && return 0
     sleep 0.05
   done
   return 1
@@ -88,9 +89,11 @@ done
 sleep 2
 as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null
 down=$(date +%s%N)
-curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" \
-  "${urls[0]}/admin/plugins/flip/disable" >"$work/code" &
+curl -s -o /dev/null -w '%{http_code}' --max-time "$outage" -X POST \
+  -H "Authorization: Bearer $token" "${urls[0]}/admin/plugins/flip/disable" >"$work/code" &
+during=$!
 sleep "$outage"
+wait "$during" || true
 pg_start
 back=$(date +%s%N)
 wait_converged flip/disable || { echo "the cluster did not converge after the outage" >&2; exit 1; }

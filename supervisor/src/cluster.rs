@@ -83,8 +83,12 @@ pub async fn heartbeat(app: Arc<AppState>) {
         };
         match bounded(app.store.heartbeat(&record)).await {
             Ok(()) if failing => {
-                tracing::info!("heartbeat written again: the store is back");
+                tracing::info!("heartbeat written again: the store is back; rescanning");
                 failing = false;
+                // Register what was discovered while the store was away.
+                if let Some(handle) = app.reconciler.get() {
+                    handle.send(Event::Rescan { requested: false });
+                }
             }
             Ok(()) => {}
             Err(e) if !failing => {
@@ -118,15 +122,25 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
         let mut listener = match connect_listener(&url).await {
             Ok(l) => l,
             Err(e) => {
-                if lost_since.is_none() {
-                    lost_since = Some(std::time::Instant::now());
+                // Logged at the first failure of a streak; the rest at debug level.
+                if backoff == RECONNECT_MIN {
+                    tracing::warn!(
+                        "change listener cannot connect: {e:#}; retrying with backoff up to {RECONNECT_MAX:?}"
+                    );
+                } else {
+                    tracing::debug!(
+                        "change listener cannot connect: {e:#}; retrying in {backoff:?}"
+                    );
                 }
-                tracing::warn!("change listener cannot connect: {e:#}; retrying in {backoff:?}");
+                lost_since.get_or_insert_with(std::time::Instant::now);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_MAX);
                 if handle.is_closed() {
                     return;
                 }
+                // The store may answer although the listener cannot connect (too many
+                // clients, say): poll meanwhile.
+                resync(&store, &handle, &mut cursor).await;
                 continue;
             }
         };
@@ -155,12 +169,14 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
                     }
                 },
                 _ = tokio::time::sleep(POLL) => {
-                    resync(&store, &handle, &mut cursor).await;
+                    // The listener first: a silent one is replaced without waiting for the
+                    // read of the changes, which may itself wait on the store.
                     if let Err(e) = alive(&mut listener).await {
                         tracing::warn!("change listener went silent ({e}); reconnecting");
                         lost_since = Some(std::time::Instant::now());
                         break;
                     }
+                    resync(&store, &handle, &mut cursor).await;
                 }
             }
             if handle.is_closed() {
@@ -193,6 +209,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connects a listener and LISTENs. Its pool of one is bounded in time, unlike the one
 /// `PgListener::connect` makes, so an outage costs at most a backoff step, not half a minute.
 async fn connect_listener(url: &str) -> anyhow::Result<sqlx::postgres::PgListener> {
+    tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_listener_now(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection within {:?}", CONNECT_TIMEOUT * 2))?
+}
+
+async fn connect_listener_now(url: &str) -> anyhow::Result<sqlx::postgres::PgListener> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)

@@ -246,6 +246,9 @@ pub struct StartError {
     pub reason: String,
     /// Whether a retry is pointless (command missing, protocol refused, …).
     pub fatal: bool,
+    /// The store could not be reached (to check the plugin's migrations): retry when it may
+    /// be back, without counting it against the plugin's restart policy.
+    pub store_away: bool,
 }
 
 /// A number that is new at every start, also across supervisor restarts: the time in
@@ -330,6 +333,7 @@ async fn start_in(
     let listener = UnixListener::bind(&socket).map_err(|e| StartError {
         reason: format!("cannot create socket {}: {e}", socket.display()),
         fatal: false,
+        store_away: false,
     })?;
     let spec = SpawnSpec {
         manifest: &manifest,
@@ -348,6 +352,7 @@ async fn start_in(
             return Err(StartError {
                 reason: e.message,
                 fatal: e.fatal,
+                store_away: false,
             });
         }
     };
@@ -380,15 +385,17 @@ async fn start_in(
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(ctx.handshake_timeout, connect_and_handshake) => match r {
-            Ok(r) => r.map_err(|e| StartError { reason: e.message, fatal: e.fatal }),
+            Ok(r) => r.map_err(|e| StartError { reason: e.message, fatal: e.fatal, store_away: false }),
             Err(_) => Err(StartError {
                 reason: format!("no handshake within {:?}", ctx.handshake_timeout),
                 fatal: false,
+                store_away: false,
             }),
         },
         reason = wait_exit(&mut exited) => Err(StartError {
             reason: format!("{reason} before completing the handshake"),
             fatal: false,
+            store_away: false,
         }),
     };
     drop(listener);

@@ -58,6 +58,13 @@ pub enum Event {
         /// Which scheduled retry this is; stale retries are ignored.
         generation: u64,
     },
+    /// Read a plugin's desired state again after the store failed; stale ones are ignored.
+    DesiredRetry {
+        /// Plugin name.
+        name: String,
+        /// Which scheduled retry this is.
+        generation: u64,
+    },
     /// Re-read the plugins directory: start new plugins, reload changed ones, stop removed ones.
     Rescan {
         /// Whether an operator asked for it (SIGHUP), which systemd is told about.
@@ -92,6 +99,15 @@ const LAST_WORDS: usize = 5;
 
 /// How long to wait before reading a plugin's desired state again after the store failed.
 const DESIRED_RETRY: Duration = Duration::from_secs(2);
+/// The longest the loop waits for a plugin's desired state: it has plugins to look after.
+const DESIRED_READ: Duration = Duration::from_secs(2);
+/// How long to wait before starting a plugin again whose start needed the unreachable store.
+const STORE_RETRY: Duration = Duration::from_secs(3);
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The loop's handle: cloneable, cheap, usable from any task.
 #[derive(Debug, Clone)]
@@ -162,6 +178,9 @@ pub struct Reconciler {
     watcher: Option<Watcher>,
     /// Numbers scheduled retries across all plugins, so a timer outliving its entry is stale.
     generations: u64,
+    /// Plugins whose desired state could not be read, with the number of the one pending
+    /// retry of each (so a failure streak is logged once and never runs two retry timers).
+    desired_retry: HashMap<String, u64>,
     store: Store,
 }
 
@@ -201,6 +220,7 @@ impl Reconciler {
             last_states: String::new(),
             watcher: None,
             generations: 0,
+            desired_retry: HashMap::new(),
             store,
         };
         (r, handle)
@@ -281,6 +301,11 @@ impl Reconciler {
                 }
             }
             Event::Desired { name } => self.apply_desired(&name).await,
+            Event::DesiredRetry { name, generation } => {
+                if self.desired_retry.get(&name) == Some(&generation) {
+                    self.apply_desired(&name).await;
+                }
+            }
             Event::Restart { name } => {
                 if let Some(entry) = self.entries.get_mut(&name) {
                     entry.restart.reset();
@@ -332,6 +357,7 @@ impl Reconciler {
                 Err(e) => Err(StartError {
                     reason: format!("plugin migration: {e}"),
                     fatal: !e.transient,
+                    store_away: e.transient,
                 }),
             };
             let _ = tx.send(Event::Started {
@@ -407,8 +433,34 @@ impl Reconciler {
                 }
                 entry.program = None;
             }
+            Err(e) if e.store_away => {
+                // Not the plugin's fault: wait for the store without using up its restarts.
+                entry.slot.set(PluginState::Backoff {
+                    reason: e.reason.clone(),
+                    retry_at_unix_ms: unix_ms(SystemTime::now() + STORE_RETRY),
+                });
+                tracing::warn!(
+                    plugin = %name, reason = %e.reason,
+                    "cannot start it yet; retrying in {STORE_RETRY:?}"
+                );
+                self.schedule_retry(name, STORE_RETRY);
+            }
             Err(e) => self.on_down(name, e.reason, e.fatal, None),
         }
+    }
+
+    /// Starts `name` again after `delay`, unless something else started or stopped it first.
+    fn schedule_retry(&mut self, name: &str, delay: Duration) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        self.generations += 1;
+        entry.retry_generation = self.generations;
+        let (tx, generation, name) = (self.tx.clone(), self.generations, name.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Event::RetryDue { name, generation });
+        });
     }
 
     fn on_instance(&mut self, name: &str, epoch: u64, event: InstanceEvent) {
@@ -502,20 +554,12 @@ impl Reconciler {
                     }
                     return;
                 }
-                let retry_at = SystemTime::now() + delay;
                 entry.slot.set(PluginState::Backoff {
                     reason,
-                    retry_at_unix_ms: retry_at
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
+                    retry_at_unix_ms: unix_ms(SystemTime::now() + delay),
                 });
                 entry.slot.count_restart();
-                let (tx, generation, name) =
-                    (self.tx.clone(), entry.retry_generation, name.to_owned());
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(Event::RetryDue { name, generation });
-                });
+                self.schedule_retry(name, delay);
             }
             Decision::GiveUp(why) => {
                 entry
@@ -544,15 +588,26 @@ impl Reconciler {
             tracing::error!("plugin skipped: {e}");
         }
         let mut seen = Vec::new();
+        // Once the store proved unreachable in this scan, the rest is not asked: each try
+        // would hold the loop for the pool's whole wait. The heartbeat rescans when it is back.
+        let mut store_away = false;
         for m in found.manifests {
             let name = m.name.clone();
             seen.push(name.clone());
             let program = program_stamp(&m);
             // The store says whether an admin wants it; if the store is away, keep what we had.
-            let enabled = match self.store.register(&m).await {
+            let registered = if store_away {
+                Err(anyhow::anyhow!("the store is unreachable"))
+            } else {
+                self.store.register(&m).await
+            };
+            let enabled = match registered {
                 Ok(record) => record.enabled,
                 Err(e) => {
-                    tracing::error!(plugin = %name, "{e:#}");
+                    if !store_away {
+                        tracing::error!(plugin = %name, "{e:#}; keeping the plugin as it is");
+                    }
+                    store_away = store_away || crate::store::is_unreachable(&e);
                     self.entries.get(&name).is_none_or(|e| e.enabled)
                 }
             };
@@ -615,13 +670,15 @@ impl Reconciler {
         if let Some(watcher) = &mut self.watcher {
             watcher.watch_programs(self.entries.values().map(|e| e.manifest.program()));
         }
-        match self.store.mark_missing(&seen).await {
-            Ok(missing) => {
-                for name in missing {
-                    tracing::warn!(plugin = %name, "registered plugin is missing from disk");
+        if !store_away {
+            match self.store.mark_missing(&seen).await {
+                Ok(missing) => {
+                    for name in missing {
+                        tracing::warn!(plugin = %name, "registered plugin is missing from disk");
+                    }
                 }
+                Err(e) => tracing::error!("{e:#}"),
             }
-            Err(e) => tracing::error!("{e:#}"),
         }
         self.publish_map();
     }
@@ -720,19 +777,34 @@ impl Reconciler {
 
     /// Brings one plugin in line with the store: its bundle, then its enabled flag.
     async fn apply_desired(&mut self, name: &str) {
-        let record = match self.store.plugin(name).await {
-            Ok(record) => record,
+        let read = tokio::time::timeout(DESIRED_READ, self.store.plugin(name)).await;
+        let record = match read.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the store did not answer within {DESIRED_READ:?}"
+            ))
+        }) {
+            Ok(record) => {
+                if self.desired_retry.remove(name).is_some() {
+                    tracing::info!(plugin = name, "desired state read again");
+                }
+                record
+            }
             Err(e) => {
-                // The store is away: keep running what runs, and try again later, so a change
-                // that was announced is not lost with the failed read.
-                tracing::warn!(
-                    plugin = name,
-                    "cannot read the desired state: {e:#}; keeping the current state, retrying in {DESIRED_RETRY:?}"
-                );
+                // The store is away: keep running what runs, and read again later, so a
+                // change that was announced is not lost with the failed read.
+                if !self.desired_retry.contains_key(name) {
+                    tracing::warn!(
+                        plugin = name,
+                        "cannot read the desired state: {e:#}; keeping the current state, retrying every {DESIRED_RETRY:?}"
+                    );
+                }
+                self.generations += 1;
+                let generation = self.generations;
+                self.desired_retry.insert(name.to_owned(), generation);
                 let (tx, name) = (self.tx.clone(), name.to_owned());
                 tokio::spawn(async move {
                     tokio::time::sleep(DESIRED_RETRY).await;
-                    let _ = tx.send(Event::Desired { name });
+                    let _ = tx.send(Event::DesiredRetry { name, generation });
                 });
                 return;
             }

@@ -28,6 +28,10 @@ pub enum Backend {
     Postgres,
 }
 
+/// The longest a caller waits for a connection: how soon an admin write gets its 503 when the
+/// database is away.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A handle to the store; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -130,7 +134,24 @@ impl Store {
         };
         let mut options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(5));
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        if backend == Backend::Postgres {
+            // sqlx checks a released connection with a ping that has no deadline; on one that
+            // went silent (a partition, a host gone without a reset) that would hold its pool
+            // slot for as long as the kernel keeps the socket. Check first, bounded; a failure
+            // closes the connection without further I/O.
+            options = options.after_release(|conn, _| {
+                Box::pin(async move {
+                    match tokio::time::timeout(Duration::from_secs(2), sqlx::Connection::ping(conn))
+                        .await
+                    {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(sqlx::Error::PoolTimedOut),
+                    }
+                })
+            });
+        }
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -462,6 +483,14 @@ impl std::fmt::Display for MigrationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// Whether a store error says the database could not be reached (see
+/// [`is_connection_error`]).
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .any(is_connection_error)
 }
 
 /// Whether `e` says the database could not be reached (rather than that a statement was
@@ -833,8 +862,7 @@ fn kv_from_row(row: &AnyRow) -> Result<KvItem, sqlx::Error> {
 /// The channel on which PostgreSQL workers hear of changes.
 pub const CHANNEL: &str = "plugd_changes";
 
-/// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
-/// plugin's name (sent when the transaction commits; the table stays the truth).
+/// One plugin's row, on any connection (a transaction's included).
 async fn read_plugin(
     conn: &mut sqlx::AnyConnection,
     name: &str,
@@ -847,6 +875,8 @@ async fn read_plugin(
     Ok(row.as_ref().map(plugin_from_row).transpose()?)
 }
 
+/// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
+/// plugin's name (sent when the transaction commits; the table stays the truth).
 async fn insert_change(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,

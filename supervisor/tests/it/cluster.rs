@@ -385,7 +385,8 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
     // Every worker notices and says so, and keeps serving meanwhile.
     for w in &workers {
         w.wait_until("the worker logs the outage", || async {
-            w.logged(&["change listener"]) && w.logged(&["cannot write the heartbeat"])
+            w.logged(&["change listener lost its connection"])
+                && w.logged(&["cannot write the heartbeat"])
         })
         .await;
     }
@@ -411,6 +412,31 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
         })
         .await;
 
+    // A plugin that appears meanwhile cannot have its migrations checked: it waits for the
+    // store, retrying without using up its restarts (one allowed here), and never fails.
+    PluginDef::echo("newcomer", "[restart]\nmax_restarts = 1\n")
+        .with_file(
+            "migrations/001_things.sql",
+            "CREATE TABLE newcomer_things (id BIGINT PRIMARY KEY);",
+        )
+        .install(&workers[1].dir.path().join("plugins"));
+    workers[1]
+        .wait_until_within(
+            "the newcomer waits for the store, twice",
+            std::time::Duration::from_secs(45),
+            || async { workers[1].logged_count(&["plugin=newcomer", "cannot start it yet"]) >= 2 },
+        )
+        .await;
+    let waiting = workers[1].plugin_status("newcomer").await;
+    assert_eq!(waiting["state"], "backoff", "{waiting}");
+    assert_eq!(waiting["restarts"], 0, "{waiting}");
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot reach the store")),
+        "{waiting}"
+    );
+
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || c.start())
         .await
@@ -434,6 +460,14 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
         assert_eq!(w.plugin_status("echo").await["restarts"], 0);
         assert_eq!(w.plugin_status("migrated").await["state"], "ready");
     }
+    workers[1]
+        .wait_until("the newcomer starts once the store is back", || async {
+            workers[1].plugin_status("newcomer").await["state"] == "ready"
+        })
+        .await;
+    let (status, newcomer) =
+        admin(&workers[1], reqwest::Method::GET, "/admin/plugins/newcomer").await;
+    assert_eq!(status, 200, "registered once the store is back: {newcomer}");
 
     // Writes work again and the cluster converges on them.
     let (status, body) = admin(
@@ -469,9 +503,11 @@ async fn a_listener_connection_that_goes_silent_is_replaced() {
     .await;
     let (status, _) = admin(&a, reqwest::Method::POST, "/admin/plugins/echo/disable").await;
     assert_eq!(status, 200);
-    b.wait_until("b applies the change over its new connection", || async {
-        b.plugin_status("echo").await["state"] == "disabled"
-    })
+    b.wait_until_within(
+        "b applies the change over its new connection",
+        std::time::Duration::from_secs(45),
+        || async { b.plugin_status("echo").await["state"] == "disabled" },
+    )
     .await;
     assert!(b.logged(&["change listener connected again"]));
 }

@@ -31,6 +31,22 @@ pub struct PluginDef {
 }
 
 impl PluginDef {
+    /// Writes the plugin's directory under `plugins_dir`: its files first, the manifest last,
+    /// so a watching plugd never sees the manifest without the rest.
+    pub fn install(&self, plugins_dir: &std::path::Path) {
+        let pd = plugins_dir.join(&self.name);
+        std::fs::create_dir_all(&pd).expect("plugin dir");
+        for (path, content) in &self.files {
+            let file = pd.join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            std::fs::write(file, content).expect("plugin file");
+        }
+        if let Some((_, target)) = self.manifest.split_once("# link -> ") {
+            std::os::unix::fs::symlink(target.trim(), pd.join("link")).expect("link");
+        }
+        std::fs::write(pd.join("plugin.toml"), &self.manifest).expect("manifest");
+    }
+
     /// A plugin run from a workspace binary, with extra manifest lines (such as `[limits]`).
     pub fn bin(name: &str, bin: &str, args: &[&str], extra: &str) -> PluginDef {
         let command = workspace_bin(bin);
@@ -172,17 +188,7 @@ impl TestSupervisor {
         }
         let plugins_dir = dir.path().join("plugins");
         for p in plugins {
-            let pd = plugins_dir.join(&p.name);
-            std::fs::create_dir_all(&pd).expect("plugin dir");
-            std::fs::write(pd.join("plugin.toml"), &p.manifest).expect("manifest");
-            for (path, content) in &p.files {
-                let file = pd.join(path);
-                std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-                std::fs::write(file, content).expect("plugin file");
-            }
-            if let Some((_, target)) = p.manifest.split_once("# link -> ") {
-                std::os::unix::fs::symlink(target.trim(), pd.join("link")).expect("link");
-            }
+            p.install(&plugins_dir);
         }
         std::fs::create_dir_all(&plugins_dir).expect("plugins dir");
         let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
@@ -254,9 +260,19 @@ impl TestSupervisor {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
+        self.wait_until_within(what, DEADLINE, check).await;
+    }
+
+    /// Polls `check` until it holds, failing the test after `deadline`: for conditions that
+    /// take several of plugd's own timeouts to come about.
+    pub async fn wait_until_within<F, Fut>(&self, what: &str, deadline: Duration, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let start = Instant::now();
         while !check().await {
-            if start.elapsed() > DEADLINE {
+            if start.elapsed() > deadline {
                 panic!("timed out waiting until {what}; log:\n{}", self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -291,9 +307,15 @@ impl TestSupervisor {
 
     /// Whether any line plugd logged contains every one of `parts`.
     pub fn logged(&self, parts: &[&str]) -> bool {
+        self.logged_count(parts) > 0
+    }
+
+    /// How many lines plugd logged that contain every one of `parts`.
+    pub fn logged_count(&self, parts: &[&str]) -> usize {
         let log = std::fs::read_to_string(self.dir.path().join("plugd.log")).unwrap_or_default();
         log.lines()
-            .any(|line| parts.iter().all(|p| line.contains(p)))
+            .filter(|line| parts.iter().all(|p| line.contains(p)))
+            .count()
     }
 
     /// The last lines plugd logged.

@@ -89,7 +89,7 @@ done
 sleep 2
 as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null
 down=$(date +%s%N)
-curl -s -o /dev/null -w '%{http_code}' --max-time "$outage" -X POST \
+curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
   -H "Authorization: Bearer $token" "${urls[0]}/admin/plugins/flip/disable" >"$work/code" &
 during=$!
 sleep "$outage"

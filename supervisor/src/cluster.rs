@@ -83,12 +83,8 @@ pub async fn heartbeat(app: Arc<AppState>) {
         };
         match bounded(app.store.heartbeat(&record)).await {
             Ok(()) if failing => {
-                tracing::info!("heartbeat written again: the store is back; rescanning");
+                tracing::info!("heartbeat written again: the store is back");
                 failing = false;
-                // Register what was discovered while the store was away.
-                if let Some(handle) = app.reconciler.get() {
-                    handle.send(Event::Rescan { requested: false });
-                }
             }
             Ok(()) => {}
             Err(e) if !failing => {

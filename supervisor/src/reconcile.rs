@@ -14,7 +14,7 @@ use crate::plugin::{
 };
 use crate::policy::{Decision, RestartState};
 use crate::proxy::AppState;
-use crate::store::Store;
+use crate::store::{PluginRecord, Store};
 use crate::watcher::Watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -65,6 +65,15 @@ pub enum Event {
         /// Which scheduled retry this is.
         generation: u64,
     },
+    /// A read of a plugin's desired state finished (it runs off the loop).
+    DesiredRead {
+        /// Plugin name.
+        name: String,
+        /// The plugin's record (none when it is not registered), or why it could not be read.
+        result: Result<Option<PluginRecord>, String>,
+    },
+    /// The store answers again after a rescan found it unreachable: rescan.
+    StoreBack,
     /// Re-read the plugins directory: start new plugins, reload changed ones, stop removed ones.
     Rescan {
         /// Whether an operator asked for it (SIGHUP), which systemd is told about.
@@ -99,8 +108,8 @@ const LAST_WORDS: usize = 5;
 
 /// How long to wait before reading a plugin's desired state again after the store failed.
 const DESIRED_RETRY: Duration = Duration::from_secs(2);
-/// The longest the loop waits for a plugin's desired state: it has plugins to look after.
-const DESIRED_READ: Duration = Duration::from_secs(2);
+/// The longest a read of a plugin's desired state may take (a connection may go silent).
+const DESIRED_READ: Duration = Duration::from_secs(10);
 /// How long to wait before starting a plugin again whose start needed the unreachable store.
 const STORE_RETRY: Duration = Duration::from_secs(3);
 
@@ -143,6 +152,8 @@ struct Entry {
     removed: bool,
     /// Whether an admin wants it running (from the store).
     enabled: bool,
+    /// Whether its waiting for the store to start it was logged (once per streak).
+    store_wait_logged: bool,
 }
 
 impl Entry {
@@ -158,6 +169,7 @@ impl Entry {
             retry_generation: 0,
             removed: false,
             enabled,
+            store_wait_logged: false,
         }
     }
 }
@@ -181,6 +193,11 @@ pub struct Reconciler {
     /// Plugins whose desired state could not be read, with the number of the one pending
     /// retry of each (so a failure streak is logged once and never runs two retry timers).
     desired_retry: HashMap<String, u64>,
+    /// Plugins whose desired state is being read, and whether another read was asked for
+    /// meanwhile: reads of one plugin run one at a time, so they are applied in order.
+    desired_reads: HashMap<String, bool>,
+    /// A rescan found the store unreachable and a probe waits for it to answer again.
+    rescan_waiting: bool,
     store: Store,
 }
 
@@ -221,6 +238,8 @@ impl Reconciler {
             watcher: None,
             generations: 0,
             desired_retry: HashMap::new(),
+            desired_reads: HashMap::new(),
+            rescan_waiting: false,
             store,
         };
         (r, handle)
@@ -280,7 +299,11 @@ impl Reconciler {
             Event::Instance { name, epoch, event } => self.on_instance(&name, epoch, event),
             Event::RetryDue { name, generation } => {
                 let due = self.entries.get(&name).is_some_and(|e| {
-                    e.retry_generation == generation && e.current.is_none() && e.starting.is_none()
+                    e.retry_generation == generation
+                        && e.enabled
+                        && !e.removed
+                        && e.current.is_none()
+                        && e.starting.is_none()
                 });
                 if due {
                     self.start(&name);
@@ -300,11 +323,17 @@ impl Reconciler {
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
-            Event::Desired { name } => self.apply_desired(&name).await,
+            Event::Desired { name } => self.read_desired(&name),
             Event::DesiredRetry { name, generation } => {
                 if self.desired_retry.get(&name) == Some(&generation) {
-                    self.apply_desired(&name).await;
+                    self.read_desired(&name);
                 }
+            }
+            Event::DesiredRead { name, result } => self.on_desired_read(&name, result).await,
+            Event::StoreBack => {
+                self.rescan_waiting = false;
+                tracing::info!("the store answers again; rescanning the plugins directory");
+                self.rescan(false).await;
             }
             Event::Restart { name } => {
                 if let Some(entry) = self.entries.get_mut(&name) {
@@ -327,6 +356,9 @@ impl Reconciler {
         };
         let epoch = plugin::next_epoch();
         entry.starting = Some(epoch);
+        // Any retry scheduled before this start is stale now.
+        self.generations += 1;
+        entry.retry_generation = self.generations;
         if entry.current.is_none() {
             entry.slot.set(PluginState::Starting);
         }
@@ -382,6 +414,9 @@ impl Reconciler {
             return;
         };
         entry.starting = None;
+        if result.is_ok() || result.as_ref().is_err_and(|e| !e.store_away) {
+            entry.store_wait_logged = false;
+        }
         match result {
             Ok(instance) => {
                 if entry.removed || !entry.enabled {
@@ -439,10 +474,14 @@ impl Reconciler {
                     reason: e.reason.clone(),
                     retry_at_unix_ms: unix_ms(SystemTime::now() + STORE_RETRY),
                 });
-                tracing::warn!(
-                    plugin = %name, reason = %e.reason,
-                    "cannot start it yet; retrying in {STORE_RETRY:?}"
-                );
+                if std::mem::replace(&mut entry.store_wait_logged, true) {
+                    tracing::debug!(plugin = %name, reason = %e.reason, "cannot start it yet; retrying in {STORE_RETRY:?}");
+                } else {
+                    tracing::warn!(
+                        plugin = %name, reason = %e.reason,
+                        "cannot start it yet; retrying every {STORE_RETRY:?}"
+                    );
+                }
                 self.schedule_retry(name, STORE_RETRY);
             }
             Err(e) => self.on_down(name, e.reason, e.fatal, None),
@@ -589,7 +628,7 @@ impl Reconciler {
         }
         let mut seen = Vec::new();
         // Once the store proved unreachable in this scan, the rest is not asked: each try
-        // would hold the loop for the pool's whole wait. The heartbeat rescans when it is back.
+        // would hold the loop for the pool's whole wait. A probe rescans when it is back.
         let mut store_away = false;
         for m in found.manifests {
             let name = m.name.clone();
@@ -601,20 +640,20 @@ impl Reconciler {
             } else {
                 self.store.register(&m).await
             };
-            let enabled = match registered {
-                Ok(record) => record.enabled,
+            let (enabled, record) = match registered {
+                Ok(record) => (record.enabled, Some(record)),
                 Err(e) => {
                     if !store_away {
                         tracing::error!(plugin = %name, "{e:#}; keeping the plugin as it is");
                     }
                     store_away = store_away || crate::store::is_unreachable(&e);
-                    self.entries.get(&name).is_none_or(|e| e.enabled)
+                    (self.entries.get(&name).is_none_or(|e| e.enabled), None)
                 }
             };
             if let Some(entry) = self.entries.get_mut(&name) {
                 if entry.enabled != enabled {
                     entry.enabled = enabled;
-                    self.apply_desired(&name).await;
+                    self.apply_desired(&name, record).await;
                     if !enabled {
                         continue;
                     }
@@ -670,7 +709,9 @@ impl Reconciler {
         if let Some(watcher) = &mut self.watcher {
             watcher.watch_programs(self.entries.values().map(|e| e.manifest.program()));
         }
-        if !store_away {
+        if store_away {
+            self.rescan_when_store_back();
+        } else {
             match self.store.mark_missing(&seen).await {
                 Ok(missing) => {
                     for name in missing {
@@ -776,18 +817,34 @@ impl Reconciler {
     }
 
     /// Brings one plugin in line with the store: its bundle, then its enabled flag.
-    async fn apply_desired(&mut self, name: &str) {
-        let read = tokio::time::timeout(DESIRED_READ, self.store.plugin(name)).await;
-        let record = match read.unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
-                "the store did not answer within {DESIRED_READ:?}"
-            ))
-        }) {
+    /// Reads a plugin's desired state off the loop; the answer comes back as `DesiredRead`.
+    fn read_desired(&mut self, name: &str) {
+        if let Some(again) = self.desired_reads.get_mut(name) {
+            *again = true;
+            return;
+        }
+        self.desired_reads.insert(name.to_owned(), false);
+        let (store, tx, name) = (self.store.clone(), self.tx.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(DESIRED_READ, store.plugin(&name)).await {
+                Ok(read) => read.map_err(|e| format!("{e:#}")),
+                Err(_) => Err(format!("the store did not answer within {DESIRED_READ:?}")),
+            };
+            let _ = tx.send(Event::DesiredRead { name, result });
+        });
+    }
+
+    async fn on_desired_read(&mut self, name: &str, result: Result<Option<PluginRecord>, String>) {
+        let again = self.desired_reads.remove(name).unwrap_or(false);
+        match result {
             Ok(record) => {
                 if self.desired_retry.remove(name).is_some() {
                     tracing::info!(plugin = name, "desired state read again");
                 }
-                record
+                if again {
+                    self.read_desired(name);
+                }
+                self.apply_desired(name, record).await;
             }
             Err(e) => {
                 // The store is away: keep running what runs, and read again later, so a
@@ -795,7 +852,7 @@ impl Reconciler {
                 if !self.desired_retry.contains_key(name) {
                     tracing::warn!(
                         plugin = name,
-                        "cannot read the desired state: {e:#}; keeping the current state, retrying every {DESIRED_RETRY:?}"
+                        "cannot read the desired state: {e}; keeping the current state, retrying every {DESIRED_RETRY:?}"
                     );
                 }
                 self.generations += 1;
@@ -806,9 +863,33 @@ impl Reconciler {
                     tokio::time::sleep(DESIRED_RETRY).await;
                     let _ = tx.send(Event::DesiredRetry { name, generation });
                 });
-                return;
             }
-        };
+        }
+    }
+
+    /// Probes the store off the loop until it answers, then asks for a rescan (`StoreBack`);
+    /// one probe at a time.
+    fn rescan_when_store_back(&mut self) {
+        if std::mem::replace(&mut self.rescan_waiting, true) {
+            return;
+        }
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STORE_RETRY).await;
+                if store.ping().await.is_ok() {
+                    let _ = tx.send(Event::StoreBack);
+                    return;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Brings a plugin to the desired state in `record` (none: not registered, or gone).
+    async fn apply_desired(&mut self, name: &str, record: Option<PluginRecord>) {
         if self.sync_bundle(name, record.as_ref()).await {
             Box::pin(self.rescan(false)).await;
         }

@@ -138,8 +138,9 @@ impl Store {
         if backend == Backend::Postgres {
             // sqlx checks a released connection with a ping that has no deadline; on one that
             // went silent (a partition, a host gone without a reset) that would hold its pool
-            // slot for as long as the kernel keeps the socket. Check first, bounded; a failure
-            // closes the connection without further I/O.
+            // slot for as long as the kernel keeps the socket. This bounded ping runs first;
+            // a failure closes the connection without further I/O. A healthy connection gets
+            // sqlx's ping as well (one more round trip per release, in the background).
             options = options.after_release(|conn, _| {
                 Box::pin(async move {
                     match tokio::time::timeout(Duration::from_secs(2), sqlx::Connection::ping(conn))

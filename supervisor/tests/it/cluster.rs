@@ -385,7 +385,8 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
     // Every worker notices and says so, and keeps serving meanwhile.
     for w in &workers {
         w.wait_until("the worker logs the outage", || async {
-            w.logged(&["change listener lost its connection"])
+            (w.logged(&["change listener lost its connection"])
+                || w.logged(&["change listener went silent"]))
                 && w.logged(&["cannot write the heartbeat"])
         })
         .await;
@@ -465,9 +466,17 @@ async fn a_database_outage_leaves_serving_untouched_and_the_cluster_converges_af
             workers[1].plugin_status("newcomer").await["state"] == "ready"
         })
         .await;
-    let (status, newcomer) =
-        admin(&workers[1], reqwest::Method::GET, "/admin/plugins/newcomer").await;
-    assert_eq!(status, 200, "registered once the store is back: {newcomer}");
+    workers[1]
+        .wait_until(
+            "the newcomer is registered once the store is back",
+            || async {
+                admin(&workers[1], reqwest::Method::GET, "/admin/plugins/newcomer")
+                    .await
+                    .0
+                    == 200
+            },
+        )
+        .await;
 
     // Writes work again and the cluster converges on them.
     let (status, body) = admin(

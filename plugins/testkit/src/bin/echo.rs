@@ -115,8 +115,14 @@ fn with_hooks(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
                     "echo" => HookReply::Value(event.payload),
                     "record" => {
                         let key = format!("hook:{}", event.hook);
-                        let _ = event.host.kv().set(&key, event.payload.to_string()).await;
-                        HookReply::Pass
+                        match event.host.kv().set(&key, event.payload.to_string()).await {
+                            Ok(_) => HookReply::Pass,
+                            Err(e) => {
+                                // Said out loud: a test waiting for the record shows why.
+                                eprintln!("cannot record {key}: {e}");
+                                HookReply::Reject(format!("cannot record {key}: {e}"))
+                            }
+                        }
                     }
                     "pass" => HookReply::Pass,
                     "hang" => std::future::pending().await,

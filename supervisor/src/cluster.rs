@@ -11,7 +11,7 @@
 use crate::plugin::PluginState;
 use crate::proxy::AppState;
 use crate::reconcile::{Event, Handle};
-use crate::store::{Store, WorkerRecord, CHANNEL};
+use crate::store::{self, Store, WorkerRecord, CHANNEL};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -81,7 +81,7 @@ pub async fn heartbeat(app: Arc<AppState>) {
             seen_ms: 0,
             plugins: serde_json::Value::Object(plugins),
         };
-        match bounded(app.store.heartbeat(&record)).await {
+        match store::bounded(STORE_CALL, app.store.heartbeat(&record)).await {
             Ok(()) if failing => {
                 tracing::info!("heartbeat written again: the store is back");
                 failing = false;
@@ -182,18 +182,8 @@ pub async fn follow_changes(url: String, store: Store, handle: Handle) {
     }
 }
 
-/// The longest a heartbeat or a read of the changes may take. The pool bounds the wait for a
-/// connection, not a query on one that went silent mid-way (a partition, a host gone without
-/// a reset); this does, so the loops here carry on.
+/// The longest a heartbeat or a read of the changes may take (see [`store::bounded`]).
 const STORE_CALL: Duration = Duration::from_secs(10);
-
-async fn bounded<T>(
-    call: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(STORE_CALL, call)
-        .await
-        .map_err(|_| anyhow::anyhow!("the store did not answer within {STORE_CALL:?}"))?
-}
 
 /// First wait between listener reconnects; doubled after each failure up to [`RECONNECT_MAX`].
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -228,10 +218,11 @@ async fn connect_listener_now(url: &str) -> anyhow::Result<sqlx::postgres::PgLis
 
 /// A round trip on the listener's own connection, bounded in time.
 async fn alive(listener: &mut sqlx::postgres::PgListener) -> anyhow::Result<()> {
-    tokio::time::timeout(CONNECT_TIMEOUT, sqlx::query("SELECT 1").execute(listener))
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
-    Ok(())
+    store::bounded(CONNECT_TIMEOUT, async {
+        sqlx::query("SELECT 1").execute(listener).await?;
+        Ok(())
+    })
+    .await
 }
 
 async fn newest(store: &Store) -> Option<i64> {
@@ -248,7 +239,7 @@ struct Cursor {
 
 /// Reads the changes after the cursor and asks the loop to apply each changed plugin.
 async fn resync(store: &Store, handle: &Handle, cursor: &mut Cursor) {
-    match bounded(store.changes_since(cursor.last)).await {
+    match store::bounded(STORE_CALL, store.changes_since(cursor.last)).await {
         Ok((version, plugins)) => {
             if std::mem::take(&mut cursor.failing) {
                 tracing::info!(

@@ -414,7 +414,7 @@ impl Reconciler {
             return;
         };
         entry.starting = None;
-        if result.is_ok() || result.as_ref().is_err_and(|e| !e.store_away) {
+        if !result.as_ref().is_err_and(|e| e.store_away) {
             entry.store_wait_logged = false;
         }
         match result {
@@ -582,9 +582,8 @@ impl Reconciler {
         {
             Decision::RestartAfter(delay) => {
                 // The restart is counted after the state left `ready`: nobody reads the new
-                // count next to the old state.
-                self.generations += 1;
-                entry.retry_generation = self.generations;
+                // count next to the old state. Both paths make earlier retries stale (`start`,
+                // `schedule_retry`).
                 if delay.is_zero() {
                     tracing::warn!(plugin = name, %reason, "plugin down; restarting now");
                     self.start(name);
@@ -683,8 +682,6 @@ impl Reconciler {
                         entry.program = program;
                         if entry.current.is_none() {
                             entry.restart.reset();
-                            self.generations += 1;
-                            entry.retry_generation = self.generations;
                         }
                         self.start(&name);
                     } else if requested && matches!(*entry.slot.state(), PluginState::Failed(_)) {
@@ -826,10 +823,9 @@ impl Reconciler {
         self.desired_reads.insert(name.to_owned(), false);
         let (store, tx, name) = (self.store.clone(), self.tx.clone(), name.to_owned());
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(DESIRED_READ, store.plugin(&name)).await {
-                Ok(read) => read.map_err(|e| format!("{e:#}")),
-                Err(_) => Err(format!("the store did not answer within {DESIRED_READ:?}")),
-            };
+            let result = crate::store::bounded(DESIRED_READ, store.plugin(&name))
+                .await
+                .map_err(|e| format!("{e:#}"));
             let _ = tx.send(Event::DesiredRead { name, result });
         });
     }

@@ -195,12 +195,14 @@ impl Store {
     /// Checks the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
         // Bounded well below the pool's acquire timeout: a probe must answer quickly.
-        const PING: Duration = Duration::from_secs(1);
-        tokio::time::timeout(PING, sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .map_err(|_| anyhow::anyhow!("the store does not answer within {PING:?}"))?
-            .context("the store does not answer")?;
-        Ok(())
+        bounded(Duration::from_secs(1), async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .context("the store does not answer")?;
+            Ok(())
+        })
+        .await
     }
 
     /// Registers a discovered plugin (enabled if new) and refreshes what its manifest says;
@@ -484,6 +486,18 @@ impl std::fmt::Display for MigrationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// Runs a store call with a deadline. The pool bounds the wait for a connection, not a query
+/// on one that went silent mid-way (a partition, a host gone without a reset); callers that
+/// must carry on regardless wrap their calls in this.
+pub async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("the store did not answer within {limit:?}"))?
 }
 
 /// Whether a store error says the database could not be reached (see

@@ -11,24 +11,13 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 
-if ! command -v wrk >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
-fi
+. scripts/lib.sh
+command -v wrk >/dev/null || install_packages wrk
 cargo build --release -q -p plugd -p plugd-testkit
 
 work=$(mktemp -d /tmp/plugd-hooks.XXXXXX)
-plugd_pid=""
-stop_plugd() {
-  if [ -n "$plugd_pid" ]; then
-    kill "$plugd_pid" 2>/dev/null || true
-    wait "$plugd_pid" 2>/dev/null || true
-    plugd_pid=""
-  fi
-}
 trap 'stop_plugd; rm -rf "$work"' EXIT
 echo_bin="$PWD/target/release/plugd-testkit-echo"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_plugd() {
   port=$(free_port)

@@ -15,27 +15,16 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 
-if ! command -v wrk >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
-fi
+. scripts/lib.sh
+command -v wrk >/dev/null || install_packages wrk
 cargo build --release -q -p plugd -p plugd-example-hello -p plugd-testkit
 
 work=$(mktemp -d /tmp/plugd-limits.XXXXXX)
-plugd_pid=""
-stop_plugd() {
-  if [ -n "$plugd_pid" ]; then
-    kill "$plugd_pid" 2>/dev/null || true
-    wait "$plugd_pid" 2>/dev/null || true
-    plugd_pid=""
-  fi
-}
 trap 'stop_plugd; rm -rf "$work"' EXIT
 
 hello="$PWD/target/release/plugd-example-hello"
 # Idle plugins: the test echo plugin, which takes its name from its manifest.
 echo_bin="$PWD/target/release/plugd-testkit-echo"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts plugd on $1 (plugins dir) with extra flags; waits until /readyz says ready.
 start_plugd() {

@@ -10,11 +10,10 @@ use plugd_protocol::message::kv::{
 use plugd_protocol::message::service::{ServiceCall, ServiceInput};
 use plugd_protocol::message::Method;
 use plugd_protocol::{ErrorObject, Response as WireResponse};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use plugd_protocol::pending::Pending;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// How long a call to the supervisor may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +45,7 @@ impl From<HostError> for HttpError {
 #[derive(Debug)]
 pub(crate) struct Caller {
     out: mpsc::Sender<Bytes>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<WireResponse>>>,
-    next_id: AtomicU64,
+    pending: Pending<WireResponse>,
     max_frame: usize,
 }
 
@@ -55,58 +53,33 @@ impl Caller {
     pub(crate) fn new(out: mpsc::Sender<Bytes>, max_frame: usize) -> Arc<Caller> {
         Arc::new(Caller {
             out,
-            pending: Mutex::new(HashMap::new()),
             // Id 0 was the handshake.
-            next_id: AtomicU64::new(1),
+            pending: Pending::new(1),
             max_frame,
         })
     }
 
     /// Delivers an answer from the supervisor to its caller.
     pub(crate) fn answer(&self, response: WireResponse) -> bool {
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&response.id);
-        match waiter {
-            Some(tx) => tx.send(response).is_ok(),
-            None => false,
-        }
+        self.pending.answer(response.id, response)
     }
 
     /// Fails every waiting call (the connection closed).
     pub(crate) fn close(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        drop(self.pending.drain());
     }
 
     async fn call<M: Method>(&self, params: &M::Params) -> Result<M::Result, HostError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_request::<M>(id, params, self.max_frame)
+        // A handler cancelled mid-call drops `call`, which removes its entry.
+        let mut call = self.pending.register();
+        let frame = encode_request::<M>(call.id(), params, self.max_frame)
             .map_err(|e| HostError::Protocol(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
         let answer = tokio::time::timeout(CALL_TIMEOUT, async {
             self.out.send(frame).await.map_err(|_| HostError::Closed)?;
-            rx.await.map_err(|_| HostError::Closed)
+            call.answer().await.ok_or(HostError::Closed)
         })
         .await;
-        let response = match answer {
-            Ok(result) => result?,
-            Err(_) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                return Err(HostError::Timeout(CALL_TIMEOUT));
-            }
-        };
+        let response = answer.map_err(|_| HostError::Timeout(CALL_TIMEOUT))??;
         match response.decode_result::<M>() {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(error)) => Err(HostError::Remote(error)),

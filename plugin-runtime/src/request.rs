@@ -4,7 +4,7 @@ use crate::kv::{Host, Kv};
 use crate::response::HttpError;
 use plugd_protocol::message::http::HttpRequest;
 use serde::de::DeserializeOwned;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// An HTTP request forwarded by the supervisor to one of this plugin's routes.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ impl Request {
 
     /// Time left before the supervisor stops waiting for the answer.
     pub fn time_left(&self) -> Duration {
-        let deadline = UNIX_EPOCH + Duration::from_millis(self.inner.deadline_unix_ms);
+        let deadline = plugd_protocol::time::from_unix_ms(self.inner.deadline_unix_ms);
         deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)

@@ -11,6 +11,8 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod pending;
+pub mod time;
 pub mod version;
 
 pub use envelope::{Message, Notification, Request, Response};

@@ -280,7 +280,7 @@ async fn bundles_install_upgrade_and_uninstall() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(
         body["sha256"].as_str(),
-        Some(plugd::bundle::sha256(&bytes).as_str())
+        Some(plugd::manifest::bundle::sha256(&bytes).as_str())
     );
     sup.wait_until("the installed plugin serves", || async {
         sup.get("/plugins/shipped/echo/1")

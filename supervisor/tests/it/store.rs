@@ -226,7 +226,7 @@ async fn plugin_migrations_apply_once_refuse_edits_and_roll_back_failures() {
             "{b:?}: {err}"
         );
         assert!(
-            !err.transient,
+            err.is_fatal(),
             "{b:?}: a wrong statement is not worth a retry"
         );
         // The failure left nothing recorded: the fixed file applies, and its row is there once.
@@ -255,7 +255,7 @@ async fn plugin_migrations_apply_once_refuse_edits_and_roll_back_failures() {
             err.message.contains("002_seed.sql") && err.message.contains("must not change"),
             "{b:?}: {err}"
         );
-        assert!(!err.transient);
+        assert!(err.is_fatal());
     }
 }
 

@@ -1,0 +1,202 @@
+//! The application: prepares directories, binds, wires the layers together, serves HTTP, and
+//! shuts down in order (stop accepting, finish requests in flight, stop plugins, clean up).
+//!
+//! Construction runs bottom-up, so no part needs another that is built after it: the store,
+//! the [`Registry`] the reconcile loop will publish into, the answers to plugins' calls (which
+//! reach other plugins through the registry), the reconcile loop with its launcher, and last
+//! the HTTP edge with the loop's handle.
+
+mod setup;
+
+use crate::http::{self, Edge, RequestIds};
+use crate::ipc::Calls;
+use crate::os::cgroups::Cgroups;
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::supervise::cluster::{self, Worker};
+use crate::supervise::instance::StartContext;
+use crate::supervise::peers::RegistryPeers;
+use crate::supervise::reconcile::readiness::announce;
+use crate::supervise::reconcile::Processes;
+use crate::supervise::{Event, Handle, Reconciler, Registry};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A bound, not yet running supervisor.
+#[derive(Debug)]
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    socket_dir: PathBuf,
+    store: Store,
+    /// Held for plugd's lifetime on the SQLite store: one worker per data directory.
+    _worker_lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl Application {
+    /// Resolves and creates the data and runtime directories, opens and migrates the store,
+    /// and binds the listen address.
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Application> {
+        // Plugins run in their own directories, so every path handed to them (socket, command)
+        // must not depend on plugd's working directory.
+        for dir in [
+            &mut settings.plugins_dir,
+            &mut settings.data_dir,
+            &mut settings.runtime_dir,
+        ] {
+            *dir = std::path::absolute(&*dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        // SQLite serves one worker: a second plugd on the same data directory is refused.
+        let worker_lock = match settings.database_url {
+            None => Some(setup::lock_data_dir(&settings.data_dir)?),
+            Some(_) => None,
+        };
+        let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+        store.migrate().await?;
+        tracing::info!(backend = ?store.backend(), "state store ready");
+        let socket_dir = setup::private_socket_dir(&settings.runtime_dir)?;
+        let listener = setup::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Application {
+            settings,
+            listener,
+            socket_dir,
+            store,
+            _worker_lock: worker_lock,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and stops everything. SIGHUP rescans the
+    /// plugins directory.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            listener,
+            socket_dir,
+            store,
+            _worker_lock,
+        } = self;
+        let addr = listener.local_addr()?;
+        let registry = Registry::new(settings.hook_timeout);
+        // Detection may remove cgroups an earlier run left, which waits for the kernel.
+        let cgroups = Arc::new(if settings.cgroups {
+            tokio::task::spawn_blocking(Cgroups::detect)
+                .await
+                .context("cgroup detection failed")?
+        } else {
+            Cgroups::Unavailable("turned off by the cgroups setting".into())
+        });
+        let peers = Arc::new(RegistryPeers::new(registry.clone()));
+        let ctx = StartContext {
+            socket_dir: socket_dir.clone(),
+            handshake_timeout: settings.handshake_timeout,
+            max_frame: usize::try_from(settings.max_frame.as_u64()).unwrap_or(usize::MAX),
+            request_timeout: settings.request_timeout,
+            max_body: usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX),
+            cgroups: cgroups.clone(),
+            monitor_interval: settings.monitor_interval,
+            calls: Some(Arc::new(Calls::new(store.clone(), peers))),
+        };
+        let (reconciler, handle) = Reconciler::new(
+            settings.plugins_dir.clone(),
+            Arc::new(Processes::new(ctx)),
+            settings.shutdown_timeout,
+            registry.clone(),
+            Arc::new(store.clone()),
+        );
+        let worker = Worker::new();
+        let edge = Arc::new(Edge {
+            metrics: http::metrics::Metrics::new(registry.clone()),
+            registry: registry.clone(),
+            store: store.clone(),
+            admin_tokens: settings.admin_tokens.clone(),
+            reconciler: handle.clone(),
+            plugins_dir: settings.plugins_dir.clone(),
+            worker: worker.clone(),
+            request_ids: RequestIds::default(),
+        });
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = http::router(edge.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = http_stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "listening");
+        if edge.admin_tokens.is_empty() {
+            tracing::warn!(
+                "NO ADMIN TOKEN IS CONFIGURED: the admin API under /admin refuses every request; set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file to use it"
+            );
+        }
+        announce(&format!("plugd listening on http://{addr}"));
+
+        let reconciling = tokio::spawn(reconciler.run());
+        let heartbeat = tokio::spawn(cluster::heartbeat(worker, registry, store.clone()));
+        let following = settings.database_url.clone().map(|url| {
+            tokio::spawn(cluster::follow_changes(url, store.clone(), handle.clone()))
+        });
+        let hangups = tokio::spawn(forward_hangups(handle.clone()));
+
+        shutdown.await;
+        hangups.abort();
+        heartbeat.abort();
+        if let Some(following) = following {
+            following.abort();
+        }
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        // One budget for the whole stop: HTTP requests in flight, then the plugins.
+        let deadline = std::time::Instant::now() + settings.shutdown_timeout;
+        let _ = stop_http.send(());
+        match tokio::time::timeout_at(deadline.into(), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("HTTP server error: {e}"),
+            Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+            Err(_) => tracing::warn!(
+                "requests still in flight after {:?}; stopping anyway",
+                settings.shutdown_timeout
+            ),
+        }
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        if handle.send(Event::Shutdown { deadline, done }) {
+            let _ = stopped.await;
+        }
+        let _ = reconciling.await;
+        cgroups.cleanup().await;
+        let _ = std::fs::remove_dir_all(&socket_dir);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Turns every SIGHUP into a rescan of the plugins directory.
+async fn forward_hangups(handle: Handle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; rescans only happen on file changes");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("received SIGHUP");
+        if !handle.send(Event::Rescan { requested: true }) {
+            return;
+        }
+    }
+}

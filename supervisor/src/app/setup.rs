@@ -1,0 +1,138 @@
+//! What plugd prepares before it serves: the listen socket, the lock that keeps a second
+//! worker off a SQLite data directory, and the private directory for the plugins' sockets.
+
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tokio::net::TcpListener;
+
+/// Longest socket path the kernel accepts (`sun_path` is 108 bytes with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Binds the listen address with `SO_REUSEPORT`, so several plugd workers on one host (on the
+/// PostgreSQL store) can share the port; the kernel spreads connections across them.
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Takes `<data_dir>/plugd.lock` for this process, or says which process holds it.
+pub(super) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("plugd.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "another plugd (pid {}) already uses the data directory {} with the SQLite store, which serves one worker; run several workers on PostgreSQL (--database-url postgres://…)",
+                holder.trim(),
+                data_dir.display()
+            )
+        }
+    }
+}
+
+/// Creates `<runtime_dir>/p<pid>`, readable by this user only, for the plugins' sockets.
+pub(super) fn private_socket_dir(runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(runtime_dir)
+        .with_context(|| format!("cannot create runtime directory {}", runtime_dir.display()))?;
+    // Someone else's directory here could swap our socket directory and read the tokens.
+    let meta = std::fs::symlink_metadata(runtime_dir)
+        .with_context(|| format!("cannot inspect runtime directory {}", runtime_dir.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    {
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_dir() {
+            bail!(
+                "runtime directory {} is not a directory",
+                runtime_dir.display()
+            );
+        }
+        if meta.uid() != euid {
+            bail!(
+                "runtime directory {} belongs to uid {}, not to plugd's uid {euid}; choose another --runtime-dir",
+                runtime_dir.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o022 != 0 {
+            bail!(
+                "runtime directory {} is writable by group or others (mode {:o}); make it 0700 or choose another --runtime-dir",
+                runtime_dir.display(),
+                meta.mode() & 0o777
+            );
+        }
+    }
+    let dir = runtime_dir.join(format!("p{}", std::process::id()));
+    if dir.exists() {
+        // Left by an earlier process with the same pid; nothing in it can be in use.
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove stale {}", dir.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    // The umask may have narrowed the mode; it must not have widened it, but say exactly.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let longest = dir.join(format!("{}.sock", u64::MAX)).as_os_str().len();
+    if longest > MAX_SOCKET_PATH {
+        bail!(
+            "runtime directory {} is too long for Unix socket paths ({longest} > {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir",
+            runtime_dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_directory_is_private_and_the_runtime_directory_trusted() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let runtime = root.path().join("run");
+        let dir = private_socket_dir(&runtime).expect("created");
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = private_socket_dir(&open).expect_err("world-writable");
+        assert!(
+            format!("{err:#}").contains("writable by group or others"),
+            "{err:#}"
+        );
+
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&runtime, &link).expect("symlink");
+        let err = private_socket_dir(&link).expect_err("a symlink");
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+    }
+}

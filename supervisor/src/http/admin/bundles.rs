@@ -1,0 +1,122 @@
+//! `POST /admin/plugins/install` and `DELETE /admin/plugins/{name}`: bundles in and out.
+//!
+//! An installed bundle is unpacked with suspicion (see [`crate::manifest::bundle`]) and kept
+//! in the store by its sha256, so every worker runs the same bytes; the reconcile loop then
+//! starts or reloads it blue/green. These two handlers are the only ones that write the plugins
+//! directory: an install must be validated before it is accepted, and an uninstall answered
+//! only once the plugin is gone from this worker's disk.
+
+use super::{send, store_error, unknown};
+use crate::http::auth::Actor;
+use crate::http::error::ApiError;
+use crate::http::Edge;
+use crate::manifest::{self, bundle};
+use crate::supervise::Event;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Largest bundle accepted by `POST /admin/plugins/install`.
+pub const MAX_BUNDLE: usize = 64 * 1024 * 1024;
+
+/// `POST /admin/plugins/install`: the body is a `.zip` or `.tar.gz` bundle. It is unpacked
+/// into a staging directory, its manifest validated, then moved into place; a plugin of the same
+/// name is upgraded (the reconcile loop reloads it blue/green).
+pub async fn install(
+    State(edge): State<Arc<Edge>>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            "bundle not accepted",
+            format!(
+                "{} (bundles may be at most {MAX_BUNDLE} bytes)",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let sha256 = bundle::sha256(&body);
+    let plugins_dir = edge.plugins_dir.clone();
+    let (bytes, sum) = (body.clone(), sha256.clone());
+    let placed = tokio::task::spawn_blocking(move || bundle::place(&bytes, &sum, &plugins_dir))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "install failed",
+                e.to_string(),
+            )
+        })?;
+    let (manifest, upgraded) =
+        placed.map_err(|detail| ApiError::bad_request("invalid bundle", detail))?;
+    // Kept in the store, so every worker unpacks the same bytes.
+    edge.store
+        .save_bundle(&sha256, &manifest.name, &body)
+        .await
+        .map_err(store_error)?;
+    let action = if upgraded { "upgrade" } else { "install" };
+    let record = edge
+        .store
+        .installed(&manifest, &sha256, &actor.0, action)
+        .await
+        .map_err(store_error)?;
+    send(&edge, Event::Rescan { requested: false });
+    let status = if upgraded {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(json!({
+            "name": record.name,
+            "version": record.version,
+            "sha256": sha256,
+            "upgraded": upgraded,
+        })),
+    ))
+}
+
+/// `DELETE /admin/plugins/{name}`: stops the plugin, removes its directory and its
+/// registration.
+pub async fn uninstall(
+    State(edge): State<Arc<Edge>>,
+    Path(name): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let found = manifest::discover(&edge.plugins_dir)
+        .ok()
+        .and_then(|d| d.manifests.into_iter().find(|m| m.name == name));
+    if let Some(m) = found {
+        let (plugins_dir, owned) = (edge.plugins_dir.clone(), name.clone());
+        let dir = m.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            bundle::remove_installed(&plugins_dir, &dir, &owned)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = removed {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "uninstall failed",
+                format!("cannot remove {}: {e}", m.dir.display()),
+            ));
+        }
+    }
+    if !edge
+        .store
+        .forget(&name, &actor.0)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(unknown(&name));
+    }
+    send(&edge, Event::Rescan { requested: false });
+    Ok(Json(json!({ "uninstalled": name })))
+}

@@ -1,0 +1,137 @@
+//! The HTTP edge: everything plugd answers over HTTP, in the order a request meets it.
+//!
+//! [`router`] assembles the routes under tower-http layers (request ids set or propagated,
+//! an access-log line per request under the `plugd::access` log target, a timeout on admin
+//! routes). [`proxy`] forwards `/plugins/{name}/…` to plugins; [`hooks`] fires hooks for host
+//! applications; [`admin`] is the admin API, one file per resource; [`health`] and [`metrics`]
+//! report on plugd itself; [`auth`] decides who may do what; every failure is an
+//! [`error::ApiError`].
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod hooks;
+pub mod metrics;
+pub mod proxy;
+
+use crate::settings::AdminToken;
+use crate::store::Store;
+use crate::supervise::cluster::Worker;
+use crate::supervise::{Handle, Registry};
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::routing::{any, get, post};
+use axum::Router;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// The longest an admin request may take: above the longest `?wait=` (60 s) and the upload of
+/// a bundle at its size limit.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What the HTTP edge needs of the rest of plugd.
+#[derive(Debug)]
+pub struct Edge {
+    /// The plugins, as the reconcile loop publishes them.
+    pub registry: Arc<Registry>,
+    /// The state store.
+    pub store: Store,
+    /// Tokens for the admin API and for plugin routes that require a permission.
+    pub admin_tokens: Vec<AdminToken>,
+    /// The reconcile loop, which admin actions are sent to.
+    pub reconciler: Handle,
+    /// Where plugins live (installs unpack here).
+    pub plugins_dir: PathBuf,
+    /// Request counts and latencies, and the plugins' gauges, for `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// This worker's identity in the cluster.
+    pub worker: Worker,
+    /// Makes request ids for requests that come without one.
+    pub request_ids: RequestIds,
+}
+
+/// Request ids: a random prefix per process and a counter, so ids are unique across workers
+/// and cheap to make.
+#[derive(Debug, Clone)]
+pub struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            prefix: format!("{:08x}", rand::random::<u32>()).into(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl RequestIds {
+    /// A fresh id.
+    pub fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&self.next_id())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Every route plugd serves.
+pub fn router(edge: Arc<Edge>) -> Router {
+    let admin = admin::router(edge.clone()).layer(TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ADMIN_TIMEOUT,
+    ));
+    let access_log = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request<axum::body::Body>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!(
+                target: "plugd::access",
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                id,
+            )
+        })
+        .on_request(())
+        .on_response(
+            |response: &axum::response::Response, latency: Duration, _: &tracing::Span| {
+                tracing::info!(
+                    target: "plugd::access",
+                    status = response.status().as_u16(),
+                    latency_us = latency.as_micros() as u64,
+                );
+            },
+        )
+        .on_failure(());
+    Router::new()
+        .route("/plugins/{*rest}", any(proxy::proxy))
+        .route("/plugins/", any(proxy::proxy))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/hooks/{hook}", post(hooks::post_hook))
+        .nest("/admin", admin)
+        .with_state(edge.clone())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(access_log)
+        .layer(SetRequestIdLayer::x_request_id(edge.request_ids.clone()))
+}

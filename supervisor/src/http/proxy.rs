@@ -1,0 +1,321 @@
+//! Plugin routes: `/plugins/{name}/{path}` is forwarded to the plugin's matching route over its
+//! multiplexed connection, and the plugin's answer is the client's.
+//!
+//! Every failure is an [`ApiError`]: 404 unknown plugin or route, 405 wrong method (with
+//! `Allow`), 401/403 for a route that requires a permission, 413 body over the limit, 503 plugin
+//! not ready or busy, 502 plugin died or misbehaved during the request, 504 no answer within the
+//! request timeout.
+
+use super::auth::authorize;
+use super::error::ApiError;
+use super::Edge;
+use crate::ipc::CallError;
+use crate::settings::AdminToken;
+use crate::supervise::router::Lookup;
+use crate::supervise::PluginState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use plugd_protocol::codes;
+use plugd_protocol::message::http::{Http, HttpRequest};
+use std::sync::Arc;
+
+/// Headers that describe one hop, not the message, and are never forwarded (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// Forwards one request to a plugin.
+pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
+    let started = std::time::Instant::now();
+    let name = plugin_name(request.uri().path()).to_owned();
+    let response = forward(&edge, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    // Only plugins plugd knows are counted: arbitrary names in URLs must not grow the metrics.
+    if edge.registry.plugins().contains_key(&name) {
+        let route = response
+            .extensions()
+            .get::<MatchedRoute>()
+            .map_or("(none)", |r| r.0.as_str());
+        edge.metrics
+            .record(&name, route, response.status().as_u16(), started.elapsed());
+    }
+    response
+}
+
+/// The route pattern a request matched, passed from the handler to the metrics.
+#[derive(Debug, Clone)]
+struct MatchedRoute(String);
+
+fn plugin_name(path: &str) -> &str {
+    let rest = path.strip_prefix("/plugins/").unwrap_or_default();
+    rest.split('/').next().unwrap_or_default()
+}
+
+async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let full_path = parts.uri.path();
+    let rest = full_path.strip_prefix("/plugins/").unwrap_or_default();
+    let (name, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let plugins = edge.registry.plugins();
+    let Some(slot) = plugins.get(name) else {
+        return Err(ApiError::not_found(
+            "unknown plugin",
+            format!("no plugin named {name:?} is installed"),
+        ));
+    };
+    let state = slot.state();
+    let instance = match &*state {
+        PluginState::Ready(instance) => instance,
+        other => {
+            let why = other.reason().map(|r| format!(": {r}")).unwrap_or_default();
+            return Err(ApiError::unavailable(
+                "plugin not ready",
+                format!("plugin {name:?} is {}{why}", other.name()),
+            ));
+        }
+    };
+    let method = parts.method.as_str();
+    let mut caller = None;
+    let (route, params) = match instance.routes.lookup(method, path) {
+        Lookup::Found {
+            pattern,
+            params,
+            permission,
+        } => {
+            if let Some(permission) = permission {
+                caller = Some(authorize(
+                    &edge.admin_tokens,
+                    &parts.headers,
+                    permission,
+                    name,
+                    path,
+                )?);
+            }
+            (pattern.to_owned(), params)
+        }
+        Lookup::NotFound => {
+            return Err(ApiError::not_found(
+                "no such route",
+                format!("plugin {name:?} has no route for {path}"),
+            ))
+        }
+        Lookup::MethodNotAllowed { allowed } => {
+            let allow = allowed.join(", ");
+            let mut error = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                format!("{path} of plugin {name:?} accepts {allow}, not {method}"),
+            );
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                error = error.with_header(ALLOW, value);
+            }
+            return Err(error);
+        }
+    };
+
+    // Over the in-flight limit: refuse at once rather than queue without bound.
+    let Ok(_permit) = instance.in_flight.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(
+            "plugin busy",
+            format!(
+                "plugin {name:?} already has {} requests in flight, its limit",
+                instance.limits.max_in_flight
+            ),
+        ));
+    };
+
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            format!(
+                "plugin {name:?} accepts request bodies of at most {} bytes",
+                instance.limits.max_body
+            ),
+        )
+        // The rest of the body is never read, so this connection cannot carry another request.
+        .with_header(CONNECTION, HeaderValue::from_static("close"))
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > instance.limits.max_body as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(body, instance.limits.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(ApiError::bad_request("cannot read request body", e.to_string())),
+    };
+
+    let request_id = match parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
+        _ => edge.request_ids.next_id(),
+    };
+    let wire = HttpRequest {
+        request_id: request_id.clone(),
+        method: method.to_owned(),
+        path: path.to_owned(),
+        route: route.clone(),
+        params,
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: forward_headers(&parts.headers, caller),
+        body,
+        deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
+    };
+    let mut serving = instance.clone();
+    let mut retried = false;
+    let answer = loop {
+        let answer = serving
+            .conn
+            .call::<Http>(&wire, serving.limits.request_timeout)
+            .await;
+        // During a reload the old instance may refuse (draining) or be gone before the request
+        // was sent; then the new one takes it, once.
+        let refused = match &answer {
+            Err(CallError::NotSent(_)) => true,
+            Err(CallError::Remote(e)) => e.code == codes::SHUTTING_DOWN,
+            _ => false,
+        };
+        if refused && !retried {
+            if let PluginState::Ready(newer) = &*slot.state() {
+                if newer.epoch != serving.epoch {
+                    serving = newer.clone();
+                    retried = true;
+                    continue;
+                }
+            }
+        }
+        break answer;
+    };
+    let failed = |status, error, detail: String| ApiError::new(status, error, detail);
+    let mut response = match answer {
+        Ok(answer) => match build_response(answer) {
+            Ok(response) => response,
+            Err(detail) => failed(
+                StatusCode::BAD_GATEWAY,
+                "invalid response from plugin",
+                format!("plugin {name:?}: {detail}"),
+            )
+            .into_response(),
+        },
+        Err(e) => {
+            let error = match e {
+                CallError::Closed(reason) => failed(
+                    StatusCode::BAD_GATEWAY,
+                    "plugin died during the request",
+                    format!("plugin {name:?}: {reason}"),
+                ),
+                CallError::Timeout(after) => failed(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "plugin timed out",
+                    format!(
+                        "plugin {name:?} did not answer within {after:?}; the request was cancelled"
+                    ),
+                ),
+                CallError::Remote(e) if e.code == codes::SHUTTING_DOWN => failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "plugin not ready",
+                    format!("plugin {name:?} is shutting down"),
+                ),
+                CallError::NotSent(reason) => failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "plugin not ready",
+                    format!("plugin {name:?} is gone: {reason}"),
+                ),
+                CallError::Remote(e) => failed(
+                    StatusCode::BAD_GATEWAY,
+                    "plugin error",
+                    format!("plugin {name:?} answered with an error: {e}"),
+                ),
+                CallError::Protocol(detail) => failed(
+                    StatusCode::BAD_GATEWAY,
+                    "protocol error",
+                    format!("plugin {name:?}: {detail}"),
+                ),
+            };
+            error.into_response()
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response.extensions_mut().insert(MatchedRoute(route));
+    Ok(response)
+}
+
+/// The headers a plugin gets: hop-by-hop ones removed, `x-plugd-*` only as plugd sets them
+/// (a client cannot claim an identity), and a token plugd verified kept from the plugin.
+fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !k.as_str().starts_with("x-plugd-"))
+        .filter(|(k, _)| caller.is_none() || *k != axum::http::header::AUTHORIZATION)
+        .map(|(k, v)| {
+            let value = match v.to_str() {
+                Ok(s) => s.to_owned(),
+                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            };
+            (k.as_str().to_owned(), value)
+        })
+        .collect();
+    if let Some(token) = caller {
+        out.push(("x-plugd-caller".into(), token.name.clone()));
+        out.push(("x-plugd-permissions".into(), token.permissions.join(",")));
+    }
+    out
+}
+
+fn build_response(answer: plugd_protocol::message::http::HttpResponse) -> Result<Response, String> {
+    let status = StatusCode::from_u16(answer.status)
+        .ok()
+        .filter(|_| (200..=599).contains(&answer.status))
+        .ok_or_else(|| {
+            format!(
+                "status {} is not a final HTTP status (200-599)",
+                answer.status
+            )
+        })?;
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in answer.headers {
+        let lower = name.to_ascii_lowercase();
+        if is_hop_by_hop(&lower) {
+            continue;
+        }
+        let header = HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("value of header {name:?} is not valid"))?;
+        headers.append(header, value);
+    }
+    Ok(response)
+}
+

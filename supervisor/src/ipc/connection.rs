@@ -1,0 +1,286 @@
+//! One multiplexed protocol connection per plugin instance.
+//!
+//! After the handshake, a [`Connection`] lets many callers have requests in flight at once:
+//! each call registers under a fresh id in the shared pending map, a reader task routes each
+//! response to its caller, and a writer task batches outgoing frames. When the plugin sends a
+//! bad frame or the socket closes, every waiting caller is told at once why; nobody waits for a
+//! timeout on a dead plugin. Requests the plugin makes to plugd are answered by [`Calls`].
+
+use super::calls::Calls;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use plugd_protocol::envelope::{encode_error, encode_notification, encode_request, encode_response};
+use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping};
+use plugd_protocol::message::Method;
+use plugd_protocol::pending::{Call, Pending};
+use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, Response};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+/// Outgoing frames that may queue before callers wait for the writer.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Why a call to a plugin did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The connection closed while the request was in flight (the plugin exited or was cut off).
+    #[error("connection to the plugin closed: {0}")]
+    Closed(String),
+    /// The connection was already closed, so the request was never sent: safe to retry
+    /// elsewhere.
+    #[error("connection to the plugin closed before the request was sent: {0}")]
+    NotSent(String),
+    /// No answer within the deadline; the plugin was sent a cancel.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The plugin answered with an error.
+    #[error("the plugin answered with an error: {0}")]
+    Remote(ErrorObject),
+    /// The request or its answer could not be encoded or decoded.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A live connection to one plugin instance.
+#[derive(Debug)]
+pub struct Connection {
+    plugin: String,
+    out: mpsc::Sender<Bytes>,
+    pending: Pending<Result<Response, String>>,
+    max_frame: usize,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+    cut_off: AtomicBool,
+    calls: Option<Arc<Calls>>,
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks of a connection whose handshake is done.
+    pub(super) fn start(
+        plugin: String,
+        frames: FramedRead<OwnedReadHalf, FrameCodec>,
+        wr: OwnedWriteHalf,
+        max_frame: usize,
+        calls: Option<Arc<Calls>>,
+    ) -> Arc<Connection> {
+        let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let conn = Arc::new(Connection {
+            plugin,
+            out,
+            // Id 0 was the handshake.
+            pending: Pending::new(1),
+            max_frame,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            cut_off: AtomicBool::new(false),
+            calls,
+        });
+        let token = conn.closed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = plugd_protocol::frame::write_frames(out_rx, wr) => {}
+                _ = token.cancelled() => {}
+            }
+        });
+        tokio::spawn(read_loop(conn.clone(), frames));
+        conn
+    }
+
+    /// Sends request `M` and waits at most `timeout` for its result. On timeout the plugin is
+    /// sent a `cancel` for the request.
+    pub async fn call<M: Method>(
+        &self,
+        params: &M::Params,
+        timeout: Duration,
+    ) -> Result<M::Result, CallError> {
+        if let Some(reason) = self.close_reason() {
+            return Err(CallError::NotSent(reason));
+        }
+        let mut guard = CancelOnDrop {
+            conn: self,
+            call: Some(self.pending.register()),
+        };
+        let Some(call) = guard.call.as_mut() else {
+            return Err(CallError::Protocol("no call registered".into()));
+        };
+        let frame = match encode_request::<M>(call.id(), params, self.max_frame) {
+            Ok(frame) => frame,
+            Err(e) => {
+                guard.forget();
+                return Err(CallError::Protocol(e.to_string()));
+            }
+        };
+        // A close that drained the map before our registration would never answer us.
+        if let Some(reason) = self.close_reason() {
+            guard.forget();
+            return Err(CallError::NotSent(reason));
+        }
+        // The deadline covers queueing the frame too: a plugin that stopped reading fills the
+        // socket and the queue, and its callers must still get their timeout.
+        let answer = tokio::time::timeout(timeout, async {
+            self.out
+                .send(frame)
+                .await
+                .map_err(|_| "the writer stopped".to_string())?;
+            call.answer()
+                .await
+                .unwrap_or_else(|| Err("connection dropped".into()))
+        })
+        .await;
+        match answer {
+            Ok(Ok(response)) => {
+                guard.forget();
+                match response.decode_result::<M>() {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(error)) => Err(CallError::Remote(error)),
+                    Err(e) => Err(CallError::Protocol(e.to_string())),
+                }
+            }
+            Ok(Err(reason)) => {
+                guard.forget();
+                Err(CallError::Closed(reason))
+            }
+            // The guard removes the pending entry and sends the cancel.
+            Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
+
+    /// Pings the plugin; `Ok` when it answered within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), CallError> {
+        self.call::<Ping>(&Empty {}, timeout).await.map(|_| ())
+    }
+
+    /// Closes the connection: every caller waiting now or later gets `reason`.
+    pub fn close(&self, reason: &str) {
+        {
+            let mut slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(reason.to_owned());
+        }
+        self.closed.cancel();
+        for tx in self.pending.drain() {
+            let _ = tx.send(Err(reason.to_owned()));
+        }
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the supervisor closed the connection because the plugin broke the protocol.
+    pub fn was_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the connection has closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// How many calls are waiting for an answer.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn try_send(&self, frame: Bytes) {
+        if self.out.try_send(frame).is_err() {
+            tracing::debug!(plugin = %self.plugin, "outgoing queue full or closed; frame dropped");
+        }
+    }
+}
+
+/// Tells the plugin to stop working on a call that ends without an answer: on timeout, or
+/// when the caller itself went away (an HTTP client hung up). The pending entry goes with it.
+struct CancelOnDrop<'a> {
+    conn: &'a Connection,
+    call: Option<Call<'a, Result<Response, String>>>,
+}
+
+impl CancelOnDrop<'_> {
+    /// The call ended with an answer (or was never sent): nothing to cancel.
+    fn forget(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.abandon();
+        }
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let id = call.id();
+        if call.abandon() && self.conn.close_reason().is_none() {
+            let params = CancelParams { id };
+            if let Ok(frame) = encode_notification::<Cancel>(&params, self.conn.max_frame) {
+                self.conn.try_send(frame);
+            }
+        }
+    }
+}
+
+async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
+    let reason = loop {
+        tokio::select! {
+            _ = conn.closed.cancelled() => return,
+            message = frames.next() => match message {
+                Some(Ok(Message::Response(response))) => {
+                    let id = response.id;
+                    if !conn.pending.answer(id, Ok(response)) {
+                        tracing::debug!(plugin = %conn.plugin, id, "late answer to a call that already ended");
+                    }
+                }
+                Some(Ok(Message::Request(request))) => {
+                    if request.method == Ping::NAME {
+                        if let Ok(frame) = encode_response(request.id, &Empty {}, conn.max_frame) {
+                            // Never block the reader on a full queue: responses to our callers
+                            // must keep flowing.
+                            conn.try_send(frame);
+                        }
+                    } else if let Some(calls) = conn.calls.clone() {
+                        // Answered on a task of its own: a slow store never stalls the reader.
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            let frame = calls.answer(&conn.plugin, &request, conn.max_frame).await;
+                            let _ = conn.out.send(frame).await;
+                        });
+                    } else {
+                        let error = ErrorObject::new(
+                            codes::METHOD_NOT_FOUND,
+                            format!("the supervisor does not implement method {:?}", request.method),
+                        );
+                        if let Ok(frame) = encode_error(request.id, &error, conn.max_frame) {
+                            conn.try_send(frame);
+                        }
+                    }
+                }
+                Some(Ok(Message::Notification(note))) => {
+                    tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
+                }
+                Some(Err(plugd_protocol::DecodeError::Io(e))) => {
+                    break format!("the connection to the plugin failed: {e}");
+                }
+                Some(Err(e)) => {
+                    let reason = format!("the plugin sent a bad frame and was cut off: {e}");
+                    tracing::error!(plugin = %conn.plugin, "{reason}");
+                    conn.cut_off.store(true, Ordering::SeqCst);
+                    break reason;
+                }
+                None => break "the plugin closed the connection".to_owned(),
+            }
+        }
+    };
+    conn.close(&reason);
+}

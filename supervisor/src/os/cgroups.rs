@@ -1,0 +1,433 @@
+//! cgroups: a leaf cgroup per plugin instance with memory, CPU and task limits, on cgroup v2
+//! under plugd's delegated subtree (plugd moves itself into a leaf of its own) or on the v1
+//! `memory`, `cpu` and `pids` controllers. Where neither can be written, plugd says so once at
+//! start-up and relies on rlimits and monitoring.
+//!
+//! Leaf cgroups are removed when their instance ends; ones left by an earlier run are removed
+//! (with whatever still runs in them) at start-up. Removal waits for the kernel to let go of a
+//! cgroup whose processes were just killed, so it runs on a blocking thread, never on the
+//! async runtime's workers.
+
+use super::limits::EffectiveLimits;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Which cgroup hierarchy plugd can write, found once at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cgroups {
+    /// cgroup v2: plugin leaves go directly under `base` (plugd's own, delegated cgroup).
+    V2 {
+        /// plugd's cgroup directory.
+        base: PathBuf,
+    },
+    /// cgroup v1: one directory per controller, each `plugd-<pid>` under plugd's own cgroup.
+    V1 {
+        /// Under the memory controller.
+        memory: Option<PathBuf>,
+        /// Under the cpu controller.
+        cpu: Option<PathBuf>,
+        /// Under the pids controller.
+        pids: Option<PathBuf>,
+    },
+    /// No writable cgroups; the reason says why.
+    Unavailable(String),
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+impl Cgroups {
+    /// Finds a writable hierarchy, removes leaves left by earlier runs, and prepares plugd's own
+    /// directory. Logs once what it found. Blocking (it may wait for stale cgroups to empty):
+    /// call it off the async runtime.
+    pub fn detect() -> Cgroups {
+        let found = Cgroups::try_detect(Path::new(CGROUP_ROOT));
+        match &found {
+            Cgroups::V2 { base } => tracing::info!(
+                "cgroup v2: plugin limits enforced under {}",
+                base.display()
+            ),
+            Cgroups::V1 { memory, cpu, pids } => {
+                let have: Vec<&str> = [("memory", memory), ("cpu", cpu), ("pids", pids)]
+                    .iter()
+                    .filter(|(_, p)| p.is_some())
+                    .map(|(n, _)| *n)
+                    .collect();
+                tracing::info!("cgroup v1: plugin limits enforced with the {} controllers", have.join(", "));
+            }
+            Cgroups::Unavailable(why) => tracing::warn!(
+                "cgroups unavailable ({why}): memory, CPU and task limits are enforced by rlimits and monitoring only"
+            ),
+        }
+        found
+    }
+
+    fn try_detect(root: &Path) -> Cgroups {
+        let Ok(membership) = std::fs::read_to_string("/proc/self/cgroup") else {
+            return Cgroups::Unavailable("cannot read /proc/self/cgroup".into());
+        };
+        let unified_only = membership.lines().all(|l| l.starts_with("0::"));
+        if unified_only && root.join("cgroup.controllers").exists() {
+            return Cgroups::detect_v2(root, &membership);
+        }
+        let mut v1 = (None, None, None);
+        for line in membership.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            for controller in controllers.split(',') {
+                let slot = match controller {
+                    "memory" => &mut v1.0,
+                    "cpu" => &mut v1.1,
+                    "pids" => &mut v1.2,
+                    _ => continue,
+                };
+                let mount = root.join(controller);
+                let own = mount.join(path.trim_start_matches('/'));
+                if let Some(dir) = prepare_v1(&own) {
+                    *slot = Some(dir);
+                }
+            }
+        }
+        match v1 {
+            (None, None, None) => Cgroups::Unavailable(
+                "no writable cgroup v2 subtree or v1 memory, cpu or pids controller".into(),
+            ),
+            (memory, cpu, pids) => Cgroups::V1 { memory, cpu, pids },
+        }
+    }
+
+    fn detect_v2(root: &Path, membership: &str) -> Cgroups {
+        let path = membership
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/");
+        let base = root.join(path.trim_start_matches('/'));
+        // No process may sit in a cgroup whose controllers are handed to its children: plugd
+        // moves itself into a leaf of its own first.
+        let own = base.join("plugd-supervisor");
+        let moved = std::fs::create_dir_all(&own)
+            .and_then(|_| std::fs::write(own.join("cgroup.procs"), std::process::id().to_string()))
+            .and_then(|_| {
+                std::fs::write(base.join("cgroup.subtree_control"), "+memory +cpu +pids")
+            });
+        if let Err(e) = moved {
+            return Cgroups::Unavailable(format!(
+                "cgroup v2 subtree {} is not delegated to plugd: {e}",
+                base.display()
+            ));
+        }
+        remove_stale(&base, "plugd-p");
+        Cgroups::V2 { base }
+    }
+
+    /// Removes this run's cgroup directories (at shutdown, once every plugin has stopped).
+    pub async fn cleanup(&self) {
+        if let Cgroups::V1 { memory, cpu, pids } = self {
+            let dirs: Vec<PathBuf> = [memory, cpu, pids].into_iter().flatten().cloned().collect();
+            remove_off_runtime(dirs).await;
+        }
+    }
+
+    /// Creates the leaf for one instance and writes its limits.
+    pub fn create_leaf(&self, plugin: &str, epoch: u64, limits: &EffectiveLimits) -> Option<Leaf> {
+        let name = format!("plugd-p{}-{plugin}-{epoch}", std::process::id());
+        let result = match self {
+            Cgroups::Unavailable(_) => return None,
+            Cgroups::V2 { base } => Leaf::create_v2(base.join(&name), limits),
+            Cgroups::V1 { memory, cpu, pids } => Leaf::create_v1(
+                memory.as_ref().map(|d| d.join(&name)),
+                cpu.as_ref().map(|d| d.join(&name)),
+                pids.as_ref().map(|d| d.join(&name)),
+                limits,
+            ),
+        };
+        match result {
+            Ok(leaf) => Some(leaf),
+            Err(e) => {
+                tracing::warn!(
+                    plugin,
+                    "cannot create its cgroup: {e}; limits rely on rlimits and monitoring"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Makes `<own>/plugd-<pid>` for this run after removing those of earlier runs.
+fn prepare_v1(own: &Path) -> Option<PathBuf> {
+    if !own.is_dir() {
+        return None;
+    }
+    remove_stale(own, "plugd-p");
+    let dir = own.join(format!("plugd-{}", std::process::id()));
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => Some(dir),
+        Err(_) => None,
+    }
+}
+
+/// Removes cgroups named `<prefix><pid>…` whose plugd process is gone, killing anything left in
+/// them first. Also removes v1 run directories `plugd-<pid>`.
+fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix(prefix)
+            .or_else(|| name.strip_prefix("plugd-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(owner) = owner else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        if let Ok(children) = std::fs::read_dir(&path) {
+            for child in children.flatten().filter(|c| c.path().is_dir()) {
+                remove_cgroup(&child.path());
+            }
+        }
+        remove_cgroup(&path);
+        tracing::info!("removed stale cgroup {}", path.display());
+    }
+}
+
+/// Removes cgroups on a blocking thread: the kernel may take a few milliseconds to let go of
+/// one whose processes were just killed, and that wait must not hold a runtime worker.
+async fn remove_off_runtime(dirs: Vec<PathBuf>) {
+    if dirs.is_empty() {
+        return;
+    }
+    let removed = tokio::task::spawn_blocking(move || {
+        for dir in &dirs {
+            remove_cgroup(dir);
+        }
+    })
+    .await;
+    if let Err(e) = removed {
+        tracing::warn!("cannot remove cgroups: {e}");
+    }
+}
+
+/// Kills every process in a cgroup and removes it (blocking: it polls until the kernel lets go).
+fn remove_cgroup(dir: &Path) {
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!("cannot remove cgroup {}", dir.display());
+}
+
+/// One instance's cgroup (one directory per controller on v1).
+#[derive(Debug)]
+pub struct Leaf {
+    v2: bool,
+    dirs: Vec<PathBuf>,
+    memory: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    /// `cgroup.procs` of each directory, ready for the forked child.
+    procs: Vec<CString>,
+}
+
+impl Leaf {
+    fn create_v1(
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        limits: &EffectiveLimits,
+    ) -> std::io::Result<Leaf> {
+        let mut leaf = Leaf {
+            v2: false,
+            dirs: Vec::new(),
+            memory: None,
+            cpu: None,
+            pids: None,
+            procs: Vec::new(),
+        };
+        if let Some(dir) = memory {
+            leaf.add(&dir)?;
+            std::fs::write(dir.join("memory.limit_in_bytes"), limits.memory.to_string())?;
+            // Swap must not be a way around the limit (absent when swap accounting is off).
+            let _ = std::fs::write(
+                dir.join("memory.memsw.limit_in_bytes"),
+                limits.memory.to_string(),
+            );
+            let _ = std::fs::write(
+                dir.join("memory.soft_limit_in_bytes"),
+                limits.memory_soft.to_string(),
+            );
+            leaf.memory = Some(dir);
+        }
+        if let Some(dir) = cpu {
+            leaf.add(&dir)?;
+            if let Some(cores) = limits.cpu {
+                std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                let quota = ((cores * CPU_PERIOD_US as f64) as u64).max(1000);
+                std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+            }
+            leaf.cpu = Some(dir);
+        }
+        if let Some(dir) = pids {
+            leaf.add(&dir)?;
+            std::fs::write(dir.join("pids.max"), limits.tasks.to_string())?;
+            leaf.pids = Some(dir);
+        }
+        Ok(leaf)
+    }
+
+    fn create_v2(dir: PathBuf, limits: &EffectiveLimits) -> std::io::Result<Leaf> {
+        let mut leaf = Leaf {
+            v2: true,
+            dirs: Vec::new(),
+            memory: Some(dir.clone()),
+            cpu: Some(dir.clone()),
+            pids: Some(dir.clone()),
+            procs: Vec::new(),
+        };
+        leaf.add(&dir)?;
+        std::fs::write(dir.join("memory.max"), limits.memory.to_string())?;
+        std::fs::write(dir.join("memory.high"), limits.memory_soft.to_string())?;
+        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        if let Some(cores) = limits.cpu {
+            let quota = ((cores * CPU_PERIOD_US as f64) as u64).max(1000);
+            std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
+        }
+        std::fs::write(dir.join("pids.max"), limits.tasks.to_string())?;
+        Ok(leaf)
+    }
+
+    fn add(&mut self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(dir)?;
+        self.dirs.push(dir.to_path_buf());
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            .map_err(std::io::Error::other)?;
+        self.procs.push(procs);
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files the child writes itself into before `exec`.
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.procs.clone()
+    }
+
+    /// Times the kernel's OOM killer killed a process in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(dir) = &self.memory else {
+            return 0;
+        };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        read_key(&dir.join(file), "oom_kill").unwrap_or(0)
+    }
+
+    /// Whether the kernel enforces the memory limit (so the monitor need not).
+    pub fn limits_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Whether the kernel enforces the task limit.
+    pub fn limits_tasks(&self) -> bool {
+        self.pids.is_some()
+    }
+
+    /// Kills whatever is left in the cgroup and removes it.
+    pub async fn remove(&self) {
+        remove_off_runtime(self.dirs.clone()).await;
+    }
+
+    pub(super) fn memory_bytes(&self) -> Option<u64> {
+        let dir = self.memory.as_ref()?;
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        read_number(&dir.join(file))
+    }
+
+    pub(super) fn tasks(&self) -> Option<u64> {
+        read_number(&self.pids.as_ref()?.join("pids.current"))
+    }
+
+    pub(super) fn throttled(&self) -> Option<u64> {
+        read_key(&self.cpu.as_ref()?.join("cpu.stat"), "nr_throttled")
+    }
+}
+
+/// Writes `0` (the calling process) into each `cgroup.procs`: called in the forked child before
+/// `exec`, so the plugin and everything it forks start inside its limits.
+pub fn join_cgroups(procs: &[CString]) -> std::io::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    for path in procs {
+        let fd = open(
+            path.as_c_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let written = nix::unistd::write(fd_ref(fd), b"0");
+        let _ = nix::unistd::close(fd);
+        written?;
+    }
+    Ok(())
+}
+
+fn fd_ref(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // The descriptor stays open until closed right after the write.
+    #[allow(unsafe_code)]
+    // SAFETY: `fd` was just returned by open() and is closed only after this borrow ends.
+    unsafe {
+        std::os::fd::BorrowedFd::borrow_raw(fd)
+    }
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cgroup_key_value_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memory.oom_control");
+        std::fs::write(&path, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").expect("write");
+        assert_eq!(read_key(&path, "oom_kill"), Some(3));
+        assert_eq!(read_key(&path, "missing"), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! A plugin's limits with every default filled in: what the manifest asked for, plugd's
+//! settings for the request timeout and body size, and the manifest module's defaults for the
+//! rest. Enforced in layers by the sibling modules: [`super::rlimits`] in the child before
+//! `exec`, [`super::cgroups`] by the kernel, [`super::usage`] by sampling.
+
+use crate::manifest::{self, Limits};
+use serde::Serialize;
+use std::time::Duration;
+
+/// The soft memory limit, when not set, as a share of the hard one.
+const SOFT_SHARE: f64 = 0.8;
+
+/// A plugin's limits with every default filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EffectiveLimits {
+    /// Time to answer one request, in milliseconds.
+    #[serde(rename = "request_timeout_ms", serialize_with = "as_millis")]
+    pub request_timeout: Duration,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Hard memory limit, in bytes.
+    pub memory: u64,
+    /// Soft memory limit (a warning), in bytes.
+    pub memory_soft: u64,
+    /// CPU quota in cores, if any.
+    pub cpu: Option<f64>,
+    /// Total CPU time limit in seconds, if any.
+    pub cpu_time_s: Option<u64>,
+    /// Processes plus threads.
+    pub tasks: u32,
+    /// Open file descriptors.
+    pub open_files: u64,
+    /// Requests in flight at once.
+    pub max_in_flight: u32,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl EffectiveLimits {
+    /// Fills in the defaults: plugd's settings for timeout and body, this module's for the rest.
+    pub fn resolve(l: &Limits, request_timeout: Duration, max_body: usize) -> EffectiveLimits {
+        let memory = l.memory.map_or(manifest::DEFAULT_MEMORY, |m| m.as_u64());
+        EffectiveLimits {
+            request_timeout: l.request_timeout.unwrap_or(request_timeout),
+            max_body: l.max_body.map_or(max_body, |b| {
+                usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
+            }),
+            memory,
+            memory_soft: l
+                .memory_soft
+                .map_or((memory as f64 * SOFT_SHARE) as u64, |m| m.as_u64()),
+            cpu: l.cpu,
+            cpu_time_s: l.cpu_time.map(|d| d.as_secs().max(1)),
+            tasks: l.tasks.unwrap_or(manifest::DEFAULT_TASKS),
+            open_files: l.open_files.unwrap_or(manifest::DEFAULT_OPEN_FILES),
+            max_in_flight: l.max_in_flight.unwrap_or(manifest::DEFAULT_MAX_IN_FLIGHT),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_every_unset_limit() {
+        let l = EffectiveLimits::resolve(&Limits::default(), Duration::from_secs(7), 99);
+        assert_eq!(l.memory, manifest::DEFAULT_MEMORY);
+        assert_eq!(l.memory_soft, (manifest::DEFAULT_MEMORY as f64 * 0.8) as u64);
+        assert_eq!(
+            (l.tasks, l.open_files),
+            (manifest::DEFAULT_TASKS, manifest::DEFAULT_OPEN_FILES)
+        );
+        assert_eq!(
+            (l.request_timeout, l.max_body),
+            (Duration::from_secs(7), 99)
+        );
+        assert_eq!(l.cpu, None);
+    }
+}

@@ -1,0 +1,175 @@
+//! The one helper that starts plugin processes. Nothing else calls `Command::new` for a plugin.
+//!
+//! Each child gets: its own process group (so a stop reaches its children too), a death signal
+//! tied to the supervisor (`PR_SET_PDEATHSIG`, so it cannot outlive a supervisor killed with
+//! SIGKILL), its rlimits and cgroup before `exec`, the protocol's environment variables (socket,
+//! one-time token, epoch), and piped stdout/stderr whose lines are logged under the plugin's
+//! name.
+#![allow(unsafe_code)]
+
+use super::cgroups::join_cgroups;
+use super::output::LogRing;
+use super::rlimits::Rlimits;
+use crate::error::Failure;
+use crate::manifest::Manifest;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_TOKEN};
+use std::ffi::CString;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Longest piece of a log line logged as one event; longer lines are split and marked.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// What a plugin process is started with, besides its manifest.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    /// The plugin's manifest (command, args, env, directory).
+    pub manifest: &'a Manifest,
+    /// The socket the plugin must connect to.
+    pub socket: &'a Path,
+    /// The one-time token it must present.
+    pub token: &'a str,
+    /// The instance epoch it must echo.
+    pub epoch: u64,
+    /// The largest frame the supervisor accepts.
+    pub max_frame: usize,
+    /// Where the plugin's output lines are kept.
+    pub logs: Arc<LogRing>,
+    /// rlimits the child sets on itself.
+    pub rlimits: Rlimits,
+    /// `cgroup.procs` files the child joins before `exec` (empty without cgroups).
+    pub cgroup_procs: Vec<CString>,
+}
+
+/// A started process and the task reading its output.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The process.
+    pub child: Child,
+    /// Ends when both stdout and stderr reached their end (so every line is logged).
+    pub output: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the plugin's process and begins logging its output. A missing or non-executable
+/// command is a fatal failure: restarting cannot mend it.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
+    let m = spec.manifest;
+    let program = m.program();
+    let mut cmd = Command::new(&program);
+    cmd.args(&m.args)
+        .current_dir(&m.dir)
+        .envs(&m.env)
+        .env(ENV_SOCKET, spec.socket)
+        .env(ENV_TOKEN, spec.token)
+        .env(ENV_EPOCH, spec.epoch.to_string())
+        .env(ENV_PLUGIN_NAME, &m.name)
+        .env(ENV_MAX_FRAME, spec.max_frame.to_string())
+        .env_remove("PLUGD_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let supervisor = nix::unistd::getpid();
+    let rlimits = spec.rlimits;
+    let cgroup_procs = spec.cgroup_procs.clone();
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid, setrlimit, open, write, close); it allocates nothing, since
+    // the paths were prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The supervisor may have died between fork and prctl; then nobody would kill us.
+            if nix::unistd::getppid() != supervisor {
+                return Err(std::io::Error::other(
+                    "the supervisor exited during the spawn",
+                ));
+            }
+            rlimits.apply()?;
+            // Into the plugin's cgroup before exec: nothing it forks can start outside it.
+            join_cgroups(&cgroup_procs)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        let (what, fatal) = match e.kind() {
+            std::io::ErrorKind::NotFound => ("command not found".to_string(), true),
+            std::io::ErrorKind::PermissionDenied => ("command is not executable".to_string(), true),
+            _ => (e.to_string(), false),
+        };
+        let message = format!("cannot start {}: {what}", program.display());
+        if fatal {
+            Failure::never(message)
+        } else {
+            Failure::later(message)
+        }
+    })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| Failure::later("the process exited at once"))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (name, logs) = (m.name.clone(), spec.logs.clone());
+    let output = tokio::spawn(async move {
+        let out = async {
+            if let Some(out) = stdout {
+                log_lines(&name, pid, "stdout", out, &logs).await;
+            }
+        };
+        let err = async {
+            if let Some(err) = stderr {
+                log_lines(&name, pid, "stderr", err, &logs).await;
+            }
+        };
+        tokio::join!(out, err);
+    });
+    Ok(Spawned { child, output })
+}
+
+/// Sends `signal` to the whole process group led by `pid`. Pid 0 (no process) is ignored:
+/// `killpg(0)` would signal plugd's own group.
+pub fn signal_group(pid: u32, signal: Signal) {
+    if pid == 0 {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Logs each line of a child's stdout or stderr as a tracing event tagged with the plugin.
+/// A line longer than [`MAX_LOG_LINE`] is logged in pieces, each marked as continued.
+async fn log_lines(
+    plugin: &str,
+    pid: u32,
+    stream: &'static str,
+    output: impl AsyncRead + Unpin,
+    ring: &LogRing,
+) {
+    let mut reader = BufReader::new(output);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LOG_LINE as u64);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {
+                let whole = line.ends_with(b"\n");
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let marker = if whole { "" } else { " [line continues]" };
+                tracing::info!(target: "plugd::plugin", plugin, pid, stream, "{text}{marker}");
+                ring.push(pid, stream, text);
+            }
+            Err(e) => {
+                tracing::warn!(target: "plugd::plugin", plugin, pid, stream, "cannot read output: {e}");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The `plugins` table (what is installed and whether an admin wants it running) and the
+//! `changes` feed every worker follows.
+
+use super::audit::insert_event;
+use super::{now_ms, Backend, Store};
+use crate::manifest::Manifest;
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+/// A plugin as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRecord {
+    /// Unique name.
+    pub name: String,
+    /// Version from its manifest.
+    pub version: String,
+    /// Description from its manifest.
+    pub description: String,
+    /// Author from its manifest.
+    pub author: String,
+    /// Whether an admin wants it running.
+    pub enabled: bool,
+    /// Registered but no longer found on disk.
+    pub missing: bool,
+    /// Bumped by every change of its desired state.
+    pub generation: i64,
+    /// sha256 of the bundle it was installed from, if any.
+    pub bundle_sha256: Option<String>,
+}
+
+/// What a conditional write of the desired state did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// No such plugin.
+    Unknown,
+    /// It already was in that state; nothing changed.
+    Unchanged(PluginRecord),
+    /// Written; the record after the change.
+    Changed(PluginRecord),
+    /// Another write came first: the generation was not the expected one.
+    Conflict(PluginRecord),
+}
+
+fn plugin_from_row(row: &AnyRow) -> Result<PluginRecord, sqlx::Error> {
+    Ok(PluginRecord {
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        description: row.try_get("description")?,
+        author: row.try_get("author")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        missing: row.try_get::<i64, _>("missing")? != 0,
+        generation: row.try_get("generation")?,
+        bundle_sha256: row.try_get("bundle_sha256")?,
+    })
+}
+
+const PLUGIN_COLUMNS: &str =
+    "name, version, description, author, enabled, missing, generation, bundle_sha256";
+
+impl Store {
+    /// Registers a discovered plugin (enabled if new) and refreshes what its manifest says;
+    /// an admin's enabled flag is kept. Returns the record.
+    pub async fn register(&self, m: &Manifest) -> anyhow::Result<PluginRecord> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO plugins (name, version, description, author, enabled, missing, generation, created_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, 1, 0, 1, $5, $5)
+             ON CONFLICT (name) DO UPDATE SET version = $2, description = $3, author = $4,
+                 missing = 0, updated_ms = $5
+             RETURNING {PLUGIN_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&m.name)
+            .bind(&m.version)
+            .bind(&m.description)
+            .bind(&m.author)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| format!("cannot register plugin {}", m.name))?;
+        Ok(plugin_from_row(&row)?)
+    }
+
+    /// Marks every registered plugin not in `present` as missing (they are kept, not deleted).
+    pub async fn mark_missing(&self, present: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut newly = Vec::new();
+        for p in self.plugins().await? {
+            if !p.missing && !present.contains(&p.name) {
+                sqlx::query("UPDATE plugins SET missing = 1, updated_ms = $2 WHERE name = $1")
+                    .bind(&p.name)
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await?;
+                newly.push(p.name);
+            }
+        }
+        Ok(newly)
+    }
+
+    /// One plugin's record.
+    pub async fn plugin(&self, name: &str) -> anyhow::Result<Option<PluginRecord>> {
+        let mut conn = self.pool.acquire().await?;
+        read_plugin(&mut conn, name).await
+    }
+
+    /// Every registered plugin, by name.
+    pub async fn plugins(&self) -> anyhow::Result<Vec<PluginRecord>> {
+        let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(plugin_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets a plugin's enabled flag on behalf of `actor`, with a `changes` row and an audit
+    /// entry, in one transaction. With `expected`, the write only happens if the plugin's
+    /// generation is still that one (no lost updates between admins or workers).
+    pub async fn set_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        actor: &str,
+        expected: Option<i64>,
+    ) -> anyhow::Result<SetOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        // One conditional UPDATE, so two concurrent writers cannot both pass the check.
+        let updated = sqlx::query(
+            "UPDATE plugins SET enabled = $2, generation = generation + 1, updated_ms = $3
+             WHERE name = $1 AND enabled <> $2 AND COALESCE($4, generation) = generation",
+        )
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(now)
+        .bind(expected)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            let action = if enabled { "enable" } else { "disable" };
+            insert_change(&mut tx, self.backend, name, action, now).await?;
+            insert_event(&mut tx, Some(name), actor, action, "", now).await?;
+        }
+        // Read inside the transaction: the generation reported is the one this write made,
+        // not one a later writer made after the commit.
+        let record = read_plugin(&mut tx, name).await?;
+        tx.commit().await?;
+        let Some(record) = record else {
+            return Ok(SetOutcome::Unknown);
+        };
+        Ok(if updated == 1 {
+            SetOutcome::Changed(record)
+        } else if expected.is_some_and(|g| g != record.generation) {
+            SetOutcome::Conflict(record)
+        } else {
+            SetOutcome::Unchanged(record)
+        })
+    }
+
+    /// Records the bundle a plugin was installed from, with an audit entry and a `changes`
+    /// row, after registering what its manifest says.
+    pub async fn installed(
+        &self,
+        m: &Manifest,
+        sha256: &str,
+        actor: &str,
+        action: &str,
+    ) -> anyhow::Result<PluginRecord> {
+        self.register(m).await?;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE plugins SET bundle_sha256 = $2, generation = generation + 1, updated_ms = $3 WHERE name = $1",
+        )
+        .bind(&m.name)
+        .bind(sha256)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_change(&mut tx, self.backend, &m.name, action, now).await?;
+        let detail = format!("version {} sha256 {sha256}", m.version);
+        insert_event(&mut tx, Some(&m.name), actor, action, &detail, now).await?;
+        tx.commit().await?;
+        self.plugin(&m.name)
+            .await?
+            .context("the plugin vanished while it was being installed")
+    }
+
+    /// Forgets a plugin (uninstall), with an audit entry. Its migrations' records are kept, so a
+    /// reinstall does not run them again. Returns false if it was not registered.
+    pub async fn forget(&self, name: &str, actor: &str) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM plugins WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(false);
+        }
+        let now = now_ms();
+        insert_change(&mut tx, self.backend, name, "uninstall", now).await?;
+        insert_event(&mut tx, Some(name), actor, "uninstall", "", now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The newest change version, and the plugins changed after `since`.
+    pub async fn changes_since(&self, since: i64) -> anyhow::Result<(i64, Vec<String>)> {
+        let rows =
+            sqlx::query("SELECT version, plugin FROM changes WHERE version > $1 ORDER BY version")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut last = since;
+        let mut plugins = Vec::new();
+        for r in rows {
+            last = last.max(r.try_get::<i64, _>("version")?);
+            if let Some(p) = r.try_get::<Option<String>, _>("plugin")? {
+                if !plugins.contains(&p) {
+                    plugins.push(p);
+                }
+            }
+        }
+        Ok((last, plugins))
+    }
+}
+
+/// The channel on which PostgreSQL workers hear of changes.
+pub const CHANNEL: &str = "plugd_changes";
+
+/// One plugin's row, on any connection (a transaction's included).
+async fn read_plugin(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+) -> anyhow::Result<Option<PluginRecord>> {
+    let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1");
+    let row = sqlx::query(&sql)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(plugin_from_row).transpose()?)
+}
+
+/// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
+/// plugin's name (sent when the transaction commits; the table stays the truth).
+async fn insert_change(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    plugin: &str,
+    kind: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO changes (at_ms, plugin, kind) VALUES ($1, $2, $3)")
+        .bind(now)
+        .bind(plugin)
+        .bind(kind)
+        .execute(&mut *conn)
+        .await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(plugin)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+

@@ -1,0 +1,69 @@
+//! The `workers` table: every plugd worker's heartbeat with the state of its plugins.
+
+use super::{now_ms, Store};
+use serde::Serialize;
+use sqlx::Row;
+use std::time::Duration;
+
+/// One worker as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerRecord {
+    /// Random id chosen at start.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id on that host.
+    pub pid: i64,
+    /// When it started, Unix milliseconds.
+    pub started_ms: i64,
+    /// Its last heartbeat, Unix milliseconds.
+    pub seen_ms: i64,
+    /// Each plugin's state on that worker: name → {state, generation}.
+    pub plugins: serde_json::Value,
+}
+
+impl Store {
+    /// Records this worker's heartbeat with the state of its plugins.
+    pub async fn heartbeat(&self, worker: &WorkerRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, started_ms, seen_ms, plugins) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = $5, plugins = $6",
+        )
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(worker.pid)
+        .bind(worker.started_ms)
+        .bind(now_ms())
+        .bind(worker.plugins.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Workers seen within `fresh`; older rows are deleted (the worker stopped).
+    pub async fn workers(&self, fresh: Duration) -> anyhow::Result<Vec<WorkerRecord>> {
+        let cutoff = now_ms() - fresh.as_millis() as i64;
+        sqlx::query("DELETE FROM workers WHERE seen_ms < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, host, pid, started_ms, seen_ms, plugins FROM workers ORDER BY started_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let plugins: String = r.try_get("plugins")?;
+                Ok(WorkerRecord {
+                    id: r.try_get("id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    started_ms: r.try_get("started_ms")?,
+                    seen_ms: r.try_get("seen_ms")?,
+                    plugins: serde_json::from_str(&plugins).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}

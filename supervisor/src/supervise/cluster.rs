@@ -1,0 +1,256 @@
+//! Several workers, one truth: every plugd heartbeats into the store (`workers`), and on
+//! PostgreSQL each worker listens for change notifications and reconciles its own plugins to
+//! the desired state in the database.
+//!
+//! The rules, from what went wrong for others: NOTIFY carries plugin names only, the tables are
+//! the truth; on every (re)connect the listener first LISTENs, then resyncs from the last
+//! change version it saw; a poll every [`POLL`] catches anything missed. Changes reach the
+//! reconcile loop as `Desired` events, and a change arriving during a reconcile is simply
+//! another event, applied after it.
+
+use super::reconcile::{Event, Handle, PluginState, Registry};
+use crate::store::{self, Store, WorkerRecord, CHANNEL};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time between heartbeats.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A worker not seen for this long is gone.
+pub const EXPIRY: Duration = Duration::from_secs(10);
+/// Time between polls of the `changes` table, the fallback for a missed notification.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// This worker's identity.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// Random id chosen at start.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Start time, Unix milliseconds.
+    pub started_ms: i64,
+}
+
+impl Worker {
+    /// A new identity for this process.
+    pub fn new() -> Worker {
+        Worker {
+            id: hex::encode(rand::random::<[u8; 6]>()),
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            started_ms: i64::try_from(plugd_protocol::time::now_unix_ms()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker::new()
+    }
+}
+
+/// Writes this worker's heartbeat, with each plugin's state and generation, forever.
+pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
+    let mut failing = false;
+    loop {
+        let plugins: serde_json::Map<String, serde_json::Value> = registry
+            .plugins()
+            .iter()
+            .map(|(name, slot)| {
+                let state = slot.state();
+                let mut v = json!({ "state": state.name() });
+                if let PluginState::Ready(i) = &*state {
+                    v["pid"] = i.pid.into();
+                    v["version"] = i.version.clone().into();
+                }
+                (name.clone(), v)
+            })
+            .collect();
+        let record = WorkerRecord {
+            id: worker.id.clone(),
+            host: worker.host.clone(),
+            pid: i64::from(std::process::id()),
+            started_ms: worker.started_ms,
+            seen_ms: 0,
+            plugins: serde_json::Value::Object(plugins),
+        };
+        match store::bounded(STORE_CALL, store.heartbeat(&record)).await {
+            Ok(()) if failing => {
+                tracing::info!("heartbeat written again: the store is back");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(
+                    "cannot write the heartbeat: {e:#}; serving on with the last known state"
+                );
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        // Report a change of state at once; otherwise every HEARTBEAT.
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = registry.changed() => {}
+        }
+    }
+}
+
+/// Follows changes of the desired state made by any worker and hands them to the reconcile
+/// loop. PostgreSQL only: it uses LISTEN/NOTIFY, with a poll as fallback and, at every poll, a
+/// liveness query on the listener's own connection, so one that went silent is replaced.
+pub async fn follow_changes(url: String, store: Store, handle: Handle) {
+    // Start from the newest change: start-up already applied everything before it.
+    let mut cursor = Cursor {
+        last: newest(&store).await.unwrap_or(0),
+        failing: false,
+    };
+    let mut backoff = RECONNECT_MIN;
+    let mut lost_since: Option<std::time::Instant> = None;
+    loop {
+        let mut listener = match connect_listener(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Logged at the first failure of a streak; the rest at debug level.
+                if backoff == RECONNECT_MIN {
+                    tracing::warn!(
+                        "change listener cannot connect: {e:#}; retrying with backoff up to {RECONNECT_MAX:?}"
+                    );
+                } else {
+                    tracing::debug!(
+                        "change listener cannot connect: {e:#}; retrying in {backoff:?}"
+                    );
+                }
+                lost_since.get_or_insert_with(std::time::Instant::now);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                if handle.is_closed() {
+                    return;
+                }
+                // The store may answer although the listener cannot connect (too many
+                // clients, say): poll meanwhile.
+                resync(&store, &handle, &mut cursor).await;
+                continue;
+            }
+        };
+        backoff = RECONNECT_MIN;
+        match lost_since.take() {
+            Some(t) => tracing::info!(
+                "change listener connected again after {:.1?}; resyncing",
+                t.elapsed()
+            ),
+            None => tracing::info!("listening for changes of the desired state"),
+        }
+        resync(&store, &handle, &mut cursor).await;
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => resync(&store, &handle, &mut cursor).await,
+                    Ok(None) => {
+                        tracing::warn!("change listener lost its connection; reconnecting");
+                        lost_since = Some(std::time::Instant::now());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("change listener lost its connection: {e}; reconnecting");
+                        lost_since = Some(std::time::Instant::now());
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(POLL) => {
+                    // The listener first: a silent one is replaced without waiting for the
+                    // read of the changes, which may itself wait on the store.
+                    if let Err(e) = alive(&mut listener).await {
+                        tracing::warn!("change listener went silent ({e}); reconnecting");
+                        lost_since = Some(std::time::Instant::now());
+                        break;
+                    }
+                    resync(&store, &handle, &mut cursor).await;
+                }
+            }
+            if handle.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+/// The longest a heartbeat or a read of the changes may take (see [`store::bounded`]).
+const STORE_CALL: Duration = Duration::from_secs(10);
+
+/// First wait between listener reconnects; doubled after each failure up to [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between listener reconnects.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How long one connection attempt of the listener may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects a listener and LISTENs. Its pool of one is bounded in time, unlike the one
+/// `PgListener::connect` makes, so an outage costs at most a backoff step, not half a minute.
+async fn connect_listener(url: &str) -> anyhow::Result<sqlx::postgres::PgListener> {
+    tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_listener_now(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection within {:?}", CONNECT_TIMEOUT * 2))?
+}
+
+async fn connect_listener_now(url: &str) -> anyhow::Result<sqlx::postgres::PgListener> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy(url)?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    // A lost connection is reported (`Ok(None)`), not mended inside `try_recv`: a reconnect
+    // there would be cancelled by every poll, and the loop here reconnects with backoff.
+    listener.eager_reconnect(false);
+    // LISTEN first, then resync: nothing committed in between can be missed.
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// A round trip on the listener's own connection, bounded in time.
+async fn alive(listener: &mut sqlx::postgres::PgListener) -> anyhow::Result<()> {
+    store::bounded(CONNECT_TIMEOUT, async {
+        sqlx::query("SELECT 1").execute(listener).await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn newest(store: &Store) -> Option<i64> {
+    store.changes_since(0).await.ok().map(|(v, _)| v)
+}
+
+/// How far this worker has read the `changes` table.
+struct Cursor {
+    /// The newest change version applied.
+    last: i64,
+    /// Whether the last read failed (so a failure streak is logged once, and its end).
+    failing: bool,
+}
+
+/// Reads the changes after the cursor and asks the loop to apply each changed plugin.
+async fn resync(store: &Store, handle: &Handle, cursor: &mut Cursor) {
+    match store::bounded(STORE_CALL, store.changes_since(cursor.last)).await {
+        Ok((version, plugins)) => {
+            if std::mem::take(&mut cursor.failing) {
+                tracing::info!(
+                    "changes readable again; resynced from version {}",
+                    cursor.last
+                );
+            }
+            cursor.last = version;
+            for name in plugins {
+                handle.send(Event::Desired { name });
+            }
+        }
+        Err(e) if !cursor.failing => {
+            tracing::warn!("cannot read changes: {e:#}; serving on with the last known state");
+            cursor.failing = true;
+        }
+        Err(_) => {}
+    }
+}

@@ -1,0 +1,197 @@
+//! The hook dispatcher: a hook fired by a host application (`POST /hooks/{hook}`), by a plugin
+//! (`hook.fire`) or by plugd itself (`plugd.plugin.*`) is answered by every plugin that declared
+//! it, combined by the hook's mode.
+//!
+//! - `collect`: every handler at once; the answer lists each plugin's result or error.
+//! - `filter`: handlers in priority order, each given the previous output; the last output wins.
+//! - `first`: handlers in priority order; the first that answers with a value wins.
+//! - `veto`: handlers in priority order; the first rejection wins and names its plugin.
+//!
+//! Each handler call has the hook deadline; a handler that errors, times out or whose plugin is
+//! down is reported (`collect`), skipped (`filter`, `first`), or for `veto` ignored (fail-open,
+//! the default) or counted as a rejection (fail-closed, when the handler declared so). A hook
+//! call never waits longer than its deadline per handler.
+
+use super::instance::Instance;
+use super::reconcile::{PluginMap, PluginState};
+use crate::ipc::CallError;
+use plugd_protocol::message::handshake::{HookDecl, HookMode};
+use plugd_protocol::message::hook::{HookCall, HookInput, HookOutput};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Deepest chain of hook and service calls; deeper calls fail, so loops end.
+pub const MAX_DEPTH: u32 = 8;
+
+/// One plugin's handler for a hook: the plugin, its declaration, its instance if running.
+struct Handler {
+    plugin: String,
+    decl: HookDecl,
+    instance: Option<Arc<Instance>>,
+}
+
+fn handlers(plugins: &PluginMap, hook: &str) -> Vec<Handler> {
+    let mut found: Vec<Handler> = plugins
+        .iter()
+        .filter_map(|(name, slot)| {
+            let decl = slot.hooks().iter().find(|d| d.name == hook)?.clone();
+            let instance = match &*slot.state() {
+                PluginState::Ready(i) => Some(i.clone()),
+                _ => None,
+            };
+            Some(Handler {
+                plugin: name.clone(),
+                decl,
+                instance,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| (a.decl.priority, &a.plugin).cmp(&(b.decl.priority, &b.plugin)));
+    found
+}
+
+async fn call(
+    handler: &Handler,
+    hook: &str,
+    payload: &rmpv::Value,
+    depth: u32,
+    timeout: Duration,
+) -> Result<HookOutput, String> {
+    let Some(instance) = &handler.instance else {
+        return Err(format!("plugin {:?} is down", handler.plugin));
+    };
+    let input = HookInput {
+        hook: hook.to_owned(),
+        payload: payload.clone(),
+        depth,
+        deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
+    };
+    instance
+        .conn
+        .call::<HookCall>(&input, timeout)
+        .await
+        .map_err(|e| match e {
+            CallError::Timeout(after) => format!("no answer within {after:?}"),
+            other => other.to_string(),
+        })
+}
+
+fn to_json(v: &rmpv::Value) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Fires `hook` with `payload` and combines the answers by the hook's mode.
+pub async fn fire(
+    plugins: &PluginMap,
+    hook: &str,
+    payload: rmpv::Value,
+    depth: u32,
+    timeout: Duration,
+) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "call chain deeper than {MAX_DEPTH} (a loop between plugins?)"
+        ));
+    }
+    let all = handlers(plugins, hook);
+    let Some(mode) = all.first().map(|h| h.decl.mode) else {
+        return Ok(json!({ "hook": hook, "handlers": 0, "results": [] }));
+    };
+    let mut skipped: Vec<Value> = Vec::new();
+    let mut handlers = Vec::new();
+    for h in all {
+        if h.decl.mode == mode {
+            handlers.push(h);
+        } else {
+            skipped.push(json!({
+                "plugin": h.plugin,
+                "error": format!("declares mode {:?} but the hook's mode is {:?}", h.decl.mode, mode),
+            }));
+        }
+    }
+    let count = handlers.len();
+    let depth = depth + 1;
+    let outcome = match mode {
+        HookMode::Collect => {
+            let calls = handlers
+                .iter()
+                .map(|h| call(h, hook, &payload, depth, timeout));
+            let answers = futures_util::future::join_all(calls).await;
+            let results: Vec<Value> = handlers
+                .iter()
+                .zip(answers)
+                .map(|(h, answer)| match answer {
+                    Ok(out) => {
+                        json!({ "plugin": h.plugin, "value": out.value.as_ref().map(to_json) })
+                    }
+                    Err(e) => json!({ "plugin": h.plugin, "error": e }),
+                })
+                .collect();
+            json!({ "results": results })
+        }
+        HookMode::Filter => {
+            let mut value = payload;
+            let mut applied = Vec::new();
+            for h in &handlers {
+                match call(h, hook, &value, depth, timeout).await {
+                    Ok(out) => {
+                        if let Some(v) = out.value {
+                            value = v;
+                        }
+                        applied.push(h.plugin.clone());
+                    }
+                    Err(e) => skipped.push(json!({ "plugin": h.plugin, "error": e })),
+                }
+            }
+            json!({ "value": to_json(&value), "applied": applied })
+        }
+        HookMode::First => {
+            let mut winner = json!({ "value": null, "plugin": null });
+            for h in &handlers {
+                match call(h, hook, &payload, depth, timeout).await {
+                    Ok(HookOutput { value: Some(v), .. }) if !v.is_nil() => {
+                        winner = json!({ "value": to_json(&v), "plugin": h.plugin });
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => skipped.push(json!({ "plugin": h.plugin, "error": e })),
+                }
+            }
+            winner
+        }
+        HookMode::Veto => {
+            let mut verdict = json!({ "allowed": true, "rejected_by": null });
+            for h in &handlers {
+                let rejection = match call(h, hook, &payload, depth, timeout).await {
+                    Ok(out) => out.reject,
+                    Err(e) if h.decl.fail_closed => {
+                        Some(format!("failed, and its veto fails closed: {e}"))
+                    }
+                    Err(e) => {
+                        skipped.push(json!({ "plugin": h.plugin, "error": e }));
+                        None
+                    }
+                };
+                if let Some(reason) = rejection {
+                    verdict = json!({
+                        "allowed": false,
+                        "rejected_by": { "plugin": h.plugin, "reason": reason },
+                    });
+                    break;
+                }
+            }
+            verdict
+        }
+    };
+    let mut answer = json!({
+        "hook": hook,
+        "mode": mode,
+        "handlers": count,
+        "skipped": skipped,
+    });
+    if let (Some(a), Some(o)) = (answer.as_object_mut(), outcome.as_object()) {
+        a.extend(o.clone());
+    }
+    Ok(answer)
+}

@@ -1,0 +1,95 @@
+//! What a plugin's calls reach beyond itself: services provided by other running plugins and
+//! hooks fired at every handler. Implements [`crate::ipc::Peers`] over the [`Registry`], so the
+//! connection layer can answer `service.call` and `hook.fire` without knowing plugin states.
+
+use super::hooks::{self, MAX_DEPTH};
+use super::reconcile::{PluginState, Registry};
+use crate::ipc::{CallError, Peers};
+use futures_util::future::BoxFuture;
+use plugd_protocol::message::service::{ServiceCall, ServiceInput, ServiceOutput};
+use plugd_protocol::{codes, ErrorObject};
+use std::sync::Arc;
+
+/// The other plugins, found in the registry the reconcile loop publishes.
+#[derive(Debug, Clone)]
+pub struct RegistryPeers {
+    registry: Arc<Registry>,
+}
+
+impl RegistryPeers {
+    /// Peers as `registry` knows them.
+    pub fn new(registry: Arc<Registry>) -> RegistryPeers {
+        RegistryPeers { registry }
+    }
+
+    async fn call_service(&self, p: ServiceInput) -> Result<ServiceOutput, ErrorObject> {
+        if p.depth >= MAX_DEPTH {
+            return Err(ErrorObject::new(
+                codes::DEPTH_EXCEEDED,
+                format!(
+                    "call chain deeper than {MAX_DEPTH} (a loop between plugins?) at service {:?}",
+                    p.service
+                ),
+            ));
+        }
+        let provider = self
+            .registry
+            .plugins()
+            .values()
+            .find_map(|slot| match &*slot.state() {
+                PluginState::Ready(i) if i.services.contains(&p.service) => Some(i.clone()),
+                _ => None,
+            });
+        let Some(provider) = provider else {
+            return Err(ErrorObject::new(
+                codes::NOT_AVAILABLE,
+                format!("no running plugin provides service {:?}", p.service),
+            ));
+        };
+        let forwarded = ServiceInput {
+            depth: p.depth + 1,
+            ..p
+        };
+        match provider
+            .conn
+            .call::<ServiceCall>(&forwarded, self.registry.hook_timeout())
+            .await
+        {
+            Ok(out) => Ok(out),
+            Err(CallError::Remote(e)) => Err(e),
+            Err(e) => Err(ErrorObject::new(
+                codes::NOT_AVAILABLE,
+                format!(
+                    "service {:?} of plugin {:?} failed: {e}",
+                    forwarded.service, provider.manifest.name
+                ),
+            )),
+        }
+    }
+}
+
+impl Peers for RegistryPeers {
+    fn call_service(
+        &self,
+        input: ServiceInput,
+    ) -> BoxFuture<'static, Result<ServiceOutput, ErrorObject>> {
+        let this = self.clone();
+        Box::pin(async move { RegistryPeers::call_service(&this, input).await })
+    }
+
+    fn fire_hook(
+        &self,
+        hook: String,
+        payload: rmpv::Value,
+        depth: u32,
+    ) -> BoxFuture<'static, Result<rmpv::Value, ErrorObject>> {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let plugins = registry.snapshot();
+            match hooks::fire(&plugins, &hook, payload, depth, registry.hook_timeout()).await {
+                Ok(answer) => Ok(rmpv::ext::to_value(&answer).unwrap_or(rmpv::Value::Nil)),
+                Err(e) => Err(ErrorObject::new(codes::DEPTH_EXCEEDED, e)),
+            }
+        })
+    }
+}

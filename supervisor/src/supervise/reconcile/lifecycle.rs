@@ -1,0 +1,399 @@
+//! One plugin's instances: starting one, what happens when a start finishes, when an instance
+//! exits or misbehaves (the restart policy), reloads, removal and shutdown.
+
+use super::seams::Launcher;
+use super::state::PluginState;
+use super::readiness::notify;
+use super::{program_stamp, Event, Reconciler};
+use crate::error::{Failure, Retry};
+use crate::manifest;
+use crate::supervise::hooks;
+use crate::supervise::instance::{next_epoch, Instance, InstanceEvent};
+use crate::supervise::policy::Decision;
+use futures_util::FutureExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Lines of a plugin's output logged when it goes down.
+const LAST_WORDS: usize = 5;
+/// How long to wait before starting a plugin again whose start needed the unreachable store.
+pub(super) const STORE_RETRY: Duration = Duration::from_secs(3);
+
+/// Stops `instance` in the background, giving it `grace` to finish its requests.
+pub(super) fn stop_later(launcher: &Arc<dyn Launcher>, instance: Arc<Instance>, grace: Duration) {
+    tokio::spawn(launcher.stop(instance, grace));
+}
+
+fn retry_at(delay: Duration) -> u64 {
+    plugd_protocol::time::unix_ms(SystemTime::now() + delay)
+}
+
+impl Reconciler {
+    /// Starts a new instance of `name` (next to the current one, if any: blue/green).
+    pub(super) fn start(&mut self, name: &str) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let epoch = next_epoch();
+        entry.starting = Some(epoch);
+        // Any retry scheduled before this start is stale now.
+        self.generations += 1;
+        entry.retry_generation = self.generations;
+        if entry.current.is_none() {
+            entry.slot.set(PluginState::Starting);
+        }
+        let manifest = entry.manifest.clone();
+        let logs = entry.slot.logs().clone();
+        let launcher = self.launcher.clone();
+        let store = self.store.clone();
+        let tx = self.tx.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let spawned: Box<dyn FnOnce(u32) + Send> = {
+                let (tx, name) = (tx.clone(), name.clone());
+                Box::new(move |_pid| {
+                    let _ = tx.send(Event::Spawned { name, epoch });
+                })
+            };
+            // The plugin's own migrations run first; a refused or failing one means this
+            // version cannot run, and retrying will not change that (unless the store was
+            // only away).
+            let migrated = store.migrate_plugin(&manifest.name, &manifest.dir).await;
+            let result = match migrated {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(plugin = %name, "applied {n} migrations");
+                    }
+                    launcher.start(manifest, epoch, logs, spawned).await
+                }
+                Err(e) => Err(e.context("plugin migration")),
+            };
+            let _ = tx.send(Event::Started {
+                name,
+                epoch,
+                result,
+            });
+        });
+    }
+
+    pub(super) fn on_started(&mut self, name: &str, epoch: u64, result: Result<Arc<Instance>, Failure>) {
+        let grace = self.grace;
+        let Some(entry) = self
+            .entries
+            .get_mut(name)
+            .filter(|e| e.starting == Some(epoch))
+        else {
+            // Superseded or removed meanwhile: nobody wants this instance.
+            if let Ok(instance) = result {
+                stop_later(&self.launcher, instance, grace);
+            }
+            return;
+        };
+        entry.starting = None;
+        if !result.as_ref().is_err_and(|e| e.retry == Retry::WhenStoreBack) {
+            entry.store_wait_logged = false;
+        }
+        match result {
+            Ok(instance) => {
+                if entry.removed || !entry.enabled {
+                    stop_later(&self.launcher, instance, grace);
+                    return;
+                }
+                let old = entry.current.replace(instance.clone());
+                entry.slot.set(PluginState::Ready(instance.clone()));
+                self.lifecycle_hook(
+                    "plugd.plugin.loaded",
+                    serde_json::json!({ "plugin": name, "version": instance.version, "pid": instance.pid }),
+                );
+                if let Some(old) = &old {
+                    self.lifecycle_hook(
+                        "plugd.plugin.config_changed",
+                        serde_json::json!({ "plugin": name, "from": old.version, "to": instance.version }),
+                    );
+                }
+                let tx = self.tx.clone();
+                let follow_name = name.to_owned();
+                let report = Box::new(move |event| {
+                    let _ = tx.send(Event::Instance {
+                        name: follow_name.clone(),
+                        epoch,
+                        event,
+                    });
+                });
+                tokio::spawn(self.launcher.follow(instance.clone(), report));
+                if let Some(old) = old {
+                    tracing::info!(
+                        plugin = name, from = %old.version, to = %instance.version,
+                        "reloaded: the new instance serves; draining the old one"
+                    );
+                    let stopping = self.launcher.stop(old.clone(), grace);
+                    tokio::spawn(async move {
+                        let how = stopping.await;
+                        tracing::info!(plugin = %old.manifest.name, pid = old.pid, "old instance {how}");
+                    });
+                }
+            }
+            Err(e) if entry.current.is_some() => {
+                tracing::error!(
+                    plugin = name, reason = %e.message,
+                    "reload failed; the running instance keeps serving"
+                );
+                // Restarts of the running instance use the manifest it runs; the next rescan
+                // (a file change or SIGHUP) tries the new one again.
+                if let Some(current) = &entry.current {
+                    entry.manifest = current.manifest.clone();
+                }
+                entry.program = None;
+            }
+            Err(e) if e.retry == Retry::WhenStoreBack => {
+                // Not the plugin's fault: wait for the store without using up its restarts.
+                entry.slot.set(PluginState::Backoff {
+                    reason: e.message.clone(),
+                    retry_at_unix_ms: retry_at(STORE_RETRY),
+                });
+                if std::mem::replace(&mut entry.store_wait_logged, true) {
+                    tracing::debug!(plugin = %name, reason = %e.message, "cannot start it yet; retrying in {STORE_RETRY:?}");
+                } else {
+                    tracing::warn!(
+                        plugin = %name, reason = %e.message,
+                        "cannot start it yet; retrying every {STORE_RETRY:?}"
+                    );
+                }
+                self.schedule_retry(name, STORE_RETRY);
+            }
+            Err(e) => {
+                let fatal = e.is_fatal();
+                self.on_down(name, e.message, fatal, None)
+            }
+        }
+    }
+
+    /// Starts `name` again after `delay`, unless something else started or stopped it first.
+    pub(super) fn schedule_retry(&mut self, name: &str, delay: Duration) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        self.generations += 1;
+        entry.retry_generation = self.generations;
+        let (tx, generation, name) = (self.tx.clone(), self.generations, name.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Event::RetryDue { name, generation });
+        });
+    }
+
+    pub(super) fn on_instance(&mut self, name: &str, epoch: u64, event: InstanceEvent) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let is_current = entry.current.as_ref().is_some_and(|i| i.epoch == epoch);
+        if !is_current {
+            return; // an old instance drained after a reload, or one being stopped
+        }
+        match event {
+            InstanceEvent::Unresponsive(_) | InstanceEvent::LimitBreach(_) => {
+                let reason = match event {
+                    InstanceEvent::Unresponsive(detail) => format!("unresponsive: {detail}"),
+                    InstanceEvent::LimitBreach(why) => why,
+                    InstanceEvent::Exited(_) => unreachable!(),
+                };
+                tracing::warn!(plugin = name, %reason, "killing the plugin");
+                entry.kill_reason = Some((epoch, reason));
+                if let Some(instance) = &entry.current {
+                    self.launcher.kill(instance);
+                }
+            }
+            InstanceEvent::Exited(reason) => {
+                let instance = entry.current.take().expect("checked above");
+                let payload =
+                    serde_json::json!({ "plugin": name, "pid": instance.pid, "reason": reason });
+                self.lifecycle_hook("plugd.plugin.unloaded", payload);
+                let Some(entry) = self.entries.get_mut(name) else {
+                    return;
+                };
+                let reason = match entry.kill_reason.take() {
+                    Some((e, why)) if e == epoch => why,
+                    _ => reason,
+                };
+                if entry.removed {
+                    entry
+                        .slot
+                        .set(PluginState::Stopped(format!("removed ({reason})")));
+                    self.forget(name);
+                    return;
+                }
+                if !entry.enabled {
+                    entry.slot.set(PluginState::Disabled);
+                    return;
+                }
+                let up_for = instance.ready_at.elapsed();
+                self.on_down(name, reason, false, Some(up_for));
+            }
+        }
+    }
+
+    /// Applies the restart policy to a plugin that is down for `reason`.
+    pub(super) fn on_down(&mut self, name: &str, reason: String, fatal: bool, up_for: Option<Duration>) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let last_words: Vec<String> = entry
+            .slot
+            .logs()
+            .last(LAST_WORDS)
+            .iter()
+            .map(|l| format!("[{} {}] {}", l.pid, l.stream, l.display()))
+            .collect();
+        if !last_words.is_empty() {
+            tracing::warn!(
+                plugin = name,
+                "last output before it went down:\n  {}",
+                last_words.join("\n  ")
+            );
+        }
+        if fatal {
+            entry.slot.set(PluginState::Failed(reason));
+            return;
+        }
+        let policy = entry.manifest.restart.clone();
+        match entry
+            .restart
+            .on_exit(&policy, Instant::now(), up_for, rand::random::<f64>())
+        {
+            Decision::RestartAfter(delay) => {
+                // The restart is counted after the state left `ready`: nobody reads the new
+                // count next to the old state. Both paths make earlier retries stale (`start`,
+                // `schedule_retry`).
+                if delay.is_zero() {
+                    tracing::warn!(plugin = name, %reason, "plugin down; restarting now");
+                    self.start(name);
+                    if let Some(entry) = self.entries.get(name) {
+                        entry.slot.count_restart();
+                    }
+                    return;
+                }
+                entry.slot.set(PluginState::Backoff {
+                    reason,
+                    retry_at_unix_ms: retry_at(delay),
+                });
+                entry.slot.count_restart();
+                self.schedule_retry(name, delay);
+            }
+            Decision::GiveUp(why) => {
+                entry
+                    .slot
+                    .set(PluginState::Failed(format!("{why}; last: {reason}")));
+            }
+        }
+    }
+
+    /// Re-reads one plugin's manifest and program from disk and swaps a new instance in.
+    pub(super) fn reload(&mut self, name: &str) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let path = entry.manifest.dir.join(manifest::MANIFEST_FILE);
+        match manifest::load(&path) {
+            Ok(m) if m.name == name => {
+                entry.program = program_stamp(&m);
+                entry.manifest = Arc::new(m);
+                if entry.enabled {
+                    tracing::info!(plugin = name, "reload requested");
+                    self.start(name);
+                }
+            }
+            Ok(m) => tracing::error!(
+                plugin = name,
+                "reload refused: the manifest now names {:?}",
+                m.name
+            ),
+            Err(e) => tracing::error!(plugin = name, "reload refused: {e}"),
+        }
+    }
+
+    /// Stops a plugin that left the plugins directory; it is forgotten once stopped.
+    pub(super) fn remove(&mut self, name: &str) {
+        let grace = self.grace;
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        tracing::info!(plugin = name, "plugin removed from disk; stopping it");
+        entry.removed = true;
+        entry.starting = None;
+        match entry.current.clone() {
+            Some(instance) => {
+                entry.slot.set(PluginState::Draining);
+                stop_later(&self.launcher, instance, grace);
+            }
+            None => {
+                entry.slot.set(PluginState::Stopped("removed".into()));
+                self.forget(name);
+            }
+        }
+    }
+
+    /// Fires one of the supervisor's own hooks (`plugd.plugin.loaded`, `…unloaded`,
+    /// `…config_changed`) at the plugins that handle it, without waiting for the answers.
+    pub(super) fn lifecycle_hook(&self, hook: &'static str, payload: serde_json::Value) {
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let payload = rmpv::ext::to_value(&payload).unwrap_or(rmpv::Value::Nil);
+            let plugins = registry.snapshot();
+            if let Err(e) = hooks::fire(&plugins, hook, payload, 0, registry.hook_timeout()).await {
+                tracing::warn!(hook, "lifecycle hook: {e}");
+            }
+        });
+    }
+
+    /// Stops every instance by `deadline` (each finishes its requests in the time left),
+    /// including instances whose start completes meanwhile. Whatever still starts at the
+    /// deadline dies with plugd (`PR_SET_PDEATHSIG`).
+    pub(super) async fn shutdown(&mut self, deadline: Instant) {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        let grace = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1))
+        };
+        let mut stopping = tokio::task::JoinSet::new();
+        for e in self.entries.values_mut() {
+            if let Some(instance) = e.current.take() {
+                let slot = e.slot.clone();
+                slot.set(PluginState::Draining);
+                let grace = grace();
+                let stop = self.launcher.stop(instance, grace);
+                stopping.spawn(async move {
+                    let how = stop.await;
+                    slot.set(PluginState::Stopped(format!(
+                        "supervisor shutting down ({how})"
+                    )));
+                });
+            }
+        }
+        while self.entries.values().any(|e| e.starting.is_some()) && Instant::now() < deadline {
+            let event = tokio::time::timeout_at(deadline.into(), self.rx.recv()).await;
+            let Ok(Some(event)) = event else {
+                break;
+            };
+            if let Event::Started {
+                name,
+                epoch,
+                result,
+            } = event
+            {
+                if let Some(e) = self
+                    .entries
+                    .get_mut(&name)
+                    .filter(|e| e.starting == Some(epoch))
+                {
+                    e.starting = None;
+                }
+                if let Ok(instance) = result {
+                    let grace = grace();
+                    stopping.spawn(self.launcher.stop(instance, grace).map(|_| ()));
+                }
+            }
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,223 @@
+//! What the reconcile loop publishes and everyone else reads: each plugin's [`PluginSlot`]
+//! (its visible [`PluginState`] behind an `ArcSwap`, restarts, output, declared hooks and
+//! permissions) and the [`Registry`] of all slots with plugd's readiness.
+//!
+//! The writers (`PluginSlot::set`, `count_restart`, `Registry::publish`, `set_ready`) are
+//! visible to the reconcile module alone: no other code can change a plugin's state. Readers
+//! take a snapshot without a lock on every request.
+
+use crate::os::output::LogRing;
+use crate::supervise::instance::Instance;
+use arc_swap::{ArcSwap, Guard};
+use plugd_protocol::message::handshake::{HookDecl, PermissionDecl};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What a plugin is doing now, as admins and the proxy see it.
+#[derive(Debug)]
+pub enum PluginState {
+    /// An admin disabled it: not running, on purpose.
+    Disabled,
+    /// Its process is being started.
+    Starting,
+    /// Its process runs; plugd waits for the handshake.
+    Handshaking,
+    /// Handshake done: serving requests.
+    Ready(Arc<Instance>),
+    /// Asked to shut down: finishing requests in flight, taking no new ones.
+    Draining,
+    /// Stopped on purpose.
+    Stopped(String),
+    /// Exited unexpectedly; waiting to be restarted.
+    Backoff {
+        /// Why it exited.
+        reason: String,
+        /// When the restart is due, in milliseconds since the Unix epoch.
+        retry_at_unix_ms: u64,
+    },
+    /// Gave up (cannot run, or crash loop) until an admin acts.
+    Failed(String),
+}
+
+impl PluginState {
+    /// The state's name as admins see it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PluginState::Disabled => "disabled",
+            PluginState::Starting => "starting",
+            PluginState::Handshaking => "handshaking",
+            PluginState::Ready(_) => "ready",
+            PluginState::Draining => "draining",
+            PluginState::Stopped(_) => "stopped",
+            PluginState::Backoff { .. } => "backoff",
+            PluginState::Failed(_) => "failed",
+        }
+    }
+
+    /// Why the plugin is not running, when it is not.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            PluginState::Stopped(r) | PluginState::Failed(r) => Some(r),
+            PluginState::Backoff { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// One plugin's visible state and counters. Written only by the reconcile loop.
+#[derive(Debug)]
+pub struct PluginSlot {
+    name: String,
+    state: ArcSwap<PluginState>,
+    restarts: AtomicU32,
+    logs: Arc<LogRing>,
+    /// The hooks its last ready instance declared: a plugin that is down still counts as a
+    /// handler, so its absence is reported (or, for fail-closed vetoes, rejects).
+    hooks: ArcSwap<Vec<HookDecl>>,
+    /// The permissions its last ready instance defined.
+    permissions: ArcSwap<Vec<PermissionDecl>>,
+}
+
+impl PluginSlot {
+    /// A slot in state `starting`.
+    pub(in crate::supervise::reconcile) fn new(name: &str) -> Arc<PluginSlot> {
+        Arc::new(PluginSlot {
+            name: name.to_owned(),
+            state: ArcSwap::from_pointee(PluginState::Starting),
+            restarts: AtomicU32::new(0),
+            logs: Arc::default(),
+            hooks: ArcSwap::from_pointee(Vec::new()),
+            permissions: ArcSwap::from_pointee(Vec::new()),
+        })
+    }
+
+    /// The permissions this plugin defines, as its last ready instance declared them.
+    pub fn permissions(&self) -> Arc<Vec<PermissionDecl>> {
+        self.permissions.load_full()
+    }
+
+    /// The hooks this plugin handles, as its last ready instance declared them.
+    pub fn hooks(&self) -> Arc<Vec<HookDecl>> {
+        self.hooks.load_full()
+    }
+
+    /// The plugin's recent output, across all its instances.
+    pub fn logs(&self) -> &Arc<LogRing> {
+        &self.logs
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<PluginState> {
+        self.state.load_full()
+    }
+
+    /// Replaces the state and logs the transition with its reason.
+    pub(in crate::supervise::reconcile) fn set(&self, state: PluginState) {
+        let from = self.state.load().name();
+        let to = state.name();
+        if let PluginState::Ready(instance) = &state {
+            self.hooks.store(Arc::new(instance.hooks.clone()));
+            self.permissions
+                .store(Arc::new(instance.permissions.clone()));
+        }
+        match &state {
+            PluginState::Ready(i) => tracing::info!(
+                plugin = %self.name, from, to, pid = i.pid, version = %i.version,
+                routes = i.routes.len(), "plugin ready"
+            ),
+            PluginState::Failed(reason) => {
+                tracing::error!(plugin = %self.name, from, to, %reason, "plugin failed")
+            }
+            other => match other.reason() {
+                Some(reason) => {
+                    tracing::warn!(plugin = %self.name, from, to, %reason, "plugin {to}")
+                }
+                None => tracing::info!(plugin = %self.name, from, to, "plugin {to}"),
+            },
+        }
+        self.state.store(Arc::new(state));
+    }
+
+    /// Restarts since plugd started (or since an admin reset it).
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    pub(in crate::supervise::reconcile) fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every known plugin's slot, by name, as the reconcile loop last published them.
+pub type PluginMap = HashMap<String, Arc<PluginSlot>>;
+
+/// The plugins plugd knows and whether start-up is over; written by the reconcile loop only.
+#[derive(Debug)]
+pub struct Registry {
+    plugins: ArcSwap<PluginMap>,
+    ready: AtomicBool,
+    changed: Notify,
+    hook_timeout: Duration,
+}
+
+impl Registry {
+    /// An empty registry, not ready; hook handlers get `hook_timeout` each.
+    pub fn new(hook_timeout: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            plugins: ArcSwap::from_pointee(HashMap::new()),
+            ready: AtomicBool::new(false),
+            changed: Notify::new(),
+            hook_timeout,
+        })
+    }
+
+    /// The current plugins, cheaply (for one request).
+    pub fn plugins(&self) -> Guard<Arc<PluginMap>> {
+        self.plugins.load()
+    }
+
+    /// The current plugins, to keep beyond one request.
+    pub fn snapshot(&self) -> Arc<PluginMap> {
+        self.plugins.load_full()
+    }
+
+    /// One plugin's slot.
+    pub fn get(&self, name: &str) -> Option<Arc<PluginSlot>> {
+        self.plugins.load().get(name).cloned()
+    }
+
+    /// Whether every plugin has been started (or has failed to) since plugd started.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The deadline of one hook handler call.
+    pub fn hook_timeout(&self) -> Duration {
+        self.hook_timeout
+    }
+
+    /// Resolves at the next change of some plugin's state (for the heartbeat).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    pub(in crate::supervise::reconcile) fn publish(&self, map: PluginMap) {
+        self.plugins.store(Arc::new(map));
+    }
+
+    pub(in crate::supervise::reconcile) fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub(in crate::supervise::reconcile) fn notify_changed(&self) {
+        self.changed.notify_one();
+    }
+}

@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Deadline of one hook handler call [default: 5s].
     #[arg(long)]
     hook_timeout: Option<String>,
+    /// Log one line per HTTP request: true or false [default: false].
+    #[arg(long)]
+    access_log: Option<String>,
 }
 
 impl ServeArgs {
@@ -95,6 +98,7 @@ impl ServeArgs {
             ("cgroups", &self.cgroups),
             ("database_url", &self.database_url),
             ("hook_timeout", &self.hook_timeout),
+            ("access_log", &self.access_log),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

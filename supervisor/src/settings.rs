@@ -5,10 +5,9 @@
 
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 /// Everything `plugd serve` needs to know.
@@ -16,7 +15,6 @@ use std::time::Duration;
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Address the HTTP server binds (port 0 picks a free port).
-    #[serde(deserialize_with = "from_str")]
     pub listen: SocketAddr,
     /// Directory whose `*/plugin.toml` are the plugins to run.
     pub plugins_dir: PathBuf,
@@ -25,31 +23,31 @@ pub struct Settings {
     /// Directory under which a private `0700` directory holds the plugins' sockets.
     pub runtime_dir: PathBuf,
     /// How long a started plugin has to connect and complete its handshake.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Default time a plugin has to answer one HTTP request (a manifest may set its own).
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// How long shutdown waits for HTTP requests and then for plugins before killing them.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Default largest HTTP request body forwarded to a plugin (a manifest may set its own).
-    #[serde(deserialize_with = "from_str")]
     pub max_body: ByteSize,
     /// Largest protocol frame either side may send.
-    #[serde(deserialize_with = "from_str")]
     pub max_frame: ByteSize,
     /// Time between resource samples of each plugin; `0s` turns monitoring off.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub monitor_interval: Duration,
     /// Whether to put each plugin in a cgroup of its own with its limits (`true` or `false`).
-    #[serde(deserialize_with = "from_str")]
     pub cgroups: bool,
     /// Deadline of one hook handler call.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub hook_timeout: Duration,
     /// PostgreSQL URL for the state store; none means SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Whether to log one line per HTTP request (method, path, status, latency, request id)
+    /// under the `plugd::access` log target.
+    pub access_log: bool,
     /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
     pub admin_tokens: Vec<AdminToken>,
 }
@@ -106,6 +104,7 @@ impl Default for Settings {
             cgroups: true,
             hook_timeout: Duration::from_secs(5),
             database_url: None,
+            access_log: false,
             admin_tokens: Vec::new(),
         }
     }
@@ -138,6 +137,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cgroups", "PLUGD_CGROUPS"),
     ("database_url", "PLUGD_DATABASE_URL"),
     ("hook_timeout", "PLUGD_HOOK_TIMEOUT"),
+    ("access_log", "PLUGD_ACCESS_LOG"),
 ];
 
 /// The environment variable holding an admin token (named `env`, role `admin`).
@@ -162,6 +162,13 @@ impl Settings {
             table = text
                 .parse::<toml::Table>()
                 .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            // Quoted values keep working where a typed one is expected (`cgroups = "false"`).
+            for (key, _) in KEYS {
+                if let Some(toml::Value::String(value)) = table.get(*key).cloned() {
+                    set(&mut table, key, value)
+                        .with_context(|| format!("config file {}", path.display()))?;
+                }
+            }
             check(&table).with_context(|| format!("config file {}", path.display()))?;
         }
         for (key, var) in KEYS {
@@ -200,37 +207,34 @@ impl Settings {
     }
 }
 
-/// Sets one key, checking its value on its own so the error names this layer.
+/// Sets one key from the environment or a flag, checking its value on its own so the error
+/// names this layer. The value is taken as a string first (paths, durations, sizes, URLs) and
+/// otherwise as a TOML value (`false`, `1048576`), so every layer accepts what the file does.
 fn set(table: &mut toml::Table, key: &str, value: String) -> anyhow::Result<()> {
+    let as_string = toml::Value::String(value.clone());
     let mut single = toml::Table::new();
-    single.insert(key.to_owned(), toml::Value::String(value.clone()));
-    check(&single)?;
-    table.insert(key.to_owned(), toml::Value::String(value));
+    single.insert(key.to_owned(), as_string.clone());
+    let chosen = match check(&single) {
+        Ok(_) => as_string,
+        Err(first) => {
+            let typed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"));
+            let Some(typed) = typed else {
+                return Err(first).with_context(|| format!("invalid value {value:?}"));
+            };
+            single.insert(key.to_owned(), typed.clone());
+            check(&single).with_context(|| format!("invalid value {value:?}"))?;
+            typed
+        }
+    };
+    table.insert(key.to_owned(), chosen);
     Ok(())
 }
 
 fn check(table: &toml::Table) -> anyhow::Result<Settings> {
     Settings::deserialize(table.clone()).map_err(|e| anyhow::anyhow!("{}", e.message()))
-}
-
-fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}")))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?}: {e} (write it like \"30s\" or \"1m 30s\")"
-        ))
-    })
 }
 
 #[cfg(test)]
@@ -296,6 +300,25 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("PLUGD_REQUEST_TIMEOUT"), "{text}");
         assert!(text.contains("soon"), "{text}");
+    }
+
+    #[test]
+    fn typed_values_are_accepted_in_the_file_and_as_strings_elsewhere() {
+        let file = config_file("cgroups = false\nmax_body = 1048576\nrequest_timeout = \"5s\"\n");
+        let s = Settings::load(Some(file.path()), env_of(&[]), &[]).expect("typed values load");
+        assert!(!s.cgroups);
+        assert_eq!(s.max_body, ByteSize::mib(1));
+        assert_eq!(s.request_timeout, Duration::from_secs(5));
+        let env = env_of(&[("PLUGD_CGROUPS", "false"), ("PLUGD_MAX_BODY", "2MiB")]);
+        let flags = [("max_frame", "33554432".to_string())];
+        let s = Settings::load(None, env, &flags).expect("strings load");
+        assert!(!s.cgroups);
+        assert_eq!(s.max_body, ByteSize::mib(2));
+        assert_eq!(s.max_frame, ByteSize::mib(32));
+        let err = Settings::load(None, env_of(&[("PLUGD_CGROUPS", "maybe")]), &[])
+            .expect_err("not a boolean");
+        let text = format!("{err:#}");
+        assert!(text.contains("PLUGD_CGROUPS") && text.contains("maybe"), "{text}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Application {
             request_ids: RequestIds::default(),
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = http::router(edge.clone());
+        let app = http::router(edge.clone(), settings.access_log);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {

@@ -1,7 +1,8 @@
 //! The HTTP edge: everything plugd answers over HTTP, in the order a request meets it.
 //!
 //! [`router`] assembles the routes under tower-http layers (request ids set or propagated,
-//! an access-log line per request under the `plugd::access` log target, a timeout on admin
+//! with the `access_log` setting an access-log line per request under the `plugd::access`
+//! log target, a timeout on admin
 //! routes). [`proxy`] forwards `/plugins/{name}/…` to plugins; [`hooks`] fires hooks for host
 //! applications; [`admin`] is the admin API, one file per resource; [`health`] and [`metrics`]
 //! report on plugd itself; [`auth`] decides who may do what; every failure is an
@@ -90,13 +91,13 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-/// Every route plugd serves.
-pub fn router(edge: Arc<Edge>) -> Router {
+/// Every route plugd serves; with `access_log`, one log line per request.
+pub fn router(edge: Arc<Edge>, access_log: bool) -> Router {
     let admin = admin::router(edge.clone()).layer(TimeoutLayer::with_status_code(
         StatusCode::SERVICE_UNAVAILABLE,
         ADMIN_TIMEOUT,
     ));
-    let access_log = TraceLayer::new_for_http()
+    let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request<axum::body::Body>| {
             let id = request
                 .headers()
@@ -122,7 +123,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
             },
         )
         .on_failure(());
-    Router::new()
+    let routes = Router::new()
         .route("/plugins/{*rest}", any(proxy::proxy))
         .route("/plugins/", any(proxy::proxy))
         .route("/healthz", get(health::healthz))
@@ -131,7 +132,11 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/hooks/{hook}", post(hooks::post_hook))
         .nest("/admin", admin)
         .with_state(edge.clone())
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(access_log)
-        .layer(SetRequestIdLayer::x_request_id(edge.request_ids.clone()))
+        .layer(PropagateRequestIdLayer::x_request_id());
+    let routes = if access_log {
+        routes.layer(trace)
+    } else {
+        routes
+    };
+    routes.layer(SetRequestIdLayer::x_request_id(edge.request_ids.clone()))
 }

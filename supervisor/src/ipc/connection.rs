@@ -91,6 +91,18 @@ impl Connection {
         conn
     }
 
+    /// A connection whose other end is already closed, for tests that need an instance without
+    /// a plugin process.
+    #[cfg(test)]
+    pub(crate) fn detached(plugin: &str) -> Arc<Connection> {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let stream = tokio::net::UnixStream::from_std(ours).expect("a tokio socket");
+        let (rd, wr) = stream.into_split();
+        let frames = FramedRead::new(rd, FrameCodec::new(1 << 20));
+        Connection::start(plugin.to_owned(), frames, wr, 1 << 20, None)
+    }
+
     /// Sends request `M` and waits at most `timeout` for its result. On timeout the plugin is
     /// sent a `cancel` for the request.
     pub async fn call<M: Method>(

@@ -64,6 +64,31 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// An instance with no process behind it, for tests of the reconcile loop: its connection's
+    /// other end is closed and it has no pid, so nothing can signal a process through it.
+    #[cfg(test)]
+    pub(crate) fn detached(manifest: Arc<Manifest>, epoch: u64) -> Instance {
+        let limits = EffectiveLimits::resolve(&manifest.limits, Duration::from_secs(30), 1 << 20);
+        let (_, exited) = watch::channel(None);
+        Instance {
+            pid: 0,
+            epoch,
+            version: manifest.version.clone(),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+            limits,
+            usage: Mutex::new(None),
+            leaf: None,
+            conn: Connection::detached(&manifest.name),
+            manifest,
+            routes: RouteTable::build(&[]).expect("an empty route table"),
+            hooks: Vec::new(),
+            permissions: Vec::new(),
+            services: Vec::new(),
+            ready_at: Instant::now(),
+            exited,
+        }
+    }
+
     /// The latest resource sample, if one was taken.
     pub fn usage_now(&self) -> Option<Usage> {
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -199,6 +199,8 @@ pub struct Reconciler {
     /// A rescan found the store unreachable and a probe waits for it to answer again.
     rescan_waiting: bool,
     store: Arc<dyn StateStore>,
+    /// Whether file changes in the plugins directory trigger rescans.
+    watch_files: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -244,6 +246,7 @@ impl Reconciler {
             desired_reads: HashMap::new(),
             rescan_waiting: false,
             store,
+            watch_files: true,
         };
         (r, handle)
     }
@@ -253,12 +256,14 @@ impl Reconciler {
         let handle = Handle {
             tx: self.tx.clone(),
         };
-        match Watcher::start(&self.plugins_dir, handle) {
-            Ok(w) => self.watcher = Some(w),
-            Err(e) => tracing::warn!(
-                "cannot watch {}: {e}; send SIGHUP to pick up changes",
-                self.plugins_dir.display()
-            ),
+        if self.watch_files {
+            match Watcher::start(&self.plugins_dir, handle) {
+                Ok(w) => self.watcher = Some(w),
+                Err(e) => tracing::warn!(
+                    "cannot watch {}: {e}; send SIGHUP to pick up changes",
+                    self.plugins_dir.display()
+                ),
+            }
         }
         self.sync_all_bundles().await;
         self.rescan(false).await;

@@ -9,8 +9,8 @@ use plugd_protocol::message::kv::{
 };
 use plugd_protocol::message::service::{ServiceCall, ServiceInput};
 use plugd_protocol::message::Method;
-use plugd_protocol::{ErrorObject, Response as WireResponse};
 use plugd_protocol::pending::Pending;
+use plugd_protocol::{ErrorObject, Response as WireResponse};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -1,7 +1,7 @@
 //! The command line: `plugd serve` runs the supervisor; `plugd check` validates manifests.
 
-use crate::manifest;
 use crate::app::Application;
+use crate::manifest;
 use crate::settings::{Settings, ENV_CONFIG};
 use crate::store::Store;
 use clap::{Args, Parser, Subcommand};

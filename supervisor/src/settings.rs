@@ -318,7 +318,10 @@ mod tests {
         let err = Settings::load(None, env_of(&[("PLUGD_CGROUPS", "maybe")]), &[])
             .expect_err("not a boolean");
         let text = format!("{err:#}");
-        assert!(text.contains("PLUGD_CGROUPS") && text.contains("maybe"), "{text}");
+        assert!(
+            text.contains("PLUGD_CGROUPS") && text.contains("maybe"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -150,9 +150,10 @@ impl Application {
 
         let reconciling = tokio::spawn(reconciler.run());
         let heartbeat = tokio::spawn(cluster::heartbeat(worker, registry, store.clone()));
-        let following = settings.database_url.clone().map(|url| {
-            tokio::spawn(cluster::follow_changes(url, store.clone(), handle.clone()))
-        });
+        let following = settings
+            .database_url
+            .clone()
+            .map(|url| tokio::spawn(cluster::follow_changes(url, store.clone(), handle.clone())));
         let hangups = tokio::spawn(forward_hangups(handle.clone()));
 
         shutdown.await;

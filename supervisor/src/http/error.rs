@@ -55,8 +55,10 @@ impl ApiError {
 
     /// 503 with `Retry-After: 1`: try again shortly.
     pub fn unavailable(error: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, detail)
-            .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, detail).with_header(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        )
     }
 
     /// 401 with the `WWW-Authenticate: Bearer` challenge.

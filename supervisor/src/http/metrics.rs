@@ -180,7 +180,9 @@ impl Collector for PluginCollector {
                     plugin: (*name).clone(),
                     state,
                 };
-                states.get_or_create(&labels).set(i64::from(state == current));
+                states
+                    .get_or_create(&labels)
+                    .set(i64::from(state == current));
             }
             restarts
                 .get_or_create(&PluginLabels {
@@ -225,12 +227,16 @@ impl Collector for PluginCollector {
         }
         type Pick = fn(&Instance) -> Option<i64>;
         let gauges: [(&str, &str, Pick); 10] = [
-            ("plugd_plugin_memory_bytes", "Memory charged to the plugin", |i| {
-                i.usage_now().map(|u| int(u.memory_bytes))
-            }),
-            ("plugd_plugin_memory_limit_bytes", "Hard memory limit", |i| {
-                Some(int(i.limits.memory))
-            }),
+            (
+                "plugd_plugin_memory_bytes",
+                "Memory charged to the plugin",
+                |i| i.usage_now().map(|u| int(u.memory_bytes)),
+            ),
+            (
+                "plugd_plugin_memory_limit_bytes",
+                "Hard memory limit",
+                |i| Some(int(i.limits.memory)),
+            ),
             (
                 "plugd_plugin_memory_soft_limit_bytes",
                 "Soft memory limit (a warning)",

@@ -167,7 +167,12 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     let body = match Limited::new(body, instance.limits.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(ApiError::bad_request("cannot read request body", e.to_string())),
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "cannot read request body",
+                e.to_string(),
+            ))
+        }
     };
 
     let request_id = match parts
@@ -318,4 +323,3 @@ fn build_response(answer: plugd_protocol::message::http::HttpResponse) -> Result
     }
     Ok(response)
 }
-

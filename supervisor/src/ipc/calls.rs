@@ -27,7 +27,10 @@ pub const MAX_KEY: usize = 512;
 /// The other plugins, as a plugin's calls reach them.
 pub trait Peers: Send + Sync + 'static {
     /// Calls a service on the running plugin that provides it.
-    fn call_service(&self, input: ServiceInput) -> BoxFuture<'static, Result<ServiceOutput, ErrorObject>>;
+    fn call_service(
+        &self,
+        input: ServiceInput,
+    ) -> BoxFuture<'static, Result<ServiceOutput, ErrorObject>>;
 
     /// Fires a hook at every plugin that handles it; answers the combined result.
     fn fire_hook(

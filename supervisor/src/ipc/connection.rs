@@ -9,7 +9,9 @@
 use super::calls::Calls;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use plugd_protocol::envelope::{encode_error, encode_notification, encode_request, encode_response};
+use plugd_protocol::envelope::{
+    encode_error, encode_notification, encode_request, encode_response,
+};
 use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping};
 use plugd_protocol::message::Method;
 use plugd_protocol::pending::{Call, Pending};

@@ -91,7 +91,6 @@ pub fn validate_limits(l: &Limits) -> Result<(), String> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

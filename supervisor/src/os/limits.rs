@@ -68,7 +68,10 @@ mod tests {
     fn defaults_fill_every_unset_limit() {
         let l = EffectiveLimits::resolve(&Limits::default(), Duration::from_secs(7), 99);
         assert_eq!(l.memory, manifest::DEFAULT_MEMORY);
-        assert_eq!(l.memory_soft, (manifest::DEFAULT_MEMORY as f64 * 0.8) as u64);
+        assert_eq!(
+            l.memory_soft,
+            (manifest::DEFAULT_MEMORY as f64 * 0.8) as u64
+        );
         assert_eq!(
             (l.tasks, l.open_files),
             (manifest::DEFAULT_TASKS, manifest::DEFAULT_OPEN_FILES)

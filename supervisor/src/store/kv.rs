@@ -155,4 +155,3 @@ fn kv_from_row(row: &AnyRow) -> Result<KvItem, sqlx::Error> {
         version: row.try_get("version")?,
     })
 }
-

@@ -27,10 +27,11 @@ impl Store {
         if self.lock_verified().get(plugin) == Some(&sums) {
             return Ok(0);
         }
-        let mut conn =
-            self.pool.acquire().await.map_err(|e| {
-                from_sqlx(format!("cannot reach the store: {e}"), &e)
-            })?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| from_sqlx(format!("cannot reach the store: {e}"), &e))?;
         // On PostgreSQL every worker starting this plugin gets here: one runs the migrations
         // under a cluster-wide advisory lock, the others wait for it, then find them applied.
         let lock_key = format!("plugd:migrate:{plugin}");
@@ -39,9 +40,7 @@ impl Store {
                 .bind(&lock_key)
                 .execute(&mut *conn)
                 .await
-                .map_err(|e| {
-                    from_sqlx(format!("cannot take the migration lock: {e}"), &e)
-                })?;
+                .map_err(|e| from_sqlx(format!("cannot take the migration lock: {e}"), &e))?;
         }
         let result = apply_migrations(&mut conn, plugin, &files).await;
         if self.backend == Backend::Postgres {
@@ -105,8 +104,7 @@ async fn apply_migrations(
     files: &[MigrationFile],
 ) -> Result<usize, Failure> {
     use sqlx::Connection;
-    let failed =
-        |what: String| move |e: sqlx::Error| from_sqlx(format!("{what}: {e}"), &e);
+    let failed = |what: String| move |e: sqlx::Error| from_sqlx(format!("{what}: {e}"), &e);
     let mut applied = 0;
     for MigrationFile { id, sql, checksum } in files {
         let known: Option<String> = sqlx::query_scalar(
@@ -152,7 +150,6 @@ async fn apply_migrations(
     }
     Ok(applied)
 }
-
 
 /// A failed statement of a plugin migration: the store being away is worth a retry once it is
 /// back; a wrong migration is not.

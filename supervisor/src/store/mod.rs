@@ -197,4 +197,3 @@ pub fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
-

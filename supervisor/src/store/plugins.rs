@@ -266,4 +266,3 @@ async fn insert_change(
     }
     Ok(())
 }
-

@@ -195,9 +195,8 @@ async fn start_in(
     leaf: &Option<Leaf>,
 ) -> Result<Instance, Failure> {
     let socket = ctx.socket_dir.join(format!("{epoch}.sock"));
-    let listener = UnixListener::bind(&socket).map_err(|e| {
-        Failure::later(format!("cannot create socket {}: {e}", socket.display()))
-    })?;
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| Failure::later(format!("cannot create socket {}: {e}", socket.display())))?;
     let spec = SpawnSpec {
         manifest: &manifest,
         socket: &socket,

@@ -231,4 +231,31 @@ async fn limits_and_usage_are_visible() {
         !text.contains("nobody"),
         "unknown plugin names are not metrics labels"
     );
+    // A Prometheus text parser reads all of it; every state has its sample, `disabled` too,
+    // and CPU time is a counter.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text");
+    let sample = |metric: &str, state: Option<&str>| {
+        scrape.samples.iter().find(|s| {
+            s.metric == metric
+                && s.labels.get("plugin") == Some("seen")
+                && state.is_none_or(|st| s.labels.get("state") == Some(st))
+        })
+    };
+    for state in ["disabled", "starting", "ready", "backoff", "failed"] {
+        assert!(
+            sample("plugd_plugin_state", Some(state)).is_some(),
+            "no {state} sample"
+        );
+    }
+    let cpu = sample("plugd_plugin_cpu_seconds_total", None).expect("cpu counter");
+    assert!(
+        matches!(cpu.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v >= 0.0),
+        "{:?}",
+        cpu.value
+    );
+    assert!(
+        text.contains("# TYPE plugd_plugin_cpu_seconds counter"),
+        "cpu seconds are typed as a counter"
+    );
 }

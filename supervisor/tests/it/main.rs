@@ -6,6 +6,7 @@ mod cluster;
 mod failures;
 mod harness;
 mod hooks;
+mod layers;
 mod lifecycle;
 mod limits;
 mod pg;

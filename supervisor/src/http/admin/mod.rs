@@ -45,7 +45,9 @@ pub fn router(edge: Arc<Edge>) -> Router<Arc<Edge>> {
         .route("/permissions", get(permissions::list))
         .route("/workers", get(workers::list))
         .route("/stats", get(stats::get))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found", "no such admin endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not found", "no such admin endpoint")
+        })
         .layer(middleware::from_fn_with_state(edge, authenticate))
 }
 

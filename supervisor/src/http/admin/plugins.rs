@@ -141,7 +141,10 @@ async fn set_enabled(
 /// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`. A header
 /// that is not a generation is refused rather than ignored: ignoring it would turn a
 /// conditional write into an unconditional one.
-fn expected_generation(headers: &HeaderMap, query: &GenerationQuery) -> Result<Option<i64>, ApiError> {
+fn expected_generation(
+    headers: &HeaderMap,
+    query: &GenerationQuery,
+) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(IF_MATCH) else {
         return Ok(query.generation);
     };
@@ -344,4 +347,3 @@ pub async fn logs(
         json!({ "plugin": name, "lines": lines, "dropped": slot.logs().dropped() }),
     ))
 }
-

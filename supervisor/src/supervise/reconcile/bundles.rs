@@ -36,10 +36,9 @@ impl Reconciler {
                     return false;
                 }
                 let plugins_dir = self.plugins_dir.clone();
-                let placed = tokio::task::spawn_blocking(move || {
-                    bundle::place(&bytes, &want, &plugins_dir)
-                })
-                .await;
+                let placed =
+                    tokio::task::spawn_blocking(move || bundle::place(&bytes, &want, &plugins_dir))
+                        .await;
                 match placed {
                     Ok(Ok(_)) => {
                         tracing::info!(plugin = name, sha256 = %got, "installed the bundle from the store");
@@ -69,7 +68,10 @@ impl Reconciler {
                 .await;
                 match removed {
                     Ok(Ok(())) => {
-                        tracing::info!(plugin = name, "uninstalled through another worker; removed");
+                        tracing::info!(
+                            plugin = name,
+                            "uninstalled through another worker; removed"
+                        );
                         true
                     }
                     Ok(Err(e)) => {

@@ -30,7 +30,11 @@ impl Reconciler {
         });
     }
 
-    pub(super) async fn on_desired_read(&mut self, name: &str, result: Result<Option<PluginRecord>, String>) {
+    pub(super) async fn on_desired_read(
+        &mut self,
+        name: &str,
+        result: Result<Option<PluginRecord>, String>,
+    ) {
         let again = self.desired_reads.remove(name).unwrap_or(false);
         match result {
             Ok(record) => {

@@ -1,9 +1,9 @@
 //! One plugin's instances: starting one, what happens when a start finishes, when an instance
 //! exits or misbehaves (the restart policy), reloads, removal and shutdown.
 
+use super::readiness::notify;
 use super::seams::Launcher;
 use super::state::PluginState;
-use super::readiness::notify;
 use super::{program_stamp, Event, Reconciler};
 use crate::error::{Failure, Retry};
 use crate::manifest;
@@ -76,7 +76,12 @@ impl Reconciler {
         });
     }
 
-    pub(super) fn on_started(&mut self, name: &str, epoch: u64, result: Result<Arc<Instance>, Failure>) {
+    pub(super) fn on_started(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        result: Result<Arc<Instance>, Failure>,
+    ) {
         let grace = self.grace;
         let Some(entry) = self
             .entries
@@ -90,7 +95,10 @@ impl Reconciler {
             return;
         };
         entry.starting = None;
-        if !result.as_ref().is_err_and(|e| e.retry == Retry::WhenStoreBack) {
+        if !result
+            .as_ref()
+            .is_err_and(|e| e.retry == Retry::WhenStoreBack)
+        {
             entry.store_wait_logged = false;
         }
         match result {
@@ -233,7 +241,13 @@ impl Reconciler {
     }
 
     /// Applies the restart policy to a plugin that is down for `reason`.
-    pub(super) fn on_down(&mut self, name: &str, reason: String, fatal: bool, up_for: Option<Duration>) {
+    pub(super) fn on_down(
+        &mut self,
+        name: &str,
+        reason: String,
+        fatal: bool,
+        up_for: Option<Duration>,
+    ) {
         let Some(entry) = self.entries.get_mut(name) else {
             return;
         };

@@ -28,10 +28,10 @@ pub use state::{PluginMap, PluginSlot, PluginState, Registry};
 
 use crate::error::Failure;
 use crate::manifest::Manifest;
+use crate::store::PluginRecord;
 use crate::supervise::instance::{Instance, InstanceEvent};
 use crate::supervise::policy::RestartState;
 use crate::supervise::watcher::Watcher;
-use crate::store::PluginRecord;
 use readiness::notify;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

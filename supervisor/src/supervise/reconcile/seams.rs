@@ -90,8 +90,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Registers a discovered plugin (enabled if new); returns its record.
     fn register<'a>(&'a self, m: &'a Manifest) -> BoxFuture<'a, anyhow::Result<PluginRecord>>;
     /// Marks registered plugins not in `present` as missing; returns the newly missing.
-    fn mark_missing<'a>(&'a self, present: &'a [String])
-        -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
+    fn mark_missing<'a>(
+        &'a self,
+        present: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
     /// One plugin's record.
     fn plugin<'a>(&'a self, name: &'a str) -> BoxFuture<'a, anyhow::Result<Option<PluginRecord>>>;
     /// Every plugin's record.

@@ -36,7 +36,12 @@ impl FakeLauncher {
 
     /// Ends instance `epoch` as if its process had exited for `reason`.
     fn exit(&self, epoch: u64, reason: &str) {
-        let tx = self.script().exits.get(&epoch).cloned().expect("a followed instance");
+        let tx = self
+            .script()
+            .exits
+            .get(&epoch)
+            .cloned()
+            .expect("a followed instance");
         let _ = tx.send(reason.to_owned());
     }
 }
@@ -172,7 +177,13 @@ impl StateStore for MemoryStore {
     fn plugins(&self) -> futures_util::future::BoxFuture<'_, anyhow::Result<Vec<PluginRecord>>> {
         Box::pin(async move {
             self.check()?;
-            Ok(self.records.lock().expect("records").values().cloned().collect())
+            Ok(self
+                .records
+                .lock()
+                .expect("records")
+                .values()
+                .cloned()
+                .collect())
         })
     }
 
@@ -268,11 +279,17 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        panic!("plugin a never became {what}; it is {}", self.state().name());
+        panic!(
+            "plugin a never became {what}; it is {}",
+            self.state().name()
+        );
     }
 
     async fn ready(&self) -> u64 {
-        match &*self.until("ready", |s| matches!(s, PluginState::Ready(_))).await {
+        match &*self
+            .until("ready", |s| matches!(s, PluginState::Ready(_)))
+            .await
+        {
             PluginState::Ready(i) => i.epoch,
             _ => unreachable!(),
         }
@@ -281,7 +298,10 @@ impl Harness {
     /// Waits for a ready instance other than `old`.
     async fn ready_other_than(&self, old: u64) -> u64 {
         let state = self
-            .until("ready again", |s| matches!(s, PluginState::Ready(i) if i.epoch != old))
+            .until(
+                "ready again",
+                |s| matches!(s, PluginState::Ready(i) if i.epoch != old),
+            )
             .await;
         match &*state {
             PluginState::Ready(i) => i.epoch,
@@ -300,13 +320,19 @@ async fn a_crash_restarts_at_once_then_backs_off_then_the_crash_loop_fails() {
     let crashed = TokioInstant::now();
     h.launcher.exit(first, "exited with code 1");
     let second = h.ready_other_than(first).await;
-    assert!(crashed.elapsed() < Duration::from_millis(100), "{:?}", crashed.elapsed());
+    assert!(
+        crashed.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        crashed.elapsed()
+    );
     assert_eq!(h.restarts(), 1);
 
     // The second waits in backoff: at least half the initial backoff (jitter), at most all.
     let crashed = TokioInstant::now();
     h.launcher.exit(second, "exited with code 1");
-    let state = h.until("backoff", |s| matches!(s, PluginState::Backoff { .. })).await;
+    let state = h
+        .until("backoff", |s| matches!(s, PluginState::Backoff { .. }))
+        .await;
     assert_eq!(state.reason(), Some("exited with code 1"));
     let third = h.ready_other_than(second).await;
     let waited = crashed.elapsed();
@@ -321,7 +347,9 @@ async fn a_crash_restarts_at_once_then_backs_off_then_the_crash_loop_fails() {
     let fourth = h.ready_other_than(third).await;
     assert_eq!(h.restarts(), 3);
     h.launcher.exit(fourth, "killed by signal SIGSEGV");
-    let state = h.until("failed", |s| matches!(s, PluginState::Failed(_))).await;
+    let state = h
+        .until("failed", |s| matches!(s, PluginState::Failed(_)))
+        .await;
     let reason = state.reason().expect("a reason");
     assert!(
         reason.contains("crash loop") && reason.contains("SIGSEGV"),
@@ -342,7 +370,9 @@ async fn a_start_that_cannot_work_fails_at_once() {
         .script()
         .outcomes
         .push_back(Err(Failure::never("cannot start ./a: command not found")));
-    let state = h.until("failed", |s| matches!(s, PluginState::Failed(_))).await;
+    let state = h
+        .until("failed", |s| matches!(s, PluginState::Failed(_)))
+        .await;
     assert_eq!(state.reason(), Some("cannot start ./a: command not found"));
     assert_eq!(h.restarts(), 0);
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -356,8 +386,10 @@ async fn a_reload_swaps_blue_green_and_a_failed_one_keeps_the_old_instance() {
 
     h.handle.send(Event::Reload { name: "a".into() });
     let green = h.ready_other_than(blue).await;
-    h.until("draining the old one", |_| h.launcher.script().stopped.contains(&blue))
-        .await;
+    h.until("draining the old one", |_| {
+        h.launcher.script().stopped.contains(&blue)
+    })
+    .await;
     assert_eq!(h.restarts(), 0, "a reload is not a restart");
 
     // A reload whose new instance fails leaves the running one serving.
@@ -366,7 +398,8 @@ async fn a_reload_swaps_blue_green_and_a_failed_one_keeps_the_old_instance() {
         .outcomes
         .push_back(Err(Failure::later("no handshake within 10s")));
     h.handle.send(Event::Reload { name: "a".into() });
-    h.until("a second start", |_| h.launcher.starts() == 3).await;
+    h.until("a second start", |_| h.launcher.starts() == 3)
+        .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     match &*h.state() {
         PluginState::Ready(i) => assert_eq!(i.epoch, green),
@@ -382,7 +415,8 @@ async fn the_desired_state_stops_and_starts_the_plugin() {
 
     h.store.set_enabled("a", false);
     h.handle.send(Event::Desired { name: "a".into() });
-    h.until("disabled", |s| matches!(s, PluginState::Disabled)).await;
+    h.until("disabled", |s| matches!(s, PluginState::Disabled))
+        .await;
     assert!(h.launcher.script().stopped.contains(&first));
     assert_eq!(h.restarts(), 0, "a stop on purpose is not a crash");
 
@@ -400,9 +434,13 @@ async fn a_start_that_needs_the_unreachable_store_waits_without_using_restarts()
     };
     store.away.store(true, Ordering::SeqCst);
     let h = Harness::start(store);
-    let state = h.until("backoff", |s| matches!(s, PluginState::Backoff { .. })).await;
+    let state = h
+        .until("backoff", |s| matches!(s, PluginState::Backoff { .. }))
+        .await;
     assert!(
-        state.reason().is_some_and(|r| r.contains("cannot reach the store")),
+        state
+            .reason()
+            .is_some_and(|r| r.contains("cannot reach the store")),
         "{:?}",
         state.reason()
     );

@@ -17,8 +17,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::TypedMetric;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
@@ -71,6 +72,16 @@ pub struct Metrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Histograms,
+    /// Handles into the families by plugin and route, so recording a request looks up two
+    /// borrowed strings and allocates nothing once a route has been seen.
+    routes: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
+}
+
+/// One route's histogram and its counter per status, shared with the families.
+#[derive(Debug)]
+struct RouteHandles {
+    duration: Histogram,
+    statuses: Mutex<Vec<(u16, Counter)>>,
 }
 
 impl Metrics {
@@ -94,24 +105,59 @@ impl Metrics {
             registry,
             requests,
             durations,
+            routes: RwLock::default(),
         }
     }
 
     /// Counts one request.
     pub fn record(&self, plugin: &str, route: &str, status: u16, took: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                plugin: plugin.to_owned(),
-                route: route.to_owned(),
-                status,
+        let handles = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            routes.get(plugin).and_then(|r| r.get(route)).cloned()
+        };
+        let handles = handles.unwrap_or_else(|| self.first_of_route(plugin, route));
+        handles.duration.observe(took.as_secs_f64());
+        let mut statuses = handles.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        match statuses.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                let counter = self
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        plugin: plugin.to_owned(),
+                        route: route.to_owned(),
+                        status,
+                    })
+                    .clone();
+                counter.inc();
+                statuses.push((status, counter));
+            }
+        }
+    }
+
+    /// Registers a route's handles the first time it is seen.
+    fn first_of_route(&self, plugin: &str, route: &str) -> Arc<RouteHandles> {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes
+            .entry(plugin.to_owned())
+            .or_default()
+            .entry(route.to_owned())
+            .or_insert_with(|| {
+                let duration = self
+                    .durations
+                    .get_or_create(&RouteLabels {
+                        plugin: plugin.to_owned(),
+                        route: route.to_owned(),
+                    })
+                    .clone();
+                Arc::new(RouteHandles {
+                    duration,
+                    statuses: Mutex::new(Vec::new()),
+                })
             })
-            .inc();
-        self.durations
-            .get_or_create(&RouteLabels {
-                plugin: plugin.to_owned(),
-                route: route.to_owned(),
-            })
-            .observe(took.as_secs_f64());
+            .clone()
     }
 
     /// Renders every metric in the text exposition format.

@@ -219,11 +219,10 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         }
         break answer;
     };
-    let failed = |status, error, detail: String| ApiError::new(status, error, detail);
     let mut response = match answer {
         Ok(answer) => match build_response(answer) {
             Ok(response) => response,
-            Err(detail) => failed(
+            Err(detail) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "invalid response from plugin",
                 format!("plugin {name:?}: {detail}"),
@@ -232,34 +231,34 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         },
         Err(e) => {
             let error = match e {
-                CallError::Closed(reason) => failed(
+                CallError::Closed(reason) => ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "plugin died during the request",
                     format!("plugin {name:?}: {reason}"),
                 ),
-                CallError::Timeout(after) => failed(
+                CallError::Timeout(after) => ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "plugin timed out",
                     format!(
                         "plugin {name:?} did not answer within {after:?}; the request was cancelled"
                     ),
                 ),
-                CallError::Remote(e) if e.code == codes::SHUTTING_DOWN => failed(
+                CallError::Remote(e) if e.code == codes::SHUTTING_DOWN => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "plugin not ready",
                     format!("plugin {name:?} is shutting down"),
                 ),
-                CallError::NotSent(reason) => failed(
+                CallError::NotSent(reason) => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "plugin not ready",
                     format!("plugin {name:?} is gone: {reason}"),
                 ),
-                CallError::Remote(e) => failed(
+                CallError::Remote(e) => ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "plugin error",
                     format!("plugin {name:?} answered with an error: {e}"),
                 ),
-                CallError::Protocol(detail) => failed(
+                CallError::Protocol(detail) => ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "protocol error",
                     format!("plugin {name:?}: {detail}"),

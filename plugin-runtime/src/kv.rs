@@ -208,17 +208,32 @@ impl Kv {
         Ok(r.deleted)
     }
 
-    /// Keys starting with `prefix`, in key order (at most 1000).
+    /// Keys starting with `prefix`, in key order: the first page (at most 1000 entries, and
+    /// at most the supervisor's byte limit per answer; see [`Kv::list_page`] for the rest).
     pub async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, HostError> {
+        Ok(self.list_page(prefix, None, None).await?.0)
+    }
+
+    /// One page of the keys starting with `prefix` that sort after `after`, at most `limit`
+    /// entries; the flag says whether more follow (ask again with `after` = the last key).
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<KvEntry>, bool), HostError> {
         let params = KvPrefix {
             prefix: prefix.into(),
-            limit: None,
+            limit,
+            after: after.map(str::to_owned),
         };
         let r = self.caller.call::<KvList>(&params).await?;
-        Ok(r.entries
+        let entries = r
+            .entries
             .into_iter()
             .map(|e| (e.key, e.value, e.version))
-            .collect())
+            .collect();
+        Ok((entries, r.more))
     }
 
     /// Writes `value` only if `key` is still at version `expected` (`None`: only if unset).

@@ -20,8 +20,7 @@ use serde::Serialize;
 const TYPE_REQUEST: u8 = 0;
 const TYPE_RESPONSE: u8 = 1;
 const TYPE_NOTIFICATION: u8 = 2;
-/// MessagePack values nest at most this deep; deeper input is refused rather than recursed into.
-const MAX_DEPTH: usize = 64;
+use crate::depth::MAX_DEPTH;
 
 /// One decoded envelope.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,6 +29,10 @@ pub mod codes {
     pub const NOT_AVAILABLE: i32 = 6;
     /// The chain of hook and service calls is deeper than the supervisor allows.
     pub const DEPTH_EXCEEDED: i32 = 7;
+    /// The receiver has as many of the sender's calls in flight as it allows; try again later.
+    pub const BUSY: i32 = 8;
+    /// The sender's quota (for example of key-value bytes or keys) is used up.
+    pub const QUOTA_EXCEEDED: i32 = 9;
     /// The handshake was refused (for example a protocol major mismatch).
     pub const HANDSHAKE_REFUSED: i32 = 10;
     /// The handshake's token or epoch did not match what the supervisor issued.

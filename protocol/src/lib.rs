@@ -7,6 +7,7 @@
 //! and the supervisor agree on bytes and nothing more. `PROTOCOL.md` beside this crate describes the
 //! same bytes for people writing a plugin in another language.
 
+pub mod depth;
 pub mod envelope;
 pub mod error;
 pub mod frame;

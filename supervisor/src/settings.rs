@@ -60,7 +60,8 @@ pub struct AdminToken {
     pub name: String,
     /// The secret.
     pub token: String,
-    /// `admin` (everything) or `viewer` (GET only) in the admin API.
+    /// `admin` (everything), `viewer` (GET only in the admin API) or `host` (fires hooks,
+    /// nothing else).
     pub role: Role,
     /// Permissions granted to callers presenting this token on plugin routes.
     #[serde(default)]
@@ -86,6 +87,8 @@ pub enum Role {
     Admin,
     /// Read only.
     Viewer,
+    /// May fire hooks (`POST /hooks/{hook}`) and nothing else: for host applications.
+    Host,
 }
 
 impl Default for Settings {
@@ -143,6 +146,10 @@ pub const KEYS: &[(&str, &str)] = &[
 /// The environment variable holding an admin token (named `env`, role `admin`).
 pub const ENV_ADMIN_TOKEN: &str = "PLUGD_ADMIN_TOKEN";
 
+/// The environment variable holding a token for host applications (named `env-host`, role
+/// `host`: it may fire hooks and nothing else).
+pub const ENV_HOST_TOKEN: &str = "PLUGD_HOST_TOKEN";
+
 /// The environment variable naming the config file when `--config` is not given.
 pub const ENV_CONFIG: &str = "PLUGD_CONFIG";
 
@@ -187,6 +194,14 @@ impl Settings {
                 name: "env".into(),
                 token,
                 role: Role::Admin,
+                permissions: Vec::new(),
+            });
+        }
+        if let Some(token) = env(ENV_HOST_TOKEN).filter(|t| !t.is_empty()) {
+            settings.admin_tokens.push(AdminToken {
+                name: "env-host".into(),
+                token,
+                role: Role::Host,
                 permissions: Vec::new(),
             });
         }

@@ -89,6 +89,9 @@ pub struct KvPrefix {
     /// Most entries to return.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// List only keys after this one (the last key of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// One listed entry.
@@ -107,6 +110,10 @@ pub struct KvEntry {
 pub struct KvEntries {
     /// Entries in key order.
     pub entries: Vec<KvEntry>,
+    /// More entries match: the answer stopped at its count or byte limit. Ask again with
+    /// `after` set to the last key listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 impl Method for KvList {

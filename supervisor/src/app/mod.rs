@@ -141,7 +141,11 @@ impl Application {
                 .await
         });
         tracing::info!(%addr, "listening");
-        if edge.admin_tokens.is_empty() {
+        if !edge
+            .admin_tokens
+            .iter()
+            .any(|t| t.role != crate::settings::Role::Host)
+        {
             tracing::warn!(
                 "NO ADMIN TOKEN IS CONFIGURED: the admin API under /admin refuses every request; set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file to use it"
             );

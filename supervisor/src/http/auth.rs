@@ -1,6 +1,6 @@
 //! Who may do what at the HTTP edge: bearer tokens (compared in constant time against every
-//! configured token), their roles in the admin API (`admin` everything, `viewer` reads only),
-//! and the permissions a plugin route may require of its caller.
+//! configured token), their roles (`admin` everything, `viewer` reads the admin API, `host`
+//! fires hooks and nothing else), and the permissions a plugin route may require of its caller.
 
 use super::error::ApiError;
 use super::Edge;
@@ -46,11 +46,11 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if edge.admin_tokens.is_empty() {
+    if !edge.admin_tokens.iter().any(|t| t.role != Role::Host) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "admin API disabled",
-            "no admin token is configured: set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file",
+            "no admin or viewer token is configured: set PLUGD_ADMIN_TOKEN or [[admin_tokens]] in the config file",
         )
         .into_response();
     }
@@ -58,6 +58,17 @@ pub async fn authenticate(
         Ok(token) => token,
         Err(detail) => return ApiError::unauthorized(detail).into_response(),
     };
+    if token.role == Role::Host {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {:?} has the host role, which may only fire hooks",
+                token.name
+            ),
+        )
+        .into_response();
+    }
     let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
     if token.role == Role::Viewer && !read_only {
         return ApiError::new(
@@ -99,5 +110,34 @@ pub fn authorize<'a>(
                 token.name
             ),
         ))
+    }
+}
+
+/// Checks the caller may fire hooks: a valid token with the `admin` or `host` role. 401 without
+/// one, 403 for a `viewer` token.
+pub fn may_fire_hooks<'a>(
+    tokens: &'a [AdminToken],
+    headers: &HeaderMap,
+) -> Result<&'a AdminToken, ApiError> {
+    if tokens.is_empty() {
+        return Err(ApiError::unauthorized(
+            "firing hooks needs a token with the admin or host role, and none is configured: set PLUGD_HOST_TOKEN or [[admin_tokens]] in the config file",
+        ));
+    }
+    let token = bearer_token(tokens, headers).map_err(|detail| {
+        ApiError::unauthorized(format!(
+            "firing hooks needs a token with the admin or host role: {detail}"
+        ))
+    })?;
+    match token.role {
+        Role::Admin | Role::Host => Ok(token),
+        Role::Viewer => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {:?} has the viewer role, which may not fire hooks",
+                token.name
+            ),
+        )),
     }
 }

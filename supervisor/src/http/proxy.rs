@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::Edge;
 use crate::ipc::CallError;
 use crate::settings::AdminToken;
-use crate::supervise::router::Lookup;
+use crate::supervise::router::{normalize, Lookup};
 use crate::supervise::PluginState;
 use axum::body::Body;
 use axum::extract::State;
@@ -95,6 +95,8 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         }
     };
     let method = parts.method.as_str();
+    let path = normalize(path).map_err(|e| ApiError::bad_request("invalid path", e))?;
+    let path = path.as_ref();
     let mut caller = None;
     let (route, params) = match instance.routes.lookup(method, path) {
         Lookup::Found {
@@ -112,6 +114,12 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
                 )?);
             }
             (pattern.to_owned(), params)
+        }
+        Lookup::BadParam(why) => {
+            return Err(ApiError::bad_request(
+                "invalid path",
+                format!("{path} of plugin {name:?}: {why}"),
+            ))
         }
         Lookup::NotFound => {
             return Err(ApiError::not_found(

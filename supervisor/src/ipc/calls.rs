@@ -4,7 +4,13 @@
 //!
 //! Services and hooks reach other plugins, which this layer does not know: the supervisor hands
 //! in a [`Peers`] that does.
+//!
+//! Bounds on what a plugin may keep: a value is at most [`MAX_KV_VALUE`] bytes, a plugin's store
+//! at most [`KV_QUOTA`] (keys and bytes), and one listing answer at most [`MAX_KV_LIST_BYTES`]
+//! (the rest is paged with `after`). Hooks under `plugd.` are plugd's own: a plugin may handle
+//! them but never fire them.
 
+use crate::store::kv::{KvQuota, OverQuota};
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -23,6 +29,22 @@ use std::time::Duration;
 
 /// Longest key accepted.
 pub const MAX_KEY: usize = 512;
+
+/// Largest value a plugin may store under one key: 1 MiB.
+pub const MAX_KV_VALUE: usize = 1024 * 1024;
+
+/// How much one plugin may keep in its key-value store: 10,000 keys and 64 MiB of values.
+pub const KV_QUOTA: KvQuota = KvQuota {
+    keys: 10_000,
+    bytes: 64 * 1024 * 1024,
+};
+
+/// Most bytes of keys and values in one `kv.list` answer: 4 MiB (and never more than half a
+/// frame). A listing that stops there says `more`; the plugin asks again with `after`.
+pub const MAX_KV_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Hook names under this prefix are plugd's lifecycle hooks: fired only by plugd.
+pub const RESERVED_PREFIX: &str = "plugd.";
 
 /// The other plugins, as a plugin's calls reach them.
 pub trait Peers: Send + Sync + 'static {
@@ -60,6 +82,20 @@ impl Calls {
         Calls { store, peers }
     }
 
+    /// Whether `method` is one this answers (anything else is `METHOD_NOT_FOUND` at once).
+    pub fn handles(method: &str) -> bool {
+        matches!(
+            method,
+            ServiceCall::NAME
+                | HookFire::NAME
+                | KvGet::NAME
+                | KvSet::NAME
+                | KvDelete::NAME
+                | KvList::NAME
+                | KvCas::NAME
+        )
+    }
+
     /// Answers `request` from `plugin` with a complete response frame of at most `max` bytes.
     pub async fn answer(&self, plugin: &str, request: &Request, max: usize) -> Bytes {
         let id = request.id;
@@ -69,6 +105,13 @@ impl Calls {
                 Err(e) => Err(e),
             },
             HookFire::NAME => match params::<HookFire>(request) {
+                Ok(p) if p.hook.starts_with(RESERVED_PREFIX) => Err(ErrorObject::new(
+                    codes::INVALID_PARAMS,
+                    format!(
+                        "hook {:?} is reserved: hooks under {RESERVED_PREFIX:?} are fired by plugd only",
+                        p.hook
+                    ),
+                )),
                 Ok(p) => self
                     .peers
                     .fire_hook(p.hook, p.payload, p.depth)
@@ -76,7 +119,7 @@ impl Calls {
                     .and_then(reply),
                 Err(e) => Err(e),
             },
-            _ => handle(&self.store, plugin, request).await,
+            _ => handle(&self.store, plugin, request, max).await,
         };
         let frame = match result {
             Ok(frame) => frame(id, max),
@@ -111,7 +154,23 @@ fn check_key(key: &str) -> Result<(), ErrorObject> {
     Ok(())
 }
 
+fn check_value(value: &[u8]) -> Result<(), ErrorObject> {
+    if value.len() > MAX_KV_VALUE {
+        return Err(ErrorObject::new(
+            codes::INVALID_PARAMS,
+            format!(
+                "a value may be at most {MAX_KV_VALUE} bytes; this one is {}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn store_failed(e: anyhow::Error) -> ErrorObject {
+    if let Some(over) = e.downcast_ref::<OverQuota>() {
+        return ErrorObject::new(codes::QUOTA_EXCEEDED, over.to_string());
+    }
     ErrorObject::new(codes::INTERNAL, format!("the store is unavailable: {e:#}"))
 }
 
@@ -119,7 +178,12 @@ fn version(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-async fn handle(store: &Store, plugin: &str, request: &Request) -> Result<Encoder, ErrorObject> {
+async fn handle(
+    store: &Store,
+    plugin: &str,
+    request: &Request,
+    max: usize,
+) -> Result<Encoder, ErrorObject> {
     match request.method.as_str() {
         KvGet::NAME => {
             let p = params::<KvGet>(request)?;
@@ -133,9 +197,10 @@ async fn handle(store: &Store, plugin: &str, request: &Request) -> Result<Encode
         KvSet::NAME => {
             let p = params::<KvSet>(request)?;
             check_key(&p.key)?;
+            check_value(&p.value)?;
             let ttl = p.ttl_ms.map(Duration::from_millis);
             let v = store
-                .kv_set(plugin, &p.key, &p.value, ttl)
+                .kv_set(plugin, &p.key, &p.value, ttl, KV_QUOTA)
                 .await
                 .map_err(store_failed)?;
             reply(KvVersion {
@@ -153,13 +218,16 @@ async fn handle(store: &Store, plugin: &str, request: &Request) -> Result<Encode
         }
         KvList::NAME => {
             let p = params::<KvList>(request)?;
-            let limit = i64::from(p.limit.unwrap_or(1000).min(10_000));
-            let items = store
-                .kv_list(plugin, &p.prefix, limit)
+            let limit = i64::from(p.limit.unwrap_or(1000).clamp(1, 10_000));
+            let budget = MAX_KV_LIST_BYTES.min(max / 2);
+            let page = store
+                .kv_list(plugin, &p.prefix, p.after.as_deref(), limit, budget)
                 .await
                 .map_err(store_failed)?;
             reply(KvEntries {
-                entries: items
+                more: page.more,
+                entries: page
+                    .items
                     .into_iter()
                     .map(|i| KvEntry {
                         key: i.key,
@@ -172,10 +240,11 @@ async fn handle(store: &Store, plugin: &str, request: &Request) -> Result<Encode
         KvCas::NAME => {
             let p = params::<KvCas>(request)?;
             check_key(&p.key)?;
+            check_value(&p.value)?;
             let expected = p.expected.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
             let ttl = p.ttl_ms.map(Duration::from_millis);
             let (ok, v) = store
-                .kv_cas(plugin, &p.key, expected, &p.value, ttl)
+                .kv_cas(plugin, &p.key, expected, &p.value, ttl, KV_QUOTA)
                 .await
                 .map_err(store_failed)?;
             reply(KvCasResult {

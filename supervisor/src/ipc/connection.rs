@@ -5,6 +5,12 @@
 //! response to its caller, and a writer task batches outgoing frames. When the plugin sends a
 //! bad frame or the socket closes, every waiting caller is told at once why; nobody waits for a
 //! timeout on a dead plugin. Requests the plugin makes to plugd are answered by [`Calls`].
+//!
+//! What a plugin can make plugd spend here is bounded: at most [`MAX_PLUGIN_CALLS`] of its calls
+//! are worked on at once (more are answered `BUSY` at once, without a task), at most
+//! [`MAX_QUEUED_BYTES`] of frames wait to be written to it, and answers to calls plugd never
+//! made or already gave up on are tolerated only up to [`STRAY_ALLOWANCE`] beyond the calls it
+//! cancelled; past that the plugin is cut off as a protocol violation.
 
 use super::calls::Calls;
 use bytes::Bytes;
@@ -16,16 +22,29 @@ use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping};
 use plugd_protocol::message::Method;
 use plugd_protocol::pending::{Call, Pending};
 use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, Response};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 /// Outgoing frames that may queue before callers wait for the writer.
 const OUTGOING_QUEUE: usize = 1024;
+
+/// Calls from one plugin that plugd works on at once (key-value, services, hooks); more are
+/// answered with a `BUSY` error straight away.
+pub const MAX_PLUGIN_CALLS: usize = 64;
+
+/// Bytes of frames that may wait to be written to one plugin. A plugin that stops reading makes
+/// its callers wait (within their deadlines) and its own calls' answers get dropped, instead of
+/// making plugd buffer without limit.
+pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Answers with an unknown id tolerated beyond one per call plugd cancelled (a late answer to a
+/// cancelled call is normal); past that the plugin is cut off.
+pub const STRAY_ALLOWANCE: u64 = 64;
 
 /// Why a call to a plugin did not produce a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -59,6 +78,12 @@ pub struct Connection {
     close_reason: Mutex<Option<String>>,
     cut_off: AtomicBool,
     calls: Option<Arc<Calls>>,
+    /// Permits for the plugin's own calls in flight.
+    working: Arc<Semaphore>,
+    /// Permits for bytes waiting in the outgoing queue, one per byte.
+    queue_room: Arc<Semaphore>,
+    /// Calls plugd gave up on and cancelled: each may still get one late answer.
+    cancelled: AtomicU64,
 }
 
 impl Connection {
@@ -81,11 +106,15 @@ impl Connection {
             close_reason: Mutex::new(None),
             cut_off: AtomicBool::new(false),
             calls,
+            working: Arc::new(Semaphore::new(MAX_PLUGIN_CALLS)),
+            queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
+            cancelled: AtomicU64::new(0),
         });
         let token = conn.closed.clone();
+        let room = conn.queue_room.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = plugd_protocol::frame::write_frames(out_rx, wr) => {}
+                _ = write_frames(out_rx, wr, room) => {}
                 _ = token.cancelled() => {}
             }
         });
@@ -137,10 +166,7 @@ impl Connection {
         // The deadline covers queueing the frame too: a plugin that stopped reading fills the
         // socket and the queue, and its callers must still get their timeout.
         let answer = tokio::time::timeout(timeout, async {
-            self.out
-                .send(frame)
-                .await
-                .map_err(|_| "the writer stopped".to_string())?;
+            self.send(frame).await?;
             call.answer()
                 .await
                 .unwrap_or_else(|| Err("connection dropped".into()))
@@ -207,11 +233,68 @@ impl Connection {
         self.pending.len()
     }
 
+    /// Queues `frame`, waiting while the queue holds [`MAX_QUEUED_BYTES`] already.
+    async fn send(&self, frame: Bytes) -> Result<(), String> {
+        let permit = self
+            .queue_room
+            .acquire_many(weight(&frame))
+            .await
+            .map_err(|_| "the writer stopped".to_string())?;
+        self.out
+            .send(frame)
+            .await
+            .map_err(|_| "the writer stopped".to_string())?;
+        // The writer gives the room back once the frame is written.
+        permit.forget();
+        Ok(())
+    }
+
+    /// Queues `frame` if there is room now; otherwise drops it (the plugin is not reading).
     fn try_send(&self, frame: Bytes) {
-        if self.out.try_send(frame).is_err() {
+        let Ok(permit) = self.queue_room.try_acquire_many(weight(&frame)) else {
+            tracing::debug!(plugin = %self.plugin, "outgoing queue full; frame dropped");
+            return;
+        };
+        if self.out.try_send(frame).is_ok() {
+            permit.forget();
+        } else {
             tracing::debug!(plugin = %self.plugin, "outgoing queue full or closed; frame dropped");
         }
     }
+
+    /// Answers the plugin's request `id` with `error`, without waiting.
+    fn refuse(&self, id: u64, error: &ErrorObject) {
+        if let Ok(frame) = encode_error(id, error, self.max_frame) {
+            self.try_send(frame);
+        }
+    }
+}
+
+/// The queue room a frame takes: its length, capped so one frame larger than the whole queue
+/// can still be sent once the queue is empty.
+fn weight(frame: &Bytes) -> u32 {
+    u32::try_from(frame.len().min(MAX_QUEUED_BYTES)).unwrap_or(u32::MAX)
+}
+
+/// Writes queued frames to the plugin, batching those queued together into one write, and
+/// gives each frame's queue room back once it is written.
+async fn write_frames(
+    mut frames: mpsc::Receiver<Bytes>,
+    writer: OwnedWriteHalf,
+    room: Arc<Semaphore>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut writer = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(frame) = frames.recv().await {
+        writer.write_all(&frame).await?;
+        room.add_permits(weight(&frame) as usize);
+        while let Ok(frame) = frames.try_recv() {
+            writer.write_all(&frame).await?;
+            room.add_permits(weight(&frame) as usize);
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await
 }
 
 /// Tells the plugin to stop working on a call that ends without an answer: on timeout, or
@@ -237,6 +320,7 @@ impl Drop for CancelOnDrop<'_> {
         };
         let id = call.id();
         if call.abandon() && self.conn.close_reason().is_none() {
+            self.conn.cancelled.fetch_add(1, Ordering::Relaxed);
             let params = CancelParams { id };
             if let Ok(frame) = encode_notification::<Cancel>(&params, self.conn.max_frame) {
                 self.conn.try_send(frame);
@@ -246,6 +330,7 @@ impl Drop for CancelOnDrop<'_> {
 }
 
 async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
+    let mut stray: u64 = 0;
     let reason = loop {
         tokio::select! {
             _ = conn.closed.cancelled() => return,
@@ -253,33 +338,21 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
                 Some(Ok(Message::Response(response))) => {
                     let id = response.id;
                     if !conn.pending.answer(id, Ok(response)) {
+                        stray += 1;
+                        let allowed = conn.cancelled.load(Ordering::Relaxed) + STRAY_ALLOWANCE;
+                        if stray > allowed {
+                            let reason = format!(
+                                "the plugin was cut off: it sent {stray} answers to calls plugd never made or had given up on (at most {STRAY_ALLOWANCE} more than the {} it cancelled are allowed)",
+                                allowed - STRAY_ALLOWANCE
+                            );
+                            tracing::error!(plugin = %conn.plugin, "{reason}");
+                            conn.cut_off.store(true, Ordering::SeqCst);
+                            break reason;
+                        }
                         tracing::debug!(plugin = %conn.plugin, id, "late answer to a call that already ended");
                     }
                 }
-                Some(Ok(Message::Request(request))) => {
-                    if request.method == Ping::NAME {
-                        if let Ok(frame) = encode_response(request.id, &Empty {}, conn.max_frame) {
-                            // Never block the reader on a full queue: responses to our callers
-                            // must keep flowing.
-                            conn.try_send(frame);
-                        }
-                    } else if let Some(calls) = conn.calls.clone() {
-                        // Answered on a task of its own: a slow store never stalls the reader.
-                        let conn = conn.clone();
-                        tokio::spawn(async move {
-                            let frame = calls.answer(&conn.plugin, &request, conn.max_frame).await;
-                            let _ = conn.out.send(frame).await;
-                        });
-                    } else {
-                        let error = ErrorObject::new(
-                            codes::METHOD_NOT_FOUND,
-                            format!("the supervisor does not implement method {:?}", request.method),
-                        );
-                        if let Ok(frame) = encode_error(request.id, &error, conn.max_frame) {
-                            conn.try_send(frame);
-                        }
-                    }
-                }
+                Some(Ok(Message::Request(request))) => on_request(&conn, request),
                 Some(Ok(Message::Notification(note))) => {
                     tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
                 }
@@ -297,4 +370,52 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
         }
     };
     conn.close(&reason);
+}
+
+/// Answers a request from the plugin. Pings, unknown methods and calls past
+/// [`MAX_PLUGIN_CALLS`] are answered here without waiting (the reader must never block, or
+/// answers to plugd's own calls would stop flowing); the rest get a task each, holding one of
+/// the plugin's call permits until its answer is queued.
+fn on_request(conn: &Arc<Connection>, request: plugd_protocol::Request) {
+    if request.method == Ping::NAME {
+        if let Ok(frame) = encode_response(request.id, &Empty {}, conn.max_frame) {
+            conn.try_send(frame);
+        }
+        return;
+    }
+    let Some(calls) = conn
+        .calls
+        .clone()
+        .filter(|_| Calls::handles(&request.method))
+    else {
+        let error = ErrorObject::new(
+            codes::METHOD_NOT_FOUND,
+            format!(
+                "the supervisor does not implement method {:?}",
+                request.method
+            ),
+        );
+        conn.refuse(request.id, &error);
+        return;
+    };
+    let Ok(permit) = conn.working.clone().try_acquire_owned() else {
+        let error = ErrorObject::new(
+            codes::BUSY,
+            format!("the plugin already has {MAX_PLUGIN_CALLS} calls to plugd in flight; try again when one has ended"),
+        );
+        conn.refuse(request.id, &error);
+        return;
+    };
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let answer = async {
+            let frame = calls.answer(&conn.plugin, &request, conn.max_frame).await;
+            let _ = conn.send(frame).await;
+        };
+        tokio::select! {
+            _ = answer => {}
+            _ = conn.closed.cancelled() => {}
+        }
+        drop(permit);
+    });
 }

@@ -2,8 +2,14 @@
 //! constant time, the epoch, the name) and answered. What the plugin declares is handed to the
 //! caller to accept or refuse (the route table is built there); a refusal names its reason to
 //! the plugin and to the log alike.
+//!
+//! What a plugin may declare is bounded, so building its tables costs plugd little: the
+//! handshake frame is at most [`MAX_HANDSHAKE_FRAME`] bytes, and [`check_declarations`] holds
+//! the counts and lengths to the `MAX_*` constants here. A plugin's frame limit must be at least
+//! [`MIN_FRAME`]. Names under `plugd.` are plugd's: a plugin may handle the lifecycle hooks
+//! ([`LIFECYCLE_HOOKS`]) but declare no other hook or service there.
 
-use super::calls::Calls;
+use super::calls::{Calls, RESERVED_PREFIX};
 use super::connection::Connection;
 use crate::error::Failure;
 use futures_util::StreamExt;
@@ -17,6 +23,103 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
+
+/// Largest handshake frame: 1 MiB, room for every declaration the bounds below allow.
+pub const MAX_HANDSHAKE_FRAME: usize = 1024 * 1024;
+/// Most routes one plugin may declare.
+pub const MAX_ROUTES: usize = 1024;
+/// Most hooks one plugin may handle.
+pub const MAX_HOOKS: usize = 256;
+/// Most services one plugin may provide.
+pub const MAX_SERVICES: usize = 256;
+/// Most permissions one plugin may define.
+pub const MAX_PERMISSIONS: usize = 256;
+/// Longest route pattern, in bytes.
+pub const MAX_PATTERN: usize = 1024;
+/// Longest name (hook, service, permission, version, method), in bytes.
+pub const MAX_NAME: usize = 256;
+/// Smallest frame limit a plugin may announce: 64 KiB.
+pub const MIN_FRAME: u32 = 64 * 1024;
+/// The hooks plugd fires about a plugin's life, which plugins may handle.
+pub const LIFECYCLE_HOOKS: &[&str] = &[
+    "plugd.plugin.loaded",
+    "plugd.plugin.unloaded",
+    "plugd.plugin.config_changed",
+];
+
+/// Checks what a plugin declares against the bounds above; the error names the bound.
+pub fn check_declarations(hello: &Hello) -> Result<(), String> {
+    let counts = [
+        ("routes", hello.routes.len(), MAX_ROUTES),
+        ("hooks", hello.hooks.len(), MAX_HOOKS),
+        ("services", hello.services.len(), MAX_SERVICES),
+        ("permissions", hello.permissions.len(), MAX_PERMISSIONS),
+    ];
+    for (what, count, max) in counts {
+        if count > max {
+            return Err(format!(
+                "handshake refused: {count} {what} declared, at most {max} are allowed"
+            ));
+        }
+    }
+    let long = |what: &str, value: &str, max: usize| {
+        (value.len() > max).then(|| {
+            format!(
+                "handshake refused: {what} {:?}… is {} bytes long, at most {max} are allowed",
+                value.chars().take(40).collect::<String>(),
+                value.len()
+            )
+        })
+    };
+    let names = hello
+        .routes
+        .iter()
+        .flat_map(|r| {
+            [("method", &r.method)]
+                .into_iter()
+                .chain(r.permission.iter().map(|p| ("permission", p)))
+        })
+        .chain(hello.hooks.iter().map(|h| ("hook", &h.name)))
+        .chain(hello.services.iter().map(|s| ("service", s)))
+        .chain(hello.permissions.iter().map(|p| ("permission", &p.key)))
+        .chain([("version", &hello.version)]);
+    for (what, name) in names {
+        if let Some(e) = long(what, name, MAX_NAME) {
+            return Err(e);
+        }
+    }
+    for route in &hello.routes {
+        if let Some(e) = long("route pattern", &route.path, MAX_PATTERN) {
+            return Err(e);
+        }
+    }
+    for hook in &hello.hooks {
+        if hook.name.starts_with(RESERVED_PREFIX) && !LIFECYCLE_HOOKS.contains(&hook.name.as_str())
+        {
+            return Err(format!(
+                "handshake refused: hook {:?} is under {RESERVED_PREFIX:?}, which is reserved; plugd's own hooks are {}",
+                hook.name,
+                LIFECYCLE_HOOKS.join(", ")
+            ));
+        }
+    }
+    if let Some(service) = hello
+        .services
+        .iter()
+        .find(|s| s.starts_with(RESERVED_PREFIX))
+    {
+        return Err(format!(
+            "handshake refused: service {service:?} is under {RESERVED_PREFIX:?}, which is reserved"
+        ));
+    }
+    if hello.max_frame < MIN_FRAME {
+        return Err(format!(
+            "handshake refused: max_frame {} is below the smallest allowed, {MIN_FRAME} bytes",
+            hello.max_frame
+        ));
+    }
+    Ok(())
+}
 
 /// What the supervisor expects of a plugin's handshake.
 #[derive(Debug)]
@@ -34,14 +137,18 @@ pub struct Expected<'a> {
 /// Reads the plugin's handshake from `stream`, checks it, lets `accept` inspect it (for example
 /// to build the route table) and answers. On any failure the plugin is sent the reason, the
 /// socket is closed, and the same reason is returned.
-pub async fn handshake<T>(
+pub async fn handshake<T, F>(
     stream: UnixStream,
     expected: &Expected<'_>,
     calls: Option<Arc<Calls>>,
-    accept: impl FnOnce(&Hello) -> Result<T, String>,
-) -> Result<(Hello, T, Arc<Connection>), Failure> {
+    accept: impl FnOnce(&Hello) -> F,
+) -> Result<(Hello, T, Arc<Connection>), Failure>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
     let (rd, mut wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, FrameCodec::new(expected.max_frame));
+    let first = MAX_HANDSHAKE_FRAME.min(expected.max_frame);
+    let mut frames = FramedRead::new(rd, FrameCodec::new(first));
     let request = match frames.next().await {
         Some(Ok(Message::Request(req))) if req.method == Handshake::NAME => req,
         Some(Ok(other)) => {
@@ -106,7 +213,12 @@ pub async fn handshake<T>(
             refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
         ));
     }
-    let accepted = match accept(&hello) {
+    let checked = check_declarations(&hello);
+    let accepted = match checked {
+        Ok(()) => accept(&hello).await,
+        Err(e) => Err(e),
+    };
+    let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(message) => {
             return Err(Failure::never(

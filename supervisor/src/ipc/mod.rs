@@ -9,6 +9,6 @@ pub mod calls;
 pub mod connection;
 pub mod handshake;
 
-pub use calls::{Calls, Peers};
+pub use calls::{Calls, Peers, RESERVED_PREFIX};
 pub use connection::{CallError, Connection};
 pub use handshake::{handshake, Expected};

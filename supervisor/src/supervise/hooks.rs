@@ -11,10 +11,15 @@
 //! down is reported (`collect`), skipped (`filter`, `first`), or for `veto` ignored (fail-open,
 //! the default) or counted as a rejection (fail-closed, when the handler declared so). A hook
 //! call never waits longer than its deadline per handler.
+//!
+//! Payloads are checked before any plugin sees them: one nested deeper than
+//! [`MAX_PAYLOAD_DEPTH`] is refused (a plugin's decoder would have to cut the connection over
+//! it), and a handler's answer nested deeper counts as that handler's error.
 
 use super::instance::Instance;
 use super::reconcile::{PluginMap, PluginState};
 use crate::ipc::CallError;
+use plugd_protocol::depth::{value_depth, MAX_PAYLOAD_DEPTH};
 use plugd_protocol::message::handshake::{HookDecl, HookMode};
 use plugd_protocol::message::hook::{HookCall, HookInput, HookOutput};
 use serde_json::{json, Value};
@@ -23,6 +28,17 @@ use std::time::Duration;
 
 /// Deepest chain of hook and service calls; deeper calls fail, so loops end.
 pub const MAX_DEPTH: u32 = 8;
+
+/// Why a hook was not fired at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FireError {
+    /// The chain of hook and service calls is deeper than [`MAX_DEPTH`].
+    #[error("call chain deeper than {MAX_DEPTH} (a loop between plugins?)")]
+    ChainTooDeep,
+    /// The payload nests deeper than [`MAX_PAYLOAD_DEPTH`].
+    #[error("the payload nests {0} levels deep; at most {MAX_PAYLOAD_DEPTH} are allowed")]
+    PayloadTooDeep(usize),
+}
 
 /// One plugin's handler for a hook: the plugin, its declaration, its instance if running.
 struct Handler {
@@ -67,14 +83,21 @@ async fn call(
         depth,
         deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
     };
-    instance
+    let output = instance
         .conn
         .call::<HookCall>(&input, timeout)
         .await
         .map_err(|e| match e {
             CallError::Timeout(after) => format!("no answer within {after:?}"),
             other => other.to_string(),
-        })
+        })?;
+    let deep = output.value.as_ref().map_or(0, value_depth);
+    if deep > MAX_PAYLOAD_DEPTH {
+        return Err(format!(
+            "answered a value nested {deep} levels deep; at most {MAX_PAYLOAD_DEPTH} are allowed"
+        ));
+    }
+    Ok(output)
 }
 
 fn to_json(v: &rmpv::Value) -> Value {
@@ -88,11 +111,13 @@ pub async fn fire(
     payload: rmpv::Value,
     depth: u32,
     timeout: Duration,
-) -> Result<Value, String> {
+) -> Result<Value, FireError> {
     if depth > MAX_DEPTH {
-        return Err(format!(
-            "call chain deeper than {MAX_DEPTH} (a loop between plugins?)"
-        ));
+        return Err(FireError::ChainTooDeep);
+    }
+    let deep = value_depth(&payload);
+    if deep > MAX_PAYLOAD_DEPTH {
+        return Err(FireError::PayloadTooDeep(deep));
     }
     let all = handlers(plugins, hook);
     let Some(mode) = all.first().map(|h| h.decl.mode) else {

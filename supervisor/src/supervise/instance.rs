@@ -237,7 +237,14 @@ async fn start_in(
             .await
             .map_err(|e| Failure::later(format!("accept failed: {e}")))?;
         ipc::handshake(stream, &expected, ctx.calls.clone(), |hello| {
-            RouteTable::build(&hello.routes)
+            // Off the runtime's threads: the handshake deadline stays in force around it, and
+            // nothing else waits while a large table is built.
+            let routes = hello.routes.clone();
+            async move {
+                tokio::task::spawn_blocking(move || RouteTable::build(&routes))
+                    .await
+                    .map_err(|e| format!("building the route table failed: {e}"))?
+            }
         })
         .await
     };

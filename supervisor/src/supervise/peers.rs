@@ -88,7 +88,10 @@ impl Peers for RegistryPeers {
             let plugins = registry.snapshot();
             match hooks::fire(&plugins, &hook, payload, depth, registry.hook_timeout()).await {
                 Ok(answer) => Ok(rmpv::ext::to_value(&answer).unwrap_or(rmpv::Value::Nil)),
-                Err(e) => Err(ErrorObject::new(codes::DEPTH_EXCEEDED, e)),
+                Err(e @ hooks::FireError::ChainTooDeep) => {
+                    Err(ErrorObject::new(codes::DEPTH_EXCEEDED, e.to_string()))
+                }
+                Err(e) => Err(ErrorObject::new(codes::INVALID_PARAMS, e.to_string())),
             }
         })
     }

@@ -132,6 +132,7 @@ fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child
         .args(flags)
         .env("PLUGD_LOG", "debug,sqlx=warn")
         .env_remove("PLUGD_ADMIN_TOKEN")
+        .env("PLUGD_HOST_TOKEN", HOST_TOKEN)
         .env_remove("PLUGD_CONFIG")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -157,6 +158,9 @@ fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child
         }
     }
 }
+
+/// The token with the `host` role every test plugd accepts for firing hooks.
+pub const HOST_TOKEN: &str = "host-token-for-the-tests";
 
 impl TestSupervisor {
     /// Starts plugd with `plugins` and extra command-line flags, and waits until it reports ready.

@@ -1,7 +1,7 @@
 //! Hooks: every mode with several plugins, priority order, deadlines, a plugin that is down,
 //! fail-open and fail-closed vetoes, and MessagePack in and out.
 
-use crate::harness::{PluginDef, TestSupervisor};
+use crate::harness::{PluginDef, TestSupervisor, HOST_TOKEN};
 use serde_json::{json, Value};
 
 fn hooked(name: &str, hooks: &str) -> PluginDef {
@@ -15,6 +15,7 @@ async fn fire(sup: &TestSupervisor, hook: &str, payload: Value) -> Value {
     let r = sup
         .client
         .post(sup.url(&format!("/hooks/{hook}")))
+        .bearer_auth(HOST_TOKEN)
         .json(&payload)
         .send()
         .await
@@ -134,6 +135,7 @@ async fn messagepack_in_messagepack_out() {
     let r = sup
         .client
         .post(sup.url("/hooks/doc.render"))
+        .bearer_auth(HOST_TOKEN)
         .header("content-type", "application/msgpack")
         .body(body)
         .send()
@@ -145,6 +147,7 @@ async fn messagepack_in_messagepack_out() {
     let bad = sup
         .client
         .post(sup.url("/hooks/doc.render"))
+        .bearer_auth(HOST_TOKEN)
         .body("{not json")
         .send()
         .await

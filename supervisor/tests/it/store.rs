@@ -2,6 +2,7 @@
 //! PostgreSQL (see `pg.rs`).
 
 use plugd::manifest::{self, Manifest};
+use plugd::store::kv::{KvQuota, OverQuota};
 use plugd::store::{Backend, SetOutcome, Store};
 
 /// `Some(true)` changed, `Some(false)` unchanged, `None` unknown plugin.
@@ -264,9 +265,18 @@ async fn the_kv_store_versions_expires_lists_and_compares() {
     for (store, _dir) in stores().await {
         let b = store.backend();
         assert_eq!(store.kv_get("p", "a").await.expect("get"), None);
-        assert_eq!(store.kv_set("p", "a", b"1", None).await.expect("set"), 1);
         assert_eq!(
-            store.kv_set("p", "a", b"2", None).await.expect("set"),
+            store
+                .kv_set("p", "a", b"1", None, QUOTA)
+                .await
+                .expect("set"),
+            1
+        );
+        assert_eq!(
+            store
+                .kv_set("p", "a", b"2", None, QUOTA)
+                .await
+                .expect("set"),
             2,
             "{b:?}"
         );
@@ -278,36 +288,71 @@ async fn the_kv_store_versions_expires_lists_and_compares() {
             "{b:?}: per plugin"
         );
 
-        store.kv_set("p", "ab", b"x", None).await.expect("set");
-        store.kv_set("p", "b", b"y", None).await.expect("set");
-        store.kv_set("p", "a_%", b"z", None).await.expect("set");
-        let keys: Vec<String> = store
-            .kv_list("p", "a", 10)
+        store
+            .kv_set("p", "ab", b"x", None, QUOTA)
             .await
-            .expect("list")
-            .into_iter()
-            .map(|i| i.key)
-            .collect();
-        assert_eq!(keys, vec!["a", "a_%", "ab"], "{b:?}");
-        let keys: Vec<String> = store
-            .kv_list("p", "a_", 10)
+            .expect("set");
+        store
+            .kv_set("p", "b", b"y", None, QUOTA)
             .await
-            .expect("list")
-            .into_iter()
-            .map(|i| i.key)
-            .collect();
-        assert_eq!(keys, vec!["a_%"], "{b:?}: no LIKE wildcards");
+            .expect("set");
+        store
+            .kv_set("p", "a_%", b"z", None, QUOTA)
+            .await
+            .expect("set");
+        let list = |prefix: &'static str, after: Option<&'static str>, limit, budget| {
+            let store = store.clone();
+            async move {
+                let page = store
+                    .kv_list("p", prefix, after, limit, budget)
+                    .await
+                    .expect("list");
+                let keys: Vec<String> = page.items.into_iter().map(|i| i.key).collect();
+                (keys, page.more)
+            }
+        };
+        assert_eq!(
+            list("a", None, 10, 1 << 20).await,
+            (vec!["a".into(), "a_%".into(), "ab".into()], false),
+            "{b:?}"
+        );
+        assert_eq!(
+            list("a_", None, 10, 1 << 20).await,
+            (vec!["a_%".into()], false),
+            "{b:?}: no LIKE wildcards"
+        );
+        // Pages by count and by bytes (each entry here is 2 to 4 bytes), then on from `after`.
+        assert_eq!(
+            list("a", None, 2, 1 << 20).await,
+            (vec!["a".into(), "a_%".into()], true),
+            "{b:?}"
+        );
+        assert_eq!(
+            list("a", None, 10, 5).await,
+            (vec!["a".into()], true),
+            "{b:?}: the byte budget ends the page"
+        );
+        assert_eq!(
+            list("a", None, 10, 0).await,
+            (vec!["a".into()], true),
+            "{b:?}: a page always holds one entry"
+        );
+        assert_eq!(
+            list("a", Some("a_%"), 10, 1 << 20).await,
+            (vec!["ab".into()], false),
+            "{b:?}"
+        );
 
         assert_eq!(
             store
-                .kv_cas("p", "a", Some(2), b"3", None)
+                .kv_cas("p", "a", Some(2), b"3", None, QUOTA)
                 .await
                 .expect("cas"),
             (true, Some(3))
         );
         assert_eq!(
             store
-                .kv_cas("p", "a", Some(2), b"4", None)
+                .kv_cas("p", "a", Some(2), b"4", None, QUOTA)
                 .await
                 .expect("cas"),
             (false, Some(3)),
@@ -315,14 +360,14 @@ async fn the_kv_store_versions_expires_lists_and_compares() {
         );
         assert_eq!(
             store
-                .kv_cas("p", "new", None, b"n", None)
+                .kv_cas("p", "new", None, b"n", None, QUOTA)
                 .await
                 .expect("cas"),
             (true, Some(1))
         );
         assert_eq!(
             store
-                .kv_cas("p", "new", None, b"n", None)
+                .kv_cas("p", "new", None, b"n", None, QUOTA)
                 .await
                 .expect("cas"),
             (false, Some(1))
@@ -334,6 +379,7 @@ async fn the_kv_store_versions_expires_lists_and_compares() {
                 "brief",
                 b"t",
                 Some(std::time::Duration::from_millis(1)),
+                QUOTA,
             )
             .await
             .expect("set");
@@ -351,6 +397,53 @@ async fn the_kv_store_versions_expires_lists_and_compares() {
         );
         assert!(store.kv_delete("p", "b").await.expect("delete"));
         assert!(!store.kv_delete("p", "b").await.expect("delete"));
+    }
+}
+
+const QUOTA: KvQuota = KvQuota {
+    keys: 1000,
+    bytes: 1 << 20,
+};
+
+#[tokio::test]
+async fn the_kv_quota_counts_live_keys_and_bytes() {
+    for (store, _dir) in stores().await {
+        let b = store.backend();
+        let small = KvQuota { keys: 2, bytes: 10 };
+        store
+            .kv_set("q", "a", b"12345", None, small)
+            .await
+            .expect("set");
+        // Rewriting a key replaces its bytes rather than adding to them.
+        store
+            .kv_set("q", "a", b"1234567", None, small)
+            .await
+            .expect("rewrite");
+        let err = store
+            .kv_set("q", "b", b"1234", None, small)
+            .await
+            .expect_err("over the byte quota");
+        let over = err.downcast_ref::<OverQuota>().expect("an OverQuota");
+        assert!(over.0.contains("10 bytes"), "{b:?}: {over}");
+        store
+            .kv_set("q", "b", b"12", None, small)
+            .await
+            .expect("fits");
+        let err = store
+            .kv_cas("q", "c", None, b"", None, small)
+            .await
+            .expect_err("over the key quota");
+        assert!(err.to_string().contains("2 keys"), "{b:?}: {err}");
+        assert_eq!(
+            store.kv_get("q", "c").await.expect("get"),
+            None,
+            "{b:?}: nothing written"
+        );
+        // Other plugins have quotas of their own.
+        store
+            .kv_set("r", "c", b"1234567", None, small)
+            .await
+            .expect("set");
     }
 }
 

@@ -15,6 +15,9 @@ pub enum Retry {
     /// plugd's store could not be reached; not the plugin's fault, so it does not count
     /// against the plugin's restart policy.
     WhenStoreBack,
+    /// plugd itself ran short of a resource (file descriptors, memory, processes); not the
+    /// plugin's fault either, so it does not count against the restart policy.
+    WhenResourcesFree,
 }
 
 /// A failure with its cause and its retry class.
@@ -49,6 +52,36 @@ impl Failure {
             message: message.into(),
             retry: Retry::WhenStoreBack,
         }
+    }
+
+    /// A failure caused by plugd running short of a resource.
+    pub fn ours(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retry: Retry::WhenResourcesFree,
+        }
+    }
+
+    /// A failure of an operating-system call: plugd's own when the system refused for want of
+    /// a resource (`EMFILE`, `ENFILE`, `ENOMEM`, `EAGAIN`), else one that may pass.
+    pub fn from_io(message: impl Into<String>, e: &std::io::Error) -> Failure {
+        use nix::errno::Errno;
+        let short = e.raw_os_error().map(Errno::from_raw).is_some_and(|errno| {
+            matches!(
+                errno,
+                Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::EAGAIN | Errno::ENOBUFS
+            )
+        });
+        if short {
+            Failure::ours(message)
+        } else {
+            Failure::later(message)
+        }
+    }
+
+    /// Whether the failure is not the plugin's doing, so it must not count against it.
+    pub fn is_ours(&self) -> bool {
+        matches!(self.retry, Retry::WhenStoreBack | Retry::WhenResourcesFree)
     }
 
     /// The same failure with `context` put in front of its message.

@@ -48,6 +48,12 @@ pub struct Settings {
     /// Whether to log one line per HTTP request (method, path, status, latency, request id)
     /// under the `plugd::access` log target.
     pub access_log: bool,
+    /// Most HTTP connections open at once; plugd lowers it at start-up to stay below its
+    /// file-descriptor limit. Connections past it get a `503` at once.
+    pub max_connections: usize,
+    /// Longest wait for an HTTP request head, and longest a kept-alive connection may sit idle.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
     pub admin_tokens: Vec<AdminToken>,
 }
@@ -108,6 +114,8 @@ impl Default for Settings {
             hook_timeout: Duration::from_secs(5),
             database_url: None,
             access_log: false,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
             admin_tokens: Vec::new(),
         }
     }
@@ -141,6 +149,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("database_url", "PLUGD_DATABASE_URL"),
     ("hook_timeout", "PLUGD_HOOK_TIMEOUT"),
     ("access_log", "PLUGD_ACCESS_LOG"),
+    ("max_connections", "PLUGD_MAX_CONNECTIONS"),
+    ("header_read_timeout", "PLUGD_HEADER_READ_TIMEOUT"),
 ];
 
 /// The environment variable holding an admin token (named `env`, role `admin`).
@@ -210,6 +220,12 @@ impl Settings {
                 "admin token {:?} is too short: use at least 16 characters (32 random bytes in hex is better)",
                 t.name
             );
+        }
+        if settings.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if settings.header_read_timeout.is_zero() {
+            bail!("header_read_timeout must be longer than 0s");
         }
         if settings.max_body.as_u64() >= settings.max_frame.as_u64() {
             bail!(

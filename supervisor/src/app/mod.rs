@@ -133,13 +133,13 @@ impl Application {
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(edge.clone(), settings.access_log);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = http_stopped.await;
-                })
-                .await
-        });
+        let limits = http::serve::Limits {
+            max_connections: setup::connection_cap(settings.max_connections),
+            header_read_timeout: settings.header_read_timeout,
+        };
+        let server = tokio::spawn(http::serve::serve(listener, app, limits, async {
+            let _ = http_stopped.await;
+        }));
         tracing::info!(%addr, "listening");
         if !edge
             .admin_tokens
@@ -171,8 +171,7 @@ impl Application {
         let deadline = std::time::Instant::now() + settings.shutdown_timeout;
         let _ = stop_http.send(());
         match tokio::time::timeout_at(deadline.into(), server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!("HTTP server error: {e}"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
             Err(_) => tracing::warn!(
                 "requests still in flight after {:?}; stopping anyway",

@@ -23,6 +23,40 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// File descriptors kept back from HTTP connections, for plugins, the store and plugd itself:
+/// a quarter of the limit, and at least this many.
+const MIN_FD_RESERVE: u64 = 256;
+
+/// Raises plugd's soft `nofile` limit to its hard limit and returns the connection cap that
+/// keeps HTTP connections below it with room to spare (at most `wanted`).
+pub(super) fn connection_cap(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return wanted;
+        }
+    };
+    let reserve = (soft / 4).max(MIN_FD_RESERVE);
+    let room = usize::try_from(soft.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    let cap = wanted.min(room).max(1);
+    if cap < wanted {
+        tracing::warn!(
+            nofile = soft,
+            "max_connections lowered from {wanted} to {cap} to stay below the open-file limit"
+        );
+    }
+    cap
+}
+
 /// Takes `<data_dir>/plugd.lock` for this process, or says which process holds it.
 pub(super) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     use std::io::{Read, Seek, Write};

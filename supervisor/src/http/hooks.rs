@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// Largest hook payload accepted over HTTP: 1 MiB.
 pub const MAX_HOOK_BODY: usize = 1024 * 1024;
 
+/// Longest a client may take to send a hook payload.
+pub const HOOK_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn is_msgpack(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)

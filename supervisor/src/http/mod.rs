@@ -6,7 +6,8 @@
 //! routes). [`proxy`] forwards `/plugins/{name}/…` to plugins; [`hooks`] fires hooks for host
 //! applications; [`admin`] is the admin API, one file per resource; [`health`] and [`metrics`]
 //! report on plugd itself; [`auth`] decides who may do what; every failure is an
-//! [`error::ApiError`].
+//! [`error::ApiError`]. [`serve`] is the accept loop, with its bounds on connections and slow
+//! clients.
 
 pub mod admin;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod hooks;
 pub mod metrics;
 pub mod proxy;
+pub mod serve;
 
 use crate::settings::AdminToken;
 use crate::store::Store;

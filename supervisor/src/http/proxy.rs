@@ -2,7 +2,9 @@
 //! multiplexed connection, and the plugin's answer is the client's.
 //!
 //! Every failure is an [`ApiError`]: 404 unknown plugin or route, 405 wrong method (with
-//! `Allow`), 401/403 for a route that requires a permission, 413 body over the limit, 503 plugin
+//! `Allow`), 400 a path that climbs out of the plugin's mount or carries a NUL byte, 401/403 for
+//! a route that requires a permission, 408 a body slower than the request timeout, 413 body
+//! over the limit, 503 plugin
 //! not ready or busy, 502 plugin died or misbehaved during the request, 504 no answer within the
 //! request timeout.
 
@@ -172,7 +174,20 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     if declared.is_some_and(|len| len > instance.limits.max_body as u64) {
         return Err(too_large());
     }
-    let body = match Limited::new(body, instance.limits.max_body).collect().await {
+    // A client that sends its body slowly gets the request timeout for it, no more.
+    let reading = Limited::new(body, instance.limits.max_body).collect();
+    let Ok(read) = tokio::time::timeout(instance.limits.request_timeout, reading).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body too slow",
+            format!(
+                "the request body did not arrive within {:?}",
+                instance.limits.request_timeout
+            ),
+        )
+        .with_header(CONNECTION, HeaderValue::from_static("close")));
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
         Err(e) => {

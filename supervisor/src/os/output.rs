@@ -1,8 +1,10 @@
 //! Each plugin's recent output: a ring buffer of its stdout/stderr lines, bounded in lines and
-//! bytes, kept across restarts so the last words before a crash can still be read.
+//! bytes, kept across restarts so the last words before a crash can still be read; and the
+//! [`LineBudget`] that keeps a plugin's output from flooding plugd's own log.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Lines kept per plugin.
 pub const MAX_LINES: usize = 1000;
@@ -10,6 +12,78 @@ pub const MAX_LINES: usize = 1000;
 pub const MAX_BYTES: usize = 256 * 1024;
 /// Longest line kept whole; longer ones are cut and marked.
 pub const MAX_LINE: usize = 4096;
+
+/// Lines per second a plugin's output stream may put in plugd's log, on average.
+pub const LOG_LINES_PER_SEC: u32 = 200;
+/// Lines a plugin's output stream may put in plugd's log in one burst.
+pub const LOG_BURST: u32 = 1000;
+/// Shortest time between two summaries of suppressed lines.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// A token bucket over one output stream's lines: [`LOG_LINES_PER_SEC`] on average, bursts of
+/// [`LOG_BURST`]. Lines past it are counted, not logged, and reported in one summary at most
+/// every second.
+#[derive(Debug)]
+pub struct LineBudget {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    refilled: Instant,
+    suppressed: u64,
+    summarised: Instant,
+}
+
+/// What to do with one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Log it.
+    Log,
+    /// Log it, after a summary saying this many lines were suppressed before it.
+    LogAfterSuppressing(u64),
+    /// Count it and drop it.
+    Suppress,
+}
+
+impl LineBudget {
+    /// A full bucket at `now`, for `rate` lines per second and bursts of `burst`.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> LineBudget {
+        LineBudget {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            refilled: now,
+            suppressed: 0,
+            summarised: now,
+        }
+    }
+
+    /// Decides about a line read at `now`.
+    pub fn take(&mut self, now: Instant) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return Verdict::Suppress;
+        }
+        self.tokens -= 1.0;
+        if self.suppressed > 0 {
+            if now.saturating_duration_since(self.summarised) < SUMMARY_EVERY {
+                // Keep the summaries themselves within bounds: this line joins the count.
+                self.suppressed += 1;
+                return Verdict::Suppress;
+            }
+            self.summarised = now;
+            return Verdict::LogAfterSuppressing(std::mem::take(&mut self.suppressed));
+        }
+        Verdict::Log
+    }
+
+    /// Lines suppressed since the last summary (to report when the stream ends).
+    pub fn pending(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
 
 /// One line of a plugin's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +170,25 @@ impl LogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_budget_allows_bursts_then_the_rate_and_summarises_the_rest() {
+        let t0 = Instant::now();
+        let mut budget = LineBudget::new(10, 5, t0);
+        for _ in 0..5 {
+            assert_eq!(budget.take(t0), Verdict::Log);
+        }
+        for _ in 0..100 {
+            assert_eq!(budget.take(t0), Verdict::Suppress);
+        }
+        // Tokens are back, but the summary waits a second after the last one.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(budget.take(t1), Verdict::Suppress);
+        let t2 = t0 + Duration::from_millis(1100);
+        assert_eq!(budget.take(t2), Verdict::LogAfterSuppressing(101));
+        assert_eq!(budget.take(t2), Verdict::Log);
+        assert_eq!(budget.pending(), 0);
+    }
 
     #[test]
     fn keeps_the_newest_lines_within_the_line_bound() {

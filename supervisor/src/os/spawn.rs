@@ -8,7 +8,7 @@
 #![allow(unsafe_code)]
 
 use super::cgroups::join_cgroups;
-use super::output::LogRing;
+use super::output::{LineBudget, LogRing, Verdict, LOG_BURST, LOG_LINES_PER_SEC};
 use super::rlimits::Rlimits;
 use crate::error::Failure;
 use crate::manifest::Manifest;
@@ -106,7 +106,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
         if fatal {
             Failure::never(message)
         } else {
-            Failure::later(message)
+            Failure::from_io(message, &e)
         }
     })?;
     let pid = child
@@ -143,7 +143,8 @@ pub fn signal_group(pid: u32, signal: Signal) {
 }
 
 /// Logs each line of a child's stdout or stderr as a tracing event tagged with the plugin.
-/// A line longer than [`MAX_LOG_LINE`] is logged in pieces, each marked as continued.
+/// A line longer than [`MAX_LOG_LINE`] is logged in pieces, each marked as continued. Lines
+/// past the stream's [`LineBudget`] are counted and summarised instead of logged one by one.
 async fn log_lines(
     plugin: &str,
     pid: u32,
@@ -151,14 +152,27 @@ async fn log_lines(
     output: impl AsyncRead + Unpin,
     ring: &LogRing,
 ) {
-    let mut reader = BufReader::new(output);
+    let mut reader = BufReader::with_capacity(64 * 1024, output);
     let mut line = Vec::with_capacity(256);
+    let mut budget = LineBudget::new(LOG_LINES_PER_SEC, LOG_BURST, std::time::Instant::now());
+    let summary = |suppressed: u64| {
+        let text = format!(
+            "[{suppressed} lines suppressed: more than {LOG_LINES_PER_SEC} lines per second]"
+        );
+        tracing::warn!(target: "plugd::plugin", plugin, pid, stream, suppressed, "{text}");
+        ring.push(pid, stream, &text);
+    };
     loop {
         line.clear();
         let mut limited = (&mut reader).take(MAX_LOG_LINE as u64);
         match limited.read_until(b'\n', &mut line).await {
             Ok(0) => break,
             Ok(_) => {
+                match budget.take(std::time::Instant::now()) {
+                    Verdict::Suppress => continue,
+                    Verdict::LogAfterSuppressing(n) => summary(n),
+                    Verdict::Log => {}
+                }
                 let whole = line.ends_with(b"\n");
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
@@ -171,5 +185,9 @@ async fn log_lines(
                 break;
             }
         }
+    }
+    let suppressed = budget.pending();
+    if suppressed > 0 {
+        summary(suppressed);
     }
 }

@@ -195,8 +195,12 @@ async fn start_in(
     leaf: &Option<Leaf>,
 ) -> Result<Instance, Failure> {
     let socket = ctx.socket_dir.join(format!("{epoch}.sock"));
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| Failure::later(format!("cannot create socket {}: {e}", socket.display())))?;
+    let listener = UnixListener::bind(&socket).map_err(|e| {
+        Failure::from_io(
+            format!("cannot create socket {}: {e}", socket.display()),
+            &e,
+        )
+    })?;
     let spec = SpawnSpec {
         manifest: &manifest,
         socket: &socket,
@@ -235,7 +239,7 @@ async fn start_in(
         let (stream, _) = listener
             .accept()
             .await
-            .map_err(|e| Failure::later(format!("accept failed: {e}")))?;
+            .map_err(|e| Failure::from_io(format!("accept failed: {e}"), &e))?;
         ipc::handshake(stream, &expected, ctx.calls.clone(), |hello| {
             // Off the runtime's threads: the handshake deadline stays in force around it, and
             // nothing else waits while a large table is built.

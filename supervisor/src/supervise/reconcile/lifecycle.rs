@@ -5,7 +5,7 @@ use super::readiness::notify;
 use super::seams::Launcher;
 use super::state::PluginState;
 use super::{program_stamp, Event, Reconciler};
-use crate::error::{Failure, Retry};
+use crate::error::Failure;
 use crate::manifest;
 use crate::supervise::hooks;
 use crate::supervise::instance::{next_epoch, Instance, InstanceEvent};
@@ -95,10 +95,7 @@ impl Reconciler {
             return;
         };
         entry.starting = None;
-        if !result
-            .as_ref()
-            .is_err_and(|e| e.retry == Retry::WhenStoreBack)
-        {
+        if !result.as_ref().is_err_and(Failure::is_ours) {
             entry.store_wait_logged = false;
         }
         match result {
@@ -153,8 +150,9 @@ impl Reconciler {
                 }
                 entry.program = None;
             }
-            Err(e) if e.retry == Retry::WhenStoreBack => {
-                // Not the plugin's fault: wait for the store without using up its restarts.
+            Err(e) if e.is_ours() => {
+                // Not the plugin's fault (the store is away, or plugd is short of file
+                // descriptors or memory): try again without using up its restarts.
                 entry.slot.set(PluginState::Backoff {
                     reason: e.message.clone(),
                     retry_at_unix_ms: retry_at(STORE_RETRY),

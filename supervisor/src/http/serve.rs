@@ -1,0 +1,123 @@
+//! The HTTP server loop: accepts connections and serves each with hyper, within bounds a
+//! client cannot push plugd past.
+//!
+//! - At most [`Limits::max_connections`] connections are open at once. One past the cap is
+//!   answered at once with a `503` and closed (at most [`MAX_REFUSING`] such answers are in
+//!   progress at a time; past that a connection is closed unanswered), never left hanging.
+//! - A request head must arrive within [`Limits::header_read_timeout`], which is also how long
+//!   a kept-alive connection may sit idle between requests (hyper starts the same timer then).
+//! - An `accept` that fails for want of file descriptors waits a moment and tries again, rather
+//!   than spinning.
+//!
+//! On shutdown the loop stops accepting and waits for the requests in flight; the caller bounds
+//! that wait.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Connections past the cap that may be being answered with a `503` at once.
+pub const MAX_REFUSING: usize = 64;
+
+/// How long a refused connection is given to take its `503`.
+const REFUSE_TIME: Duration = Duration::from_secs(1);
+
+/// How long the loop waits after `accept` failed for want of a resource.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What one client may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Longest wait for a request head, and longest idle time between requests.
+    pub header_read_timeout: Duration,
+}
+
+const OVERLOADED: &str = "{\"error\":\"too many connections\",\"detail\":\"plugd has as many connections open as it allows; try again shortly\"}";
+
+/// Serves `app` on `listener` until `stop` resolves, then waits for the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    stop: impl Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let service = TowerToHyperService::new(app);
+    let mut warned_full = false;
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("cannot accept a connection: {e}; trying again in {ACCEPT_BACKOFF:?}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if !std::mem::replace(&mut warned_full, true) {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    "connection limit reached; refusing new connections with 503 until some close"
+                );
+            }
+            if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(REFUSE_TIME, refuse(stream)).await;
+                    drop(slot);
+                });
+            }
+            continue;
+        };
+        if open.available_permits() > limits.max_connections / 2 {
+            warned_full = false;
+        }
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Answers a connection past the cap with a `503` and closes it, after reading what the client
+/// sent meanwhile (closing with unread data would reset the connection and lose the answer).
+async fn refuse(mut stream: TcpStream) {
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{OVERLOADED}",
+        OVERLOADED.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod setup;
 use crate::http::{self, Edge, RequestIds};
 use crate::ipc::Calls;
 use crate::os::cgroups::Cgroups;
+use crate::os::orphans;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::supervise::cluster::{self, Worker};
@@ -93,6 +94,8 @@ impl Application {
             _worker_lock,
         } = self;
         let addr = listener.local_addr()?;
+        // Before the first plugin starts: whatever a plugin abandons is adopted by plugd.
+        let subreaper = orphans::become_subreaper();
         let registry = Registry::new(settings.hook_timeout);
         // Detection may remove cgroups an earlier run left, which waits for the kernel.
         let cgroups = Arc::new(if settings.cgroups {
@@ -159,9 +162,13 @@ impl Application {
             .clone()
             .map(|url| tokio::spawn(cluster::follow_changes(url, store.clone(), handle.clone())));
         let hangups = tokio::spawn(forward_hangups(handle.clone()));
+        let reaping = subreaper.then(|| tokio::spawn(reap_leftovers()));
 
         shutdown.await;
         hangups.abort();
+        if let Some(reaping) = reaping {
+            reaping.abort();
+        }
         heartbeat.abort();
         if let Some(following) = following {
             following.abort();
@@ -183,10 +190,27 @@ impl Application {
             let _ = stopped.await;
         }
         let _ = reconciling.await;
+        if subreaper {
+            let _ = tokio::task::spawn_blocking(|| orphans::kill(orphans::Whose::All)).await;
+        }
         cgroups.cleanup().await;
         let _ = std::fs::remove_dir_all(&socket_dir);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often exited leftovers of plugins are reaped.
+const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Collects the exit status of processes plugins abandoned that ended on their own, so none
+/// stays a zombie.
+async fn reap_leftovers() {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        if tokio::task::spawn_blocking(orphans::reap).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -121,6 +121,7 @@ pub(super) fn private_socket_dir(runtime_dir: &Path) -> anyhow::Result<PathBuf> 
             );
         }
     }
+    remove_stale_socket_dirs(runtime_dir);
     let dir = runtime_dir.join(format!("p{}", std::process::id()));
     if dir.exists() {
         // Left by an earlier process with the same pid; nothing in it can be in use.
@@ -143,6 +144,35 @@ pub(super) fn private_socket_dir(runtime_dir: &Path) -> anyhow::Result<PathBuf> 
     Ok(dir)
 }
 
+/// Removes the socket directories (`p<pid>`) of plugd processes that are gone (killed with
+/// SIGKILL, so they could not clean up). Those of live processes, such as other workers on the
+/// same host, stay.
+fn remove_stale_socket_dirs(runtime_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(runtime_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('p'))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!("removed stale socket directory {}", entry.path().display()),
+            Err(e) => tracing::warn!(
+                "cannot remove stale socket directory {}: {e}",
+                entry.path().display()
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +193,15 @@ mod tests {
             format!("{err:#}").contains("writable by group or others"),
             "{err:#}"
         );
+
+        // A directory of a process that is gone is removed; one of a live process stays.
+        let gone = runtime.join(format!("p{}", u32::MAX - 1));
+        let live = runtime.join("p1");
+        std::fs::create_dir(&gone).expect("mkdir");
+        std::fs::create_dir(&live).expect("mkdir");
+        private_socket_dir(&runtime).expect("again");
+        assert!(!gone.exists(), "stale directory removed");
+        assert!(live.exists(), "pid 1 is alive: its directory stays");
 
         let link = root.path().join("link");
         std::os::unix::fs::symlink(&runtime, &link).expect("symlink");

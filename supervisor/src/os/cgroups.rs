@@ -32,6 +32,9 @@ pub enum Cgroups {
         cpu: Option<PathBuf>,
         /// Under the pids controller.
         pids: Option<PathBuf>,
+        /// Under the freezer controller: lets a leaf be frozen before it is killed, so nothing
+        /// in it can fork while it is being emptied.
+        freezer: Option<PathBuf>,
     },
     /// No writable cgroups; the reason says why.
     Unavailable(String),
@@ -50,8 +53,8 @@ impl Cgroups {
                 "cgroup v2: plugin limits enforced under {}",
                 base.display()
             ),
-            Cgroups::V1 { memory, cpu, pids } => {
-                let have: Vec<&str> = [("memory", memory), ("cpu", cpu), ("pids", pids)]
+            Cgroups::V1 { memory, cpu, pids, freezer } => {
+                let have: Vec<&str> = [("memory", memory), ("cpu", cpu), ("pids", pids), ("freezer", freezer)]
                     .iter()
                     .filter(|(_, p)| p.is_some())
                     .map(|(n, _)| *n)
@@ -73,7 +76,7 @@ impl Cgroups {
         if unified_only && root.join("cgroup.controllers").exists() {
             return Cgroups::detect_v2(root, &membership);
         }
-        let mut v1 = (None, None, None);
+        let mut v1 = (None, None, None, None);
         for line in membership.lines() {
             let mut parts = line.splitn(3, ':');
             let (Some(_), Some(controllers), Some(path)) =
@@ -86,6 +89,7 @@ impl Cgroups {
                     "memory" => &mut v1.0,
                     "cpu" => &mut v1.1,
                     "pids" => &mut v1.2,
+                    "freezer" => &mut v1.3,
                     _ => continue,
                 };
                 let mount = root.join(controller);
@@ -96,10 +100,21 @@ impl Cgroups {
             }
         }
         match v1 {
-            (None, None, None) => Cgroups::Unavailable(
-                "no writable cgroup v2 subtree or v1 memory, cpu or pids controller".into(),
-            ),
-            (memory, cpu, pids) => Cgroups::V1 { memory, cpu, pids },
+            (None, None, None, freezer) => {
+                // The freezer alone limits nothing; its run directory is not needed.
+                if let Some(dir) = freezer {
+                    remove_cgroup(&dir);
+                }
+                Cgroups::Unavailable(
+                    "no writable cgroup v2 subtree or v1 memory, cpu or pids controller".into(),
+                )
+            }
+            (memory, cpu, pids, freezer) => Cgroups::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            },
         }
     }
 
@@ -109,6 +124,9 @@ impl Cgroups {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/");
         let base = root.join(path.trim_start_matches('/'));
+        // What a predecessor killed with SIGKILL left goes first, even if plugd cannot use the
+        // subtree this time.
+        remove_stale(&base, "plugd-p");
         // No process may sit in a cgroup whose controllers are handed to its children: plugd
         // moves itself into a leaf of its own first.
         let own = base.join("plugd-supervisor");
@@ -123,14 +141,23 @@ impl Cgroups {
                 base.display()
             ));
         }
-        remove_stale(&base, "plugd-p");
         Cgroups::V2 { base }
     }
 
     /// Removes this run's cgroup directories (at shutdown, once every plugin has stopped).
     pub async fn cleanup(&self) {
-        if let Cgroups::V1 { memory, cpu, pids } = self {
-            let dirs: Vec<PathBuf> = [memory, cpu, pids].into_iter().flatten().cloned().collect();
+        if let Cgroups::V1 {
+            memory,
+            cpu,
+            pids,
+            freezer,
+        } = self
+        {
+            let dirs: Vec<PathBuf> = [freezer, memory, cpu, pids]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             remove_off_runtime(dirs).await;
         }
     }
@@ -141,10 +168,13 @@ impl Cgroups {
         let result = match self {
             Cgroups::Unavailable(_) => return None,
             Cgroups::V2 { base } => Leaf::create_v2(base.join(&name), limits),
-            Cgroups::V1 { memory, cpu, pids } => Leaf::create_v1(
-                memory.as_ref().map(|d| d.join(&name)),
-                cpu.as_ref().map(|d| d.join(&name)),
-                pids.as_ref().map(|d| d.join(&name)),
+            Cgroups::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => Leaf::create_v1(
+                [memory, cpu, pids, freezer].map(|d| d.as_ref().map(|d| d.join(&name))),
                 limits,
             ),
         };
@@ -222,8 +252,15 @@ async fn remove_off_runtime(dirs: Vec<PathBuf>) {
 }
 
 /// Kills every process in a cgroup and removes it (blocking: it polls until the kernel lets go).
+/// On v2 `cgroup.kill` kills the whole cgroup at once; on v1 a frozen cgroup (freezer
+/// controller) is killed while frozen, so no process in it can fork during the kill; otherwise
+/// the processes are killed until none is left.
 fn remove_cgroup(dir: &Path) {
-    for _ in 0..50 {
+    if dir.join("cgroup.kill").exists() {
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    }
+    let frozen = dir.join("freezer.state").exists() && freeze(dir);
+    let kill_listed = || {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
             let _ = nix::sys::signal::kill(
@@ -231,12 +268,35 @@ fn remove_cgroup(dir: &Path) {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    };
+    if frozen {
+        kill_listed();
+        // Killed while frozen; they die once thawed.
+        let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+    }
+    for _ in 0..50 {
+        kill_listed();
         if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     tracing::warn!("cannot remove cgroup {}", dir.display());
+}
+
+/// Freezes a v1 freezer cgroup and waits (briefly) until the kernel says it is frozen.
+fn freeze(dir: &Path) -> bool {
+    let state = dir.join("freezer.state");
+    if std::fs::write(&state, "FROZEN").is_err() {
+        return false;
+    }
+    for _ in 0..100 {
+        if std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 /// One instance's cgroup (one directory per controller on v1).
@@ -252,12 +312,8 @@ pub struct Leaf {
 }
 
 impl Leaf {
-    fn create_v1(
-        memory: Option<PathBuf>,
-        cpu: Option<PathBuf>,
-        pids: Option<PathBuf>,
-        limits: &EffectiveLimits,
-    ) -> std::io::Result<Leaf> {
+    fn create_v1(dirs: [Option<PathBuf>; 4], limits: &EffectiveLimits) -> std::io::Result<Leaf> {
+        let [memory, cpu, pids, freezer] = dirs;
         let mut leaf = Leaf {
             v2: false,
             dirs: Vec::new(),
@@ -293,6 +349,11 @@ impl Leaf {
             leaf.add(&dir)?;
             std::fs::write(dir.join("pids.max"), limits.tasks.to_string())?;
             leaf.pids = Some(dir);
+        }
+        if let Some(dir) = freezer {
+            // First in line when the leaf is removed: frozen, nothing in it can fork away.
+            leaf.add(&dir)?;
+            leaf.dirs.rotate_right(1);
         }
         Ok(leaf)
     }

@@ -1,12 +1,14 @@
 //! The operating system's side of a plugin: starting its process ([`spawn`], the only place
 //! that does), the limits it runs under ([`limits`], enforced by [`rlimits`] in the child,
-//! [`cgroups`] in the kernel and [`usage`] by sampling), and its captured output ([`output`]).
+//! [`cgroups`] in the kernel and [`usage`] by sampling), its captured output ([`output`]), and
+//! the processes it leaves behind ([`orphans`]).
 //!
 //! This layer knows processes, files and the kernel; it knows nothing of connections, plugin
 //! states or HTTP.
 
 pub mod cgroups;
 pub mod limits;
+pub mod orphans;
 pub mod output;
 pub mod rlimits;
 pub mod spawn;

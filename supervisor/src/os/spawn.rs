@@ -96,6 +96,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
             Ok(())
         });
     }
+    // Registered before anyone can see the child as a leftover (see `orphans`).
+    let mut spawned = super::orphans::spawned();
     let mut child = cmd.spawn().map_err(|e| {
         let (what, fatal) = match e.kind() {
             std::io::ErrorKind::NotFound => ("command not found".to_string(), true),
@@ -112,6 +114,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
     let pid = child
         .id()
         .ok_or_else(|| Failure::later("the process exited at once"))?;
+    spawned.insert(pid);
+    drop(spawned);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let (name, logs) = (m.name.clone(), spec.logs.clone());

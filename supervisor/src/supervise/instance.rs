@@ -13,6 +13,7 @@ use crate::ipc::{self, CallError, Calls, Connection, Expected};
 use crate::manifest::Manifest;
 use crate::os::cgroups::{Cgroups, Leaf};
 use crate::os::limits::EffectiveLimits;
+use crate::os::orphans::{self, Whose};
 use crate::os::output::LogRing;
 use crate::os::rlimits::Rlimits;
 use crate::os::spawn::{self, SpawnSpec};
@@ -223,6 +224,7 @@ async fn start_in(
     let (exit_tx, mut exited) = watch::channel(None::<String>);
     tokio::spawn(async move {
         let reason = exit_reason(child.wait().await);
+        orphans::exited(pid);
         // Its last lines may still be in the pipes; they explain the exit, so read them first
         // (briefly: a child it left behind may hold the pipes open).
         let _ = tokio::time::timeout(Duration::from_millis(500), output).await;
@@ -270,6 +272,7 @@ async fn start_in(
         Ok(done) => done,
         Err(e) => {
             spawn::signal_group(pid, Signal::SIGKILL);
+            end_leftovers(&manifest.name, epoch).await;
             return Err(e);
         }
     };
@@ -400,6 +403,7 @@ pub async fn follow_instance(
     if let Some(leaf) = &instance.leaf {
         leaf.remove().await;
     }
+    end_leftovers(&instance.manifest.name, instance.epoch).await;
     report(InstanceEvent::Exited(reason));
 }
 
@@ -437,5 +441,21 @@ pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
     if let Some(leaf) = &instance.leaf {
         leaf.remove().await;
     }
+    end_leftovers(&instance.manifest.name, instance.epoch).await;
     exit
+}
+
+/// Kills what an instance left behind outside its process group (a `setsid` daemon), found as
+/// plugd's adopted children; see [`orphans`].
+async fn end_leftovers(plugin: &str, epoch: u64) {
+    let plugin = plugin.to_owned();
+    let killing = tokio::task::spawn_blocking(move || {
+        orphans::kill(Whose::Instance {
+            plugin: &plugin,
+            epoch,
+        })
+    });
+    if let Err(e) = killing.await {
+        tracing::warn!("cannot end a plugin's leftover processes: {e}");
+    }
 }

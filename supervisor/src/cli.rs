@@ -80,6 +80,14 @@ struct ServeArgs {
     /// Log one line per HTTP request: true or false [default: false].
     #[arg(long)]
     access_log: Option<String>,
+    /// Most HTTP connections open at once, lowered to stay below the open-file limit
+    /// [default: 10000].
+    #[arg(long)]
+    max_connections: Option<String>,
+    /// Longest wait for an HTTP request head, and longest idle time of a kept-alive
+    /// connection [default: 10s].
+    #[arg(long)]
+    header_read_timeout: Option<String>,
 }
 
 impl ServeArgs {
@@ -99,6 +107,8 @@ impl ServeArgs {
             ("database_url", &self.database_url),
             ("hook_timeout", &self.hook_timeout),
             ("access_log", &self.access_log),
+            ("max_connections", &self.max_connections),
+            ("header_read_timeout", &self.header_read_timeout),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

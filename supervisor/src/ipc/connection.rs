@@ -84,6 +84,8 @@ pub struct Connection {
     queue_room: Arc<Semaphore>,
     /// Calls plugd gave up on and cancelled: each may still get one late answer.
     cancelled: AtomicU64,
+    /// Frames dropped because the plugin was not reading.
+    dropped: AtomicU64,
 }
 
 impl Connection {
@@ -109,6 +111,7 @@ impl Connection {
             working: Arc::new(Semaphore::new(MAX_PLUGIN_CALLS)),
             queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
             cancelled: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         });
         let token = conn.closed.clone();
         let room = conn.queue_room.clone();
@@ -251,14 +254,16 @@ impl Connection {
 
     /// Queues `frame` if there is room now; otherwise drops it (the plugin is not reading).
     fn try_send(&self, frame: Bytes) {
-        let Ok(permit) = self.queue_room.try_acquire_many(weight(&frame)) else {
-            tracing::debug!(plugin = %self.plugin, "outgoing queue full; frame dropped");
-            return;
-        };
-        if self.out.try_send(frame).is_ok() {
-            permit.forget();
-        } else {
-            tracing::debug!(plugin = %self.plugin, "outgoing queue full or closed; frame dropped");
+        if let Ok(permit) = self.queue_room.try_acquire_many(weight(&frame)) {
+            if self.out.try_send(frame).is_ok() {
+                permit.forget();
+                return;
+            }
+        }
+        // Logged at 1, 2, 4, 8, … drops: a plugin that never reads must not flood the log.
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped.is_power_of_two() {
+            tracing::warn!(plugin = %self.plugin, dropped, "the plugin is not reading: outgoing queue full, {dropped} frames dropped so far");
         }
     }
 

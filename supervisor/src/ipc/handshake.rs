@@ -156,6 +156,12 @@ where
                 "first message was not a handshake: {other:?}"
             )))
         }
+        Some(Err(plugd_protocol::DecodeError::FrameTooLarge { len, max })) => {
+            // Sending it again cannot make it smaller.
+            return Err(Failure::never(format!(
+                "handshake refused: it is {len} bytes long, at most {max} are allowed (declare fewer routes, hooks or services)"
+            )));
+        }
         Some(Err(e)) => return Err(Failure::later(format!("bad handshake frame: {e}"))),
         None => {
             return Err(Failure::later(

@@ -234,6 +234,27 @@ impl TestSupervisor {
         self.wait_ready().await;
     }
 
+    /// Kills plugd with SIGKILL (it cleans nothing up) and starts it again on the same
+    /// directories and settings.
+    pub async fn kill_and_restart(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait_exit().await;
+        let (child, addr) = spawn_plugd(self.dir.path(), &self.flags, &self.env);
+        self.child = Some(child);
+        self.addr = addr;
+        self.wait_ready().await;
+    }
+
+    /// plugd's working directory (holding `plugins`, `data`, `run` and `plugd.log`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The address plugd listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The full URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

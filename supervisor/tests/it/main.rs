@@ -4,8 +4,10 @@
 mod admin;
 mod cluster;
 mod failures;
+mod fuzz_corpus;
 mod harness;
 mod hooks;
+mod hostile;
 mod layers;
 mod lifecycle;
 mod limits;

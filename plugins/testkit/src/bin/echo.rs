@@ -332,6 +332,21 @@ async fn main() -> Result<(), plugd_runtime::Error> {
             }
             Json(serde_json::json!({ "started": started, "error": error }))
         })
+        // A daemon that leaves the plugin's process group and session: plugd must still end
+        // it when this instance ends. Answers the daemon's pid.
+        .get("/daemon", |_req: Request, _| async move {
+            let out = tokio::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!",
+                ])
+                .output()
+                .await
+                .map_err(|e| plugd_runtime::HttpError::internal(e.to_string()))?;
+            Ok::<_, plugd_runtime::HttpError>(
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            )
+        })
         .get("/fds", |req: Request, c: Arc<Counters>| async move {
             let n = req
                 .query("n")

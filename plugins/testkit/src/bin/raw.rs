@@ -7,11 +7,21 @@
 //! - `bad-version`: handshakes with protocol major 99;
 //! - `garbage`: handshakes, then answers any request with a malformed frame;
 //! - `oversized`: handshakes, then answers any request with a frame header announcing 2 GiB;
-//! - `deaf`: handshakes, then never reads again (a hung event loop: pings go unanswered).
+//! - `deaf`: handshakes, then never reads again (a hung event loop: pings go unanswered);
+//! - `flood`: handshakes, then sends requests (an unknown method and `kv.get`, alternately) as
+//!   fast as it can and never reads an answer;
+//! - `stray-ids`: handshakes, then sends answers to calls plugd never made;
+//! - `routes`: declares `RAW_ROUTES` routes (default 100,000) `/r{i}/{a}/x` in its handshake;
+//! - `max-frame-zero`: announces a frame limit of 0 in its handshake;
+//! - `deep`: handshakes, then sends a request whose params nest 70 levels deep;
+//! - `spew`: handshakes, then writes `RAW_SPEW_MB` MiB (default 256) of lines to stderr as fast
+//!   as it can, answering pings all the while.
 
-use plugd_protocol::envelope::encode_request;
+use plugd_protocol::envelope::{encode_request, encode_response};
+use plugd_protocol::message::control::{Empty, Ping};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
-use plugd_protocol::{ProtocolVersion, DEFAULT_MAX_FRAME_LEN};
+use plugd_protocol::message::kv::{KvGet, KvKey};
+use plugd_protocol::{Message, Method, ProtocolVersion, DEFAULT_MAX_FRAME_LEN};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -35,7 +45,8 @@ fn main() {
             std::thread::sleep(Duration::from_secs(3600));
         },
         "exit-early" => std::process::exit(3),
-        "bad-token" | "bad-version" | "garbage" | "oversized" | "deaf" => {}
+        "bad-token" | "bad-version" | "garbage" | "oversized" | "deaf" | "flood" | "stray-ids"
+        | "routes" | "max-frame-zero" | "deep" | "spew" => {}
         other => {
             eprintln!("unknown mode {other:?}");
             std::process::exit(2);
@@ -59,22 +70,79 @@ fn main() {
         } else {
             env("PLUGD_TOKEN")
         },
-        max_frame: DEFAULT_MAX_FRAME_LEN as u32,
-        routes: vec![RouteDecl {
-            method: "GET".into(),
-            path: "/x".into(),
-            permission: None,
-        }],
+        max_frame: if mode == "max-frame-zero" {
+            0
+        } else {
+            DEFAULT_MAX_FRAME_LEN as u32
+        },
+        routes: if mode == "routes" {
+            let n: usize = std::env::var("RAW_ROUTES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(100_000);
+            (0..n)
+                .map(|i| RouteDecl {
+                    method: "GET".into(),
+                    path: format!("/r{i}/{{a}}/x"),
+                    permission: None,
+                })
+                .collect()
+        } else {
+            vec![RouteDecl {
+                method: "GET".into(),
+                path: "/x".into(),
+                permission: None,
+            }]
+        },
         hooks: vec![],
         services: vec![],
         permissions: vec![],
     };
-    let frame = encode_request::<Handshake>(0, &hello, DEFAULT_MAX_FRAME_LEN).expect("encode");
-    stream.write_all(&frame).expect("send handshake");
-    let answer = read_frame(&mut stream).expect("handshake answer");
+    let frame = encode_request::<Handshake>(0, &hello, 64 << 20).expect("encode");
+    if stream.write_all(&frame).is_err() {
+        eprintln!("the supervisor closed the connection during the handshake");
+        std::process::exit(4);
+    }
+    let Ok(answer) = read_frame(&mut stream) else {
+        eprintln!("no answer to the handshake");
+        std::process::exit(4);
+    };
     eprintln!("handshake answer: {} bytes", answer.len());
+    match mode.as_str() {
+        "flood" => flood(&mut stream),
+        "stray-ids" => {
+            for id in 1_000_000u64.. {
+                let frame = encode_response(id, &Empty {}, 1024).expect("encode");
+                if stream.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        }
+        "deep" => {
+            let mut v = rmpv::Value::from(1);
+            for _ in 0..70 {
+                v = rmpv::Value::Array(vec![v]);
+            }
+            let mut body = Vec::new();
+            rmpv::encode::write_value(
+                &mut body,
+                &rmpv::Value::Array(vec![0.into(), 7.into(), "kv.get".into(), v]),
+            )
+            .expect("encode");
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend(body);
+            let _ = stream.write_all(&frame);
+        }
+        "spew" => {
+            let reader = stream.try_clone().expect("clone");
+            std::thread::spawn(move || answer_pings(reader));
+            spew();
+        }
+        _ => {}
+    }
     // Wait for a request, then misbehave (the deaf plugin never reads again).
-    while let Some(Ok(request)) = (mode != "deaf").then(|| read_frame(&mut stream)) {
+    let reads = !matches!(mode.as_str(), "deaf" | "flood" | "spew");
+    while let Some(Ok(request)) = reads.then(|| read_frame(&mut stream)) {
         eprintln!(
             "got a request of {} bytes; misbehaving ({mode})",
             request.len()
@@ -92,4 +160,69 @@ fn main() {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Sends requests as fast as the socket takes them and never reads an answer.
+fn flood(stream: &mut UnixStream) {
+    let key = KvKey { key: "k".into() };
+    for id in 1u64.. {
+        let frame = if id % 2 == 0 {
+            encode_request::<KvGet>(id, &key, 1024).expect("encode")
+        } else {
+            let mut body = Vec::new();
+            rmpv::encode::write_value(
+                &mut body,
+                &rmpv::Value::Array(vec![
+                    0.into(),
+                    id.into(),
+                    "no.such.method".into(),
+                    rmpv::Value::Nil,
+                ]),
+            )
+            .expect("encode");
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend(body);
+            frame.into()
+        };
+        if stream.write_all(&frame).is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers every ping from the supervisor (and ignores everything else) until the socket closes.
+fn answer_pings(mut stream: UnixStream) {
+    while let Ok(body) = read_frame(&mut stream) {
+        if let Ok(Message::Request(request)) = Message::decode(body.into()) {
+            if request.method == Ping::NAME {
+                let frame = encode_response(request.id, &Empty {}, 1024).expect("encode");
+                if stream.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    std::process::exit(0);
+}
+
+/// Writes lines to stderr as fast as it can, `RAW_SPEW_MB` MiB in all.
+fn spew() {
+    let mb: usize = std::env::var("RAW_SPEW_MB")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
+    let line = format!("{}\n", "spew ".repeat(20));
+    let block = line.repeat((64 * 1024) / line.len());
+    let mut err = std::io::stderr().lock();
+    let mut written = 0;
+    while written < mb << 20 {
+        if err.write_all(block.as_bytes()).is_err() {
+            return;
+        }
+        written += block.len();
+    }
+    drop(err);
+    // After a pause, so the line is not lost among the suppressed ones.
+    std::thread::sleep(Duration::from_millis(1500));
+    eprintln!("spewed {mb} MiB");
 }

@@ -427,6 +427,35 @@ async fn the_desired_state_stops_and_starts_the_plugin() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn starts_that_fail_for_want_of_plugds_resources_do_not_count_as_crashes() {
+    let h = Harness::start(MemoryStore::default());
+    let emfile = std::io::Error::from_raw_os_error(nix::libc::EMFILE);
+    {
+        let mut script = h.launcher.script();
+        for _ in 0..5 {
+            let failure = Failure::from_io(format!("cannot start ./a: {emfile}"), &emfile);
+            script.outcomes.push_back(Err(failure));
+        }
+    }
+    let state = h
+        .until("backoff", |s| matches!(s, PluginState::Backoff { .. }))
+        .await;
+    assert!(
+        state
+            .reason()
+            .is_some_and(|r| r.contains("Too many open files")),
+        "{:?}",
+        state.reason()
+    );
+    // Five failed starts, more than the crash loop allows, and still no restart counted: once
+    // plugd has descriptors again the plugin starts. (Retries come every few seconds.)
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    h.ready().await;
+    assert_eq!(h.launcher.starts(), 6);
+    assert_eq!(h.restarts(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_start_that_needs_the_unreachable_store_waits_without_using_restarts() {
     let store = MemoryStore {
         with_migrations: vec!["a".into()],

@@ -13,7 +13,7 @@ use crate::ipc::RESERVED_PREFIX;
 use crate::supervise::hooks::{self, FireError};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use plugd_protocol::depth::{json_depth, value_depth, MAX_PAYLOAD_DEPTH};
@@ -97,6 +97,9 @@ pub async fn post_hook(
                 "payload too large",
                 format!("a hook payload may be at most {MAX_HOOK_BODY} bytes"),
             )
+            // The rest of the body is never read, so this connection cannot carry another
+            // request.
+            .with_header(CONNECTION, HeaderValue::from_static("close"))
         })?;
     let msgpack = is_msgpack(&headers);
     let payload = payload(&body, msgpack)?;

@@ -10,7 +10,8 @@
 //! are worked on at once (more are answered `BUSY` at once, without a task), at most
 //! [`MAX_QUEUED_BYTES`] of frames wait to be written to it, and answers to calls plugd never
 //! made or already gave up on are tolerated only up to [`STRAY_ALLOWANCE`] beyond the calls it
-//! cancelled; past that the plugin is cut off as a protocol violation.
+//! cancelled; past that the plugin is cut off as a protocol violation. So is a plugin that keeps
+//! sending requests without reading the answers ([`MAX_DROPPED_ANSWERS`]).
 
 use super::calls::Calls;
 use bytes::Bytes;
@@ -41,6 +42,10 @@ pub const MAX_PLUGIN_CALLS: usize = 64;
 /// its callers wait (within their deadlines) and its own calls' answers get dropped, instead of
 /// making plugd buffer without limit.
 pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Answers to the plugin's own requests that may be dropped because it does not read them;
+/// past that the plugin is cut off (it sends requests and never reads the answers).
+pub const MAX_DROPPED_ANSWERS: u64 = 1024;
 
 /// Answers with an unknown id tolerated beyond one per call plugd cancelled (a late answer to a
 /// cancelled call is normal); past that the plugin is cut off.
@@ -86,6 +91,8 @@ pub struct Connection {
     cancelled: AtomicU64,
     /// Frames dropped because the plugin was not reading.
     dropped: AtomicU64,
+    /// Of those, answers to the plugin's own requests.
+    answers_dropped: AtomicU64,
 }
 
 impl Connection {
@@ -112,6 +119,7 @@ impl Connection {
             queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
             cancelled: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            answers_dropped: AtomicU64::new(0),
         });
         let token = conn.closed.clone();
         let room = conn.queue_room.clone();
@@ -252,12 +260,13 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues `frame` if there is room now; otherwise drops it (the plugin is not reading).
-    fn try_send(&self, frame: Bytes) {
+    /// Queues `frame` if there is room now; otherwise drops it (the plugin is not reading) and
+    /// says so.
+    fn try_send(&self, frame: Bytes) -> bool {
         if let Ok(permit) = self.queue_room.try_acquire_many(weight(&frame)) {
             if self.out.try_send(frame).is_ok() {
                 permit.forget();
-                return;
+                return true;
             }
         }
         // Logged at 1, 2, 4, 8, … drops: a plugin that never reads must not flood the log.
@@ -265,13 +274,22 @@ impl Connection {
         if dropped.is_power_of_two() {
             tracing::warn!(plugin = %self.plugin, dropped, "the plugin is not reading: outgoing queue full, {dropped} frames dropped so far");
         }
+        false
+    }
+
+    /// Queues an answer to the plugin's own request `id` without waiting; one that cannot be
+    /// queued counts towards [`MAX_DROPPED_ANSWERS`].
+    fn answer_now(&self, frame: Result<Bytes, plugd_protocol::EncodeError>) {
+        if let Ok(frame) = frame {
+            if !self.try_send(frame) {
+                self.answers_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Answers the plugin's request `id` with `error`, without waiting.
     fn refuse(&self, id: u64, error: &ErrorObject) {
-        if let Ok(frame) = encode_error(id, error, self.max_frame) {
-            self.try_send(frame);
-        }
+        self.answer_now(encode_error(id, error, self.max_frame));
     }
 }
 
@@ -357,7 +375,18 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
                         tracing::debug!(plugin = %conn.plugin, id, "late answer to a call that already ended");
                     }
                 }
-                Some(Ok(Message::Request(request))) => on_request(&conn, request),
+                Some(Ok(Message::Request(request))) => {
+                    on_request(&conn, request);
+                    let dropped = conn.answers_dropped.load(Ordering::Relaxed);
+                    if dropped > MAX_DROPPED_ANSWERS {
+                        let reason = format!(
+                            "the plugin was cut off: it sends requests but does not read the answers ({dropped} answers could not be queued)"
+                        );
+                        tracing::error!(plugin = %conn.plugin, "{reason}");
+                        conn.cut_off.store(true, Ordering::SeqCst);
+                        break reason;
+                    }
+                }
                 Some(Ok(Message::Notification(note))) => {
                     tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
                 }
@@ -383,9 +412,7 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
 /// the plugin's call permits until its answer is queued.
 fn on_request(conn: &Arc<Connection>, request: plugd_protocol::Request) {
     if request.method == Ping::NAME {
-        if let Ok(frame) = encode_response(request.id, &Empty {}, conn.max_frame) {
-            conn.try_send(frame);
-        }
+        conn.answer_now(encode_response(request.id, &Empty {}, conn.max_frame));
         return;
     }
     let Some(calls) = conn

@@ -74,9 +74,9 @@ fn raw(name: &str, mode: &str, extra: &str) -> PluginDef {
 
 #[tokio::test]
 async fn a_plugin_flooding_requests_gets_bounded_answers_and_alone_fails() {
-    // Pings are answered late on purpose (the flooder never reads): it is failed after 3 s.
+    // Health pings would catch it only after a minute: the flood itself must end it.
     let slow_health =
-        "[health]\ninterval = \"2s\"\ntimeout = \"1s\"\n[restart]\nmax_restarts = 0\n";
+        "[health]\ninterval = \"60s\"\ntimeout = \"30s\"\n[restart]\nmax_restarts = 0\n";
     let sup = TestSupervisor::start(
         &[
             PluginDef::echo("echo", ""),
@@ -92,18 +92,18 @@ async fn a_plugin_flooding_requests_gets_bounded_answers_and_alone_fails() {
         still_responsive(&sup, "a request flood").await;
     }
     let reason = failed_reason(&sup, "flood").await;
-    assert!(reason.contains("health ping"), "{reason}");
+    assert!(reason.contains("does not read the answers"), "{reason}");
     peak = peak.max(rss_mib(pid));
     assert!(peak < 150, "plugd reached {peak} MiB during the flood");
     eprintln!("request flood: plugd peak RSS {peak} MiB");
     assert_eq!(sup.plugin_status("echo").await["state"], "ready");
     stops_within_budget(sup).await;
 
-    // SIGTERM in the middle of a flood (pings never time out here) still stops plugd in time.
-    let patient = "[health]\ninterval = \"60s\"\ntimeout = \"30s\"\n";
-    let sup = TestSupervisor::start(&[raw("flood", "flood", patient)], &[]).await;
+    // SIGTERM while the flooder is cut off and restarted, again and again, still stops plugd in
+    // time.
+    let sup = TestSupervisor::start(&[raw("flood", "flood", "")], &[]).await;
     sup.wait_until("the flood is on", || async {
-        sup.logged(&["flood", "frames dropped"])
+        sup.logged(&["flood", "does not read the answers"])
     })
     .await;
     stops_within_budget(sup).await;

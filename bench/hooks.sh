@@ -19,9 +19,12 @@ work=$(mktemp -d /tmp/plugd-hooks.XXXXXX)
 trap 'stop_plugd; rm -rf "$work"' EXIT
 echo_bin="$PWD/target/release/plugd-testkit-echo"
 
+# Firing hooks needs a token with the host (or admin) role.
+host_token="bench-host-token-$RANDOM$RANDOM"
+
 start_plugd() {
   port=$(free_port)
-  PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port" --plugins-dir "$1" \
+  PLUGD_HOST_TOKEN="$host_token" PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port" --plugins-dir "$1" \
     --data-dir "$work/data" --runtime-dir "$work/run" >"$work/out" 2>"$work/err" &
   plugd_pid=$!
   for _ in $(seq 300); do
@@ -38,10 +41,11 @@ plugin() {
     "$1" "$echo_bin" "$3" "$4" >"$2/$1/plugin.toml"
 }
 
-cat >"$work/post.lua" <<'LUA'
+cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '"payload"'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $host_token"
 LUA
 
 measure() {

@@ -304,6 +304,17 @@ def attack_stray(p):
     return "stray: " + wait_state(p, "stray", DURATION)[:110]
 
 
+def daemon_fate(pid, when):
+    """Waits up to 5 s for the daemon to go; kills it if it is still there."""
+    deadline = time.time() + 5
+    while time.time() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.1)
+    alive = os.path.exists(f"/proc/{pid}")
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    return f"daemon {'ALIVE' if alive else 'gone'} {when}"
+
+
 def attack_setsid(p):
     status, body = p.get("/plugins/victim/daemon")
     pid = int(body)
@@ -311,26 +322,14 @@ def attack_setsid(p):
     p.proc.wait()
     time.sleep(0.5)
     p.start()
-    deadline = time.time() + 5
-    while time.time() < deadline and os.path.exists(f"/proc/{pid}"):
-        time.sleep(0.1)
-    alive = os.path.exists(f"/proc/{pid}")
-    if alive:
-        os.kill(pid, signal.SIGKILL)
-    return f"daemon {'ALIVE' if alive else 'gone'} after plugd was SIGKILLed and restarted"
+    return daemon_fate(pid, "after plugd was SIGKILLed and restarted")
 
 
 def attack_setsid_no_cgroups(p):
     status, body = p.get("/plugins/victim/daemon")
     pid = int(body)
     p.get("/plugins/victim/crash")
-    deadline = time.time() + 5
-    while time.time() < deadline and os.path.exists(f"/proc/{pid}"):
-        time.sleep(0.1)
-    alive = os.path.exists(f"/proc/{pid}")
-    if alive:
-        os.kill(pid, signal.SIGKILL)
-    return f"daemon {'ALIVE' if alive else 'gone'} 5 s after its instance crashed"
+    return daemon_fate(pid, "5 s after its instance crashed")
 
 
 ATTACKS = {

@@ -216,6 +216,8 @@ impl Connection {
             *slot = Some(reason.to_owned());
         }
         self.closed.cancel();
+        // Nobody waits for queue room that the stopped writer will never give back.
+        self.queue_room.close();
         for tx in self.pending.drain() {
             let _ = tx.send(Err(reason.to_owned()));
         }

@@ -58,7 +58,8 @@ class Plugd:
                 self.port = int(port)
                 break
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-        self.pid = self.pid_of_plugd()
+        # Under prlimit the child is prlimit, which execs plugd: the same pid.
+        self.pid = self.proc.pid
         deadline = time.time() + 20
         while time.time() < deadline:
             status, _ = self.get("/healthz", timeout=2)
@@ -73,10 +74,6 @@ class Plugd:
             if status == 200:
                 return
             time.sleep(0.05)
-
-    def pid_of_plugd(self):
-        # Under prlimit the child is prlimit, which execs plugd: same pid.
-        return self.proc.pid
 
     def get(self, path, timeout=5, method="GET", body=None, headers=None):
         try:

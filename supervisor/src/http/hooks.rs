@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use plugd_protocol::depth::{json_depth, value_depth, MAX_PAYLOAD_DEPTH};
+use plugd_protocol::depth::{json_depth, MAX_PAYLOAD_DEPTH};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -48,19 +48,15 @@ fn payload(body: &Bytes, msgpack: bool) -> Result<rmpv::Value, ApiError> {
         return Ok(rmpv::Value::Nil);
     }
     if msgpack {
-        let value = rmpv::decode::read_value_with_max_depth(&mut &body[..], MAX_PAYLOAD_DEPTH + 1)
+        // The decoder stops past the cap; the dispatcher checks the exact depth of what it reads.
+        return rmpv::decode::read_value_with_max_depth(&mut &body[..], MAX_PAYLOAD_DEPTH + 1)
             .map_err(|e| match e {
                 rmpv::decode::Error::DepthLimitExceeded => too_deep(MAX_PAYLOAD_DEPTH + 1),
                 e => ApiError::bad_request(
                     "invalid payload",
                     format!("the body is not MessagePack: {e}"),
                 ),
-            })?;
-        let depth = value_depth(&value);
-        if depth > MAX_PAYLOAD_DEPTH {
-            return Err(too_deep(depth));
-        }
-        return Ok(value);
+            });
     }
     let depth = json_depth(body);
     if depth > MAX_PAYLOAD_DEPTH {

@@ -9,12 +9,16 @@
 //!   the restart policy, route tables, the watcher, the cluster feed, the hook dispatcher.
 //! - [`ipc`]: the protocol connection to each plugin: handshake, calls both ways.
 //! - [`os`] and [`store`]: processes, limits and output; the state store.
-//! - [`manifest`], [`settings`], [`error`]: what plugins and operators write down, and the
-//!   one error type for failed starts.
+//! - [`manifest`], [`settings`], [`error`], [`feed`]: what plugins and operators write down,
+//!   the one error type for failed starts, and the live feed of events for `/admin/stream`.
+//!
+//! Beside [`app`], [`client`] is the other side of the admin API: the command line's verbs
+//! (`plugd plugins`, `plugd enable`, …) as an HTTP client of a running plugd.
 
 pub mod app;
 pub mod cli;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod ipc;
 pub mod manifest;

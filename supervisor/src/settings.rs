@@ -85,17 +85,8 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-/// What an admin token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Read only.
-    Viewer,
-    /// May fire hooks (`POST /hooks/{hook}`) and nothing else: for host applications.
-    Host,
-}
+/// What an admin token may do: `admin`, `viewer` or `host`.
+pub use plugd_api::Role;
 
 impl Default for Settings {
     fn default() -> Self {

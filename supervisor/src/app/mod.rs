@@ -8,6 +8,7 @@
 
 mod setup;
 
+use crate::feed::Feed;
 use crate::http::{self, Edge, RequestIds};
 use crate::ipc::Calls;
 use crate::os::cgroups::Cgroups;
@@ -96,7 +97,9 @@ impl Application {
         let addr = listener.local_addr()?;
         // Before the first plugin starts: whatever a plugin abandons is adopted by plugd.
         let subreaper = orphans::become_subreaper();
-        let registry = Registry::new(settings.hook_timeout);
+        let worker = Worker::new();
+        let feed = Feed::new(&worker.id);
+        let registry = Registry::new(settings.hook_timeout, feed.clone());
         // Detection may remove cgroups an earlier run left, which waits for the kernel.
         let cgroups = Arc::new(if settings.cgroups {
             tokio::task::spawn_blocking(Cgroups::detect)
@@ -123,7 +126,6 @@ impl Application {
             registry.clone(),
             Arc::new(store.clone()),
         );
-        let worker = Worker::new();
         let edge = Arc::new(Edge {
             metrics: http::metrics::Metrics::new(registry.clone()),
             registry: registry.clone(),
@@ -133,6 +135,8 @@ impl Application {
             plugins_dir: settings.plugins_dir.clone(),
             worker: worker.clone(),
             request_ids: RequestIds::default(),
+            feed: feed.clone(),
+            streams: Arc::new(tokio::sync::Semaphore::new(http::admin::stream::MAX_STREAMS)),
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(edge.clone(), settings.access_log);
@@ -157,6 +161,7 @@ impl Application {
 
         let reconciling = tokio::spawn(reconciler.run());
         let heartbeat = tokio::spawn(cluster::heartbeat(worker, registry, store.clone()));
+        let watching = tokio::spawn(cluster::watch_cluster(store.clone(), feed.clone()));
         let following = settings
             .database_url
             .clone()
@@ -170,6 +175,9 @@ impl Application {
             reaping.abort();
         }
         heartbeat.abort();
+        watching.abort();
+        // Open live streams end now, so they do not hold the HTTP server open.
+        feed.close();
         if let Some(following) = following {
             following.abort();
         }

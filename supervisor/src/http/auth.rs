@@ -12,9 +12,14 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// Who made an admin request: the token's name, written to the audit log.
+/// Who made an admin request: the token's name (written to the audit log) and role.
 #[derive(Debug, Clone)]
-pub struct Actor(pub String);
+pub struct Actor {
+    /// The token's name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
 
 /// The configured token the request's `Authorization: Bearer …` presents, compared in constant
 /// time against every token so the time taken does not say which one came close.
@@ -81,7 +86,10 @@ pub async fn authenticate(
         )
         .into_response();
     }
-    request.extensions_mut().insert(Actor(token.name.clone()));
+    request.extensions_mut().insert(Actor {
+        name: token.name.clone(),
+        role: token.role,
+    });
     next.run(request).await
 }
 

@@ -1,12 +1,17 @@
 //! The one error answer of plugd's HTTP edge: a status and a JSON body `{"error", "detail"}`
-//! (plus, where it helps, more fields such as the current record of a conflict), with headers
-//! such as `Retry-After` or `Allow`. Every handler answers its failures with an [`ApiError`].
+//! (plus, on a conflict, the current record), with headers such as `Retry-After` or `Allow`.
+//! Every handler answers its failures with an [`ApiError`], and so do the extractors: a query
+//! or path that does not parse is a 400 in the same shape ([`Query`], [`Path`]), never axum's
+//! plain-text rejection.
 
 use axum::http::header::{HeaderName, HeaderValue};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+pub use plugd_api::ErrorBody;
+use plugd_api::PluginRecord;
 
 /// An error answer: what went wrong (`error`, short and stable) and the details (`detail`,
 /// which say what to do).
@@ -17,27 +22,15 @@ pub struct ApiError {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// The JSON body of every error answer.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody {
-    /// What went wrong, in a few stable words (`unknown plugin`, `plugin not ready`, …).
-    pub error: &'static str,
-    /// The details: what exactly, and what to do about it.
-    pub detail: String,
-    /// More fields for this kind of error (such as `current` on a conflict).
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
 impl ApiError {
     /// An error answer with `status`.
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError {
             status,
             body: ErrorBody {
-                error,
+                error: error.to_owned(),
                 detail: detail.into(),
-                extra: serde_json::Map::new(),
+                current: None,
             },
             headers: Vec::new(),
         }
@@ -75,9 +68,9 @@ impl ApiError {
         self
     }
 
-    /// Adds a field to the JSON body.
-    pub fn with_field(mut self, key: &str, value: serde_json::Value) -> ApiError {
-        self.body.extra.insert(key.to_owned(), value);
+    /// Adds the plugin's current record to the body (on a conflict).
+    pub fn with_current(mut self, record: PluginRecord) -> ApiError {
+        self.body.current = Some(record);
         self
     }
 
@@ -100,5 +93,35 @@ impl IntoResponse for ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.body.error, self.body.detail)
+    }
+}
+
+/// `axum::extract::Query`, whose rejection is an [`ApiError`] naming what did not parse.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Query(q))
+            .map_err(|e| ApiError::bad_request("invalid query", e.body_text()))
+    }
+}
+
+/// `axum::extract::Path`, whose rejection is an [`ApiError`] naming what did not parse.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| Path(p))
+            .map_err(|e| ApiError::bad_request("invalid path", e.body_text()))
     }
 }

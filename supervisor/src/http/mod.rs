@@ -58,6 +58,10 @@ pub struct Edge {
     pub worker: Worker,
     /// Makes request ids for requests that come without one.
     pub request_ids: RequestIds,
+    /// The live feed behind `GET /admin/stream`.
+    pub feed: Arc<crate::feed::Feed>,
+    /// Open live streams, at most [`admin::stream::MAX_STREAMS`].
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique across workers
@@ -95,7 +99,8 @@ impl MakeRequestId for RequestIds {
 
 /// Every route plugd serves; with `access_log`, one log line per request.
 pub fn router(edge: Arc<Edge>, access_log: bool) -> Router {
-    let admin = admin::router(edge.clone()).layer(TimeoutLayer::with_status_code(
+    let (admin, _) = admin::router(edge.clone());
+    let admin = admin.layer(TimeoutLayer::with_status_code(
         StatusCode::SERVICE_UNAVAILABLE,
         ADMIN_TIMEOUT,
     ));

@@ -1,9 +1,12 @@
 //! Each plugin's recent output: a ring buffer of its stdout/stderr lines, bounded in lines and
 //! bytes, kept across restarts so the last words before a crash can still be read; and the
-//! [`LineBudget`] that keeps a plugin's output from flooding plugd's own log.
+//! [`LineBudget`] that keeps a plugin's output from flooding plugd's own log. Every line also
+//! goes to the live feed (`GET /admin/stream`) while a stream is open.
 
+use crate::feed::Feed;
+use plugd_api::StreamEvent;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Lines kept per plugin.
@@ -104,6 +107,8 @@ pub struct LogLine {
 #[derive(Debug, Default)]
 pub struct LogRing {
     inner: Mutex<Ring>,
+    /// The plugin's name and the live feed every line is also published to.
+    feed: Option<(String, Arc<Feed>)>,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +119,14 @@ struct Ring {
 }
 
 impl LogRing {
+    /// The output of plugin `plugin`, whose lines also go to `feed`.
+    pub fn new(plugin: &str, feed: Arc<Feed>) -> LogRing {
+        LogRing {
+            inner: Mutex::default(),
+            feed: Some((plugin.to_owned(), feed)),
+        }
+    }
+
     /// Appends a line, cutting it at [`MAX_LINE`] bytes and evicting the oldest lines beyond
     /// [`MAX_LINES`] or [`MAX_BYTES`].
     pub fn push(&self, pid: u32, stream: &'static str, text: &str) {
@@ -128,6 +141,15 @@ impl LogRing {
             text: text[..end].to_owned(),
             cut: text.len() - end,
         };
+        if let Some((plugin, feed)) = &self.feed {
+            feed.publish(|| StreamEvent::Log {
+                plugin: plugin.clone(),
+                pid,
+                stream: stream.to_owned(),
+                line: line.display(),
+                at_ms: line.at_unix_ms,
+            });
+        }
         let mut ring = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         ring.bytes += line.text.len();
         ring.lines.push_back(line);

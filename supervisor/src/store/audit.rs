@@ -1,25 +1,10 @@
 //! The audit log (`plugin_events`): who changed what, when and why.
 
 use super::{now_ms, Store};
-use serde::Serialize;
 use sqlx::Row;
 
-/// One audit-log entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EventRecord {
-    /// Increasing id (pagination cursor).
-    pub id: i64,
-    /// When, in Unix milliseconds.
-    pub at_ms: i64,
-    /// The plugin concerned, if any.
-    pub plugin: Option<String>,
-    /// Who: an admin token's name, or `plugd` for the supervisor itself.
-    pub actor: String,
-    /// What, such as `enable` or `install`.
-    pub action: String,
-    /// Details.
-    pub detail: String,
-}
+/// One audit-log entry (the admin API's type).
+pub use plugd_api::AuditEvent as EventRecord;
 
 impl Store {
     /// Appends an audit-log entry.
@@ -53,19 +38,41 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(EventRecord {
-                    id: row.try_get("id")?,
-                    at_ms: row.try_get("at_ms")?,
-                    plugin: row.try_get("plugin")?,
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event).collect()
     }
+
+    /// Audit-log entries newer than `after` (an id), oldest first, at most `limit`: what a
+    /// follower of the log has not seen yet.
+    pub async fn events_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, plugin, actor, action, detail FROM plugin_events
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// The id of the newest audit-log entry (0 when the log is empty).
+    pub async fn newest_event(&self) -> anyhow::Result<i64> {
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM plugin_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id)
+    }
+}
+
+fn event(row: &sqlx::any::AnyRow) -> anyhow::Result<EventRecord> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        at_ms: row.try_get("at_ms")?,
+        plugin: row.try_get("plugin")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        detail: row.try_get("detail")?,
+    })
 }
 
 /// Appends an audit entry on any connection (a transaction's included).

@@ -5,30 +5,11 @@ use super::audit::insert_event;
 use super::{now_ms, Backend, Store};
 use crate::manifest::Manifest;
 use anyhow::Context;
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-/// A plugin as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PluginRecord {
-    /// Unique name.
-    pub name: String,
-    /// Version from its manifest.
-    pub version: String,
-    /// Description from its manifest.
-    pub description: String,
-    /// Author from its manifest.
-    pub author: String,
-    /// Whether an admin wants it running.
-    pub enabled: bool,
-    /// Registered but no longer found on disk.
-    pub missing: bool,
-    /// Bumped by every change of its desired state.
-    pub generation: i64,
-    /// sha256 of the bundle it was installed from, if any.
-    pub bundle_sha256: Option<String>,
-}
+/// A plugin as the store knows it (the admin API's type: the record is what admins see).
+pub use plugd_api::PluginRecord;
 
 /// What a conditional write of the desired state did.
 #[derive(Debug, Clone, PartialEq, Eq)]

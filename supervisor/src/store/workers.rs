@@ -18,16 +18,18 @@ pub struct WorkerRecord {
     pub started_ms: i64,
     /// Its last heartbeat, Unix milliseconds.
     pub seen_ms: i64,
-    /// Each plugin's state on that worker: name → {state, generation}.
+    /// Each plugin's state on that worker: name → {state, pid, version}.
     pub plugins: serde_json::Value,
+    /// Its host's CPUs, load and memory, when it reported them.
+    pub system: Option<plugd_api::HostInfo>,
 }
 
 impl Store {
     /// Records this worker's heartbeat with the state of its plugins.
     pub async fn heartbeat(&self, worker: &WorkerRecord) -> anyhow::Result<()> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_ms, seen_ms, plugins) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (id) DO UPDATE SET seen_ms = $5, plugins = $6",
+            "INSERT INTO workers (id, host, pid, started_ms, seen_ms, plugins, system) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = $5, plugins = $6, system = $7",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -35,6 +37,12 @@ impl Store {
         .bind(worker.started_ms)
         .bind(now_ms())
         .bind(worker.plugins.to_string())
+        .bind(
+            worker
+                .system
+                .as_ref()
+                .and_then(|s| serde_json::to_string(s).ok()),
+        )
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -48,13 +56,14 @@ impl Store {
             .execute(&self.pool)
             .await?;
         let rows = sqlx::query(
-            "SELECT id, host, pid, started_ms, seen_ms, plugins FROM workers ORDER BY started_ms, id",
+            "SELECT id, host, pid, started_ms, seen_ms, plugins, system FROM workers ORDER BY started_ms, id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 let plugins: String = r.try_get("plugins")?;
+                let system: Option<String> = r.try_get("system")?;
                 Ok(WorkerRecord {
                     id: r.try_get("id")?,
                     host: r.try_get("host")?,
@@ -62,6 +71,7 @@ impl Store {
                     started_ms: r.try_get("started_ms")?,
                     seen_ms: r.try_get("seen_ms")?,
                     plugins: serde_json::from_str(&plugins).unwrap_or_default(),
+                    system: system.and_then(|s| serde_json::from_str(&s).ok()),
                 })
             })
             .collect()

@@ -9,6 +9,8 @@
 //! another event, applied after it.
 
 use super::reconcile::{Event, Handle, PluginState, Registry};
+use crate::feed::Feed;
+use plugd_api::{HostInfo, StreamEvent};
 use crate::store::{self, Store, WorkerRecord, CHANNEL};
 use serde_json::json;
 use std::sync::Arc;
@@ -75,6 +77,7 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
             started_ms: worker.started_ms,
             seen_ms: 0,
             plugins: serde_json::Value::Object(plugins),
+            system: tokio::task::spawn_blocking(host_info).await.ok(),
         };
         match store::bounded(STORE_CALL, store.heartbeat(&record)).await {
             Ok(()) if failing => {
@@ -95,6 +98,85 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = registry.changed() => {}
         }
+    }
+}
+
+/// This host's CPUs, load and memory, as the workers view shows them.
+fn host_info() -> HostInfo {
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let load = sysinfo::System::load_average();
+    HostInfo {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        load: [load.one, load.five, load.fifteen],
+        memory_used: system.used_memory(),
+        memory_total: system.total_memory(),
+    }
+}
+
+/// How often the live feed reads what other workers and the audit log say, while a stream is
+/// open.
+pub const FEED_POLL: Duration = Duration::from_millis(500);
+/// Audit entries read per poll; more wait for the next poll.
+const FEED_BATCH: i64 = 200;
+
+/// Feeds the live stream with what only the store knows: new audit-log entries (written by any
+/// worker) and the state changes other workers report in their heartbeats. Does nothing while
+/// no stream is open, and starts from the present when one opens.
+pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
+    let mut following = false;
+    let mut last_event = 0;
+    let mut states: std::collections::HashMap<(String, String), String> = Default::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FEED_POLL) => {}
+            _ = feed.closed() => return,
+        }
+        if !feed.watching() {
+            following = false;
+            continue;
+        }
+        if !following {
+            match store::bounded(STORE_CALL, store.newest_event()).await {
+                Ok(id) => last_event = id,
+                Err(_) => continue,
+            }
+            states.clear();
+        }
+        if let Ok(events) = store::bounded(STORE_CALL, store.events_after(last_event, FEED_BATCH)).await {
+            for e in events {
+                last_event = e.id;
+                feed.publish(|| StreamEvent::Audit { event: e });
+            }
+        }
+        let Ok(workers) = store::bounded(STORE_CALL, store.workers(EXPIRY)).await else {
+            continue;
+        };
+        for w in workers.into_iter().filter(|w| w.id != feed.worker()) {
+            let Some(plugins) = w.plugins.as_object() else {
+                continue;
+            };
+            for (plugin, v) in plugins {
+                let Ok(state) = serde_json::from_value::<plugd_api::WorkerPluginState>(v.clone())
+                else {
+                    continue;
+                };
+                let key = (w.id.clone(), plugin.clone());
+                let name = state.state.name().to_owned();
+                // The first reading after a stream opens is the baseline, not a change.
+                let previous = states.insert(key, name.clone());
+                if following && previous.as_deref() != Some(name.as_str()) {
+                    feed.publish(|| StreamEvent::State {
+                        worker: w.id.clone(),
+                        plugin: plugin.clone(),
+                        state: state.state,
+                        reason: None,
+                        at_ms: u64::try_from(w.seen_ms).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        following = true;
     }
 }
 

@@ -9,6 +9,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("main", 0),
     ("cli", 1),
     ("app", 2),
+    ("client", 2),
     ("http", 3),
     ("supervise", 4),
     ("ipc", 5),
@@ -17,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("manifest", 7),
     ("settings", 8),
     ("error", 8),
+    ("feed", 8),
 ];
 
 fn rank(module: &str) -> Option<u8> {

@@ -6,30 +6,44 @@
 //! directory: an install must be validated before it is accepted, and an uninstall answered
 //! only once the plugin is gone from this worker's disk.
 
+use super::doc::{BadInput, Denied, NoSuchPlugin};
 use super::{send, store_error, unknown};
 use crate::http::auth::Actor;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody, Path};
 use crate::http::Edge;
 use crate::manifest::{self, bundle};
 use crate::supervise::Event;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde_json::{json, Value};
+use plugd_api::{Installed, Uninstalled};
 use std::sync::Arc;
 
 /// Largest bundle accepted by `POST /admin/plugins/install`.
 pub const MAX_BUNDLE: usize = 64 * 1024 * 1024;
 
-/// `POST /admin/plugins/install`: the body is a `.zip` or `.tar.gz` bundle. It is unpacked
-/// into a staging directory, its manifest validated, then moved into place; a plugin of the same
-/// name is upgraded (the reconcile loop reloads it blue/green).
+/// Installs a bundle: the body is a `.zip` or `.tar.gz` holding `plugin.toml` and the
+/// plugin's files. It is unpacked into a staging directory, its manifest validated, then moved
+/// into place; a plugin of the same name is upgraded (blue/green). The bundle is kept in the
+/// store, so every worker runs the same bytes.
+#[utoipa::path(
+    post, path = "/plugins/install", tag = "plugins",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The bundle (.zip or .tar.gz), at most 64 MiB"),
+    responses(
+        (status = 201, description = "Installed", body = Installed),
+        (status = 200, description = "Upgraded a plugin of the same name", body = Installed),
+        (status = 413, description = "The bundle is larger than 64 MiB", body = ErrorBody),
+        (status = 500, description = "Unpacking failed inside plugd", body = ErrorBody),
+        BadInput, Denied,
+    ),
+)]
 pub async fn install(
     State(edge): State<Arc<Edge>>,
     Extension(actor): Extension<Actor>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Installed>), ApiError> {
     let body = body.map_err(|rejection| {
         ApiError::new(
             rejection.status(),
@@ -62,7 +76,7 @@ pub async fn install(
     let action = if upgraded { "upgrade" } else { "install" };
     let record = edge
         .store
-        .installed(&manifest, &sha256, &actor.0, action)
+        .installed(&manifest, &sha256, &actor.name, action)
         .await
         .map_err(store_error)?;
     send(&edge, Event::Rescan { requested: false });
@@ -73,22 +87,30 @@ pub async fn install(
     };
     Ok((
         status,
-        Json(json!({
-            "name": record.name,
-            "version": record.version,
-            "sha256": sha256,
-            "upgraded": upgraded,
-        })),
+        Json(Installed {
+            name: record.name,
+            version: record.version,
+            sha256,
+            upgraded,
+        }),
     ))
 }
 
-/// `DELETE /admin/plugins/{name}`: stops the plugin, removes its directory and its
-/// registration.
+/// Uninstalls a plugin: stops it, removes its directory and its registration.
+#[utoipa::path(
+    delete, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "Uninstalled", body = Uninstalled),
+        (status = 500, description = "Its directory could not be removed", body = ErrorBody),
+        BadInput, NoSuchPlugin, Denied,
+    ),
+)]
 pub async fn uninstall(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Uninstalled>, ApiError> {
     let found = manifest::discover(&edge.plugins_dir)
         .ok()
         .and_then(|d| d.manifests.into_iter().find(|m| m.name == name));
@@ -111,12 +133,12 @@ pub async fn uninstall(
     }
     if !edge
         .store
-        .forget(&name, &actor.0)
+        .forget(&name, &actor.name)
         .await
         .map_err(store_error)?
     {
         return Err(unknown(&name));
     }
     send(&edge, Event::Rescan { requested: false });
-    Ok(Json(json!({ "uninstalled": name })))
+    Ok(Json(Uninstalled { uninstalled: name }))
 }

@@ -1,16 +1,22 @@
-//! The admin REST API under `/admin`: JSON in and out, bearer tokens with roles (see
-//! [`super::auth`]), every change written to the audit log with the token's name. One file per
-//! resource: [`plugins`] (state and actions), [`bundles`] (install, uninstall), [`events`] (the
-//! audit log), [`workers`], [`permissions`] and [`stats`].
+//! The admin REST API under `/admin`: JSON in and out, typed by the `plugd-api` crate, bearer
+//! tokens with roles (see [`super::auth`]), every change written to the audit log with the
+//! token's name. One file per resource: [`plugins`] (state and actions), [`bundles`] (install,
+//! uninstall), [`events`] (the audit log), [`workers`], [`permissions`], [`stats`], [`me`]
+//! (the caller's identity) and [`stream`] (the live stream). [`doc`] is the OpenAPI document,
+//! generated from the same handlers and types and served without a token at
+//! `/admin/openapi.json`.
 //!
 //! Handlers write the desired state to the store and send the reconcile loop an event; they
 //! never touch a plugin's process or visible state.
 
 pub mod bundles;
+pub mod doc;
 pub mod events;
+pub mod me;
 pub mod permissions;
 pub mod plugins;
 pub mod stats;
+pub mod stream;
 pub mod workers;
 
 use super::auth::authenticate;
@@ -18,44 +24,59 @@ use super::error::ApiError;
 use super::Edge;
 use crate::supervise::Event;
 use axum::extract::DefaultBodyLimit;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The `/admin` routes.
-pub fn router(edge: Arc<Edge>) -> Router<Arc<Edge>> {
-    Router::new()
-        .route("/plugins", get(plugins::list))
-        .route(
-            "/plugins/install",
-            post(bundles::install).layer(DefaultBodyLimit::max(bundles::MAX_BUNDLE)),
-        )
-        .route(
-            "/plugins/{name}",
-            get(plugins::get_one).delete(bundles::uninstall),
-        )
-        .route("/plugins/{name}/enable", post(plugins::enable))
-        .route("/plugins/{name}/disable", post(plugins::disable))
-        .route("/plugins/{name}/reload", post(plugins::reload))
-        .route("/plugins/{name}/restart", post(plugins::restart))
-        .route("/plugins/{name}/logs", get(plugins::logs))
-        .route("/events", get(events::list))
-        .route("/permissions", get(permissions::list))
-        .route("/workers", get(workers::list))
-        .route("/stats", get(stats::get))
+/// The `/admin` routes (to nest under `/admin`) and the OpenAPI document that describes them.
+pub fn router(edge: Arc<Edge>) -> (Router<Arc<Edge>>, utoipa::openapi::OpenApi) {
+    let (routes, api) = OpenApiRouter::with_openapi(doc::AdminDoc::openapi())
+        .routes(routes!(plugins::list))
+        .routes(routes!(bundles::install))
+        .routes(routes!(plugins::get_one, bundles::uninstall))
+        .routes(routes!(plugins::enable))
+        .routes(routes!(plugins::disable))
+        .routes(routes!(plugins::reload))
+        .routes(routes!(plugins::restart))
+        .routes(routes!(plugins::logs))
+        .routes(routes!(events::list))
+        .routes(routes!(permissions::list))
+        .routes(routes!(workers::list))
+        .routes(routes!(stats::get))
+        .routes(routes!(me::whoami))
+        .routes(routes!(stream::stream))
+        .split_for_parts();
+    let api = doc::under("/admin", api);
+    let json: Arc<str> = api.to_json().unwrap_or_default().into();
+    let routes = routes
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not found", "no such admin endpoint")
         })
+        // Only the install reads a body; a bundle may be this large.
+        .layer(DefaultBodyLimit::max(bundles::MAX_BUNDLE))
         .layer(middleware::from_fn_with_state(edge, authenticate))
+        // Added after the token check: reading the schema needs no token.
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move { ([(CONTENT_TYPE, "application/json")], json.to_string()).into_response() }
+            }),
+        );
+    (routes, api)
 }
 
 /// 503 for a store that failed, logged with its cause.
 fn store_error(e: anyhow::Error) -> ApiError {
     tracing::error!("admin: {e:#}");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    ApiError::unavailable(
         "store unavailable",
         format!("{e:#}; try again when the database is back"),
     )

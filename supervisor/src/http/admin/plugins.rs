@@ -1,69 +1,152 @@
 //! `/admin/plugins…`: each plugin's record and live state, enable and disable (conditional on
 //! a generation, optionally waiting for every worker to converge), reload, restart and logs.
 
+use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin};
 use super::{send, store_error, unknown};
 use crate::http::auth::Actor;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, Path, Query};
 use crate::http::Edge;
 use crate::os::output::MAX_LINES;
 use crate::store::{PluginRecord, SetOutcome};
 use crate::supervise::{cluster, Event, PluginState};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header::{HeaderValue, ETAG, IF_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use plugd_api::{
+    Accepted, Convergence, Hook, Limits, LogLine, Logs, LogsQuery, Permission, Plugin, PluginList,
+    Route, ToggleAnswer, ToggleQuery, Usage, WorkerPluginState,
+};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What admins see of one plugin: the store's record and the live state.
-fn describe(edge: &Edge, record: &PluginRecord) -> Value {
+/// What admins see of one plugin: the store's record and the live state on this worker.
+fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
     let plugins = edge.registry.plugins();
     let slot = plugins.get(&record.name);
     let state = slot.map(|s| s.state());
-    let mut v = json!({
-        "name": record.name,
-        "version": record.version,
-        "description": record.description,
-        "author": record.author,
-        "enabled": record.enabled,
-        "missing": record.missing,
-        "generation": record.generation,
-        "state": state.as_ref().map_or("missing", |s| s.name()),
-        "restarts": slot.map_or(0, |s| s.restarts()),
-        "last_error": state.as_ref().and_then(|s| s.reason()),
-        "pid": null,
-        "uptime_s": null,
-        "routes": [],
-        "hooks": slot.map(|s| serde_json::to_value(&*s.hooks()).unwrap_or_default()).unwrap_or_else(|| json!([])),
-    });
+    let mut view = Plugin {
+        name: record.name.clone(),
+        version: record.version.clone(),
+        description: record.description.clone(),
+        author: record.author.clone(),
+        enabled: record.enabled,
+        missing: record.missing,
+        generation: record.generation,
+        state: state
+            .as_ref()
+            .map_or(plugd_api::State::Missing, |s| s.api()),
+        restarts: slot.map_or(0, |s| s.restarts()),
+        last_error: state.as_ref().and_then(|s| s.reason()).map(str::to_owned),
+        pid: None,
+        uptime_s: None,
+        version_running: None,
+        routes: Vec::new(),
+        hooks: slot.map_or_else(Vec::new, |s| {
+            s.hooks()
+                .iter()
+                .map(|h| Hook {
+                    name: h.name.clone(),
+                    mode: serde_json::to_value(h.mode)
+                        .ok()
+                        .and_then(|m| m.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    priority: h.priority,
+                    fail_closed: h.fail_closed,
+                })
+                .collect()
+        }),
+        services: Vec::new(),
+        permissions: slot.map_or_else(Vec::new, |s| {
+            s.permissions()
+                .iter()
+                .map(|p| Permission {
+                    key: p.key.clone(),
+                    description: p.description.clone(),
+                    plugin: record.name.clone(),
+                })
+                .collect()
+        }),
+        limits: None,
+        usage: None,
+        workers: None,
+    };
     if let Some(PluginState::Ready(instance)) = state.as_deref() {
-        v["pid"] = instance.pid.into();
-        v["uptime_s"] = instance.ready_at.elapsed().as_secs().into();
-        v["version_running"] = instance.version.clone().into();
-        v["routes"] = instance
+        view.pid = Some(instance.pid);
+        view.uptime_s = Some(instance.ready_at.elapsed().as_secs());
+        view.version_running = Some(instance.version.clone());
+        view.routes = instance
             .routes
             .routes()
-            .map(|(method, path)| json!({ "method": method, "path": path }))
-            .collect::<Vec<_>>()
-            .into();
-        v["limits"] = serde_json::to_value(&instance.limits).unwrap_or_default();
-        v["usage"] = serde_json::to_value(instance.usage_now()).unwrap_or_default();
+            .map(|(method, path)| Route {
+                method: method.to_owned(),
+                path: path.to_owned(),
+            })
+            .collect();
+        view.services = instance.services.clone();
+        let l = &instance.limits;
+        view.limits = Some(Limits {
+            request_timeout_ms: l.request_timeout.as_millis() as u64,
+            max_body: l.max_body as u64,
+            memory: l.memory,
+            memory_soft: l.memory_soft,
+            cpu: l.cpu,
+            cpu_time_s: l.cpu_time_s,
+            tasks: l.tasks,
+            open_files: l.open_files,
+            max_in_flight: l.max_in_flight,
+        });
+        view.usage = instance.usage_now().map(|u| Usage {
+            memory_bytes: u.memory_bytes,
+            cpu_seconds: u.cpu_seconds,
+            cpu_cores: u.cpu_cores,
+            tasks: u.tasks,
+            open_files: u.open_files,
+            cpu_throttled: u.cpu_throttled,
+        });
     }
-    v
+    view
 }
 
-/// `GET /admin/plugins`: every registered plugin.
-pub async fn list(State(edge): State<Arc<Edge>>) -> Result<Json<Value>, ApiError> {
+/// Each plugin's state on a worker, from the worker's heartbeat (`{name: {state, …}}`).
+pub fn worker_states(plugins: &serde_json::Value) -> BTreeMap<String, WorkerPluginState> {
+    plugins
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(name, v)| {
+                    let state = serde_json::from_value(v.clone()).ok()?;
+                    Some((name.clone(), state))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every registered plugin with its state on this worker.
+#[utoipa::path(
+    get, path = "/plugins", tag = "plugins",
+    responses((status = 200, description = "Every registered plugin, by name", body = PluginList), Denied),
+)]
+pub async fn list(State(edge): State<Arc<Edge>>) -> Result<Json<PluginList>, ApiError> {
     let records = edge.store.plugins().await.map_err(store_error)?;
-    let list: Vec<Value> = records.iter().map(|r| describe(&edge, r)).collect();
-    Ok(Json(json!({ "plugins": list })))
+    let plugins = records.iter().map(|r| describe(&edge, r)).collect();
+    Ok(Json(PluginList { plugins }))
 }
 
-/// `GET /admin/plugins/{name}`: one plugin, with each live worker's state of it; the ETag is
-/// its generation, for `If-Match` on the next write.
+/// One plugin, with each live worker's state of it. The `ETag` is its generation, for
+/// `If-Match` on the next write.
+#[utoipa::path(
+    get, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The plugin", body = Plugin,
+            headers(("ETag" = String, description = "The generation, quoted"))),
+        BadInput, NoSuchPlugin, Denied,
+    ),
+)]
 pub async fn get_one(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
@@ -76,18 +159,20 @@ pub async fn get_one(
         .ok_or_else(|| unknown(&name))?;
     let mut view = describe(&edge, &record);
     if let Ok(workers) = edge.store.workers(cluster::EXPIRY).await {
-        let states: serde_json::Map<String, Value> = workers
+        let states = workers
             .into_iter()
             .map(|w| {
-                let state = w
-                    .plugins
-                    .get(&name)
-                    .cloned()
-                    .unwrap_or(json!({ "state": "absent" }));
+                let state = worker_states(&w.plugins)
+                    .remove(&name)
+                    .unwrap_or(WorkerPluginState {
+                        state: plugd_api::State::Absent,
+                        pid: None,
+                        version: None,
+                    });
                 (w.id, state)
             })
             .collect();
-        view["workers"] = Value::Object(states);
+        view.workers = Some(states);
     }
     let mut response = Json(view).into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", record.generation)) {
@@ -102,13 +187,20 @@ async fn set_enabled(
     enabled: bool,
     actor: &Actor,
     expected: Option<i64>,
-) -> Result<Value, ApiError> {
+) -> Result<ToggleAnswer, ApiError> {
     let word = if enabled { "enabled" } else { "disabled" };
     let outcome = edge
         .store
-        .set_enabled(name, enabled, &actor.0, expected)
+        .set_enabled(name, enabled, &actor.name, expected)
         .await
         .map_err(store_error)?;
+    let answer = |record: PluginRecord, changed: bool, detail: String| ToggleAnswer {
+        changed,
+        enabled,
+        generation: record.generation,
+        detail,
+        convergence: None,
+    };
     match outcome {
         SetOutcome::Unknown => Err(unknown(name)),
         SetOutcome::Changed(record) => {
@@ -118,13 +210,13 @@ async fn set_enabled(
                     name: name.to_owned(),
                 },
             );
-            let detail = format!("plugin {name:?} is now {word}");
-            Ok(json!({ "changed": true, "enabled": enabled, "generation": record.generation, "detail": detail }))
+            Ok(answer(record, true, format!("plugin {name:?} is now {word}")))
         }
-        SetOutcome::Unchanged(record) => {
-            let detail = format!("plugin {name:?} was already {word}; nothing changed");
-            Ok(json!({ "changed": false, "enabled": enabled, "generation": record.generation, "detail": detail }))
-        }
+        SetOutcome::Unchanged(record) => Ok(answer(
+            record,
+            false,
+            format!("plugin {name:?} was already {word}; nothing changed"),
+        )),
         SetOutcome::Conflict(record) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -134,17 +226,14 @@ async fn set_enabled(
                 expected.unwrap_or_default()
             ),
         )
-        .with_field("current", serde_json::to_value(&record).unwrap_or_default())),
+        .with_current(record)),
     }
 }
 
 /// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`. A header
 /// that is not a generation is refused rather than ignored: ignoring it would turn a
 /// conditional write into an unconditional one.
-fn expected_generation(
-    headers: &HeaderMap,
-    query: &GenerationQuery,
-) -> Result<Option<i64>, ApiError> {
+fn expected_generation(headers: &HeaderMap, query: &ToggleQuery) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(IF_MATCH) else {
         return Ok(query.generation);
     };
@@ -168,82 +257,104 @@ fn expected_generation(
         })
 }
 
-/// The query of enable and disable.
-#[derive(Debug, Deserialize)]
-pub struct GenerationQuery {
-    generation: Option<i64>,
-    /// Wait up to this long (`5s`) for every live worker to run the desired state.
-    wait: Option<String>,
-}
-
 /// Waits until every live worker reports `name` in a state that matches `enabled` (or the
 /// deadline passes); answers whether it converged and each worker's state.
-async fn converge(edge: &Edge, name: &str, enabled: bool, wait: Duration) -> Value {
+async fn converge(edge: &Edge, name: &str, enabled: bool, wait: Duration) -> Convergence {
     let deadline = Instant::now() + wait;
     loop {
         let workers = match edge.store.workers(cluster::EXPIRY).await {
             Ok(workers) => workers,
             // Not knowing the workers is not having converged.
             Err(e) if Instant::now() >= deadline => {
-                return json!({
-                    "converged": false,
-                    "error": format!("cannot read the workers: {e:#}"),
-                });
+                return Convergence {
+                    converged: false,
+                    workers: BTreeMap::new(),
+                    pending: Vec::new(),
+                    error: Some(format!("cannot read the workers: {e:#}")),
+                };
             }
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let states: serde_json::Map<String, Value> = workers
+        let states: BTreeMap<String, plugd_api::State> = workers
             .iter()
             .map(|w| {
-                let state = w
-                    .plugins
-                    .get(name)
-                    .and_then(|p| p["state"].as_str())
-                    .unwrap_or("absent");
-                (w.id.clone(), Value::String(state.to_owned()))
+                let state = worker_states(&w.plugins)
+                    .remove(name)
+                    .map_or(plugd_api::State::Absent, |s| s.state);
+                (w.id.clone(), state)
             })
             .collect();
-        let done = |s: &str| {
+        let done = |s: plugd_api::State| {
             if enabled {
-                matches!(s, "ready" | "failed")
+                matches!(s, plugd_api::State::Ready | plugd_api::State::Failed)
             } else {
-                s == "disabled"
+                s == plugd_api::State::Disabled
             }
         };
-        let pending: Vec<&String> = states
+        let pending: Vec<String> = states
             .iter()
-            .filter(|(_, s)| !done(s.as_str().unwrap_or_default()))
-            .map(|(id, _)| id)
+            .filter(|(_, s)| !done(**s))
+            .map(|(id, _)| id.clone())
             .collect();
         if pending.is_empty() || Instant::now() >= deadline {
-            return json!({ "converged": pending.is_empty(), "workers": states, "pending": pending });
+            return Convergence {
+                converged: pending.is_empty(),
+                workers: states,
+                pending,
+                error: None,
+            };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// `POST /admin/plugins/{name}/enable`.
+/// Enables a plugin on every worker. Conditional with `If-Match: "<generation>"` or
+/// `?generation=`; with `?wait=5s`, waits for every live worker to run it.
+#[utoipa::path(
+    post, path = "/plugins/{name}/enable", tag = "plugins",
+    params(
+        ("name" = String, Path, description = "The plugin's name"),
+        ("If-Match" = Option<String>, Header, description = "The generation the write expects, quoted, or `*`"),
+        ToggleQuery,
+    ),
+    responses(
+        (status = 200, description = "Enabled (or already was)", body = ToggleAnswer),
+        BadInput, NoSuchPlugin, Conflict, Denied,
+    ),
+)]
 pub async fn enable(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
-    Query(q): Query<GenerationQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<ToggleQuery>,
+) -> Result<Json<ToggleAnswer>, ApiError> {
     toggle(&edge, &name, true, &actor, &headers, &q).await
 }
 
-/// `POST /admin/plugins/{name}/disable`.
+/// Disables a plugin on every worker: its instances stop. Conditional and waiting like enable.
+#[utoipa::path(
+    post, path = "/plugins/{name}/disable", tag = "plugins",
+    params(
+        ("name" = String, Path, description = "The plugin's name"),
+        ("If-Match" = Option<String>, Header, description = "The generation the write expects, quoted, or `*`"),
+        ToggleQuery,
+    ),
+    responses(
+        (status = 200, description = "Disabled (or already was)", body = ToggleAnswer),
+        BadInput, NoSuchPlugin, Conflict, Denied,
+    ),
+)]
 pub async fn disable(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
-    Query(q): Query<GenerationQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<ToggleQuery>,
+) -> Result<Json<ToggleAnswer>, ApiError> {
     toggle(&edge, &name, false, &actor, &headers, &q).await
 }
 
@@ -255,8 +366,8 @@ async fn toggle(
     enabled: bool,
     actor: &Actor,
     headers: &HeaderMap,
-    q: &GenerationQuery,
-) -> Result<Json<Value>, ApiError> {
+    q: &ToggleQuery,
+) -> Result<Json<ToggleAnswer>, ApiError> {
     let expected = expected_generation(headers, q)?;
     let wait = match q.wait.as_deref() {
         None => None,
@@ -268,12 +379,17 @@ async fn toggle(
     };
     let mut answer = set_enabled(edge, name, enabled, actor, expected).await?;
     if let Some(wait) = wait {
-        answer["convergence"] = converge(edge, name, enabled, wait).await;
+        answer.convergence = Some(converge(edge, name, enabled, wait).await);
     }
     Ok(Json(answer))
 }
 
-async fn action(edge: &Edge, name: &str, actor: &Actor, what: &str) -> Result<Response, ApiError> {
+async fn action(
+    edge: &Edge,
+    name: &str,
+    actor: &Actor,
+    what: &str,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let record = edge
         .store
         .plugin(name)
@@ -288,7 +404,7 @@ async fn action(edge: &Edge, name: &str, actor: &Actor, what: &str) -> Result<Re
         ));
     }
     edge.store
-        .record(Some(name), &actor.0, what, "")
+        .record(Some(name), &actor.name, what, "")
         .await
         .map_err(store_error)?;
     let name = name.to_owned();
@@ -301,49 +417,77 @@ async fn action(edge: &Edge, name: &str, actor: &Actor, what: &str) -> Result<Re
     );
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "accepted": true, "detail": format!("{what} of plugin {name:?} started") })),
-    )
-        .into_response())
+        Json(Accepted {
+            accepted: true,
+            detail: format!("{what} of plugin {name:?} started"),
+        }),
+    ))
 }
 
-/// `POST /admin/plugins/{name}/reload`: re-read its manifest and program, swap blue/green.
+/// Re-reads a plugin's manifest and program and swaps it blue/green on this worker.
+#[utoipa::path(
+    post, path = "/plugins/{name}/reload", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 202, description = "The reload started", body = Accepted),
+        BadInput, NoSuchPlugin, Conflict, Denied,
+    ),
+)]
 pub async fn reload(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     action(&edge, &name, &actor, "reload").await
 }
 
-/// `POST /admin/plugins/{name}/restart`: a fresh instance (also the way out of `failed`).
+/// Starts a fresh instance of a plugin on this worker (also the way out of `failed`).
+#[utoipa::path(
+    post, path = "/plugins/{name}/restart", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 202, description = "The restart started", body = Accepted),
+        BadInput, NoSuchPlugin, Conflict, Denied,
+    ),
+)]
 pub async fn restart(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
     Extension(actor): Extension<Actor>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     action(&edge, &name, &actor, "restart").await
 }
 
-/// The query of `logs`.
-#[derive(Debug, Deserialize)]
-pub struct LogsQuery {
-    lines: Option<usize>,
-}
-
-/// `GET /admin/plugins/{name}/logs?lines=N`: the plugin's recent output.
+/// A plugin's recent output on this worker (`GET /admin/stream?plugin=…&kinds=log` follows it).
+#[utoipa::path(
+    get, path = "/plugins/{name}/logs", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name"), LogsQuery),
+    responses(
+        (status = 200, description = "Its latest lines, oldest first", body = Logs),
+        BadInput, NoSuchPlugin, Denied,
+    ),
+)]
 pub async fn logs(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Logs>, ApiError> {
     let slot = edge.registry.get(&name).ok_or_else(|| unknown(&name))?;
-    let lines: Vec<Value> = slot
+    let n = q.lines.map_or(200, |n| n as usize).min(MAX_LINES);
+    let lines = slot
         .logs()
-        .last(q.lines.unwrap_or(200).min(MAX_LINES))
+        .last(n)
         .iter()
-        .map(|l| json!({ "at_ms": l.at_unix_ms, "pid": l.pid, "stream": l.stream, "line": l.display() }))
+        .map(|l| LogLine {
+            at_ms: l.at_unix_ms,
+            pid: l.pid,
+            stream: l.stream.to_owned(),
+            line: l.display(),
+        })
         .collect();
-    Ok(Json(
-        json!({ "plugin": name, "lines": lines, "dropped": slot.logs().dropped() }),
-    ))
+    Ok(Json(Logs {
+        plugin: name,
+        lines,
+        dropped: slot.logs().dropped(),
+    }))
 }

@@ -1,40 +1,60 @@
 //! `GET /admin/stats`: counts over every plugin (registered, enabled, ready, failed, routes,
-//! hooks).
+//! hooks) and over the cluster (workers, plugins ready on all of them).
 
+use super::doc::Denied;
+use super::plugins::worker_states;
 use super::store_error;
 use crate::http::error::ApiError;
 use crate::http::Edge;
-use crate::supervise::PluginState;
+use crate::supervise::{cluster, PluginState};
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use plugd_api::Stats;
 use std::sync::Arc;
 
-/// `GET /admin/stats`.
-pub async fn get(State(edge): State<Arc<Edge>>) -> Result<Json<Value>, ApiError> {
+/// Totals over every plugin, on this worker and in the cluster.
+#[utoipa::path(
+    get, path = "/stats", tag = "cluster",
+    responses((status = 200, description = "The totals", body = Stats), Denied),
+)]
+pub async fn get(State(edge): State<Arc<Edge>>) -> Result<Json<Stats>, ApiError> {
     let records = edge.store.plugins().await.map_err(store_error)?;
+    let workers = edge
+        .store
+        .workers(cluster::EXPIRY)
+        .await
+        .map_err(store_error)?;
     let plugins = edge.registry.plugins();
     let (mut failed, mut routes, mut ready) = (0, 0, 0);
-    let hooks: usize = plugins.values().map(|s| s.hooks().len()).sum();
+    let hooks = plugins.values().map(|s| s.hooks().len() as u64).sum();
     for slot in plugins.values() {
         match &*slot.state() {
             PluginState::Failed(_) => failed += 1,
             PluginState::Ready(i) => {
                 ready += 1;
-                routes += i.routes.len();
+                routes += i.routes.len() as u64;
             }
             _ => {}
         }
     }
-    let enabled = records.iter().filter(|r| r.enabled).count();
-    Ok(Json(json!({
-        "plugins": records.len(),
-        "enabled": enabled,
-        "disabled": records.len() - enabled,
-        "missing": records.iter().filter(|r| r.missing).count(),
-        "ready": ready,
-        "failed": failed,
-        "routes": routes,
-        "hooks": hooks,
-    })))
+    let count = |f: &dyn Fn(&crate::store::PluginRecord) -> bool| {
+        records.iter().filter(|r| f(r)).count() as u64
+    };
+    let enabled = count(&|r| r.enabled);
+    Ok(Json(Stats {
+        plugins: records.len() as u64,
+        enabled,
+        disabled: records.len() as u64 - enabled,
+        missing: count(&|r| r.missing),
+        ready,
+        failed,
+        routes,
+        hooks,
+        workers: workers.len() as u64,
+        ready_everywhere: workers
+            .iter()
+            .flat_map(|w| worker_states(&w.plugins).into_values())
+            .filter(|s| s.state == plugd_api::State::Ready)
+            .count() as u64,
+    }))
 }

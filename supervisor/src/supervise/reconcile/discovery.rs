@@ -61,7 +61,7 @@ impl Reconciler {
             }
             match self.entries.get_mut(&name) {
                 None if !enabled => {
-                    let entry = Entry::new(m, program, false);
+                    let entry = Entry::new(m, program, false, self.registry.feed());
                     entry.slot.set(PluginState::Disabled);
                     self.entries.insert(name.clone(), entry);
                 }
@@ -71,7 +71,10 @@ impl Reconciler {
                 }
                 None => {
                     self.entries
-                        .insert(name.clone(), Entry::new(m, program, true));
+                        .insert(
+                        name.clone(),
+                        Entry::new(m, program, true, self.registry.feed()),
+                    );
                     self.start(&name);
                 }
                 Some(entry) => {

@@ -27,6 +27,7 @@ pub use seams::{Launcher, Processes, StateStore};
 pub use state::{PluginMap, PluginSlot, PluginState, Registry};
 
 use crate::error::Failure;
+use crate::feed::Feed;
 use crate::manifest::Manifest;
 use crate::store::PluginRecord;
 use crate::supervise::instance::{Instance, InstanceEvent};
@@ -158,9 +159,14 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(manifest: Manifest, program: Option<(SystemTime, u64)>, enabled: bool) -> Entry {
+    fn new(
+        manifest: Manifest,
+        program: Option<(SystemTime, u64)>,
+        enabled: bool,
+        feed: &Arc<Feed>,
+    ) -> Entry {
         Entry {
-            slot: PluginSlot::new(&manifest.name),
+            slot: PluginSlot::new(&manifest.name, feed.clone()),
             manifest: Arc::new(manifest),
             program,
             current: None,

@@ -6,10 +6,12 @@
 //! visible to the reconcile module alone: no other code can change a plugin's state. Readers
 //! take a snapshot without a lock on every request.
 
+use crate::feed::Feed;
 use crate::os::output::LogRing;
 use crate::supervise::instance::Instance;
 use arc_swap::{ArcSwap, Guard};
 use plugd_protocol::message::handshake::{HookDecl, PermissionDecl};
+use plugd_api::StreamEvent;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -57,6 +59,21 @@ impl PluginState {
         }
     }
 
+    /// The state as the admin API names it.
+    pub fn api(&self) -> plugd_api::State {
+        use plugd_api::State;
+        match self {
+            PluginState::Disabled => State::Disabled,
+            PluginState::Starting => State::Starting,
+            PluginState::Handshaking => State::Handshaking,
+            PluginState::Ready(_) => State::Ready,
+            PluginState::Draining => State::Draining,
+            PluginState::Stopped(_) => State::Stopped,
+            PluginState::Backoff { .. } => State::Backoff,
+            PluginState::Failed(_) => State::Failed,
+        }
+    }
+
     /// Why the plugin is not running, when it is not.
     pub fn reason(&self) -> Option<&str> {
         match self {
@@ -79,16 +96,19 @@ pub struct PluginSlot {
     hooks: ArcSwap<Vec<HookDecl>>,
     /// The permissions its last ready instance defined.
     permissions: ArcSwap<Vec<PermissionDecl>>,
+    /// Where its state changes and output lines are published.
+    feed: Arc<Feed>,
 }
 
 impl PluginSlot {
-    /// A slot in state `starting`.
-    pub(in crate::supervise::reconcile) fn new(name: &str) -> Arc<PluginSlot> {
+    /// A slot in state `starting`, publishing to `feed`.
+    pub(in crate::supervise::reconcile) fn new(name: &str, feed: Arc<Feed>) -> Arc<PluginSlot> {
         Arc::new(PluginSlot {
             name: name.to_owned(),
             state: ArcSwap::from_pointee(PluginState::Starting),
             restarts: AtomicU32::new(0),
-            logs: Arc::default(),
+            logs: Arc::new(LogRing::new(name, feed.clone())),
+            feed,
             hooks: ArcSwap::from_pointee(Vec::new()),
             permissions: ArcSwap::from_pointee(Vec::new()),
         })
@@ -143,6 +163,13 @@ impl PluginSlot {
                 None => tracing::info!(plugin = %self.name, from, to, "plugin {to}"),
             },
         }
+        self.feed.publish(|| StreamEvent::State {
+            worker: self.feed.worker().to_owned(),
+            plugin: self.name.clone(),
+            state: state.api(),
+            reason: state.reason().map(str::to_owned),
+            at_ms: plugd_protocol::time::now_unix_ms(),
+        });
         self.state.store(Arc::new(state));
     }
 
@@ -166,16 +193,19 @@ pub struct Registry {
     ready: AtomicBool,
     changed: Notify,
     hook_timeout: Duration,
+    feed: Arc<Feed>,
 }
 
 impl Registry {
-    /// An empty registry, not ready; hook handlers get `hook_timeout` each.
-    pub fn new(hook_timeout: Duration) -> Arc<Registry> {
+    /// An empty registry, not ready; hook handlers get `hook_timeout` each; plugins' state
+    /// changes and output go to `feed`.
+    pub fn new(hook_timeout: Duration, feed: Arc<Feed>) -> Arc<Registry> {
         Arc::new(Registry {
             plugins: ArcSwap::from_pointee(HashMap::new()),
             ready: AtomicBool::new(false),
             changed: Notify::new(),
             hook_timeout,
+            feed,
         })
     }
 
@@ -197,6 +227,11 @@ impl Registry {
     /// Whether every plugin has been started (or has failed to) since plugd started.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The live feed of this worker.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// The deadline of one hook handler call.

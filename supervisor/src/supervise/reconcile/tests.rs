@@ -239,7 +239,7 @@ impl Harness {
         std::fs::write(dir.path().join("a/plugin.toml"), MANIFEST).expect("manifest");
         let launcher = FakeLauncher::default();
         let store = Arc::new(store);
-        let registry = Registry::new(Duration::from_secs(1));
+        let registry = Registry::new(Duration::from_secs(1), crate::feed::Feed::new("test"));
         let (mut reconciler, handle) = Reconciler::new(
             dir.path().to_path_buf(),
             Arc::new(launcher.clone()),

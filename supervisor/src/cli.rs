@@ -1,6 +1,9 @@
-//! The command line: `plugd serve` runs the supervisor; `plugd check` validates manifests.
+//! The command line: `plugd serve` runs the supervisor; `plugd check` validates manifests;
+//! the other verbs (`plugd plugins`, `plugd enable NAME`, …) drive a running plugd through its
+//! admin API (see [`crate::client`]).
 
 use crate::app::Application;
+use crate::client::{self, ClientArgs, Verb};
 use crate::manifest;
 use crate::settings::{Settings, ENV_CONFIG};
 use crate::store::Store;
@@ -15,6 +18,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +34,8 @@ enum Command {
         #[arg(long, default_value = "plugins")]
         plugins_dir: PathBuf,
     },
+    #[command(flatten)]
+    Client(Verb),
 }
 
 /// Flags of `plugd serve`; each overrides the config file and the `PLUGD_*` variable of the same
@@ -124,6 +131,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Migrate(args) => migrate(*args),
         Command::Check { plugins_dir } => check(&plugins_dir),
+        Command::Client(verb) => client::run(cli.client, verb),
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod feed;
 pub mod http;

@@ -5,7 +5,8 @@
 //! log target, a timeout on admin
 //! routes). [`proxy`] forwards `/plugins/{name}/…` to plugins; [`hooks`] fires hooks for host
 //! applications; [`admin`] is the admin API, one file per resource; [`health`] and [`metrics`]
-//! report on plugd itself; [`auth`] decides who may do what; every failure is an
+//! report on plugd itself; [`ui`] is the dashboard, a page that drives the admin API;
+//! [`auth`] decides who may do what; every failure is an
 //! [`error::ApiError`]. [`serve`] is the accept loop, with its bounds on connections and slow
 //! clients.
 
@@ -17,6 +18,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod proxy;
 pub mod serve;
+pub mod ui;
 
 use crate::settings::AdminToken;
 use crate::store::Store;
@@ -138,6 +140,7 @@ pub fn router(edge: Arc<Edge>, access_log: bool) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/hooks/{hook}", post(hooks::post_hook))
         .nest("/admin", admin)
+        .merge(ui::router())
         .with_state(edge.clone())
         .layer(PropagateRequestIdLayer::x_request_id());
     let routes = if access_log {

@@ -1,0 +1,250 @@
+//! `plugd` as a client of a running plugd's admin API: the verbs `plugins`, `plugin`,
+//! `enable`, `disable`, `reload`, `restart`, `install`, `uninstall`, `logs`, `events`,
+//! `workers` and `stats`, built on the same `plugd-api` types as the server.
+//!
+//! Exit codes scripts can rely on ([`Failure::code`]): 0 ok, 1 error (unreachable, refused,
+//! server error), 2 usage (a bad flag, or a request the server calls malformed), 3 not found,
+//! 4 conflict. Every failure is one line on stderr naming what failed.
+
+mod sse;
+pub mod verbs;
+
+use plugd_api::ErrorBody;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+pub use verbs::{run, ClientArgs, Verb};
+
+/// Time to connect to plugd.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one ordinary request may take (a `--wait` adds its own).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an install may take (uploading up to 64 MiB and unpacking it).
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a verb failed, with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code: 1, 2, 3 or 4.
+    pub code: u8,
+    /// One line naming what failed.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with exit code 1.
+    pub fn error(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// A usage failure (exit code 2).
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// The failure an error answer of the server means.
+    fn from_answer(status: StatusCode, body: &str) -> Failure {
+        let (error, detail) = match serde_json::from_str::<ErrorBody>(body) {
+            Ok(e) => (e.error, e.detail),
+            Err(_) => (
+                status.canonical_reason().unwrap_or("error").to_owned(),
+                body.trim().chars().take(300).collect(),
+            ),
+        };
+        let mut message = format!("{} {error}: {detail}", status.as_u16());
+        if status == StatusCode::UNAUTHORIZED {
+            message.push_str(" (set --token or PLUGD_TOKEN to an admin or viewer token)");
+        }
+        let code = match status {
+            StatusCode::BAD_REQUEST => 2,
+            StatusCode::NOT_FOUND => 3,
+            StatusCode::CONFLICT => 4,
+            _ => 1,
+        };
+        Failure { code, message }
+    }
+}
+
+/// A connection to one plugd's admin API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the plugd at `url` (such as `http://127.0.0.1:8080`) with `token`.
+    pub fn new(url: &str, token: Option<String>) -> Result<Client, Failure> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Failure::usage(format!(
+                "--url must be an http:// address such as http://127.0.0.1:8080, not {url:?}"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| Failure::error(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Client { http, base, token })
+    }
+
+    /// The address of plugd.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}/admin{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request` (`what` names it in errors) and reads its JSON answer.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, Failure> {
+        let response = request.send().await.map_err(|e| self.unreachable(what, e))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        if !status.is_success() {
+            let failure = Failure::from_answer(status, &body);
+            return Err(Failure {
+                message: format!("{what}: {}", failure.message),
+                ..failure
+            });
+        }
+        serde_json::from_str(&body).map_err(|e| {
+            Failure::error(format!(
+                "{what}: the answer of {} is not what this plugd client understands ({e}); are client and server the same version?",
+                self.base
+            ))
+        })
+    }
+
+    fn unreachable(&self, what: &str, e: reqwest::Error) -> Failure {
+        let why = if e.is_timeout() {
+            "timed out".to_owned()
+        } else if e.is_connect() {
+            // The innermost cause says it best ("Connection refused").
+            let mut source: &dyn std::error::Error = &e;
+            while let Some(inner) = source.source() {
+                source = inner;
+            }
+            source.to_string()
+        } else {
+            e.to_string()
+        };
+        Failure::error(format!(
+            "{what}: cannot reach plugd at {}: {why} (set --url or PLUGD_URL)",
+            self.base
+        ))
+    }
+
+    /// `GET /admin{path}` with `query`.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        query: &impl serde::Serialize,
+    ) -> Result<T, Failure> {
+        let request = self
+            .request(Method::GET, path)
+            .query(query)
+            .timeout(REQUEST_TIMEOUT);
+        self.send(what, request).await
+    }
+
+    /// `POST /admin{path}` with `query` and no body; `wait` extends the timeout.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        query: &impl serde::Serialize,
+        wait: Duration,
+    ) -> Result<T, Failure> {
+        let request = self
+            .request(Method::POST, path)
+            .query(query)
+            .timeout(REQUEST_TIMEOUT + wait);
+        self.send(what, request).await
+    }
+
+    /// `POST /admin/plugins/install` with the bundle's bytes.
+    pub async fn install<T: DeserializeOwned>(&self, what: &str, bundle: Vec<u8>) -> Result<T, Failure> {
+        let request = self
+            .request(Method::POST, "/plugins/install")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bundle)
+            .timeout(INSTALL_TIMEOUT);
+        self.send(what, request).await
+    }
+
+    /// `DELETE /admin{path}`.
+    pub async fn delete<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, Failure> {
+        let request = self.request(Method::DELETE, path).timeout(REQUEST_TIMEOUT);
+        self.send(what, request).await
+    }
+
+    /// Follows `GET /admin/stream` with `query`, handing every event to `each` until the
+    /// server ends the stream (or `each` says stop).
+    pub async fn follow(
+        &self,
+        what: &str,
+        query: &plugd_api::StreamQuery,
+        mut each: impl FnMut(plugd_api::StreamEvent) -> bool,
+    ) -> Result<(), Failure> {
+        use futures_util::StreamExt;
+        let response = self
+            .request(Method::GET, "/stream")
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let failure = Failure::from_answer(status, &body);
+            return Err(Failure {
+                message: format!("{what}: {}", failure.message),
+                ..failure
+            });
+        }
+        let mut parser = sse::Parser::default();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(what, e))?;
+            for data in parser.push(&chunk).map_err(|e| Failure::error(format!("{what}: {e}")))? {
+                match serde_json::from_str(&data) {
+                    Ok(event) => {
+                        if !each(event) {
+                            return Ok(());
+                        }
+                    }
+                    // A kind this client does not know: a newer server; skip it.
+                    Err(_) => continue,
+                }
+            }
+        }
+        Err(Failure::error(format!(
+            "{what}: plugd at {} ended the stream (it is shutting down?)",
+            self.base
+        )))
+    }
+}

@@ -1,0 +1,594 @@
+//! The client verbs of the command line and how they print: aligned tables for people, the
+//! server's JSON with `--json` for scripts.
+
+use super::{Client, Failure};
+use bytesize::ByteSize;
+use clap::{Args, Subcommand};
+use plugd_api::{
+    Accepted, Events, EventsQuery, Installed, Logs, LogsQuery, Plugin, PluginList, Stats,
+    StreamEvent, StreamQuery, ToggleAnswer, ToggleQuery, Uninstalled, Workers,
+};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where plugd is and who is asking; shared by every client verb.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// plugd's address [default: http://$PLUGD_LISTEN, else http://127.0.0.1:8080].
+    #[arg(long, env = "PLUGD_URL", global = true)]
+    url: Option<String>,
+    /// An admin token (a viewer token for reads).
+    #[arg(long, env = "PLUGD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// The client verbs.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// List the plugins: state, workers ready, restarts, memory, CPU.
+    Plugins,
+    /// Show one plugin: state on every worker, routes, hooks, limits, usage.
+    Plugin {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Enable a plugin on every worker.
+    Enable(Toggle),
+    /// Disable a plugin on every worker.
+    Disable(Toggle),
+    /// Reload a plugin blue/green (re-read its manifest and program).
+    Reload {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Restart a plugin (also the way out of `failed`).
+    Restart {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Install or upgrade a plugin from a bundle (.zip or .tar.gz).
+    Install {
+        /// The bundle file.
+        file: PathBuf,
+    },
+    /// Uninstall a plugin.
+    Uninstall {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Show a plugin's recent output; -f follows it.
+    Logs {
+        /// The plugin's name.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the latest lines.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+    },
+    /// Show the audit log, newest last; -f follows it.
+    Events {
+        /// Only this plugin's entries.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Keep printing new entries as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the latest entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// List the workers of the cluster with their hosts.
+    Workers,
+    /// Show totals over the plugins and the cluster.
+    Stats,
+}
+
+/// The arguments of enable and disable.
+#[derive(Debug, Args)]
+pub struct Toggle {
+    /// The plugin's name.
+    name: String,
+    /// Wait up to this long (such as 10s) for every worker to get there.
+    #[arg(long)]
+    wait: Option<String>,
+    /// Write only if the plugin is at this generation.
+    #[arg(long)]
+    generation: Option<i64>,
+}
+
+/// The default address: `PLUGD_LISTEN` when set (as `plugd serve` reads it), else plugd's
+/// default listen address.
+fn default_url() -> String {
+    match std::env::var("PLUGD_LISTEN") {
+        Ok(listen) if !listen.is_empty() => format!("http://{listen}"),
+        _ => "http://127.0.0.1:8080".into(),
+    }
+}
+
+/// Runs `verb`; failures are printed as one line and become the exit code.
+pub fn run(args: ClientArgs, verb: Verb) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plugd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = args.url.clone().unwrap_or_else(default_url);
+    let result = Client::new(&url, args.token.clone())
+        .and_then(|client| runtime.block_on(verb.run(&client, args.json)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("plugd: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// Prints rows as columns aligned to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn time_of(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .to_string()
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn plugin_path(name: &str) -> String {
+    format!(
+        "/plugins/{}",
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+impl Verb {
+    async fn run(self, client: &Client, json: bool) -> Result<(), Failure> {
+        match self {
+            Verb::Plugins => plugins(client, json).await,
+            Verb::Plugin { name } => plugin(client, &name, json).await,
+            Verb::Enable(t) => toggle(client, t, true, json).await,
+            Verb::Disable(t) => toggle(client, t, false, json).await,
+            Verb::Reload { name } => act(client, &name, "reload", json).await,
+            Verb::Restart { name } => act(client, &name, "restart", json).await,
+            Verb::Install { file } => install(client, &file, json).await,
+            Verb::Uninstall { name } => {
+                let what = format!("uninstall {name}");
+                let done: Uninstalled = client.delete(&what, &plugin_path(&name)).await?;
+                if json {
+                    print_json(&done);
+                } else {
+                    println!("uninstalled {}", done.uninstalled);
+                }
+                Ok(())
+            }
+            Verb::Logs {
+                name,
+                follow,
+                lines,
+            } => logs(client, &name, follow, lines, json).await,
+            Verb::Events {
+                plugin,
+                follow,
+                limit,
+            } => events(client, plugin, follow, limit, json).await,
+            Verb::Workers => workers(client, json).await,
+            Verb::Stats => {
+                let stats: Stats = client.get("stats", "/stats", &()).await?;
+                if json {
+                    print_json(&stats);
+                } else {
+                    let rows = [
+                        ("plugins", stats.plugins),
+                        ("enabled", stats.enabled),
+                        ("disabled", stats.disabled),
+                        ("missing", stats.missing),
+                        ("ready (this worker)", stats.ready),
+                        ("failed (this worker)", stats.failed),
+                        ("routes", stats.routes),
+                        ("hooks", stats.hooks),
+                        ("workers", stats.workers),
+                        ("ready (all workers)", stats.ready_everywhere),
+                    ];
+                    for (k, v) in rows {
+                        println!("{k:<22}{v}");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn plugins(client: &Client, json: bool) -> Result<(), Failure> {
+    let list: PluginList = client.get("list plugins", "/plugins", &()).await?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    // Workers ready: from every live worker's heartbeat.
+    let workers: Workers = client.get("list workers", "/workers", &()).await?;
+    let total = workers.workers.len();
+    let rows: Vec<Vec<String>> = list
+        .plugins
+        .iter()
+        .map(|p| {
+            let ready = workers
+                .workers
+                .iter()
+                .filter(|w| {
+                    w.plugins
+                        .get(&p.name)
+                        .is_some_and(|s| s.state == plugd_api::State::Ready)
+                })
+                .count();
+            vec![
+                p.name.clone(),
+                p.version.clone(),
+                p.state.to_string(),
+                format!("{ready}/{total}"),
+                p.restarts.to_string(),
+                or_dash(p.usage.as_ref().map(|u| ByteSize(u.memory_bytes))),
+                or_dash(p.usage.as_ref().map(|u| format!("{:.2}", u.cpu_cores))),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "VERSION", "STATE", "WORKERS", "RESTARTS", "MEMORY", "CPU",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn plugin(client: &Client, name: &str, json: bool) -> Result<(), Failure> {
+    let p: Plugin = client
+        .get(&format!("show plugin {name}"), &plugin_path(name), &())
+        .await?;
+    if json {
+        print_json(&p);
+        return Ok(());
+    }
+    println!("name         {}", p.name);
+    println!("version      {}", p.version);
+    if !p.description.is_empty() {
+        println!("description  {}", p.description);
+    }
+    println!("enabled      {} (generation {})", p.enabled, p.generation);
+    println!("state        {}", p.state);
+    if let Some(e) = &p.last_error {
+        println!("last error   {e}");
+    }
+    println!("restarts     {}", p.restarts);
+    if let Some(pid) = p.pid {
+        println!("pid          {pid}, up {}s", p.uptime_s.unwrap_or_default());
+    }
+    if let Some(u) = &p.usage {
+        println!(
+            "usage        {} memory, {:.2} cores, {} tasks, {} files",
+            ByteSize(u.memory_bytes),
+            u.cpu_cores,
+            u.tasks,
+            u.open_files
+        );
+    }
+    if let Some(l) = &p.limits {
+        println!(
+            "limits       {} memory, {} cores, {} tasks, {} files, {} ms per request",
+            ByteSize(l.memory),
+            or_dash(l.cpu),
+            l.tasks,
+            l.open_files,
+            l.request_timeout_ms
+        );
+    }
+    for r in &p.routes {
+        println!("route        {} {}", r.method, r.path);
+    }
+    for h in &p.hooks {
+        println!("hook         {} ({}, priority {})", h.name, h.mode, h.priority);
+    }
+    for s in &p.services {
+        println!("service      {s}");
+    }
+    for perm in &p.permissions {
+        println!("permission   {} ({})", perm.key, perm.description);
+    }
+    for (worker, s) in p.workers.iter().flatten() {
+        println!("worker       {worker}: {}", s.state);
+    }
+    Ok(())
+}
+
+async fn toggle(client: &Client, t: Toggle, enabled: bool, json: bool) -> Result<(), Failure> {
+    let verb = if enabled { "enable" } else { "disable" };
+    let wait = match &t.wait {
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| Failure::usage(format!("--wait {w:?}: {e}")))?,
+        None => Duration::ZERO,
+    };
+    let query = ToggleQuery {
+        generation: t.generation,
+        wait: t.wait.clone(),
+    };
+    let answer: ToggleAnswer = client
+        .post(
+            &format!("{verb} {}", t.name),
+            &format!("{}/{verb}", plugin_path(&t.name)),
+            &query,
+            wait,
+        )
+        .await?;
+    if json {
+        print_json(&answer);
+        return Ok(());
+    }
+    println!("{}", answer.detail);
+    if let Some(c) = &answer.convergence {
+        for (worker, state) in &c.workers {
+            println!("  {worker}: {state}");
+        }
+        if !c.converged {
+            return Err(Failure::error(format!(
+                "{verb} {}: not every worker got there within {wait:?} (pending: {})",
+                t.name,
+                c.pending.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn act(client: &Client, name: &str, verb: &str, json: bool) -> Result<(), Failure> {
+    let answer: Accepted = client
+        .post(
+            &format!("{verb} {name}"),
+            &format!("{}/{verb}", plugin_path(name)),
+            &(),
+            Duration::ZERO,
+        )
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!("{}", answer.detail);
+    }
+    Ok(())
+}
+
+/// The largest bundle the server accepts.
+const MAX_BUNDLE: u64 = 64 * 1024 * 1024;
+
+async fn install(client: &Client, file: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let what = format!("install {}", file.display());
+    let size = std::fs::metadata(file)
+        .map_err(|e| Failure::usage(format!("{what}: {e}")))?
+        .len();
+    if size > MAX_BUNDLE {
+        return Err(Failure::usage(format!(
+            "{what}: the bundle is {} and plugd accepts at most {}",
+            ByteSize(size),
+            ByteSize(MAX_BUNDLE)
+        )));
+    }
+    let bytes = std::fs::read(file).map_err(|e| Failure::usage(format!("{what}: {e}")))?;
+    let done: Installed = client.install(&what, bytes).await?;
+    if json {
+        print_json(&done);
+    } else {
+        let verb = if done.upgraded { "upgraded" } else { "installed" };
+        println!("{verb} {} {} (sha256 {})", done.name, done.version, done.sha256);
+    }
+    Ok(())
+}
+
+fn print_event(event: &StreamEvent, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(event).unwrap_or_default());
+        return;
+    }
+    match event {
+        StreamEvent::Log {
+            stream, line, at_ms, ..
+        } => println!("{} {stream} {line}", time_of(*at_ms)),
+        StreamEvent::Audit { event } => print_audit(event),
+        StreamEvent::State {
+            worker,
+            plugin,
+            state,
+            reason,
+            at_ms,
+        } => println!(
+            "{} {plugin} is {state} on {worker}{}",
+            time_of(*at_ms),
+            reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        StreamEvent::Lagged { missed } => {
+            eprintln!("plugd: this client fell behind; {missed} events were skipped")
+        }
+        StreamEvent::Hello { .. } => {}
+    }
+}
+
+fn print_audit(e: &plugd_api::AuditEvent) {
+    println!(
+        "{} #{} {} {} {}{}",
+        time_of(u64::try_from(e.at_ms).unwrap_or_default()),
+        e.id,
+        e.actor,
+        e.action,
+        e.plugin.as_deref().unwrap_or("-"),
+        if e.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", e.detail)
+        }
+    );
+}
+
+async fn logs(
+    client: &Client,
+    name: &str,
+    follow: bool,
+    lines: u32,
+    json: bool,
+) -> Result<(), Failure> {
+    let what = format!("logs of {name}");
+    let logs: Logs = client
+        .get(
+            &what,
+            &format!("{}/logs", plugin_path(name)),
+            &LogsQuery { lines: Some(lines) },
+        )
+        .await?;
+    if json && !follow {
+        print_json(&logs);
+        return Ok(());
+    }
+    for l in &logs.lines {
+        print_event(
+            &StreamEvent::Log {
+                plugin: logs.plugin.clone(),
+                pid: l.pid,
+                stream: l.stream.clone(),
+                line: l.line.clone(),
+                at_ms: l.at_ms,
+            },
+            json,
+        );
+    }
+    if !follow {
+        return Ok(());
+    }
+    let query = StreamQuery {
+        plugin: Some(name.to_owned()),
+        kinds: Some("log".into()),
+    };
+    client
+        .follow(&what, &query, |event| {
+            print_event(&event, json);
+            true
+        })
+        .await
+}
+
+async fn events(
+    client: &Client,
+    plugin: Option<String>,
+    follow: bool,
+    limit: i64,
+    json: bool,
+) -> Result<(), Failure> {
+    let query = EventsQuery {
+        plugin: plugin.clone(),
+        before: None,
+        limit: Some(limit),
+    };
+    let page: Events = client.get("read the audit log", "/events", &query).await?;
+    if json && !follow {
+        print_json(&page);
+        return Ok(());
+    }
+    for e in page.events.iter().rev() {
+        print_event(&StreamEvent::Audit { event: e.clone() }, json);
+    }
+    if !follow {
+        return Ok(());
+    }
+    let query = StreamQuery {
+        plugin,
+        kinds: Some("audit".into()),
+    };
+    client
+        .follow("follow the audit log", &query, |event| {
+            print_event(&event, json);
+            true
+        })
+        .await
+}
+
+async fn workers(client: &Client, json: bool) -> Result<(), Failure> {
+    let workers: Workers = client.get("list workers", "/workers", &()).await?;
+    if json {
+        print_json(&workers);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = workers
+        .workers
+        .iter()
+        .map(|w| {
+            let ready = w
+                .plugins
+                .values()
+                .filter(|s| s.state == plugd_api::State::Ready)
+                .count();
+            let id = if w.this {
+                format!("{} *", w.id)
+            } else {
+                w.id.clone()
+            };
+            vec![
+                id,
+                w.host.clone(),
+                w.pid.to_string(),
+                or_dash(w.system.as_ref().map(|s| s.cpus)),
+                or_dash(w.system.as_ref().map(|s| format!("{:.2}", s.load[0]))),
+                or_dash(w.system.as_ref().map(|s| {
+                    format!("{} / {}", ByteSize(s.memory_used), ByteSize(s.memory_total))
+                })),
+                format!("{ready}/{}", w.plugins.len()),
+                time_of(u64::try_from(w.seen_ms).unwrap_or_default()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "WORKER", "HOST", "PID", "CPUS", "LOAD", "MEMORY", "READY", "SEEN",
+        ],
+        &rows,
+    );
+    Ok(())
+}

@@ -20,3 +20,25 @@ stop_plugd() {
     plugd_pid=""
   fi
 }
+
+# The Python tools the tests run (an OpenAPI validator, schemathesis), in a virtual environment
+# of the project's own: target/test-venv. Versions are pinned in scripts/test-requirements.txt.
+setup_test_venv() {
+  local venv=target/test-venv
+  if [ ! -x "$venv/bin/schemathesis" ] || ! cmp -s scripts/test-requirements.txt "$venv/requirements.txt"; then
+    echo "creating $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/test-requirements.txt
+    cp scripts/test-requirements.txt "$venv/requirements.txt"
+  fi
+}
+
+# Debian's Chromium and the npm packages of the browser tests (playwright-core only: it never
+# downloads a browser; the tests drive /usr/bin/chromium).
+setup_browser_tests() {
+  command -v chromium >/dev/null || install_packages chromium
+  command -v npm >/dev/null || install_packages nodejs npm
+  if [ ! -d supervisor/tests/ui/node_modules/playwright-core ]; then
+    (cd supervisor/tests/ui && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -30,7 +30,7 @@ pub struct ErrorBody {
     pub detail: String,
     /// On a conflict (409 of enable or disable): the plugin's record as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<PluginRecord>,
+    pub current: Option<Box<PluginRecord>>,
 }
 
 /// What a token may do.

@@ -7,7 +7,7 @@
 //! open, so the feed costs a counter read per state change or log line.
 
 use plugd_api::StreamEvent;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,9 @@ pub struct Feed {
     tx: broadcast::Sender<Arc<StreamEvent>>,
     worker: String,
     closed: CancellationToken,
+    /// The newest audit entry when the earliest stream not yet followed opened: entries after
+    /// it are published (see [`Feed::audit_from`]).
+    audit_from: Mutex<Option<i64>>,
 }
 
 impl Feed {
@@ -29,6 +32,7 @@ impl Feed {
             tx: broadcast::channel(FEED_CAPACITY).0,
             worker: worker.to_owned(),
             closed: CancellationToken::new(),
+            audit_from: Mutex::new(None),
         })
     }
 
@@ -47,6 +51,21 @@ impl Feed {
     /// A receiver of every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StreamEvent>> {
         self.tx.subscribe()
+    }
+
+    /// Notes that a stream opened when `newest` was the newest audit entry, so every entry
+    /// after it reaches the stream even if the follower of the log starts later.
+    pub fn audit_from(&self, newest: i64) {
+        let mut from = self.audit_from.lock().unwrap_or_else(|e| e.into_inner());
+        *from = Some(from.map_or(newest, |f| f.min(newest)));
+    }
+
+    /// Where the follower of the audit log starts: the earliest noted by [`Feed::audit_from`].
+    pub fn take_audit_from(&self) -> Option<i64> {
+        self.audit_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The id of the worker this feed belongs to.

@@ -136,7 +136,9 @@ impl Application {
             worker: worker.clone(),
             request_ids: RequestIds::default(),
             feed: feed.clone(),
-            streams: Arc::new(tokio::sync::Semaphore::new(http::admin::stream::MAX_STREAMS)),
+            streams: Arc::new(tokio::sync::Semaphore::new(
+                http::admin::stream::MAX_STREAMS,
+            )),
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(edge.clone(), settings.access_log);

@@ -117,7 +117,10 @@ impl Client {
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<T, Failure> {
-        let response = request.send().await.map_err(|e| self.unreachable(what, e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
         let status = response.status();
         let body = response
             .text()
@@ -187,7 +190,11 @@ impl Client {
     }
 
     /// `POST /admin/plugins/install` with the bundle's bytes.
-    pub async fn install<T: DeserializeOwned>(&self, what: &str, bundle: Vec<u8>) -> Result<T, Failure> {
+    pub async fn install<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        bundle: Vec<u8>,
+    ) -> Result<T, Failure> {
         let request = self
             .request(Method::POST, "/plugins/install")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -230,7 +237,10 @@ impl Client {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(what, e))?;
-            for data in parser.push(&chunk).map_err(|e| Failure::error(format!("{what}: {e}")))? {
+            for data in parser
+                .push(&chunk)
+                .map_err(|e| Failure::error(format!("{what}: {e}")))?
+            {
                 match serde_json::from_str(&data) {
                     Ok(event) => {
                         if !each(event) {

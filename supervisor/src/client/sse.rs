@@ -51,8 +51,13 @@ mod tests {
     #[test]
     fn events_split_across_reads_and_keep_alives_in_between() {
         let mut p = Parser::default();
-        assert!(p.push(b": keep-alive\n\nevent: log\nda").expect("ok").is_empty());
-        let got = p.push(b"ta: {\"a\":1}\r\n\r\nevent: x\ndata: one\ndata: two\n\n").expect("ok");
+        assert!(p
+            .push(b": keep-alive\n\nevent: log\nda")
+            .expect("ok")
+            .is_empty());
+        let got = p
+            .push(b"ta: {\"a\":1}\r\n\r\nevent: x\ndata: one\ndata: two\n\n")
+            .expect("ok");
         assert_eq!(got, vec!["{\"a\":1}".to_owned(), "one\ntwo".to_owned()]);
     }
 

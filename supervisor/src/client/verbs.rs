@@ -169,8 +169,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 fn time_of(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
@@ -329,7 +328,10 @@ async fn plugin(client: &Client, name: &str, json: bool) -> Result<(), Failure> 
         println!("route        {} {}", r.method, r.path);
     }
     for h in &p.hooks {
-        println!("hook         {} ({}, priority {})", h.name, h.mode, h.priority);
+        println!(
+            "hook         {} ({}, priority {})",
+            h.name, h.mode, h.priority
+        );
     }
     for s in &p.services {
         println!("service      {s}");
@@ -419,8 +421,15 @@ async fn install(client: &Client, file: &std::path::Path, json: bool) -> Result<
     if json {
         print_json(&done);
     } else {
-        let verb = if done.upgraded { "upgraded" } else { "installed" };
-        println!("{verb} {} {} (sha256 {})", done.name, done.version, done.sha256);
+        let verb = if done.upgraded {
+            "upgraded"
+        } else {
+            "installed"
+        };
+        println!(
+            "{verb} {} {} (sha256 {})",
+            done.name, done.version, done.sha256
+        );
     }
     Ok(())
 }
@@ -432,7 +441,10 @@ fn print_event(event: &StreamEvent, json: bool) {
     }
     match event {
         StreamEvent::Log {
-            stream, line, at_ms, ..
+            stream,
+            line,
+            at_ms,
+            ..
         } => println!("{} {stream} {line}", time_of(*at_ms)),
         StreamEvent::Audit { event } => print_audit(event),
         StreamEvent::State {
@@ -444,7 +456,10 @@ fn print_event(event: &StreamEvent, json: bool) {
         } => println!(
             "{} {plugin} is {state} on {worker}{}",
             time_of(*at_ms),
-            reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         ),
         StreamEvent::Lagged { missed } => {
             eprintln!("plugd: this client fell behind; {missed} events were skipped")

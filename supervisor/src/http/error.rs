@@ -4,8 +4,8 @@
 //! or path that does not parse is a 400 in the same shape ([`Query`], [`Path`]), never axum's
 //! plain-text rejection.
 
-use axum::http::header::{HeaderName, HeaderValue};
 use axum::extract::FromRequestParts;
+use axum::http::header::{HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -70,7 +70,7 @@ impl ApiError {
 
     /// Adds the plugin's current record to the body (on a conflict).
     pub fn with_current(mut self, record: PluginRecord) -> ApiError {
-        self.body.current = Some(record);
+        self.body.current = Some(Box::new(record));
         self
     }
 

@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Handles into the families by plugin and route, so recording a request looks up two
     /// borrowed strings and allocates nothing once a route has been seen.
     routes: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
+    /// Live admin streams open.
+    streams: Gauge,
 }
 
 /// One route's histogram and its counter per status, shared with the families.
@@ -100,13 +102,25 @@ impl Metrics {
             "Time to answer an HTTP request, by plugin and route",
             durations.clone(),
         );
+        let streams = Gauge::default();
+        registry.register(
+            "plugd_admin_streams",
+            "Live streams open (GET /admin/stream)",
+            streams.clone(),
+        );
         registry.register_collector(Box::new(PluginCollector { plugins }));
         Metrics {
             registry,
             requests,
             durations,
             routes: RwLock::default(),
+            streams,
         }
+    }
+
+    /// The gauge of live admin streams open.
+    pub fn streams(&self) -> &Gauge {
+        &self.streams
     }
 
     /// Counts one request.

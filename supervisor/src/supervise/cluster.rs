@@ -10,8 +10,8 @@
 
 use super::reconcile::{Event, Handle, PluginState, Registry};
 use crate::feed::Feed;
-use plugd_api::{HostInfo, StreamEvent};
 use crate::store::{self, Store, WorkerRecord, CHANNEL};
+use plugd_api::{HostInfo, StreamEvent};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,13 +137,22 @@ pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
             continue;
         }
         if !following {
-            match store::bounded(STORE_CALL, store.newest_event()).await {
-                Ok(id) => last_event = id,
-                Err(_) => continue,
-            }
+            // From where the first stream opened; the newest entry if that is unknown.
+            last_event = match feed.take_audit_from() {
+                Some(id) => id,
+                None => match store::bounded(STORE_CALL, store.newest_event()).await {
+                    Ok(id) => id,
+                    Err(_) => continue,
+                },
+            };
             states.clear();
+        } else {
+            // Already following: a stream that opened meanwhile is served from here on.
+            feed.take_audit_from();
         }
-        if let Ok(events) = store::bounded(STORE_CALL, store.events_after(last_event, FEED_BATCH)).await {
+        if let Ok(events) =
+            store::bounded(STORE_CALL, store.events_after(last_event, FEED_BATCH)).await
+        {
             for e in events {
                 last_event = e.id;
                 feed.publish(|| StreamEvent::Audit { event: e });

@@ -11,6 +11,7 @@ mod hostile;
 mod layers;
 mod lifecycle;
 mod limits;
+mod operator;
 mod pg;
 mod proxy;
 mod shutdown;

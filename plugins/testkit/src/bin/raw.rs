@@ -205,13 +205,18 @@ fn answer_pings(mut stream: UnixStream) {
     std::process::exit(0);
 }
 
-/// Writes lines to stderr as fast as it can, `RAW_SPEW_MB` MiB in all.
+/// Writes lines to stderr as fast as it can, `RAW_SPEW_MB` MiB in all, each `RAW_SPEW_LINE`
+/// bytes long (default 100).
 fn spew() {
     let mb: usize = std::env::var("RAW_SPEW_MB")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(256);
-    let line = format!("{}\n", "spew ".repeat(20));
+    let width: usize = std::env::var("RAW_SPEW_LINE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let line = format!("{}\n", "spew ".repeat(width.div_ceil(5)));
     let block = line.repeat((64 * 1024) / line.len());
     let mut err = std::io::stderr().lock();
     let mut written = 0;

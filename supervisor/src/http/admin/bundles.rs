@@ -28,7 +28,7 @@ pub const MAX_BUNDLE: usize = 64 * 1024 * 1024;
 /// into place; a plugin of the same name is upgraded (blue/green). The bundle is kept in the
 /// store, so every worker runs the same bytes.
 #[utoipa::path(
-    post, path = "/plugins/install", tag = "plugins",
+    post, path = "/plugins/install", operation_id = "installBundle", tag = "plugins",
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The bundle (.zip or .tar.gz), at most 64 MiB"),
     responses(
@@ -98,7 +98,7 @@ pub async fn install(
 
 /// Uninstalls a plugin: stops it, removes its directory and its registration.
 #[utoipa::path(
-    delete, path = "/plugins/{name}", tag = "plugins",
+    delete, path = "/plugins/{name}", operation_id = "uninstallPlugin", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     responses(
         (status = 200, description = "Uninstalled", body = Uninstalled),

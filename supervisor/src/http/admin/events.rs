@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// The audit log, newest first: at most `limit` (1 to 500, default 50) entries older than
 /// `before`; `next_before` is the cursor for the next page.
 #[utoipa::path(
-    get, path = "/events", tag = "cluster",
+    get, path = "/events", operation_id = "listEvents", tag = "cluster",
     params(EventsQuery),
     responses((status = 200, description = "One page of the audit log", body = Events), BadInput, Denied),
 )]

@@ -8,7 +8,7 @@ use plugd_api::WhoAmI;
 
 /// The token's name and role.
 #[utoipa::path(
-    get, path = "/whoami", tag = "cluster",
+    get, path = "/whoami", operation_id = "whoami", tag = "cluster",
     responses((status = 200, description = "Who the token is", body = WhoAmI), Denied),
 )]
 pub async fn whoami(Extension(actor): Extension<Actor>) -> Json<WhoAmI> {

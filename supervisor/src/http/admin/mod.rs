@@ -55,21 +55,24 @@ pub fn router(edge: Arc<Edge>) -> (Router<Arc<Edge>>, utoipa::openapi::OpenApi) 
         .split_for_parts();
     let api = doc::under("/admin", api);
     let json: Arc<str> = api.to_json().unwrap_or_default().into();
-    let routes = routes
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not found", "no such admin endpoint")
-        })
-        // Only the install reads a body; a bundle may be this large.
-        .layer(DefaultBodyLimit::max(bundles::MAX_BUNDLE))
-        .layer(middleware::from_fn_with_state(edge, authenticate))
-        // Added after the token check: reading the schema needs no token.
-        .route(
-            "/openapi.json",
-            get(move || {
-                let json = json.clone();
-                async move { ([(CONTENT_TYPE, "application/json")], json.to_string()).into_response() }
-            }),
-        );
+    let routes =
+        routes
+            .fallback(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not found", "no such admin endpoint")
+            })
+            // Only the install reads a body; a bundle may be this large.
+            .layer(DefaultBodyLimit::max(bundles::MAX_BUNDLE))
+            .layer(middleware::from_fn_with_state(edge, authenticate))
+            // Added after the token check: reading the schema needs no token.
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let json = json.clone();
+                    async move {
+                        ([(CONTENT_TYPE, "application/json")], json.to_string()).into_response()
+                    }
+                }),
+            );
     (routes, api)
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// Every permission a plugin defines, by key: what to grant a token (`permissions = […]`).
 #[utoipa::path(
-    get, path = "/permissions", tag = "cluster",
+    get, path = "/permissions", operation_id = "listPermissions", tag = "cluster",
     responses((status = 200, description = "The permissions", body = Permissions), Denied),
 )]
 pub async fn list(State(edge): State<Arc<Edge>>) -> Json<Permissions> {

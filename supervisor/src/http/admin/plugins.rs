@@ -127,7 +127,7 @@ pub fn worker_states(plugins: &serde_json::Value) -> BTreeMap<String, WorkerPlug
 
 /// Every registered plugin with its state on this worker.
 #[utoipa::path(
-    get, path = "/plugins", tag = "plugins",
+    get, path = "/plugins", operation_id = "listPlugins", tag = "plugins",
     responses((status = 200, description = "Every registered plugin, by name", body = PluginList), Denied),
 )]
 pub async fn list(State(edge): State<Arc<Edge>>) -> Result<Json<PluginList>, ApiError> {
@@ -139,7 +139,7 @@ pub async fn list(State(edge): State<Arc<Edge>>) -> Result<Json<PluginList>, Api
 /// One plugin, with each live worker's state of it. The `ETag` is its generation, for
 /// `If-Match` on the next write.
 #[utoipa::path(
-    get, path = "/plugins/{name}", tag = "plugins",
+    get, path = "/plugins/{name}", operation_id = "getPlugin", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     responses(
         (status = 200, description = "The plugin", body = Plugin,
@@ -314,7 +314,7 @@ async fn converge(edge: &Edge, name: &str, enabled: bool, wait: Duration) -> Con
 /// Enables a plugin on every worker. Conditional with `If-Match: "<generation>"` or
 /// `?generation=`; with `?wait=5s`, waits for every live worker to run it.
 #[utoipa::path(
-    post, path = "/plugins/{name}/enable", tag = "plugins",
+    post, path = "/plugins/{name}/enable", operation_id = "enablePlugin", tag = "plugins",
     params(
         ("name" = String, Path, description = "The plugin's name"),
         ("If-Match" = Option<String>, Header, description = "The generation the write expects, quoted, or `*`"),
@@ -337,7 +337,7 @@ pub async fn enable(
 
 /// Disables a plugin on every worker: its instances stop. Conditional and waiting like enable.
 #[utoipa::path(
-    post, path = "/plugins/{name}/disable", tag = "plugins",
+    post, path = "/plugins/{name}/disable", operation_id = "disablePlugin", tag = "plugins",
     params(
         ("name" = String, Path, description = "The plugin's name"),
         ("If-Match" = Option<String>, Header, description = "The generation the write expects, quoted, or `*`"),
@@ -426,7 +426,7 @@ async fn action(
 
 /// Re-reads a plugin's manifest and program and swaps it blue/green on this worker.
 #[utoipa::path(
-    post, path = "/plugins/{name}/reload", tag = "plugins",
+    post, path = "/plugins/{name}/reload", operation_id = "reloadPlugin", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     responses(
         (status = 202, description = "The reload started", body = Accepted),
@@ -443,7 +443,7 @@ pub async fn reload(
 
 /// Starts a fresh instance of a plugin on this worker (also the way out of `failed`).
 #[utoipa::path(
-    post, path = "/plugins/{name}/restart", tag = "plugins",
+    post, path = "/plugins/{name}/restart", operation_id = "restartPlugin", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     responses(
         (status = 202, description = "The restart started", body = Accepted),
@@ -460,7 +460,7 @@ pub async fn restart(
 
 /// A plugin's recent output on this worker (`GET /admin/stream?plugin=…&kinds=log` follows it).
 #[utoipa::path(
-    get, path = "/plugins/{name}/logs", tag = "plugins",
+    get, path = "/plugins/{name}/logs", operation_id = "pluginLogs", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name"), LogsQuery),
     responses(
         (status = 200, description = "Its latest lines, oldest first", body = Logs),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// Totals over every plugin, on this worker and in the cluster.
 #[utoipa::path(
-    get, path = "/stats", tag = "cluster",
+    get, path = "/stats", operation_id = "getStats", tag = "cluster",
     responses((status = 200, description = "The totals", body = Stats), Denied),
 )]
 pub async fn get(State(edge): State<Arc<Edge>>) -> Result<Json<Stats>, ApiError> {

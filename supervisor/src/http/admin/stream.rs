@@ -20,6 +20,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 /// Live streams open at once on one worker; more get 503.
 pub const MAX_STREAMS: usize = 64;
+/// The longest a stream's opening waits for the store's newest audit entry.
+const AUDIT_CURSOR: Duration = Duration::from_secs(2);
 /// Time between keep-alive comments on a quiet stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -40,7 +42,9 @@ impl Filter {
                         StreamKind::parse(k.trim()).ok_or_else(|| {
                             ApiError::bad_request(
                                 "invalid kinds",
-                                format!("unknown kind {k:?}: use state, audit or log, comma-separated"),
+                                format!(
+                                    "unknown kind {k:?}: use state, audit or log, comma-separated"
+                                ),
                             )
                         })
                     })
@@ -66,6 +70,33 @@ impl Filter {
     }
 }
 
+/// One open stream: its slot among [`MAX_STREAMS`], counted in `plugd_admin_streams` while
+/// it lives.
+#[derive(Debug)]
+struct Open {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Open {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> Open {
+        gauge.inc();
+        Open {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 fn sse(event: &StreamEvent) -> Result<Event, Infallible> {
     let data = serde_json::to_string(event).unwrap_or_default();
     Ok(Event::default().event(event.kind().name()).data(data))
@@ -74,7 +105,7 @@ fn sse(event: &StreamEvent) -> Result<Event, Infallible> {
 /// Server-Sent Events: `hello` first, then `state`, `audit` and `log` events as they happen,
 /// and `lagged` when this client fell behind. Each event's `data` is one JSON object.
 #[utoipa::path(
-    get, path = "/stream", tag = "cluster",
+    get, path = "/stream", operation_id = "stream", tag = "cluster",
     params(StreamQuery),
     responses(
         (status = 200, description = "An endless stream of events (`event:` is the kind)",
@@ -93,6 +124,12 @@ pub async fn stream(
             format!("{MAX_STREAMS} live streams are open on this worker; close one and retry"),
         )
     })?;
+    let permit = Open::new(permit, edge.metrics.streams().clone());
+    // Audit entries written from now on reach this stream, however late the log's follower
+    // wakes; without the store, they start where the follower finds the log.
+    if let Ok(newest) = crate::store::bounded(AUDIT_CURSOR, edge.store.newest_event()).await {
+        edge.feed.audit_from(newest);
+    }
     let rx = edge.feed.subscribe();
     let hello = StreamEvent::Hello {
         worker: edge.feed.worker().to_owned(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// Every live worker, oldest first.
 #[utoipa::path(
-    get, path = "/workers", tag = "cluster",
+    get, path = "/workers", operation_id = "listWorkers", tag = "cluster",
     responses((status = 200, description = "The live workers", body = Workers), Denied),
 )]
 pub async fn list(State(edge): State<Arc<Edge>>) -> Result<Json<Workers>, ApiError> {

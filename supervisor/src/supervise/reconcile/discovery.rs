@@ -70,8 +70,7 @@ impl Reconciler {
                     entry.program = program;
                 }
                 None => {
-                    self.entries
-                        .insert(
+                    self.entries.insert(
                         name.clone(),
                         Entry::new(m, program, true, self.registry.feed()),
                     );

@@ -485,7 +485,10 @@ async fn the_stream_filters_and_tells_a_slow_client_what_it_missed() {
     }
     // plugd went on serving while the slow client read nothing.
     assert_eq!(
-        sup.get("/plugins/echo/echo/1").await.expect("echo").status(),
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("echo")
+            .status(),
         200
     );
     let lag = read_until(&mut slow, "event: lagged").await;

@@ -27,7 +27,7 @@ setup_test_venv() {
   local venv=target/test-venv
   if [ ! -x "$venv/bin/schemathesis" ] || ! cmp -s scripts/test-requirements.txt "$venv/requirements.txt"; then
     echo "creating $venv" >&2
-    python3 -m venv "$venv"
+    python3 -m venv "$venv" 2>/dev/null || { install_packages python3-venv && python3 -m venv "$venv"; }
     "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/test-requirements.txt
     cp scripts/test-requirements.txt "$venv/requirements.txt"
   fi

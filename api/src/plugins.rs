@@ -133,7 +133,7 @@ pub struct Limits {
 }
 
 /// A plugin's latest resource sample.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     /// Memory charged to the plugin, in bytes.
     pub memory_bytes: u64,

@@ -6,10 +6,21 @@
 //! (a `lagged` event) instead of holding plugd back. Nothing is built or sent while no stream is
 //! open, so the feed costs a counter read per state change or log line.
 
-use plugd_api::StreamEvent;
+use plugd_api::{State, StreamEvent};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+/// What the store said at one moment: the newest audit entry, and each plugin's state on every
+/// other worker, by (worker, plugin). Changes after it are what the live stream publishes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Baseline {
+    /// The newest audit entry's id.
+    pub audit: i64,
+    /// Other workers' plugin states.
+    pub states: HashMap<(String, String), State>,
+}
 
 /// Events kept for the slowest open stream; past this a stream is told what it missed.
 pub const FEED_CAPACITY: usize = 1024;
@@ -20,9 +31,9 @@ pub struct Feed {
     tx: broadcast::Sender<Arc<StreamEvent>>,
     worker: String,
     closed: CancellationToken,
-    /// The newest audit entry when the earliest stream not yet followed opened: entries after
-    /// it are published (see [`Feed::audit_from`]).
-    audit_from: Mutex<Option<i64>>,
+    /// What the store said when the earliest stream not yet followed opened: changes after
+    /// it are published (see [`Feed::start_from`]).
+    start: Mutex<Option<Baseline>>,
 }
 
 impl Feed {
@@ -32,7 +43,7 @@ impl Feed {
             tx: broadcast::channel(FEED_CAPACITY).0,
             worker: worker.to_owned(),
             closed: CancellationToken::new(),
-            audit_from: Mutex::new(None),
+            start: Mutex::new(None),
         })
     }
 
@@ -53,19 +64,19 @@ impl Feed {
         self.tx.subscribe()
     }
 
-    /// Notes that a stream opened when `newest` was the newest audit entry, so every entry
-    /// after it reaches the stream even if the follower of the log starts later.
-    pub fn audit_from(&self, newest: i64) {
-        let mut from = self.audit_from.lock().unwrap_or_else(|e| e.into_inner());
-        *from = Some(from.map_or(newest, |f| f.min(newest)));
+    /// Notes what the store said when a stream opened, so every change after it reaches the
+    /// stream even if the follower of the store starts later. The earliest noted wins.
+    pub fn start_from(&self, baseline: Baseline) {
+        let mut start = self.start.lock().unwrap_or_else(|e| e.into_inner());
+        match start.as_mut() {
+            Some(earlier) => earlier.audit = earlier.audit.min(baseline.audit),
+            None => *start = Some(baseline),
+        }
     }
 
-    /// Where the follower of the audit log starts: the earliest noted by [`Feed::audit_from`].
-    pub fn take_audit_from(&self) -> Option<i64> {
-        self.audit_from
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+    /// Where the follower of the store starts: the earliest [`Feed::start_from`] noted.
+    pub fn take_start(&self) -> Option<Baseline> {
+        self.start.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The id of the worker this feed belongs to.

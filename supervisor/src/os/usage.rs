@@ -6,25 +6,10 @@
 use super::cgroups::Leaf;
 use super::limits::EffectiveLimits;
 use bytesize::ByteSize;
-use serde::Serialize;
 use std::time::Instant;
 
-/// One sample of a plugin's resource use.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Usage {
-    /// Memory charged to the plugin (its cgroup's, or the process's RSS), in bytes.
-    pub memory_bytes: u64,
-    /// CPU time used so far, in seconds.
-    pub cpu_seconds: f64,
-    /// CPU use since the previous sample, in cores.
-    pub cpu_cores: f64,
-    /// Processes plus threads.
-    pub tasks: u64,
-    /// Open file descriptors of the main process.
-    pub open_files: u64,
-    /// Periods in which the CPU quota held the plugin back (cgroup only).
-    pub cpu_throttled: Option<u64>,
-}
+/// One sample of a plugin's resource use (the admin API's type, shown as it is sampled).
+pub use plugd_api::Usage;
 
 /// Reads the plugin's usage: the cgroup's figures where there is one, `/proc/<pid>` otherwise.
 /// `previous` (time and CPU seconds of the last sample) gives the CPU rate.

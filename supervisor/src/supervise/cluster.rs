@@ -9,7 +9,7 @@
 //! another event, applied after it.
 
 use super::reconcile::{Event, Handle, PluginState, Registry};
-use crate::feed::Feed;
+use crate::feed::{Baseline, Feed};
 use crate::store::{self, Store, WorkerRecord, CHANNEL};
 use plugd_api::{HostInfo, StreamEvent};
 use serde_json::json;
@@ -120,13 +120,49 @@ pub const FEED_POLL: Duration = Duration::from_millis(500);
 /// Audit entries read per poll; more wait for the next poll.
 const FEED_BATCH: i64 = 200;
 
+/// Each plugin's state on every worker but `me`, as their heartbeats say: (worker, plugin,
+/// state, when the worker said it).
+fn remote_states<'a>(
+    workers: &'a [WorkerRecord],
+    me: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str, plugd_api::State, i64)> + 'a {
+    workers
+        .iter()
+        .filter(move |w| w.id != me)
+        .filter_map(|w| w.plugins.as_object().map(|p| (w, p)))
+        .flat_map(|(w, plugins)| {
+            plugins.iter().filter_map(move |(plugin, v)| {
+                let state =
+                    serde_json::from_value::<plugd_api::WorkerPluginState>(v.clone()).ok()?;
+                Some((w.id.as_str(), plugin.as_str(), state.state, w.seen_ms))
+            })
+        })
+}
+
+/// The longest each of [`baseline`]'s reads may take (a stream's opening waits for them).
+const BASELINE_CALL: Duration = Duration::from_secs(2);
+
+/// What the store says now: the newest audit entry and the other workers' plugin states
+/// (`None` when the store does not answer).
+pub async fn baseline(store: &Store, me: &str) -> Option<Baseline> {
+    let audit = store::bounded(BASELINE_CALL, store.newest_event())
+        .await
+        .ok()?;
+    let workers = store::bounded(BASELINE_CALL, store.workers(EXPIRY))
+        .await
+        .ok()?;
+    let states = remote_states(&workers, me)
+        .map(|(w, p, s, _)| ((w.to_owned(), p.to_owned()), s))
+        .collect();
+    Some(Baseline { audit, states })
+}
+
 /// Feeds the live stream with what only the store knows: new audit-log entries (written by any
 /// worker) and the state changes other workers report in their heartbeats. Does nothing while
-/// no stream is open, and starts from the present when one opens.
+/// no stream is open; starts from what the store said when the first stream opened.
 pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
     let mut following = false;
-    let mut last_event = 0;
-    let mut states: std::collections::HashMap<(String, String), String> = Default::default();
+    let mut seen = Baseline::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FEED_POLL) => {}
@@ -136,56 +172,42 @@ pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
             following = false;
             continue;
         }
-        if !following {
-            // From where the first stream opened; the newest entry if that is unknown.
-            last_event = match feed.take_audit_from() {
-                Some(id) => id,
-                None => match store::bounded(STORE_CALL, store.newest_event()).await {
-                    Ok(id) => id,
-                    Err(_) => continue,
+        if following {
+            // A stream that opened meanwhile is served from here on.
+            feed.take_start();
+        } else {
+            seen = match feed.take_start() {
+                Some(start) => start,
+                None => match baseline(&store, feed.worker()).await {
+                    Some(now) => now,
+                    None => continue,
                 },
             };
-            states.clear();
-        } else {
-            // Already following: a stream that opened meanwhile is served from here on.
-            feed.take_audit_from();
+            following = true;
         }
         if let Ok(events) =
-            store::bounded(STORE_CALL, store.events_after(last_event, FEED_BATCH)).await
+            store::bounded(STORE_CALL, store.events_after(seen.audit, FEED_BATCH)).await
         {
             for e in events {
-                last_event = e.id;
+                seen.audit = e.id;
                 feed.publish(|| StreamEvent::Audit { event: e });
             }
         }
         let Ok(workers) = store::bounded(STORE_CALL, store.workers(EXPIRY)).await else {
             continue;
         };
-        for w in workers.into_iter().filter(|w| w.id != feed.worker()) {
-            let Some(plugins) = w.plugins.as_object() else {
-                continue;
-            };
-            for (plugin, v) in plugins {
-                let Ok(state) = serde_json::from_value::<plugd_api::WorkerPluginState>(v.clone())
-                else {
-                    continue;
-                };
-                let key = (w.id.clone(), plugin.clone());
-                let name = state.state.name().to_owned();
-                // The first reading after a stream opens is the baseline, not a change.
-                let previous = states.insert(key, name.clone());
-                if following && previous.as_deref() != Some(name.as_str()) {
-                    feed.publish(|| StreamEvent::State {
-                        worker: w.id.clone(),
-                        plugin: plugin.clone(),
-                        state: state.state,
-                        reason: None,
-                        at_ms: u64::try_from(w.seen_ms).unwrap_or_default(),
-                    });
-                }
+        for (worker, plugin, state, at_ms) in remote_states(&workers, feed.worker()) {
+            let key = (worker.to_owned(), plugin.to_owned());
+            if seen.states.insert(key, state) != Some(state) {
+                feed.publish(|| StreamEvent::State {
+                    worker: worker.to_owned(),
+                    plugin: plugin.to_owned(),
+                    state,
+                    reason: None,
+                    at_ms: u64::try_from(at_ms).unwrap_or_default(),
+                });
             }
         }
-        following = true;
     }
 }
 

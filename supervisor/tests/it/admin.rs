@@ -5,9 +5,10 @@ use crate::harness::{PluginDef, TestSupervisor};
 use serde_json::Value;
 
 pub const ADMIN: &str = "admin-token-0123456789abcdef";
-const VIEWER: &str = "viewer-token-0123456789abcdef";
+pub const VIEWER: &str = "viewer-token-0123456789abcdef";
 
-async fn admin_sup(plugins: &[PluginDef]) -> TestSupervisor {
+/// plugd with an admin token (`PLUGD_ADMIN_TOKEN`) and a viewer token named `watcher`.
+pub async fn admin_sup(plugins: &[PluginDef]) -> TestSupervisor {
     let config =
         format!("[[admin_tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n");
     TestSupervisor::start_full(

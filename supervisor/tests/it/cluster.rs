@@ -520,3 +520,31 @@ async fn a_listener_connection_that_goes_silent_is_replaced() {
     .await;
     assert!(b.logged(&["change listener connected again"]));
 }
+
+#[tokio::test]
+async fn a_live_stream_on_one_worker_shows_the_others_states_and_the_audit_log() {
+    use crate::operator::{raw_stream, read_until};
+    let url = crate::pg::fresh_database().await;
+    let plugins = [PluginDef::echo("echo", "")];
+    let a = worker(&url, &plugins).await;
+    let b = worker(&url, &plugins).await;
+    let (_, workers) = admin(&b, reqwest::Method::GET, "/admin/workers").await;
+    let b_id = workers["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .find(|w| w["this"] == true)
+        .and_then(|w| w["id"].as_str())
+        .expect("b's id")
+        .to_owned();
+    let mut states = raw_stream(&a, "plugin=echo&kinds=state").await;
+    read_until(&mut states, "event: hello").await;
+    let mut audit = raw_stream(&a, "kinds=audit").await;
+    read_until(&mut audit, "event: hello").await;
+    // The change goes through b; a's stream sees b's plugin stop, and the audit entry.
+    let (status, _) = admin(&b, reqwest::Method::POST, "/admin/plugins/echo/disable").await;
+    assert_eq!(status, 200);
+    read_until(&mut audit, "\"action\":\"disable\"").await;
+    let needle = format!("\"worker\":\"{b_id}\",\"plugin\":\"echo\",\"state\":\"disabled\"");
+    read_until(&mut states, &needle).await;
+}

@@ -6,7 +6,7 @@
 //! The Python tools live in `target/test-venv` and the browser test's npm packages in
 //! `supervisor/tests/ui/node_modules`; `scripts/test` installs both.
 
-use crate::admin::{bundle, ADMIN};
+use crate::admin::{admin_sup as operator_sup, bundle, ADMIN, VIEWER};
 use crate::harness::{PluginDef, TestSupervisor, DEADLINE};
 use plugd_api::{Installed, PluginList, StreamEvent, ToggleAnswer};
 use std::io::{BufRead, BufReader};
@@ -14,20 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const VIEWER: &str = "viewer-token-0123456789abcdef";
-
-async fn operator_sup(plugins: &[PluginDef]) -> TestSupervisor {
-    let config =
-        format!("[[admin_tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n");
-    TestSupervisor::start_full(
-        plugins,
-        &[],
-        &[("PLUGD_ADMIN_TOKEN", ADMIN.to_string())],
-        Some(&config),
-    )
-    .await
-}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -393,7 +379,7 @@ async fn logs_and_events_follow_the_live_stream() {
 }
 
 /// Opens `GET /admin/stream?{query}` on a raw socket and reads only the response head.
-async fn raw_stream(sup: &TestSupervisor, query: &str) -> tokio::net::TcpStream {
+pub async fn raw_stream(sup: &TestSupervisor, query: &str) -> tokio::net::TcpStream {
     // A small receive buffer, so a client that stops reading is behind soon.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(8 * 1024).expect("rcvbuf");
@@ -406,7 +392,7 @@ async fn raw_stream(sup: &TestSupervisor, query: &str) -> tokio::net::TcpStream 
 }
 
 /// Reads from `s` until `needle` appears, failing after the deadline.
-async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + DEADLINE;

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use plugd_api::{
     Accepted, Convergence, Hook, Limits, LogLine, Logs, LogsQuery, Permission, Plugin, PluginList,
-    Route, ToggleAnswer, ToggleQuery, Usage, WorkerPluginState,
+    Route, ToggleAnswer, ToggleQuery, WorkerPluginState,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,14 +98,7 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
             open_files: l.open_files,
             max_in_flight: l.max_in_flight,
         });
-        view.usage = instance.usage_now().map(|u| Usage {
-            memory_bytes: u.memory_bytes,
-            cpu_seconds: u.cpu_seconds,
-            cpu_cores: u.cpu_cores,
-            tasks: u.tasks,
-            open_files: u.open_files,
-            cpu_throttled: u.cpu_throttled,
-        });
+        view.usage = instance.usage_now();
     }
     view
 }

@@ -8,6 +8,7 @@
 use super::doc::{BadInput, Denied};
 use crate::http::error::{ApiError, Query};
 use crate::http::Edge;
+use crate::supervise::cluster;
 use axum::extract::State;
 use axum::http::header::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -20,8 +21,6 @@ use tokio::sync::broadcast::error::RecvError;
 
 /// Live streams open at once on one worker; more get 503.
 pub const MAX_STREAMS: usize = 64;
-/// The longest a stream's opening waits for the store's newest audit entry.
-const AUDIT_CURSOR: Duration = Duration::from_secs(2);
 /// Time between keep-alive comments on a quiet stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -125,10 +124,10 @@ pub async fn stream(
         )
     })?;
     let permit = Open::new(permit, edge.metrics.streams().clone());
-    // Audit entries written from now on reach this stream, however late the log's follower
-    // wakes; without the store, they start where the follower finds the log.
-    if let Ok(newest) = crate::store::bounded(AUDIT_CURSOR, edge.store.newest_event()).await {
-        edge.feed.audit_from(newest);
+    // Audit entries and other workers' state changes from now on reach this stream, however
+    // late the store's follower wakes; without the store, they start where it finds the store.
+    if let Some(now) = cluster::baseline(&edge.store, edge.feed.worker()).await {
+        edge.feed.start_from(now);
     }
     let rx = edge.feed.subscribe();
     let hello = StreamEvent::Hello {

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Where plugd is and who is asking; shared by every client verb.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct ClientArgs {
     /// plugd's address [default: http://$PLUGD_LISTEN, else http://127.0.0.1:8080].
     #[arg(long, env = "PLUGD_URL", global = true)]
@@ -25,6 +25,17 @@ pub struct ClientArgs {
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never appears in a debug print.
+        f.debug_struct("ClientArgs")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("json", &self.json)
+            .finish()
+    }
 }
 
 /// The client verbs.

@@ -269,6 +269,9 @@ pub struct Accepted {
     pub detail: String,
 }
 
+/// The largest bundle `POST /admin/plugins/install` accepts, in bytes.
+pub const MAX_BUNDLE: u64 = 64 * 1024 * 1024;
+
 /// The answer of an install.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Installed {

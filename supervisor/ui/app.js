@@ -306,18 +306,40 @@ async function showPlugin(name, changed) {
   $("#p-limits").replaceChildren(...lim.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
   const events = await api("GET", `/events?plugin=${encodeURIComponent(name)}&limit=50`);
   $("#p-events tbody").replaceChildren(...events.events.map(eventRow(false)));
-  if (changed) {
-    const logs = await api("GET", `/plugins/${encodeURIComponent(name)}/logs?lines=200`);
-    const pre = $("#p-logs");
-    pre.textContent = logs.lines.map((x) => `${x.stream} ${x.line}\n`).join("");
+  if (changed) followLogs(name);
+}
+
+// The plugin page's logs: subscribed first, then the history read, so no line falls between
+// the two; one text node per line, the oldest dropped past MAX_LOG_LINES.
+const MAX_LOG_LINES = 2000;
+function followLogs(name) {
+  const pre = $("#p-logs");
+  pre.replaceChildren();
+  delete pre.dataset.live;
+  const seen = new Set();
+  const add = (l) => {
+    const key = `${l.at_ms} ${l.pid} ${l.line}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    pre.append(document.createTextNode(`${l.stream} ${l.line}\n`));
+    while (pre.childNodes.length > MAX_LOG_LINES) pre.firstChild.remove();
+    if (seen.size > 4 * MAX_LOG_LINES) seen.clear();
     pre.scrollTop = pre.scrollHeight;
-    keepFollowing("logStream", `kinds=log&plugin=${encodeURIComponent(name)}`, (ev) => {
-      if (ev.kind !== "log") return;
-      pre.append(`${ev.stream} ${ev.line}\n`);
-      while (pre.textContent.length > 200000) pre.firstChild.remove();
-      pre.scrollTop = pre.scrollHeight;
-    });
-  }
+  };
+  keepFollowing("logStream", `kinds=log&plugin=${encodeURIComponent(name)}`, async (ev) => {
+    if (ev.kind === "log") add(ev);
+    if (ev.kind !== "hello") return;
+    try {
+      const logs = await api("GET", `/plugins/${encodeURIComponent(name)}/logs?lines=200`);
+      const live = Array.from(pre.childNodes);
+      pre.replaceChildren();
+      logs.lines.forEach(add);
+      pre.append(...live);
+      pre.dataset.live = "1";
+    } catch (e) {
+      say(`logs of ${name}: ${e.message}`, true);
+    }
+  });
 }
 
 function eventRow(withPlugin) {

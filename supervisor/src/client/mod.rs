@@ -219,15 +219,13 @@ impl Client {
         self.send(what, request).await
     }
 
-    /// Follows `GET /admin/stream` with `query`, handing every event to `each` until the
-    /// server ends the stream (or `each` says stop).
-    pub async fn follow(
+    /// Opens `GET /admin/stream` with `query` and waits for its `hello`: every event after
+    /// that is delivered by [`Subscription::next`].
+    pub async fn subscribe(
         &self,
         what: &str,
         query: &plugd_api::StreamQuery,
-        mut each: impl FnMut(plugd_api::StreamEvent) -> bool,
-    ) -> Result<(), Failure> {
-        use futures_util::StreamExt;
+    ) -> Result<Subscription, Failure> {
         let response = self
             .request(Method::GET, "/stream")
             .query(query)
@@ -243,28 +241,78 @@ impl Client {
                 ..failure
             });
         }
-        let mut parser = sse::Parser::default();
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.unreachable(what, e))?;
-            for data in parser
-                .push(&chunk)
-                .map_err(|e| Failure::error(format!("{what}: {e}")))?
-            {
-                match serde_json::from_str(&data) {
-                    Ok(event) => {
-                        if !each(event) {
-                            return Ok(());
-                        }
-                    }
-                    // A kind this client does not know: a newer server; skip it.
-                    Err(_) => continue,
-                }
-            }
+        let mut subscription = Subscription {
+            client: self.clone(),
+            what: what.to_owned(),
+            body: Box::pin(response.bytes_stream()),
+            parser: sse::Parser::default(),
+            ready: std::collections::VecDeque::new(),
+        };
+        match subscription.next().await? {
+            plugd_api::StreamEvent::Hello { .. } => Ok(subscription),
+            other => Err(Failure::error(format!(
+                "{what}: the stream began with {:?}, not hello",
+                other.kind()
+            ))),
         }
-        Err(Failure::error(format!(
-            "{what}: plugd at {} ended the stream (it is shutting down?)",
-            self.base
-        )))
+    }
+}
+
+/// Time without a byte from the stream after which plugd is taken for gone (it sends a
+/// keep-alive every 15 s).
+pub const STREAM_SILENCE: Duration = Duration::from_secs(45);
+
+/// An open `GET /admin/stream`.
+pub struct Subscription {
+    client: Client,
+    what: String,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    parser: sse::Parser,
+    ready: std::collections::VecDeque<plugd_api::StreamEvent>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next event; an error when the stream ends or goes silent.
+    pub async fn next(&mut self) -> Result<plugd_api::StreamEvent, Failure> {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            let what = &self.what;
+            let chunk = match tokio::time::timeout(STREAM_SILENCE, self.body.next()).await {
+                Err(_) => {
+                    return Err(Failure::error(format!(
+                        "{what}: nothing from plugd at {} for {STREAM_SILENCE:?}",
+                        self.client.base
+                    )))
+                }
+                Ok(None) => {
+                    return Err(Failure::error(format!(
+                        "{what}: plugd at {} ended the stream (it is shutting down?)",
+                        self.client.base
+                    )))
+                }
+                Ok(Some(chunk)) => chunk.map_err(|e| self.client.unreachable(what, e))?,
+            };
+            let events = self
+                .parser
+                .push(&chunk)
+                .map_err(|e| Failure::error(format!("{what}: {e}")))?;
+            // A kind this client does not know comes from a newer server: skipped.
+            self.ready.extend(
+                events
+                    .iter()
+                    .filter_map(|data| serde_json::from_str(data).ok()),
+            );
+        }
     }
 }

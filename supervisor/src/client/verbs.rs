@@ -359,8 +359,10 @@ async fn plugin(client: &Client, name: &str, json: bool) -> Result<(), Failure> 
 async fn toggle(client: &Client, t: Toggle, enabled: bool, json: bool) -> Result<(), Failure> {
     let verb = if enabled { "enable" } else { "disable" };
     let wait = match &t.wait {
+        // plugd waits at most a minute.
         Some(w) => humantime::parse_duration(w)
-            .map_err(|e| Failure::usage(format!("--wait {w:?}: {e}")))?,
+            .map_err(|e| Failure::usage(format!("--wait {w:?}: {e}")))?
+            .min(Duration::from_secs(60)),
         None => Duration::ZERO,
     };
     let query = ToggleQuery {
@@ -377,13 +379,13 @@ async fn toggle(client: &Client, t: Toggle, enabled: bool, json: bool) -> Result
         .await?;
     if json {
         print_json(&answer);
-        return Ok(());
-    }
-    println!("{}", answer.detail);
-    if let Some(c) = &answer.convergence {
-        for (worker, state) in &c.workers {
+    } else {
+        println!("{}", answer.detail);
+        for (worker, state) in answer.convergence.iter().flat_map(|c| &c.workers) {
             println!("  {worker}: {state}");
         }
+    }
+    if let Some(c) = &answer.convergence {
         if !c.converged {
             return Err(Failure::error(format!(
                 "{verb} {}: not every worker got there within {wait:?} (pending: {})",
@@ -412,19 +414,16 @@ async fn act(client: &Client, name: &str, verb: &str, json: bool) -> Result<(), 
     Ok(())
 }
 
-/// The largest bundle the server accepts.
-const MAX_BUNDLE: u64 = 64 * 1024 * 1024;
-
 async fn install(client: &Client, file: &std::path::Path, json: bool) -> Result<(), Failure> {
     let what = format!("install {}", file.display());
     let size = std::fs::metadata(file)
         .map_err(|e| Failure::usage(format!("{what}: {e}")))?
         .len();
-    if size > MAX_BUNDLE {
+    if size > plugd_api::plugins::MAX_BUNDLE {
         return Err(Failure::usage(format!(
             "{what}: the bundle is {} and plugd accepts at most {}",
             ByteSize(size),
-            ByteSize(MAX_BUNDLE)
+            ByteSize(plugd_api::plugins::MAX_BUNDLE)
         )));
     }
     let bytes = std::fs::read(file).map_err(|e| Failure::usage(format!("{what}: {e}")))?;
@@ -503,6 +502,17 @@ async fn logs(
     json: bool,
 ) -> Result<(), Failure> {
     let what = format!("logs of {name}");
+    // Following: subscribed before the history is read, so no line falls between the two.
+    let mut subscription = match follow {
+        true => {
+            let query = StreamQuery {
+                plugin: Some(name.to_owned()),
+                kinds: Some("log".into()),
+            };
+            Some(client.subscribe(&what, &query).await?)
+        }
+        false => None,
+    };
     let logs: Logs = client
         .get(
             &what,
@@ -510,35 +520,49 @@ async fn logs(
             &LogsQuery { lines: Some(lines) },
         )
         .await?;
-    if json && !follow {
-        print_json(&logs);
+    let Some(subscription) = subscription.as_mut() else {
+        if json {
+            print_json(&logs);
+        } else {
+            logs.lines
+                .iter()
+                .for_each(|l| print_log(&logs.plugin, l, json));
+        }
         return Ok(());
-    }
-    for l in &logs.lines {
-        print_event(
-            &StreamEvent::Log {
-                plugin: logs.plugin.clone(),
-                pid: l.pid,
-                stream: l.stream.clone(),
-                line: l.line.clone(),
-                at_ms: l.at_ms,
-            },
-            json,
-        );
-    }
-    if !follow {
-        return Ok(());
-    }
-    let query = StreamQuery {
-        plugin: Some(name.to_owned()),
-        kinds: Some("log".into()),
     };
-    client
-        .follow(&what, &query, |event| {
-            print_event(&event, json);
-            true
-        })
-        .await
+    let shown: std::collections::HashSet<(u64, u32, &str)> = logs
+        .lines
+        .iter()
+        .map(|l| (l.at_ms, l.pid, l.line.as_str()))
+        .collect();
+    logs.lines
+        .iter()
+        .for_each(|l| print_log(&logs.plugin, l, json));
+    loop {
+        let event = subscription.next().await?;
+        if let StreamEvent::Log {
+            at_ms, pid, line, ..
+        } = &event
+        {
+            if shown.contains(&(*at_ms, *pid, line.as_str())) {
+                continue;
+            }
+        }
+        print_event(&event, json);
+    }
+}
+
+fn print_log(plugin: &str, l: &plugd_api::LogLine, json: bool) {
+    print_event(
+        &StreamEvent::Log {
+            plugin: plugin.to_owned(),
+            pid: l.pid,
+            stream: l.stream.clone(),
+            line: l.line.clone(),
+            at_ms: l.at_ms,
+        },
+        json,
+    );
 }
 
 async fn events(
@@ -548,32 +572,43 @@ async fn events(
     limit: i64,
     json: bool,
 ) -> Result<(), Failure> {
+    let what = "read the audit log";
+    // Following: subscribed before the history is read, so no entry falls between the two.
+    let mut subscription = match follow {
+        true => {
+            let query = StreamQuery {
+                plugin: plugin.clone(),
+                kinds: Some("audit".into()),
+            };
+            Some(client.subscribe(what, &query).await?)
+        }
+        false => None,
+    };
     let query = EventsQuery {
-        plugin: plugin.clone(),
+        plugin,
         before: None,
         limit: Some(limit),
     };
-    let page: Events = client.get("read the audit log", "/events", &query).await?;
-    if json && !follow {
-        print_json(&page);
+    let page: Events = client.get(what, "/events", &query).await?;
+    let Some(subscription) = subscription.as_mut() else {
+        if json {
+            print_json(&page);
+        } else {
+            page.events.iter().rev().for_each(print_audit);
+        }
         return Ok(());
-    }
+    };
+    let newest = page.events.first().map_or(0, |e| e.id);
     for e in page.events.iter().rev() {
         print_event(&StreamEvent::Audit { event: e.clone() }, json);
     }
-    if !follow {
-        return Ok(());
+    loop {
+        let event = subscription.next().await?;
+        if matches!(&event, StreamEvent::Audit { event } if event.id <= newest) {
+            continue;
+        }
+        print_event(&event, json);
     }
-    let query = StreamQuery {
-        plugin,
-        kinds: Some("audit".into()),
-    };
-    client
-        .follow("follow the audit log", &query, |event| {
-            print_event(&event, json);
-            true
-        })
-        .await
 }
 
 async fn workers(client: &Client, json: bool) -> Result<(), Failure> {

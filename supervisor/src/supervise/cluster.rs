@@ -12,7 +12,6 @@ use super::reconcile::{Event, Handle, PluginState, Registry};
 use crate::feed::{Baseline, Feed};
 use crate::store::{self, Store, WorkerRecord, CHANNEL};
 use plugd_api::{HostInfo, StreamEvent};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,12 +61,19 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
             .iter()
             .map(|(name, slot)| {
                 let state = slot.state();
-                let mut v = json!({ "state": state.name() });
-                if let PluginState::Ready(i) = &*state {
-                    v["pid"] = i.pid.into();
-                    v["version"] = i.version.clone().into();
-                }
-                (name.clone(), v)
+                let ready = match &*state {
+                    PluginState::Ready(i) => Some(i),
+                    _ => None,
+                };
+                let reported = plugd_api::WorkerPluginState {
+                    state: state.api(),
+                    pid: ready.map(|i| i.pid),
+                    version: ready.map(|i| i.version.clone()),
+                };
+                (
+                    name.clone(),
+                    serde_json::to_value(reported).unwrap_or_default(),
+                )
             })
             .collect();
         let record = WorkerRecord {
@@ -162,6 +168,7 @@ pub async fn baseline(store: &Store, me: &str) -> Option<Baseline> {
 /// no stream is open; starts from what the store said when the first stream opened.
 pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
     let mut following = false;
+    let mut unstarted: Option<std::time::Instant> = None;
     let mut seen = Baseline::default();
     loop {
         tokio::select! {
@@ -169,21 +176,31 @@ pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
             _ = feed.closed() => return,
         }
         if !feed.watching() {
+            // A baseline left by a stream that already closed is stale.
+            feed.take_start();
             following = false;
+            unstarted = None;
             continue;
         }
         if following {
             // A stream that opened meanwhile is served from here on.
             feed.take_start();
         } else {
+            // The opening stream notes its baseline; only if none comes (its store reads
+            // failed) does the follower take one of its own.
+            let waited = unstarted
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed();
             seen = match feed.take_start() {
                 Some(start) => start,
+                None if waited < BASELINE_CALL * 3 => continue,
                 None => match baseline(&store, feed.worker()).await {
                     Some(now) => now,
                     None => continue,
                 },
             };
             following = true;
+            unstarted = None;
         }
         if let Ok(events) =
             store::bounded(STORE_CALL, store.events_after(seen.audit, FEED_BATCH)).await

@@ -391,8 +391,10 @@ pub async fn raw_stream(sup: &TestSupervisor, query: &str) -> tokio::net::TcpStr
     s
 }
 
-/// Reads from `s` until `needle` appears, failing after the deadline.
+/// Reads from `s` until `needle` appears, failing after the deadline; answers all this call
+/// read (of a long read, the last MiB).
 pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let needle = needle.as_bytes();
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + DEADLINE;
@@ -400,20 +402,20 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
         let left = deadline.saturating_duration_since(Instant::now());
         let n = match tokio::time::timeout(left, s.read(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => panic!(
-                "no {needle:?} in the stream; read {} bytes, ending {:?}",
-                seen.len(),
+                "no {:?} in the stream; last bytes read: {:?}",
+                String::from_utf8_lossy(needle),
                 String::from_utf8_lossy(&seen[seen.len().saturating_sub(300)..])
             ),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => panic!("read: {e}"),
         };
         seen.extend_from_slice(&buf[..n]);
-        // Keep memory flat: only the tail can still hold a needle that started earlier.
-        if let Some(at) = String::from_utf8_lossy(&seen).find(needle) {
-            return String::from_utf8_lossy(&seen[at..]).into_owned();
+        if seen.windows(needle.len()).any(|w| w == needle) {
+            return String::from_utf8_lossy(&seen).into_owned();
         }
-        if seen.len() > 1 << 20 {
-            seen.drain(..seen.len() - 4096);
+        // Keep memory flat: only the tail can still hold a needle that started earlier.
+        if seen.len() > 2 << 20 {
+            seen.drain(..seen.len() - (1 << 20));
         }
     }
 }
@@ -477,7 +479,8 @@ async fn the_stream_filters_and_tells_a_slow_client_what_it_missed() {
             .status(),
         200
     );
-    let lag = read_until(&mut slow, "event: lagged").await;
+    let read = read_until(&mut slow, "event: lagged").await;
+    let lag = &read[read.find("event: lagged").expect("lagged")..];
     let data = lag
         .lines()
         .nth(1)

@@ -117,7 +117,8 @@ try {
   await page.locator('#plugins a[href="#/plugin/alpha"]').click();
   await page.locator("#p-routes li").filter({ hasText: "/plugins/alpha/echo" }).first().waitFor({ timeout: WAIT });
   await page.locator("#p-events tr").filter({ hasText: "disable" }).first().waitFor({ timeout: WAIT });
-  // A line the plugin writes now appears in the open page.
+  // A line the plugin writes now appears in the open page (once its log stream is live).
+  await page.locator('#p-logs[data-live="1"]').waitFor({ state: "attached", timeout: WAIT });
   const crash = await fetch(`${base}/plugins/alpha/crash`).catch(() => null);
   assert.ok(crash === null || crash.status >= 500, "the crash route fails");
   await page.locator("#p-logs").filter({ hasText: "crashing on purpose" }).waitFor({ timeout: WAIT });

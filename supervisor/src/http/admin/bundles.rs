@@ -21,7 +21,7 @@ use plugd_api::{Installed, Uninstalled};
 use std::sync::Arc;
 
 /// Largest bundle accepted by `POST /admin/plugins/install`.
-pub const MAX_BUNDLE: usize = 64 * 1024 * 1024;
+pub const MAX_BUNDLE: usize = plugd_api::plugins::MAX_BUNDLE as usize;
 
 /// Installs a bundle: the body is a `.zip` or `.tar.gz` holding `plugin.toml` and the
 /// plugin's files. It is unpacked into a staging directory, its manifest validated, then moved

@@ -69,7 +69,8 @@ pub enum Denied {
     /// is configured at all.
     #[response(status = 403)]
     Forbidden(ErrorBody),
-    /// The state store is unavailable (`Retry-After` says when to try again).
+    /// The state store is unavailable, or (on `/admin/stream`) too many streams are open;
+    /// `Retry-After` says when to try again.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }

@@ -123,13 +123,15 @@ pub async fn stream(
             format!("{MAX_STREAMS} live streams are open on this worker; close one and retry"),
         )
     })?;
-    let permit = Open::new(permit, edge.metrics.streams().clone());
-    // Audit entries and other workers' state changes from now on reach this stream, however
-    // late the store's follower wakes; without the store, they start where it finds the store.
+    // Subscribed first: this worker's events from here on are queued for the stream. Then the
+    // store's baseline: audit entries and other workers' state changes after it reach the
+    // stream, however late the store's follower wakes. Only then is the stream counted as open
+    // and `hello` sent, so everything after `hello` is delivered.
+    let rx = edge.feed.subscribe();
     if let Some(now) = cluster::baseline(&edge.store, edge.feed.worker()).await {
         edge.feed.start_from(now);
     }
-    let rx = edge.feed.subscribe();
+    let permit = Open::new(permit, edge.metrics.streams().clone());
     let hello = StreamEvent::Hello {
         worker: edge.feed.worker().to_owned(),
     };

@@ -47,16 +47,7 @@ pub enum PluginState {
 impl PluginState {
     /// The state's name as admins see it.
     pub fn name(&self) -> &'static str {
-        match self {
-            PluginState::Disabled => "disabled",
-            PluginState::Starting => "starting",
-            PluginState::Handshaking => "handshaking",
-            PluginState::Ready(_) => "ready",
-            PluginState::Draining => "draining",
-            PluginState::Stopped(_) => "stopped",
-            PluginState::Backoff { .. } => "backoff",
-            PluginState::Failed(_) => "failed",
-        }
+        self.api().name()
     }
 
     /// The state as the admin API names it.
@@ -163,14 +154,21 @@ impl PluginSlot {
                 None => tracing::info!(plugin = %self.name, from, to, "plugin {to}"),
             },
         }
-        self.feed.publish(|| StreamEvent::State {
-            worker: self.feed.worker().to_owned(),
-            plugin: self.name.clone(),
-            state: state.api(),
-            reason: state.reason().map(str::to_owned),
-            at_ms: plugd_protocol::time::now_unix_ms(),
-        });
+        let published = self
+            .feed
+            .watching()
+            .then(|| (state.api(), state.reason().map(str::to_owned)));
         self.state.store(Arc::new(state));
+        // After the store, so a client that reads back on the event sees the new state.
+        if let Some((state, reason)) = published {
+            self.feed.publish(|| StreamEvent::State {
+                worker: self.feed.worker().to_owned(),
+                plugin: self.name.clone(),
+                state,
+                reason,
+                at_ms: plugd_protocol::time::now_unix_ms(),
+            });
+        }
     }
 
     /// Restarts since plugd started (or since an admin reset it).

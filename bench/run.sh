@@ -3,13 +3,16 @@
 #   (a) the same handler served in-process by axum          — the limit;
 #   (b) nginx proxying to that handler on a Unix socket      — what users run instead;
 #   (c) plugd proxying to the hello example plugin           — this project.
-# Prints requests/s and p50/p99 latency of each, and the ratios c/a and c/b.
-# Installs wrk and nginx when absent (Debian packages). Settings: DURATION (default 10s),
-# CONNECTIONS (default 64), THREADS (default 2).
+# The three are measured in interleaved rounds (a, b, c, a, b, c, …) so a burst of other load
+# on the machine falls on every setup alike; each round's figures are printed, then the medians
+# and the ratios c/a and c/b of the median requests/s (and the median of the per-round ratios).
+# Installs wrk and nginx when absent (Debian packages). Settings: ROUNDS (default 5),
+# DURATION of each measurement (default 5s), CONNECTIONS (default 64), THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 
@@ -87,7 +90,6 @@ wait_http "http://127.0.0.1:$port_c$path"
 
 # Prints "rps p50_ms p99_ms" for one URL.
 measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1" >/dev/null   # warm-up
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec:/ { rps=$2 }
@@ -97,13 +99,35 @@ measure() {
     END { if (bad) { print "non-2xx responses: " bad > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
 }
 
-echo "GET $path, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores"
-read -r a_rps a_p50 a_p99 < <(measure "http://127.0.0.1:$port_a$path")
-read -r b_rps b_p50 b_p99 < <(measure "http://127.0.0.1:$port_b$path")
-read -r c_rps c_p50 c_p99 < <(measure "http://127.0.0.1:$port_c$path")
+echo "GET $path, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
+for url in "http://127.0.0.1:$port_a$path" "http://127.0.0.1:$port_b$path" "http://127.0.0.1:$port_c$path"; do
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null   # warm-up
+done
+printf '%-6s %-4s %12s %10s %10s\n' "round" "" "requests/s" "p50 ms" "p99 ms"
+: >"$work/rounds"
+for round in $(seq "$ROUNDS"); do
+  for setup in a b c; do
+    port_var="port_$setup"
+    read -r rps p50 p99 < <(measure "http://127.0.0.1:${!port_var}$path")
+    printf '%-6s %-4s %12.0f %10.3f %10.3f\n' "$round" "($setup)" "$rps" "$p50" "$p99"
+    echo "$round $setup $rps $p50 $p99" >>"$work/rounds"
+  done
+done
 
+# Medians of each column per setup, and of the per-round ratios.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+col() { awk -v s="$1" -v c="$2" '$2 == s { print $c }' "$work/rounds" | median; }
+a_rps=$(col a 3); a_p50=$(col a 4); a_p99=$(col a 5)
+b_rps=$(col b 3); b_p50=$(col b 4); b_p99=$(col b 5)
+c_rps=$(col c 3); c_p50=$(col c 4); c_p99=$(col c 5)
+ca_round=$(awk '{ r[$1, $2] = $3 } END { for (k = 1; (k, "a") in r; k++) print r[k, "c"] / r[k, "a"] }' "$work/rounds" | median)
+cb_round=$(awk '{ r[$1, $2] = $3 } END { for (k = 1; (k, "a") in r; k++) print r[k, "c"] / r[k, "b"] }' "$work/rounds" | median)
+
+echo
+echo "medians over $ROUNDS rounds:"
 printf '%-34s %12s %10s %10s\n' "setup" "requests/s" "p50 ms" "p99 ms"
 printf '%-34s %12.0f %10.3f %10.3f\n' "(a) axum in-process (limit)" "$a_rps" "$a_p50" "$a_p99"
 printf '%-34s %12.0f %10.3f %10.3f\n' "(b) nginx -> axum over UDS" "$b_rps" "$b_p50" "$b_p99"
 printf '%-34s %12.0f %10.3f %10.3f\n' "(c) plugd -> hello plugin" "$c_rps" "$c_p50" "$c_p99"
-awk -v a="$a_rps" -v b="$b_rps" -v c="$c_rps" 'BEGIN { printf "ratio c/a = %.2f   ratio c/b = %.2f\n", c/a, c/b }'
+awk -v a="$a_rps" -v b="$b_rps" -v c="$c_rps" -v ca="$ca_round" -v cb="$cb_round" \
+  'BEGIN { printf "ratio c/a = %.2f   ratio c/b = %.2f   (median of per-round ratios: c/a %.2f, c/b %.2f)\n", c/a, c/b, ca, cb }'

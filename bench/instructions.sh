@@ -7,7 +7,8 @@
 #   proxy    GET /plugins/hello/hello          (plugd + the hello example plugin)
 #   hook     POST /hooks/bench, a collect hook  (plugd + one handler plugin)
 #   service  POST /plugins/a/call/text.upper    (plugd + plugin a + plugin b)
-# Installs valgrind when absent. Settings: REQUESTS (default 2000), WARMUP (default 300).
+# Installs valgrind when absent. Settings: REQUESTS (default 2000), WARMUP (default 300),
+# PROFILE=DIR keeps each workload's callgrind dumps in DIR/<workload>/ for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,6 +88,8 @@ PY
 dump() {
   rm -f "$work"/cg.*.[0-9]*
   callgrind_control --dump >/dev/null 2>&1
+  # With PROFILE=DIR, each workload's dumps are kept there for callgrind_annotate.
+  if [ -n "${PROFILE:-}" ]; then mkdir -p "$PROFILE/$1" && cp "$work"/cg.*.[0-9]* "$PROFILE/$1/"; fi
   for f in "$work"/cg.*.[0-9]*; do
     awk '/^cmd:/ { cmd = $2; n = split(cmd, parts, "/"); cmd = parts[n] } /^(summary|totals):/ { ir = $2 } END { print cmd, ir }' "$f"
   done
@@ -97,7 +100,7 @@ measure() {
   send "$method" "$path" "$WARMUP"
   callgrind_control --zero >/dev/null 2>&1
   send "$method" "$path" "$REQUESTS"
-  dump | awk -v n="$REQUESTS" -v w="$name" '
+  dump "$name" | awk -v n="$REQUESTS" -v w="$name" '
     # Plugins that took part (idle ones answer only pings: left out of the names).
     { if ($1 == "plugd") p += $2; else { q += $2; if ($2 / n > 1000) names = names (names ? " + " : "") $1 } }
     END { printf "%-10s %14.0f %14.0f %14.0f   %s\n", w, p / n, q / n, (p + q) / n, names }'

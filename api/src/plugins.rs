@@ -165,20 +165,9 @@ pub struct WorkerPluginState {
 /// What admins see of one plugin: its record and its live state on this worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Plugin {
-    /// Unique name.
-    pub name: String,
-    /// Version from its manifest.
-    pub version: String,
-    /// Description from its manifest.
-    pub description: String,
-    /// Author from its manifest.
-    pub author: String,
-    /// Whether an admin wants it running.
-    pub enabled: bool,
-    /// Registered but no longer found on disk.
-    pub missing: bool,
-    /// The generation of its desired state (the `ETag`).
-    pub generation: i64,
+    /// Its registration: name, version, desired state and generation (the `ETag`).
+    #[serde(flatten)]
+    pub record: PluginRecord,
     /// Its state on this worker.
     pub state: State,
     /// Restarts on this worker since plugd started.

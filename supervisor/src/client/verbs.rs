@@ -270,13 +270,13 @@ async fn plugins(client: &Client, json: bool) -> Result<(), Failure> {
                 .iter()
                 .filter(|w| {
                     w.plugins
-                        .get(&p.name)
+                        .get(&p.record.name)
                         .is_some_and(|s| s.state == plugd_api::State::Ready)
                 })
                 .count();
             vec![
-                p.name.clone(),
-                p.version.clone(),
+                p.record.name.clone(),
+                p.record.version.clone(),
                 p.state.to_string(),
                 format!("{ready}/{total}"),
                 p.restarts.to_string(),
@@ -302,12 +302,15 @@ async fn plugin(client: &Client, name: &str, json: bool) -> Result<(), Failure> 
         print_json(&p);
         return Ok(());
     }
-    println!("name         {}", p.name);
-    println!("version      {}", p.version);
-    if !p.description.is_empty() {
-        println!("description  {}", p.description);
+    println!("name         {}", p.record.name);
+    println!("version      {}", p.record.version);
+    if !p.record.description.is_empty() {
+        println!("description  {}", p.record.description);
     }
-    println!("enabled      {} (generation {})", p.enabled, p.generation);
+    println!(
+        "enabled      {} (generation {})",
+        p.record.enabled, p.record.generation
+    );
     println!("state        {}", p.state);
     if let Some(e) = &p.last_error {
         println!("last error   {e}");

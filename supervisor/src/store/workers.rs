@@ -1,8 +1,10 @@
 //! The `workers` table: every plugd worker's heartbeat with the state of its plugins.
 
 use super::{now_ms, Store};
+use plugd_api::WorkerPluginState;
 use serde::Serialize;
 use sqlx::Row;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One worker as it last reported itself.
@@ -18,8 +20,8 @@ pub struct WorkerRecord {
     pub started_ms: i64,
     /// Its last heartbeat, Unix milliseconds.
     pub seen_ms: i64,
-    /// Each plugin's state on that worker: name → {state, pid, version}.
-    pub plugins: serde_json::Value,
+    /// Each plugin's state on that worker, by name.
+    pub plugins: BTreeMap<String, WorkerPluginState>,
     /// Its host's CPUs, load and memory, when it reported them.
     pub system: Option<plugd_api::HostInfo>,
 }
@@ -36,7 +38,7 @@ impl Store {
         .bind(worker.pid)
         .bind(worker.started_ms)
         .bind(now_ms())
-        .bind(worker.plugins.to_string())
+        .bind(serde_json::to_string(&worker.plugins)?)
         .bind(
             worker
                 .system
@@ -70,10 +72,20 @@ impl Store {
                     pid: r.try_get("pid")?,
                     started_ms: r.try_get("started_ms")?,
                     seen_ms: r.try_get("seen_ms")?,
-                    plugins: serde_json::from_str(&plugins).unwrap_or_default(),
+                    plugins: plugin_states(&plugins),
                     system: system.and_then(|s| serde_json::from_str(&s).ok()),
                 })
             })
             .collect()
     }
+}
+
+/// A heartbeat's plugin states; an entry this version cannot read (a newer worker's state) is
+/// left out rather than losing the others.
+fn plugin_states(json: &str) -> BTreeMap<String, WorkerPluginState> {
+    serde_json::from_str::<BTreeMap<String, serde_json::Value>>(json)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, serde_json::from_value(v).ok()?)))
+        .collect()
 }

@@ -56,7 +56,7 @@ impl Default for Worker {
 pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
     let mut failing = false;
     loop {
-        let plugins: serde_json::Map<String, serde_json::Value> = registry
+        let plugins = registry
             .plugins()
             .iter()
             .map(|(name, slot)| {
@@ -70,10 +70,7 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
                     pid: ready.map(|i| i.pid),
                     version: ready.map(|i| i.version.clone()),
                 };
-                (
-                    name.clone(),
-                    serde_json::to_value(reported).unwrap_or_default(),
-                )
+                (name.clone(), reported)
             })
             .collect();
         let record = WorkerRecord {
@@ -82,7 +79,7 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
             pid: i64::from(std::process::id()),
             started_ms: worker.started_ms,
             seen_ms: 0,
-            plugins: serde_json::Value::Object(plugins),
+            plugins,
             system: tokio::task::spawn_blocking(host_info).await.ok(),
         };
         match store::bounded(STORE_CALL, store.heartbeat(&record)).await {
@@ -132,17 +129,11 @@ fn remote_states<'a>(
     workers: &'a [WorkerRecord],
     me: &'a str,
 ) -> impl Iterator<Item = (&'a str, &'a str, plugd_api::State, i64)> + 'a {
-    workers
-        .iter()
-        .filter(move |w| w.id != me)
-        .filter_map(|w| w.plugins.as_object().map(|p| (w, p)))
-        .flat_map(|(w, plugins)| {
-            plugins.iter().filter_map(move |(plugin, v)| {
-                let state =
-                    serde_json::from_value::<plugd_api::WorkerPluginState>(v.clone()).ok()?;
-                Some((w.id.as_str(), plugin.as_str(), state.state, w.seen_ms))
-            })
-        })
+    workers.iter().filter(move |w| w.id != me).flat_map(|w| {
+        w.plugins
+            .iter()
+            .map(move |(plugin, s)| (w.id.as_str(), plugin.as_str(), s.state, w.seen_ms))
+    })
 }
 
 /// The longest each of [`baseline`]'s reads may take (a stream's opening waits for them).

@@ -176,7 +176,7 @@ async fn the_cli_reads_steers_and_exits_with_codes_scripts_can_rely_on() {
     let out = cli(&sup, Some(VIEWER), &["plugins", "--json"]);
     assert!(out.status.success(), "a viewer reads: {}", stderr(&out));
     let list: PluginList = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(list.plugins[0].name, "echo");
+    assert_eq!(list.plugins[0].record.name, "echo");
     for read in [
         vec!["plugin", "echo", "--json"],
         vec!["workers", "--json"],

@@ -28,13 +28,7 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
     let slot = plugins.get(&record.name);
     let state = slot.map(|s| s.state());
     let mut view = Plugin {
-        name: record.name.clone(),
-        version: record.version.clone(),
-        description: record.description.clone(),
-        author: record.author.clone(),
-        enabled: record.enabled,
-        missing: record.missing,
-        generation: record.generation,
+        record: record.clone(),
         state: state
             .as_ref()
             .map_or(plugd_api::State::Missing, |s| s.api()),
@@ -103,21 +97,6 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
     view
 }
 
-/// Each plugin's state on a worker, from the worker's heartbeat (`{name: {state, …}}`).
-pub fn worker_states(plugins: &serde_json::Value) -> BTreeMap<String, WorkerPluginState> {
-    plugins
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(name, v)| {
-                    let state = serde_json::from_value(v.clone()).ok()?;
-                    Some((name.clone(), state))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Every registered plugin with its state on this worker.
 #[utoipa::path(
     get, path = "/plugins", operation_id = "listPlugins", tag = "plugins",
@@ -155,13 +134,11 @@ pub async fn get_one(
         let states = workers
             .into_iter()
             .map(|w| {
-                let state = worker_states(&w.plugins)
-                    .remove(&name)
-                    .unwrap_or(WorkerPluginState {
-                        state: plugd_api::State::Absent,
-                        pid: None,
-                        version: None,
-                    });
+                let state = w.plugins.get(&name).cloned().unwrap_or(WorkerPluginState {
+                    state: plugd_api::State::Absent,
+                    pid: None,
+                    version: None,
+                });
                 (w.id, state)
             })
             .collect();
@@ -274,8 +251,9 @@ async fn converge(edge: &Edge, name: &str, enabled: bool, wait: Duration) -> Con
         let states: BTreeMap<String, plugd_api::State> = workers
             .iter()
             .map(|w| {
-                let state = worker_states(&w.plugins)
-                    .remove(name)
+                let state = w
+                    .plugins
+                    .get(name)
                     .map_or(plugd_api::State::Absent, |s| s.state);
                 (w.id.clone(), state)
             })

@@ -2,7 +2,6 @@
 //! hooks) and over the cluster (workers, plugins ready on all of them).
 
 use super::doc::Denied;
-use super::plugins::worker_states;
 use super::store_error;
 use crate::http::error::ApiError;
 use crate::http::Edge;
@@ -53,7 +52,7 @@ pub async fn get(State(edge): State<Arc<Edge>>) -> Result<Json<Stats>, ApiError>
         workers: workers.len() as u64,
         ready_everywhere: workers
             .iter()
-            .flat_map(|w| worker_states(&w.plugins).into_values())
+            .flat_map(|w| w.plugins.values())
             .filter(|s| s.state == plugd_api::State::Ready)
             .count() as u64,
     }))

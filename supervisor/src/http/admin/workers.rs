@@ -2,7 +2,6 @@
 //! each of its plugins and its host's CPUs, load and memory; this worker is marked.
 
 use super::doc::Denied;
-use super::plugins::worker_states;
 use super::store_error;
 use crate::http::error::ApiError;
 use crate::http::Edge;
@@ -27,7 +26,7 @@ pub async fn list(State(edge): State<Arc<Edge>>) -> Result<Json<Workers>, ApiErr
         .into_iter()
         .map(|w| WorkerInfo {
             this: w.id == edge.worker.id,
-            plugins: worker_states(&w.plugins),
+            plugins: w.plugins,
             id: w.id,
             host: w.host,
             pid: w.pid,

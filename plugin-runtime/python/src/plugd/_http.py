@@ -1,0 +1,228 @@
+"""The request a route handler receives and the answers it may give."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from ._host import Host, Kv
+
+HeaderList = list[tuple[str, str]]
+
+
+class HttpError(Exception):
+    """Raise it from a handler to answer with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+
+    def to_response(self) -> Response:
+        """The JSON error response."""
+        return Response.json({"error": self.message}, status=self.status)
+
+    @classmethod
+    def bad_request(cls, message: str) -> HttpError:
+        """400 Bad Request."""
+        return cls(400, message)
+
+    @classmethod
+    def not_found(cls, message: str) -> HttpError:
+        """404 Not Found."""
+        return cls(404, message)
+
+
+class Response:
+    """An HTTP response: status, headers (name, value pairs) and body bytes."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: Sequence[tuple[str, str]] | None = None,
+        body: bytes | bytearray | memoryview | str = b"",
+    ) -> None:
+        self.status = status
+        self.headers: HeaderList = list(headers) if headers else []
+        self.body = body.encode() if isinstance(body, str) else bytes(body)
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> Response:
+        """A ``text/plain`` response."""
+        return cls(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Response:
+        """An ``application/json`` response."""
+        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(status, [("content-type", "application/json")], body)
+
+    @classmethod
+    def bytes(cls, body: bytes, status: int = 200) -> Response:
+        """An ``application/octet-stream`` response."""
+        return cls(status, [("content-type", "application/octet-stream")], body)
+
+    def with_header(self, name: str, value: str) -> Response:
+        """Adds a header; answers the same response."""
+        self.headers.append((name, value))
+        return self
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive)."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"status": self.status, "headers": self.headers, "body": self.body}
+
+    def __repr__(self) -> str:
+        return f"Response(status={self.status}, headers={self.headers!r}, body={self.body!r})"
+
+
+def to_response(value: Any) -> Response:
+    """What a handler returned, as a response: ``str`` (text), ``bytes`` (octet-stream),
+    ``dict``/``list`` (JSON), ``None`` (204), a :class:`Response`, or ``(status, any of
+    these)``."""
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, str):
+        return Response.text(value)
+    if isinstance(value, (dict, list)):
+        return Response.json(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Response.bytes(bytes(value))
+    if value is None:
+        return Response(204)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int):
+        if value[1] is None:
+            return Response(value[0])
+        response = to_response(value[1])
+        response.status = value[0]
+        return response
+    raise TypeError(
+        f"a handler returned {type(value).__name__}; return str, bytes, dict, list, None, "
+        "a Response or (status, one of these)"
+    )
+
+
+class Request:
+    """An HTTP request forwarded by plugd to one of this plugin's routes."""
+
+    __slots__ = ("_cancelled", "_wire", "host", "params")
+
+    def __init__(self, wire: dict[str, Any], host: Host) -> None:
+        self._wire = wire
+        #: The values captured by ``{name}`` in the route pattern, percent-decoded.
+        self.params: dict[str, str] = wire.get("params") or {}
+        #: plugd: other plugins' services, hooks, and this plugin's key-value store.
+        self.host = host
+        self._cancelled = threading.Event()
+
+    @property
+    def kv(self) -> Kv:
+        """The plugin's key-value store, kept by plugd."""
+        return self.host.kv
+
+    @property
+    def method(self) -> str:
+        """The HTTP method, in upper case."""
+        return str(self._wire["method"])
+
+    @property
+    def path(self) -> str:
+        """The path below the plugin's mount point, such as ``/items/42``."""
+        return str(self._wire["path"])
+
+    @property
+    def route(self) -> str:
+        """The route pattern that matched, such as ``/items/{id}``."""
+        return str(self._wire["route"])
+
+    def param(self, name: str) -> str | None:
+        """The value captured by ``{name}`` in the route pattern."""
+        return self.params.get(name)
+
+    @property
+    def query_string(self) -> str:
+        """The raw query string, without ``?``."""
+        return str(self._wire.get("query", ""))
+
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter ``name``, percent-decoded."""
+        return next((v for k, v in self.query_items() if k == name), None)
+
+    def query_items(self) -> list[tuple[str, str]]:
+        """Every query parameter, percent-decoded, in order."""
+        return parse_qsl(self.query_string, keep_blank_values=True)
+
+    @property
+    def headers(self) -> HeaderList:
+        """Every header, names in lower case, in the order received."""
+        return [(str(k), str(v)) for k, v in self._wire.get("headers", ())]
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive)."""
+        name = name.lower()
+        return next((str(v) for k, v in self._wire.get("headers", ()) if k == name), None)
+
+    @property
+    def body(self) -> bytes:
+        """The body bytes."""
+        body: bytes = self._wire.get("body", b"")
+        return body
+
+    def text(self) -> str:
+        """The body as UTF-8 text; a 400 :class:`HttpError` if it is not."""
+        try:
+            return self.body.decode()
+        except UnicodeDecodeError as e:
+            raise HttpError.bad_request(f"request body is not UTF-8: {e}") from None
+
+    def json(self) -> Any:
+        """The body parsed as JSON; a 400 :class:`HttpError` naming what was wrong."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise HttpError.bad_request(f"request body is not valid JSON: {e}") from None
+
+    @property
+    def caller(self) -> str | None:
+        """The name of the token the caller presented, when the route requires a permission
+        (set by plugd from a verified token; a client cannot forge it)."""
+        return self.header("x-plugd-caller")
+
+    @property
+    def caller_permissions(self) -> list[str]:
+        """The permissions of the caller's token, when the route requires one."""
+        value = self.header("x-plugd-permissions") or ""
+        return [p for p in value.split(",") if p]
+
+    @property
+    def request_id(self) -> str:
+        """The request id: the client's ``x-request-id`` if it sent one, else plugd's."""
+        return str(self._wire.get("request_id", ""))
+
+    @property
+    def deadline(self) -> float:
+        """When plugd stops waiting for the answer, in seconds since the Unix epoch."""
+        return float(self._wire.get("deadline_unix_ms", 0)) / 1000.0
+
+    def time_left(self) -> float:
+        """Seconds left before plugd stops waiting for the answer."""
+        return max(0.0, self.deadline - time.time())
+
+    def cancelled(self) -> bool:
+        """Whether plugd gave up on this request (the client left, or the deadline passed).
+        An ``async`` handler is cancelled for you; a sync one, running in a thread, may poll
+        this to stop early."""
+        return self._cancelled.is_set()
+
+    def __repr__(self) -> str:
+        return f"Request({self.method} {self.path}, id={self.request_id})"

@@ -1,0 +1,270 @@
+"""The plugin builder: routes, hooks, services, permissions and lifecycle callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, TypeVar
+
+from ._host import Host
+
+HookMode = Literal["collect", "filter", "first", "veto"]
+_MODES = ("collect", "filter", "first", "veto")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("plugd")
+
+
+class Reject:
+    """A ``veto`` hook handler's refusal: ``return Reject("a document needs a title")``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Reject({self.reason!r})"
+
+
+class ServiceError(Exception):
+    """Raise it from a service handler to fail the call with this message."""
+
+
+@dataclass
+class HookEvent:
+    """One call of a hook handler."""
+
+    #: The hook's name.
+    hook: str
+    #: The payload: the host's value, or for ``filter`` hooks the previous handler's output.
+    payload: Any
+    #: How many hook or service calls led here.
+    depth: int
+    #: plugd, for calls made while handling this hook.
+    host: Host
+
+
+@dataclass
+class ServiceEvent:
+    """One call of a service this plugin provides."""
+
+    #: The service's name.
+    service: str
+    #: The caller's argument.
+    payload: Any
+    #: How many hook or service calls led here.
+    depth: int
+    #: plugd, for calls made while serving this call.
+    host: Host
+
+
+@dataclass
+class _Handler:
+    fn: Callable[..., Any]
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+
+@dataclass
+class _Route(_Handler):
+    method: str = ""
+    path: str = ""
+    permission: str | None = None
+
+
+@dataclass
+class _Hook(_Handler):
+    name: str = ""
+    mode: str = "collect"
+    priority: int = 0
+    fail_closed: bool = False
+
+
+class Plugin:
+    """A plugin: declare its routes, hooks and services with the decorators, then
+    :meth:`run` it. ``name`` must be the ``name`` in its ``plugin.toml``.
+
+    Handlers may be ``async def`` (run on the event loop, many at once) or plain ``def`` (run in
+    a thread pool, so they never block the loop)."""
+
+    def __init__(self, name: str, version: str = "0.0.0", *, max_workers: int | None = None):
+        self.name = name
+        self.version = version
+        #: Threads for sync handlers (default: Python's default for a thread pool).
+        self.max_workers = max_workers
+        self.routes: dict[tuple[str, str], _Route] = {}
+        self.hooks: dict[str, _Hook] = {}
+        self.services: dict[str, _Handler] = {}
+        self.permissions: dict[str, str] = {}
+        self._on_load: list[_Handler] = []
+        self._on_unload: list[_Handler] = []
+
+    # Routes ---------------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a route: ``method`` such as ``GET``; ``path`` such as ``/items/{id}``,
+        where ``{id}`` captures one segment (``req.params["id"]``) and ``{*rest}`` the rest of
+        the path. With ``permission``, plugd answers 401/403 to callers whose token lacks it
+        before the request reaches the plugin."""
+        method = method.upper()
+        if not path.startswith("/"):
+            raise ValueError(f"invalid route {method} {path}: a path must start with '/'")
+        if (method, path) in self.routes:
+            raise ValueError(f"invalid route {method} {path}: declared twice")
+
+        def register(fn: F) -> F:
+            self.routes[(method, path)] = _Route(fn, method, path, permission)
+            return fn
+
+        return register
+
+    def get(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a ``GET`` route."""
+        return self.route("GET", path, permission=permission)
+
+    def post(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a ``POST`` route."""
+        return self.route("POST", path, permission=permission)
+
+    def put(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a ``PUT`` route."""
+        return self.route("PUT", path, permission=permission)
+
+    def patch(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a ``PATCH`` route."""
+        return self.route("PATCH", path, permission=permission)
+
+    def delete(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a ``DELETE`` route."""
+        return self.route("DELETE", path, permission=permission)
+
+    # Hooks, services, permissions -----------------------------------------------------------
+
+    def hook(
+        self,
+        name: str,
+        mode: HookMode = "collect",
+        priority: int = 0,
+        *,
+        fail_closed: bool = False,
+    ) -> Callable[[F], F]:
+        """Handles hook ``name`` in ``mode``; lower ``priority`` runs first. The handler takes
+        a :class:`HookEvent` and returns a value (``collect``: this plugin's result;
+        ``filter``: the transformed payload; ``first``: the answer), ``None`` to pass (filter:
+        payload unchanged; first: let the next handler answer; veto: allow) or
+        :class:`Reject` (veto). ``fail_closed`` makes a failing ``veto`` handler reject."""
+        if mode not in _MODES:
+            raise ValueError(f"hook {name}: mode {mode!r} is not one of {', '.join(_MODES)}")
+        if name in self.hooks:
+            raise ValueError(f"hook {name}: declared twice")
+
+        def register(fn: F) -> F:
+            self.hooks[name] = _Hook(fn, name, mode, priority, fail_closed)
+            return fn
+
+        return register
+
+    def service(self, name: str) -> Callable[[F], F]:
+        """Provides service ``name`` (such as ``markdown.render``) to other plugins. The
+        handler takes a :class:`ServiceEvent` and returns the result; raising fails the call
+        (:class:`ServiceError` for a message of your own)."""
+        if name in self.services:
+            raise ValueError(f"service {name}: declared twice")
+
+        def register(fn: F) -> F:
+            self.services[name] = _Handler(fn)
+            return fn
+
+        return register
+
+    def permission(self, key: str, description: str) -> None:
+        """Defines a permission (such as ``notes.write``) that tokens can be granted and
+        routes can require."""
+        self.permissions[key] = description
+
+    # Lifecycle ------------------------------------------------------------------------------
+
+    def on_load(self, fn: F) -> F:
+        """Runs ``fn()`` before the handshake, so before the first request; an exception
+        stops the plugin (during a reload, the running version keeps serving)."""
+        self._on_load.append(_Handler(fn))
+        return fn
+
+    def on_unload(self, fn: F) -> F:
+        """Runs ``fn()`` once when the plugin stops, after the requests in flight finished."""
+        self._on_unload.append(_Handler(fn))
+        return fn
+
+    # Running --------------------------------------------------------------------------------
+
+    def hello(self, token: str, epoch: int, max_frame: int) -> dict[str, Any]:
+        """The handshake's ``Hello``: what this plugin declares."""
+        from . import protocol
+
+        hooks = []
+        for h in self.hooks.values():
+            decl: dict[str, Any] = {"name": h.name, "mode": h.mode, "priority": h.priority}
+            if h.fail_closed:
+                decl["fail_closed"] = True
+            hooks.append(decl)
+        return {
+            "protocol": {"major": protocol.PROTOCOL_MAJOR, "minor": protocol.PROTOCOL_MINOR},
+            "name": self.name,
+            "version": self.version,
+            "epoch": epoch,
+            "token": token,
+            "max_frame": max_frame,
+            "routes": [
+                {"method": r.method, "path": r.path, "permission": r.permission}
+                for r in self.routes.values()
+            ],
+            "hooks": hooks,
+            "services": list(self.services),
+            "permissions": [{"key": k, "description": d} for k, d in self.permissions.items()],
+        }
+
+    async def serve(self) -> None:
+        """Connects to plugd (named by the environment it set), handshakes and serves until
+        plugd asks the plugin to stop or closes the connection. Raises
+        :class:`~plugd.PluginError` on a failure."""
+        from ._connection import serve
+
+        await serve(self)
+
+    def run(self) -> None:
+        """Sets up logging to stderr and runs :meth:`serve` until the plugin is asked to stop;
+        exits the process with status 1 (after logging why) if it fails."""
+        from ._connection import PluginError
+
+        init_logging()
+        try:
+            asyncio.run(self.serve())
+        except PluginError as e:
+            log.error("plugin stopped: %s", e)
+            raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            pass
+
+
+def init_logging() -> None:
+    """Sends ``logging`` to stderr as plain lines (plugd adds the time and the plugin's name),
+    at the level of ``PLUGD_LOG_LEVEL`` (``INFO`` by default), unless logging is already
+    configured; makes ``print`` line-buffered so its lines reach plugd's log at once."""
+    if not logging.getLogger().handlers:
+        level = os.environ.get("PLUGD_LOG_LEVEL", "INFO").upper()
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=level if isinstance(logging.getLevelName(level), int) else "INFO",
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)

@@ -44,8 +44,10 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     /// HTTP status code.
     pub status: u16,
-    /// Header names and values, in order.
+    /// Header names and values, in order; may be omitted (no headers).
+    #[serde(default)]
     pub headers: Vec<(String, String)>,
-    /// The response body.
+    /// The response body; may be omitted (empty).
+    #[serde(default)]
     pub body: Bytes,
 }

@@ -276,11 +276,14 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
                     "plugin not ready",
                     format!("plugin {name:?} is gone: {reason}"),
                 ),
-                CallError::Remote(e) => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "plugin error",
-                    format!("plugin {name:?} answered with an error: {e}"),
-                ),
+                CallError::Remote(e) => {
+                    let (status, error) = remote_status(e.code);
+                    ApiError::new(
+                        status,
+                        error,
+                        format!("plugin {name:?} answered with an error: {e}"),
+                    )
+                }
                 CallError::Protocol(detail) => ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "protocol error",
@@ -297,12 +300,38 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     Ok(response)
 }
 
+/// The HTTP status and error for a plugin's error answer to an `http` request (PROTOCOL.md,
+/// "How an error becomes an HTTP status").
+fn remote_status(code: i32) -> (StatusCode, &'static str) {
+    match code {
+        codes::NO_ROUTE => (StatusCode::NOT_FOUND, "no such route"),
+        codes::INTERNAL | codes::HANDLER_PANICKED => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "plugin failed")
+        }
+        codes::SHUTTING_DOWN | codes::BUSY | codes::NOT_AVAILABLE => {
+            (StatusCode::SERVICE_UNAVAILABLE, "plugin not ready")
+        }
+        codes::DEADLINE_EXCEEDED => (StatusCode::GATEWAY_TIMEOUT, "plugin timed out"),
+        _ => (StatusCode::BAD_GATEWAY, "plugin error"),
+    }
+}
+
 /// The headers a plugin gets: hop-by-hop ones removed, `x-plugd-*` only as plugd sets them
 /// (a client cannot claim an identity), and a token plugd verified kept from the plugin.
 fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(String, String)> {
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !k.as_str().starts_with("x-plugd-"))
+        .filter(|(k, _)| !named.iter().any(|n| n == k.as_str()))
         .filter(|(k, _)| caller.is_none() || *k != axum::http::header::AUTHORIZATION)
         .map(|(k, v)| {
             let value = match v.to_str() {

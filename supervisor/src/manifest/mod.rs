@@ -192,6 +192,19 @@ impl Manifest {
             PathBuf::from(&self.command)
         }
     }
+
+    /// The files whose change reloads the plugin: its program, and every argument that names
+    /// an existing file (relative to the plugin's directory), such as the script of
+    /// `command = "python3"`, `args = ["main.py"]`.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let scripts = self
+            .args
+            .iter()
+            .filter(|a| !a.is_empty() && !a.starts_with('-'))
+            .map(|a| self.dir.join(a))
+            .filter(|p| p.is_file());
+        std::iter::once(self.program()).chain(scripts).collect()
+    }
 }
 
 #[cfg(test)]

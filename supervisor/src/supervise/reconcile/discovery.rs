@@ -107,7 +107,11 @@ impl Reconciler {
             self.remove(&name);
         }
         if let Some(watcher) = &mut self.watcher {
-            watcher.watch_programs(self.entries.values().map(|e| e.manifest.program()));
+            watcher.watch_programs(
+                self.entries
+                    .values()
+                    .flat_map(|e| e.manifest.watched_files()),
+            );
         }
         if store_away {
             self.rescan_when_store_back();

@@ -148,7 +148,7 @@ impl Reconciler {
                 if let Some(current) = &entry.current {
                     entry.manifest = current.manifest.clone();
                 }
-                entry.program = None;
+                entry.program = Vec::new();
             }
             Err(e) if e.is_ours() => {
                 // Not the plugin's fault (the store is away, or plugd is short of file

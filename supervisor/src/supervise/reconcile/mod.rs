@@ -142,7 +142,7 @@ impl Handle {
 #[derive(Debug)]
 struct Entry {
     manifest: Arc<Manifest>,
-    program: Option<(SystemTime, u64)>,
+    program: ProgramStamp,
     slot: Arc<PluginSlot>,
     current: Option<Arc<Instance>>,
     starting: Option<u64>,
@@ -159,12 +159,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(
-        manifest: Manifest,
-        program: Option<(SystemTime, u64)>,
-        enabled: bool,
-        feed: &Arc<Feed>,
-    ) -> Entry {
+    fn new(manifest: Manifest, program: ProgramStamp, enabled: bool, feed: &Arc<Feed>) -> Entry {
         Entry {
             slot: PluginSlot::new(&manifest.name, feed.clone()),
             manifest: Arc::new(manifest),
@@ -217,10 +212,18 @@ impl std::fmt::Debug for Reconciler {
     }
 }
 
-/// Identifies the program a manifest runs, so a rebuilt binary is noticed.
-fn program_stamp(m: &Manifest) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(m.program()).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// The modification time and size of each file a manifest runs (its program and the scripts
+/// its arguments name), so a rebuilt binary or an edited script is noticed.
+type ProgramStamp = Vec<Option<(SystemTime, u64)>>;
+
+fn program_stamp(m: &Manifest) -> ProgramStamp {
+    m.watched_files()
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
 }
 
 impl Reconciler {

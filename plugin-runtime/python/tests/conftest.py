@@ -14,7 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
@@ -50,7 +50,7 @@ class Answer:
         self.headers = headers
         self.body = body
 
-    def header(self, name: str) -> Optional[str]:
+    def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
     def json(self) -> Any:
@@ -72,13 +72,13 @@ class Plugd:
         self.plugins = root / "plugins"
         self.plugins.mkdir()
         self.port = _free_port()
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "plugd.log"
 
     # Plugins --------------------------------------------------------------------------------
 
     def python_plugin(
-        self, name: str, source: str, manifest: str = "", files: Optional[dict[str, str]] = None
+        self, name: str, source: str, manifest: str = "", files: dict[str, str] | None = None
     ) -> Path:
         """A Python plugin: ``main.py`` run by this interpreter (which has the SDK)."""
         d = self.plugins / name
@@ -92,7 +92,7 @@ class Plugd:
         )
         return d
 
-    def rust_plugin(self, name: str, env: Optional[dict[str, str]] = None) -> Path:
+    def rust_plugin(self, name: str, env: dict[str, str] | None = None) -> Path:
         """The Rust test plugin ``plugd-testkit-echo`` under ``name``."""
         d = self.plugins / name
         d.mkdir()
@@ -135,9 +135,23 @@ class Plugd:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGD_")}
         env["PLUGD_LOG"] = "info"
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--config", str(config), "--listen", f"127.0.0.1:{self.port}"]
-            + ["--plugins-dir", str(self.plugins), "--data-dir", str(self.root / "data")]
-            + ["--runtime-dir", str(self.root / "run"), "--cgroups", "false", *flags],
+            [
+                str(binary),
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--plugins-dir",
+                str(self.plugins),
+                "--data-dir",
+                str(self.root / "data"),
+                "--runtime-dir",
+                str(self.root / "run"),
+                "--cgroups",
+                "false",
+                *flags,
+            ],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             env=env,
@@ -161,8 +175,8 @@ class Plugd:
         method: str,
         path: str,
         body: Any = None,
-        headers: Optional[dict[str, str]] = None,
-        token: Optional[str] = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
         timeout: float = 30.0,
     ) -> Answer:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

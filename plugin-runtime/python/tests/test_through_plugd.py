@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -12,6 +13,15 @@ import pytest
 from conftest import NOBODY, READER, Plugd, wait_for
 
 PLUGINS = Path(__file__).parent / "plugins"
+
+
+def counter(plugd: Plugd, name: str) -> int:
+    value: int = plugd.get("/plugins/py/counters").json()[name]
+    return value
+
+
+def counted(plugd: Plugd, name: str, n: int) -> bool:
+    return counter(plugd, name) == n
 
 
 def install(plugd: Plugd, name: str, script: str = "everything.py", manifest: str = "") -> Path:
@@ -48,7 +58,11 @@ def test_routes_parameters_bodies_and_answers(py: Plugd) -> None:
     assert py.get("/plugins/py/files/a/b/c.txt").text == "file a/b/c.txt"
 
     r = py.get("/plugins/py/answer/text")
-    assert (r.status, r.header("content-type"), r.text) == (200, "text/plain; charset=utf-8", "text")
+    assert (r.status, r.header("content-type"), r.text) == (
+        200,
+        "text/plain; charset=utf-8",
+        "text",
+    )
     r = py.get("/plugins/py/answer/bytes")
     assert (r.header("content-type"), r.body) == ("application/octet-stream", b"\x00\x01\xff")
     assert py.get("/plugins/py/answer/list").json() == [1, "two", None]
@@ -198,11 +212,8 @@ def test_cancellation_on_client_disconnect_reaches_async_and_sync_handlers(py: P
     for n, path in enumerate(["/plugins/py/hang", "/plugins/py/hang-sync"], start=1):
         with socket.create_connection(("127.0.0.1", py.port)) as s:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            wait_for("the handler to start", lambda n=n: py.get("/plugins/py/counters").json()["started"] == n)
-        wait_for(
-            f"{path} to be cancelled",
-            lambda n=n: py.get("/plugins/py/counters").json()["cancelled"] == n,
-        )
+            wait_for("the handler to start", functools.partial(counted, py, "started", n))
+        wait_for(f"{path} to be cancelled", functools.partial(counted, py, "cancelled", n))
 
 
 def test_cancellation_on_timeout(plugd: Plugd) -> None:
@@ -210,7 +221,10 @@ def test_cancellation_on_timeout(plugd: Plugd) -> None:
     plugd.start()
     r = plugd.get("/plugins/py/hang")
     assert r.status == 504, r
-    wait_for("the handler to be cancelled", lambda: plugd.get("/plugins/py/counters").json()["cancelled"] == 1)
+    wait_for(
+        "the handler to be cancelled",
+        lambda: counter(plugd, "cancelled") == 1,
+    )
 
 
 def test_kill_9_and_restart(py: Plugd) -> None:
@@ -229,7 +243,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(py: Plugd) -> None:
     answers: list[object] = []
     t = threading.Thread(target=lambda: answers.append(py.get("/plugins/py/slow?s=1")))
     t.start()
-    wait_for("the slow request to start", lambda: py.get("/plugins/py/counters").json()["started"] == 1)
+    wait_for("the slow request to start", lambda: counter(py, "started") == 1)
     assert py.admin("POST", "/plugins/py/disable").status == 200
     t.join(30)
     assert [(a.status, a.text) for a in answers] == [(200, "slow done")]  # type: ignore[attr-defined]
@@ -255,6 +269,8 @@ def test_error_codes_become_http_statuses_and_a_bare_response_is_valid(plugd: Pl
             assert f"error code {code} on purpose" in r.json()["detail"], r
     r = plugd.get("/plugins/raw/bare")
     assert (r.status, r.body) == (200, b""), r
+    r = plugd.get("/plugins/raw/nil")
+    assert (r.status, r.body) == (201, b""), r
 
 
 def test_a_missing_sdk_dependency_fails_the_plugin_with_the_reason(plugd: Plugd) -> None:

@@ -44,10 +44,19 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     /// HTTP status code.
     pub status: u16,
-    /// Header names and values, in order; may be omitted (no headers).
-    #[serde(default)]
+    /// Header names and values, in order; may be omitted or nil (no headers).
+    #[serde(default, deserialize_with = "nil_as_default")]
     pub headers: Vec<(String, String)>,
-    /// The response body; may be omitted (empty).
-    #[serde(default)]
+    /// The response body; may be omitted or nil (empty).
+    #[serde(default, deserialize_with = "nil_as_default")]
     pub body: Bytes,
+}
+
+/// Reads nil as the field's default, as if it had been omitted.
+fn nil_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }

@@ -119,9 +119,10 @@ class Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        decoder = self.decoder
         try:
-            bodies = self.decoder.feed(data)
-            for body in bodies:
+            decoder.push(data)
+            while (body := decoder.next_frame()) is not None:
                 self._dispatch(protocol.decode_message(body))
                 if self.stopped.done():
                     return
@@ -196,6 +197,13 @@ class Connection(asyncio.Protocol):
                 elif not isinstance(message.result, dict):
                     raise protocol.ProtocolError("the handshake answer is not a map")
                 else:
+                    # The agreed limit applies from the next frame on, which may be in this
+                    # very read.
+                    limit = message.result.get("max_frame")
+                    if isinstance(limit, int) and limit > 0:
+                        self.max_frame = min(limit, self.env.max_frame)
+                    self.decoder.max_frame = self.max_frame
+                    self.caller.max_frame = self.max_frame
                     self.welcome.set_result(message.result)
                 return
             raise protocol.ProtocolError(f"expected the handshake answer, got {message!r}")
@@ -373,11 +381,6 @@ class Connection(asyncio.Protocol):
         hello = self.plugin.hello(self.env.token, self.env.epoch, self.env.max_frame)
         await self.send(protocol.encode_request(0, "handshake", hello, self.env.max_frame))
         welcome = await self.welcome
-        limit = welcome.get("max_frame")
-        if isinstance(limit, int) and limit > 0:
-            self.max_frame = min(limit, self.env.max_frame)
-        self.decoder.max_frame = self.max_frame
-        self.caller.max_frame = self.max_frame
         log.debug("handshake accepted by %s", welcome.get("supervisor", "plugd"))
 
     async def _drain_and_stop(self, id: int, grace: float) -> None:

@@ -212,24 +212,32 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Adds bytes; answers the frame bodies now complete, in order."""
-        buffer = self._buffer
-        buffer += data
-        bodies: list[bytes] = []
-        start = 0
-        end = len(buffer)
-        while end - start >= 4:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            if length == 0:
-                raise ProtocolError("a frame of length 0 is invalid")
-            if length > self.max_frame:
-                raise FrameTooLarge(length, self.max_frame)
-            if end - start - 4 < length:
-                break
-            bodies.append(bytes(buffer[start + 4 : start + 4 + length]))
-            start += 4 + length
-        if start:
-            del buffer[:start]
+        self.push(data)
+        bodies = []
+        while (body := self.next_frame()) is not None:
+            bodies.append(body)
         return bodies
+
+    def push(self, data: bytes) -> None:
+        """Adds bytes without parsing them yet."""
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or ``None`` until more bytes arrive. The limit in
+        force when it is called applies, so a handshake that changes it takes effect at once."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buffer, 0)
+        if length == 0:
+            raise ProtocolError("a frame of length 0 is invalid")
+        if length > self.max_frame:
+            raise FrameTooLarge(length, self.max_frame)
+        if len(buffer) - 4 < length:
+            return None
+        body = bytes(buffer[4 : 4 + length])
+        del buffer[: 4 + length]
+        return body
 
     @property
     def buffered(self) -> int:

@@ -6,7 +6,16 @@ import os
 import threading
 from typing import Any
 
-from plugd import HookEvent, HttpError, Plugin, Reject, Request, Response, ServiceError, ServiceEvent
+from plugd import (
+    HookEvent,
+    HttpError,
+    Plugin,
+    Reject,
+    Request,
+    Response,
+    ServiceError,
+    ServiceEvent,
+)
 
 NAME = os.environ["PLUGD_PLUGIN_NAME"]
 VERSION = "1.0.0"

@@ -1,5 +1,6 @@
 """A plugin written against PROTOCOL.md with plugd.protocol only (no Plugin class): it answers
-`GET /code/{n}` with error code n, and `GET /bare` with a response that omits headers and body."""
+`GET /code/{n}` with error code n, `GET /bare` with a response that omits headers and body, and
+`GET /nil` with a response whose headers and body are nil."""
 
 import os
 import socket
@@ -18,6 +19,7 @@ hello = {
     "routes": [
         {"method": "GET", "path": "/code/{n}", "permission": None},
         {"method": "GET", "path": "/bare", "permission": None},
+        {"method": "GET", "path": "/nil", "permission": None},
     ],
     "hooks": [],
     "services": [],
@@ -34,6 +36,9 @@ while True:
         if isinstance(message, protocol.Request):
             if message.method == "http" and message.params["route"] == "/bare":
                 sock.sendall(protocol.encode_response(message.id, {"status": 200}))
+            elif message.method == "http" and message.params["route"] == "/nil":
+                answer = {"status": 201, "headers": None, "body": None}
+                sock.sendall(protocol.encode_response(message.id, answer))
             elif message.method == "http":
                 code = int(message.params["params"]["n"])
                 error = protocol.ErrorObject(code, f"error code {code} on purpose")

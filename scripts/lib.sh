@@ -42,3 +42,22 @@ setup_browser_tests() {
     (cd supervisor/tests/ui && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# A virtual environment with the Python SDK (plugin-runtime/python) installed, for the Python
+# plugins: $1, default target/py-venv (the example plugins' manifests run its python). It is
+# reinstalled when the SDK's sources change.
+setup_plugin_venv() {
+  local venv=${1:-target/py-venv}
+  local stamp
+  stamp=$(cd plugin-runtime/python && find pyproject.toml src -type f -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum | cut -c1-64)
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "creating $venv" >&2
+    python3 -m venv "$venv" 2>/dev/null || { install_packages python3-venv && python3 -m venv "$venv"; }
+  fi
+  if [ "$(cat "$venv/.plugd-sdk" 2>/dev/null)" != "$stamp" ]; then
+    echo "installing the Python SDK into $venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check ./plugin-runtime/python
+    rm -rf plugin-runtime/python/build
+    echo "$stamp" > "$venv/.plugd-sdk"
+  fi
+}

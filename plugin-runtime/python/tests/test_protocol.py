@@ -116,3 +116,22 @@ def test_a_malformed_frame_is_an_error_naming_what_is_wrong(body: bytes, reason:
         for b in protocol.FrameDecoder().feed(struct.pack(">I", len(body)) + body):
             protocol.decode_message(b)
     assert reason in str(e.value)
+
+
+def test_a_map_key_that_is_an_array_decodes_as_a_tuple() -> None:
+    body = protocol.pack([0, 1, "hook.call", {"hook": "h", "payload": {(1, 2): "x", "k": [1]}}])
+    message = protocol.decode_message(body)
+    assert isinstance(message, protocol.Request)
+    assert message.params["payload"] == {(1, 2): "x", "k": [1]}
+
+
+def test_nesting_depth_is_measured() -> None:
+    def nested(levels: int) -> object:
+        value: object = "leaf"
+        for i in range(levels):
+            value = [value] if i % 2 else {"k": value}
+        return value
+
+    assert not protocol.depth_exceeds(nested(48), 48)
+    assert protocol.depth_exceeds(nested(49), 48)
+    assert not protocol.depth_exceeds("flat", 0)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from plugd import HttpError, Plugin, PluginError, Request, Response, protocol
+from plugd import HttpError, Plugin, PluginError, Request, Response, ServiceEvent, protocol
 from plugd._http import to_response
 
 
@@ -172,6 +172,31 @@ async def test_handshake_requests_cancel_and_graceful_shutdown(fake: FakePlugd) 
     await asyncio.wait_for(serving, 10)
     assert events == ["cancelled", "slow finished", "unloaded"]
     assert await fake.closed()
+
+
+async def test_a_value_nested_too_deep_fails_only_that_call(fake: FakePlugd) -> None:
+    plugin = Plugin("deep")
+
+    @plugin.service("deep")
+    async def deep(event: ServiceEvent) -> object:
+        value: object = 1
+        for _ in range(60):
+            value = [value]
+        return value
+
+    serving = asyncio.ensure_future(plugin.serve())
+    await fake.handshake()
+    call = {"service": "deep", "payload": None, "depth": 1}
+    await fake.send(protocol.encode_request(1, "service.call", call))
+    refused = await fake.next()
+    assert isinstance(refused, protocol.Response) and refused.error is not None
+    assert refused.error.code == protocol.INTERNAL
+    assert "nests deeper than 48 levels" in refused.error.message
+    await fake.send(protocol.encode_request(2, "ping", {}))
+    assert await fake.next() == protocol.Response(2, None, {})
+    await fake.send(protocol.encode_request(3, "shutdown", {"grace_ms": 1000}))
+    assert await fake.next() == protocol.Response(3, None, {})
+    await asyncio.wait_for(serving, 10)
 
 
 @pytest.mark.parametrize(

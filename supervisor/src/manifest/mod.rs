@@ -193,17 +193,24 @@ impl Manifest {
         }
     }
 
-    /// The files whose change reloads the plugin: its program, and every argument that names
-    /// an existing file (relative to the plugin's directory), such as the script of
-    /// `command = "python3"`, `args = ["main.py"]`.
+    /// The files whose change reloads the plugin: its program, and its script: the first
+    /// argument that is not a flag, when it names a file inside the plugin's directory (as
+    /// `main.py` in `command = "python3"`, `args = ["main.py"]`). Only that one: a later
+    /// argument may name a file the plugin writes itself (`--db state.sqlite`), which must not
+    /// reload it.
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        let scripts = self
+        let script = self
             .args
             .iter()
-            .filter(|a| !a.is_empty() && !a.starts_with('-'))
+            .find(|a| !a.starts_with('-'))
+            .filter(|a| !a.is_empty() && !Path::new(a.as_str()).is_absolute())
             .map(|a| self.dir.join(a))
-            .filter(|p| p.is_file());
-        std::iter::once(self.program()).chain(scripts).collect()
+            .filter(|p| p.is_file())
+            .filter(|p| match (p.canonicalize(), self.dir.canonicalize()) {
+                (Ok(p), Ok(dir)) => p.starts_with(dir),
+                _ => false,
+            });
+        std::iter::once(self.program()).chain(script).collect()
     }
 }
 
@@ -281,6 +288,32 @@ interval = "1s"
         let reserved =
             parse("name = \"a\"\nversion = \"1\"\ncommand = \"x\"\n[env]\nPLUGD_TOKEN = \"x\"\n");
         assert!(reserved.expect_err("reserved").contains("env.PLUGD_TOKEN"));
+    }
+
+    #[test]
+    fn the_script_an_interpreter_runs_is_watched_but_not_files_the_plugin_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for file in ["main.py", "state.sqlite"] {
+            std::fs::write(dir.path().join(file), "x").expect("write");
+        }
+        let manifest = |command: &str, args: &[&str]| {
+            let mut m = parse(GOOD).expect("parses");
+            m.dir = dir.path().to_path_buf();
+            m.command = command.into();
+            m.args = args.iter().map(|a| a.to_string()).collect();
+            m
+        };
+        let python = manifest("python3", &["-u", "main.py", "--db", "state.sqlite"]);
+        assert_eq!(
+            python.watched_files(),
+            [PathBuf::from("python3"), dir.path().join("main.py")]
+        );
+        // The first argument that is not a flag is not a file: nothing but the program.
+        let server = manifest("./server", &["serve", "--db", "state.sqlite"]);
+        assert_eq!(server.watched_files(), [dir.path().join("./server")]);
+        // A file outside the plugin's directory is not watched.
+        let outside = manifest("python3", &["../main.py"]);
+        assert_eq!(outside.watched_files(), [PathBuf::from("python3")]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,9 @@ class Connection(asyncio.Protocol):
                     return
         except protocol.ProtocolError as e:
             self._fail(e)
+        except Exception as e:
+            log.exception("cannot handle a message from plugd")
+            self._fail(protocol.ProtocolError(f"{type(e).__name__}: {e}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.welcome.done():
@@ -135,8 +139,11 @@ class Connection(asyncio.Protocol):
                 PluginError("plugd closed the connection during the handshake")
             )
         if not self.stopped.done():
-            log.info("plugd closed the connection; stopping")
-            self.stopped.set_result(None)
+            if exc is None:
+                log.info("plugd closed the connection; stopping")
+                self.stopped.set_result(None)
+            else:
+                self.stopped.set_exception(PluginError(f"the connection to plugd failed: {exc}"))
         self._wake_writers()
 
     def pause_writing(self) -> None:
@@ -343,7 +350,7 @@ class Connection(asyncio.Protocol):
             return
         if isinstance(value, Reject):
             await self.answer(id, {"value": None, "reject": value.reason})
-        else:
+        elif not await self._too_deep(id, value):
             await self.answer(id, {"value": value, "reject": None})
 
     def _start_service(self, id: int, params: dict[str, Any]) -> None:
@@ -370,7 +377,18 @@ class Connection(asyncio.Protocol):
             message = f"service handler raised {type(e).__name__}: {e}"
             await self.refuse(id, protocol.INTERNAL, message)
             return
-        await self.answer(id, {"value": value})
+        if not await self._too_deep(id, value):
+            await self.answer(id, {"value": value})
+
+    async def _too_deep(self, id: int, value: Any) -> bool:
+        """Refuses this one call when its value nests deeper than plugd takes (it would cut
+        the whole connection off for a frame too deep)."""
+        if not protocol.depth_exceeds(value, protocol.MAX_PAYLOAD_DEPTH):
+            return False
+        message = f"the handler's value nests deeper than {protocol.MAX_PAYLOAD_DEPTH} levels"
+        log.error("%s (request %d)", message, id)
+        await self.refuse(id, protocol.INTERNAL, message)
+        return True
 
     def _host(self, depth: int) -> Host:
         return self.host if depth == 0 else Host(self.caller, depth)
@@ -404,12 +422,14 @@ class Connection(asyncio.Protocol):
         self._unloaded = True
         for handler in self.plugin._on_unload:
             try:
-                await _call(handler, self)
+                await _call(handler)
             except Exception:
                 log.exception("on_unload failed")
 
     async def close(self) -> None:
         """Ends whatever is still running: calls to plugd fail, handlers are cancelled."""
+        if self.stopped.done() and not self.stopped.cancelled():
+            self.stopped.exception()  # seen here, whoever else awaits it
         self.caller.close()
         tasks = [task for task, _ in self.in_flight.values()]
         for task, request in self.in_flight.values():
@@ -427,15 +447,36 @@ class Connection(asyncio.Protocol):
 _background: set[asyncio.Task[Any]] = set()
 
 
-async def _call(handler: _Handler, conn: Connection | None) -> None:
+async def _call(handler: _Handler) -> None:
+    """Runs a lifecycle callback; a sync one in a thread of its own, never queued behind the
+    handlers' pool."""
     if handler.is_async:
         await handler.fn()
         return
     loop = asyncio.get_running_loop()
-    pool = conn.threads.pool if conn is not None else None
-    result = await loop.run_in_executor(pool, handler.fn)
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = handler.fn()
+        except BaseException as e:
+            loop.call_soon_threadsafe(_settle, done, None, e)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="plugd-lifecycle", daemon=True).start()
+    result = await done
     if inspect.isawaitable(result):
         await result
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 async def serve(plugin: Plugin) -> None:
@@ -445,7 +486,7 @@ async def serve(plugin: Plugin) -> None:
     loop = asyncio.get_running_loop()
     for handler in plugin._on_load:
         try:
-            await _call(handler, None)
+            await _call(handler)
         except Exception as e:
             raise PluginError(f"on_load failed: {type(e).__name__}: {e}") from e
     conn = Connection(plugin, env, loop)
@@ -458,8 +499,19 @@ async def serve(plugin: Plugin) -> None:
         await conn.stopped
     finally:
         await conn.close()
-    if conn.threads.busy:
-        # A sync handler still running would keep the interpreter from exiting.
-        log.warning("%d sync handlers still running at exit; not waiting", conn.threads.busy)
+        _busy_threads.append(conn.threads.busy)
+
+
+#: Sync handlers still running when the last connection ended (read by `Plugin.run`).
+_busy_threads: list[int] = []
+
+
+def exit_now_if_threads_busy(code: int) -> None:
+    """Python waits for every thread-pool thread at exit, so a sync handler still running would
+    keep the process alive after plugd asked it to stop: exit at once instead, saying so."""
+    busy = _busy_threads[-1] if _busy_threads else 0
+    if busy:
+        log.warning("%d sync handlers still running at exit; not waiting for them", busy)
         logging.shutdown()
-        os._exit(0)
+        sys.stdout.flush()
+        os._exit(code)

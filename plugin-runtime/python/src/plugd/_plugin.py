@@ -242,16 +242,18 @@ class Plugin:
     def run(self) -> None:
         """Sets up logging to stderr and runs :meth:`serve` until the plugin is asked to stop;
         exits the process with status 1 (after logging why) if it fails."""
-        from ._connection import PluginError
+        from ._connection import PluginError, exit_now_if_threads_busy
 
         init_logging()
         try:
             asyncio.run(self.serve())
         except PluginError as e:
             log.error("plugin stopped: %s", e)
+            exit_now_if_threads_busy(1)
             raise SystemExit(1) from None
         except KeyboardInterrupt:
             pass
+        exit_now_if_threads_busy(0)
 
 
 def init_logging() -> None:

@@ -171,10 +171,50 @@ def decode_error(value: Any) -> ErrorObject:
     return ErrorObject(code, message, value.get("data"))
 
 
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((_frozen(k), _frozen(v)) for k, v in value.items())
+    return value
+
+
+def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_frozen(k): v for k, v in pairs}
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and maps more than ``limit`` levels deep (plugd refuses
+    a payload nested deeper than 48 levels, and a frame deeper than 64)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        below: list[Any] = []
+        for v in level:
+            if isinstance(v, (list, tuple)):
+                below.extend(v)
+            elif isinstance(v, dict):
+                below.extend(v.values())
+        if not below:
+            return False
+        level = below
+    return True
+
+
+#: How deep a hook's or a service's value may nest (PROTOCOL.md §3).
+MAX_PAYLOAD_DEPTH = 48
+
+
 def decode_message(body: bytes) -> Message:
     """One frame body as a message. Raises :class:`ProtocolError` naming what is wrong."""
     try:
-        value = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+        try:
+            value = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except TypeError:
+            # A map key that is an array or a map (legal MessagePack, as a hook's payload may
+            # carry): decode again with such keys made hashable, as tuples.
+            value = msgpack.unpackb(
+                body, raw=False, strict_map_key=False, object_pairs_hook=_hashable_keys
+            )
     except msgpack.ExtraData as e:
         raise ProtocolError(f"{len(e.extra)} trailing bytes after the message") from None
     except (ValueError, msgpack.UnpackException) as e:

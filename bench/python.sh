@@ -23,7 +23,6 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 install_packages "${need[@]}"
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p plugd
 venv=target/bench-venv
@@ -43,13 +42,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() {
-  for _ in $(seq 200); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "no answer from $1" >&2; return 1
-}
 
 port_u=$(free_port); port_n=$(free_port); port_p=$(free_port)
 uvicorn=("$venv/bin/uvicorn" --app-dir bench/python hello_asgi:app --no-access-log --log-level warning)
@@ -59,32 +51,7 @@ uvicorn=("$venv/bin/uvicorn" --app-dir bench/python hello_asgi:app --no-access-l
 
 # (n) nginx -> uvicorn on a Unix socket, upstream keep-alive.
 "${uvicorn[@]}" --uds "$work/upstream.sock" >"$work/n.log" 2>&1 & pids+=($!)
-user_line=""; [ "$(id -u)" = 0 ] && user_line="user root;"
-cat >"$work/nginx.conf" <<CONF
-$user_line
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/body;
-  proxy_temp_path $work/proxy;
-  fastcgi_temp_path $work/fastcgi;
-  uwsgi_temp_path $work/uwsgi;
-  scgi_temp_path $work/scgi;
-  upstream app { server unix:$work/upstream.sock; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port_n;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
-"$NGINX" -p "$work" -c "$work/nginx.conf" -g 'daemon on;'
+start_nginx_proxy "$work" "$port_n" "$work/upstream.sock"
 
 # (p) plugd with the Python hello plugin only.
 mkdir -p "$work/plugins/hello-py"
@@ -103,19 +70,6 @@ PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port_p" --plugins
 path=/plugins/hello-py/hello
 for s in u n p; do port_var="port_$s"; wait_http "http://127.0.0.1:${!port_var}$path"; done
 
-# Prints "rps p50_ms p99_ms" for one URL.
-measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    /Requests\/sec:/ { rps=$2 }
-    /^ +50%/ { p50=ms($2) }
-    /^ +99%/ { p99=ms($2) }
-    /Non-2xx/ { bad=$NF }
-    /Socket errors/ { errors=$0 }
-    END { if (bad) { print "non-2xx responses: " bad > "/dev/stderr"; exit 1 }
-          if (errors) print errors > "/dev/stderr"
-          printf "%s %.3f %.3f\n", rps, p50, p99 }'
-}
 
 echo "GET $path, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
 for s in u n p; do
@@ -132,7 +86,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 col() { awk -v s="$1" -v c="$2" '$2 == s { print $c }' "$work/rounds" | median; }
 echo
 echo "medians over $ROUNDS rounds:"

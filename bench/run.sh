@@ -21,7 +21,6 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 install_packages "${need[@]}"
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p plugd -p plugd-bench -p plugd-example-hello
 
@@ -35,13 +34,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() {
-  for _ in $(seq 200); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "no answer from $1" >&2; return 1
-}
 
 port_a=$(free_port); port_b=$(free_port); port_c=$(free_port)
 
@@ -50,32 +42,7 @@ target/release/plugd-bench --tcp "127.0.0.1:$port_a" >"$work/a.log" 2>&1 & pids+
 
 # (b) nginx -> axum on a Unix socket, upstream keep-alive as a tuned deployment would use.
 target/release/plugd-bench --unix "$work/upstream.sock" >"$work/b.log" 2>&1 & pids+=($!)
-user_line=""; [ "$(id -u)" = 0 ] && user_line="user root;"
-cat >"$work/nginx.conf" <<CONF
-$user_line
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/body;
-  proxy_temp_path $work/proxy;
-  fastcgi_temp_path $work/fastcgi;
-  uwsgi_temp_path $work/uwsgi;
-  scgi_temp_path $work/scgi;
-  upstream app { server unix:$work/upstream.sock; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port_b;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
-"$NGINX" -p "$work" -c "$work/nginx.conf" -g 'daemon on;'
+start_nginx_proxy "$work" "$port_b" "$work/upstream.sock"
 
 # (c) plugd with the hello example plugin only.
 mkdir -p "$work/plugins/hello"
@@ -88,16 +55,6 @@ wait_http "http://127.0.0.1:$port_a$path"
 wait_http "http://127.0.0.1:$port_b$path"
 wait_http "http://127.0.0.1:$port_c$path"
 
-# Prints "rps p50_ms p99_ms" for one URL.
-measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    /Requests\/sec:/ { rps=$2 }
-    /^ +50%/ { p50=ms($2) }
-    /^ +99%/ { p99=ms($2) }
-    /Non-2xx/ { bad=$NF }
-    END { if (bad) { print "non-2xx responses: " bad > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
-}
 
 echo "GET $path, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
 for url in "http://127.0.0.1:$port_a$path" "http://127.0.0.1:$port_b$path" "http://127.0.0.1:$port_c$path"; do
@@ -115,7 +72,6 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # Medians of each column per setup, and of the per-round ratios.
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 col() { awk -v s="$1" -v c="$2" '$2 == s { print $c }' "$work/rounds" | median; }
 a_rps=$(col a 3); a_p50=$(col a 4); a_p99=$(col a 5)
 b_rps=$(col b 3); b_p50=$(col b 4); b_p99=$(col b 5)

@@ -61,3 +61,59 @@ setup_plugin_venv() {
     echo "$stamp" > "$venv/.plugd-sdk"
   fi
 }
+
+# bench/: waits until URL $1 answers 2xx (10 s at most).
+wait_http() {
+  for _ in $(seq 200); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "no answer from $1" >&2; return 1
+}
+
+# bench/: prints "rps p50_ms p99_ms" for one URL under wrk ($THREADS, $CONNECTIONS, $DURATION);
+# fails on any non-2xx answer.
+measure() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec:/ { rps=$2 }
+    /^ +50%/ { p50=ms($2) }
+    /^ +99%/ { p99=ms($2) }
+    /Non-2xx/ { bad=$NF }
+    END { if (bad) { print "non-2xx responses: " bad > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+
+# bench/: the median of the numbers on stdin.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# bench/: starts nginx (as a daemon, pid in DIR/nginx.pid) on 127.0.0.1:PORT proxying with
+# upstream keep-alive to the Unix socket SOCKET: start_nginx_proxy DIR PORT SOCKET.
+start_nginx_proxy() {
+  local dir=$1 port=$2 socket=$3 user_line=""
+  [ "$(id -u)" = 0 ] && user_line="user root;"
+  cat >"$dir/nginx.conf" <<CONF
+$user_line
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  upstream app { server unix:$socket; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -p "$dir" -c "$dir/nginx.conf" -g 'daemon on;'
+}

@@ -320,18 +320,19 @@ fn remote_status(code: i32) -> (StatusCode, &'static str) {
 /// (a client cannot claim an identity), and a token plugd verified kept from the plugin.
 fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(String, String)> {
     // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
-    let named: Vec<String> = headers
+    // Borrowed names compared without case, not lower-cased copies (this is the proxy path).
+    let named: Vec<&str> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
         .collect();
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !k.as_str().starts_with("x-plugd-"))
-        .filter(|(k, _)| !named.iter().any(|n| n == k.as_str()))
+        .filter(|(k, _)| !named.iter().any(|n| n.eq_ignore_ascii_case(k.as_str())))
         .filter(|(k, _)| caller.is_none() || *k != axum::http::header::AUTHORIZATION)
         .map(|(k, v)| {
             let value = match v.to_str() {

@@ -26,7 +26,7 @@ pub async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
         }
         if let PluginState::Ready(instance) = &*state {
             entry["pid"] = instance.pid.into();
-            entry["limits"] = serde_json::to_value(&instance.limits).unwrap_or_default();
+            entry["limits"] = serde_json::to_value(instance.limits.to_api()).unwrap_or_default();
             let usage = instance
                 .usage
                 .lock()

@@ -4,17 +4,15 @@
 //! `exec`, [`super::cgroups`] by the kernel, [`super::usage`] by sampling.
 
 use crate::manifest::{self, Limits};
-use serde::Serialize;
 use std::time::Duration;
 
 /// The soft memory limit, when not set, as a share of the hard one.
 const SOFT_SHARE: f64 = 0.8;
 
 /// A plugin's limits with every default filled in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EffectiveLimits {
-    /// Time to answer one request, in milliseconds.
-    #[serde(rename = "request_timeout_ms", serialize_with = "as_millis")]
+    /// Time to answer one request.
     pub request_timeout: Duration,
     /// Largest request body, in bytes.
     pub max_body: usize,
@@ -34,11 +32,22 @@ pub struct EffectiveLimits {
     pub max_in_flight: u32,
 }
 
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
-}
-
 impl EffectiveLimits {
+    /// The limits as the admin API and `/readyz` show them.
+    pub fn to_api(&self) -> plugd_api::plugins::Limits {
+        plugd_api::plugins::Limits {
+            request_timeout_ms: self.request_timeout.as_millis() as u64,
+            max_body: self.max_body as u64,
+            memory: self.memory,
+            memory_soft: self.memory_soft,
+            cpu: self.cpu,
+            cpu_time_s: self.cpu_time_s,
+            tasks: self.tasks,
+            open_files: self.open_files,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
     /// Fills in the defaults: plugd's settings for timeout and body, this module's for the rest.
     pub fn resolve(l: &Limits, request_timeout: Duration, max_body: usize) -> EffectiveLimits {
         let memory = l.memory.map_or(manifest::DEFAULT_MEMORY, |m| m.as_u64());

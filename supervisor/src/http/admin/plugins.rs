@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use plugd_api::{
-    Accepted, Convergence, Hook, Limits, LogLine, Logs, LogsQuery, Permission, Plugin, PluginList,
-    Route, ToggleAnswer, ToggleQuery, WorkerPluginState,
+    Accepted, Convergence, Hook, LogLine, Logs, LogsQuery, Permission, Plugin, PluginList, Route,
+    ToggleAnswer, ToggleQuery, WorkerPluginState,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,18 +80,7 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
             })
             .collect();
         view.services = instance.services.clone();
-        let l = &instance.limits;
-        view.limits = Some(Limits {
-            request_timeout_ms: l.request_timeout.as_millis() as u64,
-            max_body: l.max_body as u64,
-            memory: l.memory,
-            memory_soft: l.memory_soft,
-            cpu: l.cpu,
-            cpu_time_s: l.cpu_time_s,
-            tasks: l.tasks,
-            open_files: l.open_files,
-            max_in_flight: l.max_in_flight,
-        });
+        view.limits = Some(instance.limits.to_api());
         view.usage = instance.usage_now();
     }
     view

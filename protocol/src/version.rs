@@ -14,7 +14,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this crate implements.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
     /// Whether a peer speaking `other` can talk to a peer speaking `self`.
     pub fn is_compatible_with(self, other: ProtocolVersion) -> bool {
@@ -34,7 +34,7 @@ mod tests {
 
     #[test]
     fn same_major_is_compatible_other_major_is_not() {
-        let v1_0 = ProtocolVersion { major: 1, minor: 0 };
+        let v1_0 = ProtocolVersion { major: 1, minor: 1 };
         let v1_7 = ProtocolVersion { major: 1, minor: 7 };
         let v2_0 = ProtocolVersion { major: 2, minor: 0 };
         assert!(v1_0.is_compatible_with(v1_7));

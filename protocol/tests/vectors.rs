@@ -13,6 +13,7 @@ use plugd_protocol::message::control::{
 };
 use plugd_protocol::message::handshake::Handshake;
 use plugd_protocol::message::http::Http;
+use plugd_protocol::message::settings::Settings;
 use plugd_protocol::{FrameCodec, Message, DEFAULT_MAX_FRAME_LEN};
 use std::path::PathBuf;
 use tokio_util::codec::Decoder;
@@ -122,6 +123,32 @@ fn cases() -> Vec<Case> {
                     assert_eq!(
                         r.decode_result::<Ping>().expect("decode").expect("ok"),
                         Empty {}
+                    );
+                }
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "handshake_welcome_with_settings",
+            frame: encode_response(0, &common::welcome_with_settings(), MAX).expect("encode"),
+            check: |m| match m {
+                Message::Response(r) => {
+                    let welcome = r.decode_result::<Handshake>().expect("decode").expect("ok");
+                    assert_eq!(welcome, common::welcome_with_settings());
+                }
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "settings_request",
+            frame: encode_request::<Settings>(12, &common::settings_params(), MAX)
+                .expect("encode"),
+            check: |m| match m {
+                Message::Request(r) => {
+                    assert_eq!((r.id, r.method.as_str()), (12, "settings"));
+                    assert_eq!(
+                        r.decode_params::<Settings>().expect("params"),
+                        common::settings_params()
                     );
                 }
                 other => panic!("{other:?}"),

@@ -5,6 +5,7 @@
 //! (`HANDSHAKE_REFUSED` for a version mismatch, `UNAUTHORIZED` for a wrong token or epoch) and
 //! closes the connection.
 
+use super::settings::SettingsMap;
 use super::Method;
 use crate::version::ProtocolVersion;
 use serde::{Deserialize, Serialize};
@@ -104,7 +105,7 @@ pub struct PermissionDecl {
 }
 
 /// The supervisor's acceptance of a handshake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The protocol version the supervisor speaks.
     pub protocol: ProtocolVersion,
@@ -112,4 +113,7 @@ pub struct Welcome {
     pub supervisor: String,
     /// The largest frame body either side may send from now on (the smaller of both limits).
     pub max_frame: u32,
+    /// The plugin's effective settings (protocol 1.1; omitted when it has none).
+    #[serde(default, skip_serializing_if = "SettingsMap::is_empty")]
+    pub settings: SettingsMap,
 }

@@ -7,6 +7,7 @@ pub mod hook;
 pub mod http;
 pub mod kv;
 pub mod service;
+pub mod settings;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -7,6 +7,7 @@ use plugd_protocol::message::handshake::{
     Hello, HookDecl, HookMode, PermissionDecl, RouteDecl, Welcome,
 };
 use plugd_protocol::message::http::{HttpRequest, HttpResponse};
+use plugd_protocol::message::settings::{SettingsMap, SettingsParams};
 use plugd_protocol::{ErrorObject, ProtocolVersion};
 
 pub fn hello() -> Hello {
@@ -48,6 +49,33 @@ pub fn welcome() -> Welcome {
         protocol: ProtocolVersion { major: 1, minor: 0 },
         supervisor: "plugd 0.1.0".into(),
         max_frame: 16 * 1024 * 1024,
+        settings: Default::default(),
+    }
+}
+
+pub fn settings_values() -> SettingsMap {
+    [
+        ("greeting".to_string(), rmpv::Value::from("hello")),
+        ("timeout".to_string(), rmpv::Value::from(30_000)),
+        ("tags".to_string(), rmpv::Value::Array(vec!["a".into(), "b".into()])),
+        ("verbose".to_string(), rmpv::Value::Boolean(true)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+pub fn welcome_with_settings() -> Welcome {
+    Welcome {
+        protocol: ProtocolVersion { major: 1, minor: 1 },
+        settings: settings_values(),
+        ..welcome()
+    }
+}
+
+pub fn settings_params() -> SettingsParams {
+    SettingsParams {
+        values: settings_values(),
+        changed: vec!["greeting".into()],
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod plugins;
+pub mod settings;
 pub mod stream;
 
 pub use cluster::{AuditEvent, Events, EventsQuery, HostInfo, Stats, WhoAmI, WorkerInfo, Workers};
@@ -16,6 +17,7 @@ pub use plugins::{
     Permissions, Plugin, PluginList, PluginRecord, Route, State, ToggleAnswer, ToggleQuery,
     Uninstalled, Usage, WorkerPluginState,
 };
+pub use settings::{FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source};
 pub use stream::{StreamEvent, StreamKind, StreamQuery};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,9 @@ pub struct ErrorBody {
     /// On a conflict (409 of enable or disable): the plugin's record as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<Box<PluginRecord>>,
+    /// On a refused change of settings (400): every value the schema refused, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldProblem>,
 }
 
 /// What a token may do.

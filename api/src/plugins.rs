@@ -73,6 +73,9 @@ pub struct PluginRecord {
     pub generation: i64,
     /// sha256 of the bundle it was installed from, if any.
     pub bundle_sha256: Option<String>,
+    /// Bumped by every change of its settings: the `ETag` of its settings.
+    #[serde(default)]
+    pub settings_generation: i64,
 }
 
 /// One route a plugin serves, under `/plugins/{name}`.

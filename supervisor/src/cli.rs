@@ -6,7 +6,7 @@ use crate::app::Application;
 use crate::client::{self, ClientArgs, Verb};
 use crate::manifest;
 use crate::settings::{Settings, ENV_CONFIG};
-use crate::store::Store;
+use crate::store::{secrets, Store};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,6 +28,11 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the state store's schema migrations and exit.
     Migrate(Box<ServeArgs>),
+    /// The key plugins' secret settings are sealed under.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsCommand,
+    },
     /// Validate every plugin manifest and exit (1 when any is broken).
     Check {
         /// Directory holding one sub-directory per plugin.
@@ -36,6 +41,20 @@ enum Command {
     },
     #[command(flatten)]
     Client(Verb),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Seal every secret again under a new key, in one transaction. The new key replaces the
+    /// key file (running workers that read it follow); with PLUGD_SECRET_KEY, it is written to
+    /// --new-key-file for you to hand to every worker.
+    Rotate {
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+        /// Where to write the new key (mode 0600) instead of the data directory's key file.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
 }
 
 /// Flags of `plugd serve`; each overrides the config file and the `PLUGD_*` variable of the same
@@ -131,6 +150,9 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Migrate(args) => migrate(*args),
         Command::Check { plugins_dir } => check(&plugins_dir),
+        Command::Secrets {
+            action: SecretsCommand::Rotate { args, new_key_file },
+        } => rotate(*args, new_key_file),
         Command::Client(verb) => client::run(cli.client, verb),
     }
 }
@@ -196,6 +218,41 @@ fn migrate(args: ServeArgs) -> ExitCode {
         let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
         store.migrate().await?;
         println!("plugd: the {:?} store is up to date", store.backend());
+        Ok(())
+    })
+}
+
+fn rotate(args: ServeArgs, new_key_file: Option<PathBuf>) -> ExitCode {
+    run_async(&args, |settings| async move {
+        let mut store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+        store.migrate().await?;
+        // Proves this process holds the current key before anything is sealed again.
+        store.unlock_secrets(&settings.data_dir).await?;
+        let target = match new_key_file {
+            Some(path) => path,
+            None if std::env::var_os(secrets::KEY_ENV).is_some() => anyhow::bail!(
+                "the key comes from {}: give --new-key-file PATH for the new one",
+                secrets::KEY_ENV
+            ),
+            None => settings.data_dir.join(secrets::KEY_FILE),
+        };
+        let new = secrets::SecretKey::generate();
+        // Written (and synced) before the store changes, so the new key cannot be lost.
+        let staged = target.with_extension("new");
+        secrets::write_key_file(&staged, &new)?;
+        let count = match store.rotate_secrets(&new, "plugd secrets rotate").await {
+            Ok(count) => count,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&staged, &target)?;
+        println!(
+            "plugd: {count} secrets sealed again under key {}; the new key is in {}",
+            new.id(),
+            target.display()
+        );
         Ok(())
     })
 }

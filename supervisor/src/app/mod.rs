@@ -64,8 +64,9 @@ impl Application {
             None => Some(setup::lock_data_dir(&settings.data_dir)?),
             Some(_) => None,
         };
-        let store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+        let mut store = Store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
         store.migrate().await?;
+        store.unlock_secrets(&settings.data_dir).await?;
         tracing::info!(backend = ?store.backend(), "state store ready");
         let socket_dir = setup::private_socket_dir(&settings.runtime_dir)?;
         let listener = setup::bind(settings.listen)

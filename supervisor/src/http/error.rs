@@ -31,9 +31,16 @@ impl ApiError {
                 error: error.to_owned(),
                 detail: detail.into(),
                 current: None,
+                fields: Vec::new(),
             },
             headers: Vec::new(),
         }
+    }
+
+    /// With every refused value named (a 400 of a change of settings).
+    pub fn with_fields(mut self, fields: Vec<plugd_api::FieldProblem>) -> ApiError {
+        self.body.fields = fields;
+        self
     }
 
     /// 400: the request itself is wrong.

@@ -15,6 +15,7 @@ use crate::error::Failure;
 use futures_util::StreamExt;
 use plugd_protocol::envelope::{encode_error, encode_response};
 use plugd_protocol::message::handshake::{Handshake, Hello, Welcome};
+use plugd_protocol::message::settings::SettingsMap;
 use plugd_protocol::message::Method;
 use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, ProtocolVersion};
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub const MIN_FRAME: u32 = 64 * 1024;
 pub const LIFECYCLE_HOOKS: &[&str] = &[
     "plugd.plugin.loaded",
     "plugd.plugin.unloaded",
+    "plugd.plugin.upgraded",
+    "plugd.plugin.settings_changed",
+    // Deprecated alias of `plugd.plugin.upgraded`, fired beside it until protocol 1.2.
     "plugd.plugin.config_changed",
 ];
 
@@ -132,6 +136,8 @@ pub struct Expected<'a> {
     pub epoch: u64,
     /// The supervisor's frame limit.
     pub max_frame: usize,
+    /// The plugin's effective settings, sent in the welcome.
+    pub settings: SettingsMap,
 }
 
 /// Reads the plugin's handshake from `stream`, checks it, lets `accept` inspect it (for example
@@ -237,6 +243,7 @@ where
         protocol: ours,
         supervisor: format!("plugd {}", env!("CARGO_PKG_VERSION")),
         max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
+        settings: expected.settings.clone(),
     };
     let frame = encode_response(id, &welcome, expected.max_frame)
         .map_err(|e| Failure::later(e.to_string()))?;

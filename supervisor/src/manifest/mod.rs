@@ -6,12 +6,14 @@
 pub mod bundle;
 mod limits;
 mod policy;
+pub mod settings;
 
 pub use limits::{
     validate_limits, Limits, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MEMORY, DEFAULT_OPEN_FILES,
     DEFAULT_TASKS,
 };
 pub use policy::{HealthPolicy, RestartPolicy};
+pub use settings::{SettingSpec, SettingsSchema};
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -53,6 +55,9 @@ pub struct Manifest {
     /// How often the plugin is pinged, and how long it has to answer.
     #[serde(default)]
     pub health: HealthPolicy,
+    /// The settings an admin may set (`[settings.NAME]`), delivered to the plugin.
+    #[serde(default)]
+    pub settings: SettingsSchema,
     /// The directory the manifest was found in (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -180,7 +185,8 @@ fn validate(m: &Manifest) -> Result<(), String> {
     {
         return Err(format!("field `env`: {key:?} is not a valid variable name"));
     }
-    validate_limits(&m.limits)
+    validate_limits(&m.limits)?;
+    settings::validate_schema(&m.settings)
 }
 
 impl Manifest {

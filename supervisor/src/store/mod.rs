@@ -5,18 +5,23 @@
 //! applies it alone). Queries are written once in the SQL both dialects share.
 //!
 //! One file per table family: [`plugins`] (registrations and the `changes` feed), [`audit`],
-//! [`migrations`] (plugins' own schema migrations), [`workers`], [`bundles`] and [`kv`].
+//! [`migrations`] (plugins' own schema migrations), [`workers`], [`bundles`], [`kv`], and
+//! [`settings`] (plugins' settings, with [`secrets`]: the key their secret values are sealed
+//! under).
 
 pub mod audit;
 pub mod bundles;
 pub mod kv;
 pub mod migrations;
 pub mod plugins;
+pub mod secrets;
+pub mod settings;
 pub mod workers;
 
 pub use audit::EventRecord;
 pub use kv::KvItem;
 pub use plugins::{PluginRecord, SetOutcome, CHANNEL};
+pub use settings::{SettingWrite, SettingsOutcome, StoredSettings};
 pub use workers::WorkerRecord;
 
 use anyhow::Context;
@@ -49,6 +54,8 @@ pub struct Store {
     backend: Backend,
     /// Per plugin, the migration files (name, sha256) this process found applied.
     verified: Arc<Mutex<HashMap<String, migrations::MigrationSums>>>,
+    /// The key secrets are sealed under, once [`Store::unlock_secrets`] settled it.
+    keyring: Option<Arc<settings::Keyring>>,
 }
 
 /// Now, in Unix milliseconds, as the store's columns keep it.
@@ -113,6 +120,7 @@ impl Store {
             pool,
             backend,
             verified: Arc::default(),
+            keyring: None,
         })
     }
 

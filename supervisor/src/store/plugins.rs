@@ -34,11 +34,12 @@ fn plugin_from_row(row: &AnyRow) -> Result<PluginRecord, sqlx::Error> {
         missing: row.try_get::<i64, _>("missing")? != 0,
         generation: row.try_get("generation")?,
         bundle_sha256: row.try_get("bundle_sha256")?,
+        settings_generation: row.try_get("settings_generation")?,
     })
 }
 
-const PLUGIN_COLUMNS: &str =
-    "name, version, description, author, enabled, missing, generation, bundle_sha256";
+const PLUGIN_COLUMNS: &str = "name, version, description, author, enabled, missing, generation, \
+     bundle_sha256, settings_generation";
 
 impl Store {
     /// Registers a discovered plugin (enabled if new) and refreshes what its manifest says;
@@ -167,8 +168,8 @@ impl Store {
             .context("the plugin vanished while it was being installed")
     }
 
-    /// Forgets a plugin (uninstall), with an audit entry. Its migrations' records are kept, so a
-    /// reinstall does not run them again. Returns false if it was not registered.
+    /// Forgets a plugin (uninstall) and its settings, with an audit entry. Its migrations'
+    /// records are kept, so a reinstall does not run them again. Returns false if it was not registered.
     pub async fn forget(&self, name: &str, actor: &str) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
         let gone = sqlx::query("DELETE FROM plugins WHERE name = $1")
@@ -179,6 +180,11 @@ impl Store {
         if gone == 0 {
             return Ok(false);
         }
+        // Its settings go with it: an uninstalled plugin's secrets are not kept.
+        sqlx::query("DELETE FROM plugin_settings WHERE plugin = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         let now = now_ms();
         insert_change(&mut tx, self.backend, name, "uninstall", now).await?;
         insert_event(&mut tx, Some(name), actor, "uninstall", "", now).await?;
@@ -225,7 +231,7 @@ async fn read_plugin(
 
 /// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
 /// plugin's name (sent when the transaction commits; the table stays the truth).
-async fn insert_change(
+pub(super) async fn insert_change(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
     plugin: &str,

@@ -220,3 +220,17 @@ pub async fn fire(
     }
     Ok(answer)
 }
+
+/// Fires one of the supervisor's own hooks at the plugins that handle it, without waiting for
+/// the answers.
+pub fn fire_lifecycle(registry: &crate::supervise::Registry, hook: &'static str, payload: Value) {
+    let plugins = registry.snapshot();
+    let timeout = registry.hook_timeout();
+    tokio::spawn(async move {
+        let payload = rmpv::ext::to_value(&payload).unwrap_or(rmpv::Value::Nil);
+        if let Err(e) = fire(&plugins, hook, payload, 0, timeout).await {
+            tracing::warn!(hook, "lifecycle hook: {e}");
+        }
+    });
+}
+

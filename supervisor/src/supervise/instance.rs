@@ -8,6 +8,7 @@
 //! which decides.
 
 use super::router::RouteTable;
+use super::settings::{to_wire, Applied};
 use crate::error::Failure;
 use crate::ipc::{self, CallError, Calls, Connection, Expected};
 use crate::manifest::Manifest;
@@ -60,6 +61,8 @@ pub struct Instance {
     pub services: Vec<String>,
     /// When it became ready.
     pub ready_at: Instant,
+    /// The settings it runs with; held while new ones are offered to it.
+    pub settings: tokio::sync::Mutex<Applied>,
     /// Set to the exit reason once the process has exited.
     exited: watch::Receiver<Option<String>>,
 }
@@ -86,6 +89,7 @@ impl Instance {
             permissions: Vec::new(),
             services: Vec::new(),
             ready_at: Instant::now(),
+            settings: Default::default(),
             exited,
         }
     }
@@ -168,11 +172,15 @@ pub async fn start_instance(
     ctx: &StartContext,
     logs: Arc<LogRing>,
     on_spawned: impl FnOnce(u32),
+    settings: Applied,
 ) -> Result<Arc<Instance>, Failure> {
     let token = new_token();
     let limits = EffectiveLimits::resolve(&manifest.limits, ctx.request_timeout, ctx.max_body);
     let leaf = ctx.cgroups.create_leaf(&manifest.name, epoch, &limits);
-    let result = start_in(manifest, epoch, ctx, logs, on_spawned, token, limits, &leaf).await;
+    let result = start_in(
+        manifest, epoch, ctx, logs, on_spawned, token, limits, &leaf, settings,
+    )
+    .await;
     match result {
         Ok(parts) => Ok(Arc::new(Instance { leaf, ..parts })),
         Err(e) => {
@@ -194,6 +202,7 @@ async fn start_in(
     token: String,
     limits: EffectiveLimits,
     leaf: &Option<Leaf>,
+    settings: Applied,
 ) -> Result<Instance, Failure> {
     let socket = ctx.socket_dir.join(format!("{epoch}.sock"));
     let listener = UnixListener::bind(&socket).map_err(|e| {
@@ -236,6 +245,7 @@ async fn start_in(
         token: &token,
         epoch,
         max_frame: ctx.max_frame,
+        settings: to_wire(&settings.values),
     };
     let connect_and_handshake = async {
         let (stream, _) = listener
@@ -291,6 +301,7 @@ async fn start_in(
         permissions: hello.permissions,
         services: hello.services,
         ready_at: Instant::now(),
+        settings: tokio::sync::Mutex::new(settings),
         exited,
     })
 }

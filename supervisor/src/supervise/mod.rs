@@ -4,7 +4,8 @@
 //! one instance's life (start, follow, stop); [`policy`] decides restarts; [`router`] is a
 //! plugin's route table from its handshake; [`watcher`] turns file changes into rescans;
 //! [`cluster`] heartbeats and follows other workers' changes; [`hooks`] dispatches hooks and
-//! [`peers`] answers plugins' calls that reach other plugins.
+//! [`peers`] answers plugins' calls that reach other plugins; [`settings`] delivers settings
+//! to a running instance.
 
 pub mod cluster;
 pub mod hooks;
@@ -13,6 +14,7 @@ pub mod peers;
 pub mod policy;
 pub mod reconcile;
 pub mod router;
+pub mod settings;
 pub mod watcher;
 
 pub use instance::Instance;

@@ -3,6 +3,7 @@
 //! is applied (bundle, then the enabled flag).
 
 use super::lifecycle::stop_later;
+use super::settings::MISSING_SETTINGS;
 use super::state::PluginState;
 use super::{Event, Reconciler};
 use crate::store::PluginRecord;
@@ -103,10 +104,20 @@ impl Reconciler {
         };
         entry.enabled = enabled;
         if enabled {
-            if matches!(*entry.slot.state(), PluginState::Disabled) {
+            let state = entry.slot.state();
+            if matches!(*state, PluginState::Disabled) {
                 tracing::info!(plugin = name, "enabled; starting");
                 entry.restart.reset();
                 self.start(name);
+            } else if entry.current.is_none()
+                && entry.starting.is_none()
+                && state.reason().is_some_and(|r| r.starts_with(MISSING_SETTINGS))
+            {
+                tracing::info!(plugin = name, "its settings changed; starting it again");
+                entry.restart.reset();
+                self.start(name);
+            } else if let Some(instance) = entry.current.clone() {
+                self.follow_settings(instance, Some(record.settings_generation));
             }
             return;
         }

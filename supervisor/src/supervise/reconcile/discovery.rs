@@ -66,7 +66,7 @@ impl Reconciler {
                     self.entries.insert(name.clone(), entry);
                 }
                 Some(entry) if !entry.enabled => {
-                    entry.manifest = Arc::new(m);
+                    entry.set_manifest(Arc::new(m));
                     entry.program = program;
                 }
                 None => {
@@ -81,7 +81,7 @@ impl Reconciler {
                     let was_removed = std::mem::replace(&mut entry.removed, false);
                     if changed || was_removed {
                         tracing::info!(plugin = %name, "manifest or program changed; reloading");
-                        entry.manifest = Arc::new(m);
+                        entry.set_manifest(Arc::new(m));
                         entry.program = program;
                         if entry.current.is_none() {
                             entry.restart.reset();

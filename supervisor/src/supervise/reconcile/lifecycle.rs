@@ -64,7 +64,14 @@ impl Reconciler {
                     if n > 0 {
                         tracing::info!(plugin = %name, "applied {n} migrations");
                     }
-                    launcher.start(manifest, epoch, logs, spawned).await
+                    match super::settings::for_start(&*store, &manifest).await {
+                        Ok(settings) => {
+                            launcher
+                                .start(manifest, epoch, logs, spawned, settings)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e.context("plugin migration")),
             };
@@ -110,12 +117,14 @@ impl Reconciler {
                     "plugd.plugin.loaded",
                     serde_json::json!({ "plugin": name, "version": instance.version, "pid": instance.pid }),
                 );
-                if let Some(old) = &old {
-                    self.lifecycle_hook(
-                        "plugd.plugin.config_changed",
-                        serde_json::json!({ "plugin": name, "from": old.version, "to": instance.version }),
-                    );
+                if let Some(old) = old.as_ref().filter(|o| o.version != instance.version) {
+                    let payload = serde_json::json!({ "plugin": name, "from": old.version, "to": instance.version });
+                    self.lifecycle_hook("plugd.plugin.upgraded", payload.clone());
+                    // The deprecated name of the same hook, until protocol 1.2.
+                    self.lifecycle_hook("plugd.plugin.config_changed", payload);
                 }
+                // A change of settings made while it started is delivered now.
+                self.follow_settings(instance.clone(), None);
                 let tx = self.tx.clone();
                 let follow_name = name.to_owned();
                 let report = Box::new(move |event| {
@@ -146,7 +155,7 @@ impl Reconciler {
                 // Restarts of the running instance use the manifest it runs; the next rescan
                 // (a file change or SIGHUP) tries the new one again.
                 if let Some(current) = &entry.current {
-                    entry.manifest = current.manifest.clone();
+                    entry.set_manifest(current.manifest.clone());
                 }
                 entry.program = Vec::new();
             }
@@ -308,7 +317,7 @@ impl Reconciler {
         match manifest::load(&path) {
             Ok(m) if m.name == name => {
                 entry.program = program_stamp(&m);
-                entry.manifest = Arc::new(m);
+                entry.set_manifest(Arc::new(m));
                 if entry.enabled {
                     tracing::info!(plugin = name, "reload requested");
                     self.start(name);
@@ -345,16 +354,9 @@ impl Reconciler {
     }
 
     /// Fires one of the supervisor's own hooks (`plugd.plugin.loaded`, `…unloaded`,
-    /// `…config_changed`) at the plugins that handle it, without waiting for the answers.
+    /// `…upgraded`) at the plugins that handle it, without waiting for the answers.
     pub(super) fn lifecycle_hook(&self, hook: &'static str, payload: serde_json::Value) {
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            let payload = rmpv::ext::to_value(&payload).unwrap_or(rmpv::Value::Nil);
-            let plugins = registry.snapshot();
-            if let Err(e) = hooks::fire(&plugins, hook, payload, 0, registry.hook_timeout()).await {
-                tracing::warn!(hook, "lifecycle hook: {e}");
-            }
-        });
+        hooks::fire_lifecycle(&self.registry, hook, payload);
     }
 
     /// Stops every instance by `deadline` (each finishes its requests in the time left),

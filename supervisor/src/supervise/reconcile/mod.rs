@@ -19,6 +19,7 @@ mod discovery;
 mod lifecycle;
 pub mod readiness;
 pub mod seams;
+mod settings;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,12 @@ pub enum Event {
         /// Plugin name.
         name: String,
     },
+    /// A setting marked `restart` changed: swap in a new instance (blue/green) that starts
+    /// with the new settings.
+    SettingsRestart {
+        /// Plugin name.
+        name: String,
+    },
     /// An admin asked to re-read the plugin's manifest and program and swap it in.
     Reload {
         /// Plugin name.
@@ -160,8 +167,10 @@ struct Entry {
 
 impl Entry {
     fn new(manifest: Manifest, program: ProgramStamp, enabled: bool, feed: &Arc<Feed>) -> Entry {
+        let slot = PluginSlot::new(&manifest.name, feed.clone());
+        slot.set_schema(&manifest.settings);
         Entry {
-            slot: PluginSlot::new(&manifest.name, feed.clone()),
+            slot,
             manifest: Arc::new(manifest),
             program,
             current: None,
@@ -173,6 +182,12 @@ impl Entry {
             enabled,
             store_wait_logged: false,
         }
+    }
+
+    /// Runs `manifest` from now on (its settings schema included).
+    fn set_manifest(&mut self, manifest: Arc<Manifest>) {
+        self.slot.set_schema(&manifest.settings);
+        self.manifest = manifest;
     }
 }
 
@@ -362,6 +377,12 @@ impl Reconciler {
                 }
             }
             Event::Reload { name } => self.reload(&name),
+            Event::SettingsRestart { name } => {
+                if self.entries.get(&name).is_some_and(|e| e.enabled && !e.removed) {
+                    tracing::info!(plugin = %name, "a setting marked restart changed; reloading");
+                    self.start(&name);
+                }
+            }
             Event::Shutdown { .. } => unreachable!("handled by run"),
         }
     }

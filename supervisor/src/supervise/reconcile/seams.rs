@@ -6,11 +6,12 @@
 use crate::error::Failure;
 use crate::manifest::Manifest;
 use crate::os::output::LogRing;
-use crate::store::{PluginRecord, Store};
+use crate::store::{PluginRecord, Store, StoredSettings};
 use crate::supervise::instance::{
     follow_instance, kill_instance, start_instance, stop_instance, Instance, InstanceEvent,
     StartContext,
 };
+use crate::supervise::settings::Applied;
 use futures_util::future::BoxFuture;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,14 +19,15 @@ use std::time::Duration;
 
 /// Starts, follows and stops plugin instances.
 pub trait Launcher: Send + Sync + 'static {
-    /// Starts one instance of `manifest` with `epoch`; `on_spawned` is called with the pid once
-    /// its process runs and the handshake is awaited.
+    /// Starts one instance of `manifest` with `epoch` and `settings`; `on_spawned` is called
+    /// with the pid once its process runs and the handshake is awaited.
     fn start(
         &self,
         manifest: Arc<Manifest>,
         epoch: u64,
         logs: Arc<LogRing>,
         on_spawned: Box<dyn FnOnce(u32) + Send>,
+        settings: Applied,
     ) -> BoxFuture<'static, Result<Arc<Instance>, Failure>>;
 
     /// Follows a ready instance until it is gone, reporting its exit, failed health checks and
@@ -63,9 +65,12 @@ impl Launcher for Processes {
         epoch: u64,
         logs: Arc<LogRing>,
         on_spawned: Box<dyn FnOnce(u32) + Send>,
+        settings: Applied,
     ) -> BoxFuture<'static, Result<Arc<Instance>, Failure>> {
         let ctx = self.ctx.clone();
-        Box::pin(async move { start_instance(manifest, epoch, &ctx, logs, on_spawned).await })
+        Box::pin(async move {
+            start_instance(manifest, epoch, &ctx, logs, on_spawned, settings).await
+        })
     }
 
     fn follow(
@@ -108,6 +113,8 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<usize, Failure>>;
     /// Checks the store answers.
     fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// A plugin's stored settings.
+    fn settings<'a>(&'a self, plugin: &'a str) -> BoxFuture<'a, anyhow::Result<StoredSettings>>;
 }
 
 impl StateStore for Store {
@@ -144,5 +151,9 @@ impl StateStore for Store {
 
     fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(Store::ping(self))
+    }
+
+    fn settings<'a>(&'a self, plugin: &'a str) -> BoxFuture<'a, anyhow::Result<StoredSettings>> {
+        Box::pin(Store::settings(self, plugin))
     }
 }

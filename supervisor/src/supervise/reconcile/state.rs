@@ -6,6 +6,7 @@
 //! visible to the reconcile module alone: no other code can change a plugin's state. Readers
 //! take a snapshot without a lock on every request.
 
+use crate::manifest::SettingsSchema;
 use crate::feed::Feed;
 use crate::os::output::LogRing;
 use crate::supervise::instance::Instance;
@@ -89,6 +90,8 @@ pub struct PluginSlot {
     permissions: ArcSwap<Vec<PermissionDecl>>,
     /// Where its state changes and output lines are published.
     feed: Arc<Feed>,
+    /// The settings its manifest declares.
+    schema: ArcSwap<SettingsSchema>,
 }
 
 impl PluginSlot {
@@ -102,7 +105,20 @@ impl PluginSlot {
             feed,
             hooks: ArcSwap::from_pointee(Vec::new()),
             permissions: ArcSwap::from_pointee(Vec::new()),
+            schema: ArcSwap::from_pointee(SettingsSchema::new()),
         })
+    }
+
+    /// The settings its manifest declares.
+    pub fn settings_schema(&self) -> Arc<SettingsSchema> {
+        self.schema.load_full()
+    }
+
+    /// Records the settings its (new) manifest declares.
+    pub(in crate::supervise::reconcile) fn set_schema(&self, schema: &SettingsSchema) {
+        if *self.schema.load_full() != *schema {
+            self.schema.store(Arc::new(schema.clone()));
+        }
     }
 
     /// The permissions this plugin defines, as its last ready instance declared them.

@@ -53,6 +53,7 @@ impl Launcher for FakeLauncher {
         epoch: u64,
         _logs: Arc<crate::os::output::LogRing>,
         on_spawned: Box<dyn FnOnce(u32) + Send>,
+        _settings: crate::supervise::settings::Applied,
     ) -> futures_util::future::BoxFuture<'static, Result<Arc<Instance>, Failure>> {
         let outcome = {
             let mut script = self.script();
@@ -149,6 +150,7 @@ impl StateStore for MemoryStore {
                 missing: false,
                 generation: 1,
                 bundle_sha256: None,
+                settings_generation: 1,
             });
             Ok(record.clone())
         })
@@ -210,6 +212,16 @@ impl StateStore for MemoryStore {
 
     fn ping(&self) -> futures_util::future::BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move { self.check() })
+    }
+
+    fn settings<'a>(
+        &'a self,
+        _plugin: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<crate::store::StoredSettings>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(crate::store::StoredSettings::default())
+        })
     }
 }
 

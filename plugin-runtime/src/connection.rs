@@ -6,9 +6,10 @@
 
 use crate::hook::{HookEvent, ServiceEvent};
 use crate::kv::{Caller, Host};
-use crate::plugin::{Callback, Error, HookRoute, Plugin, Route, ServiceHandler};
+use crate::plugin::{Callback, Error, HookRoute, Plugin, Route, ServiceHandler, SettingsCallback};
 use crate::request::Request;
 use crate::response::{HttpError, IntoResponse};
+use crate::settings::Settings;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
@@ -17,6 +18,7 @@ use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
 use plugd_protocol::message::hook::HookCall;
 use plugd_protocol::message::http::Http;
 use plugd_protocol::message::service::{ServiceCall, ServiceOutput};
+use plugd_protocol::message::settings::{Settings as SettingsMethod, SettingsParams};
 use plugd_protocol::message::{Method, NotificationKind};
 use plugd_protocol::{
     codes, ErrorObject, FrameCodec, Message, Notification, ProtocolVersion, Request as WireRequest,
@@ -85,6 +87,7 @@ struct Shared<S> {
     /// Number of requests in flight, so shutdown can wait for zero.
     count: watch::Sender<usize>,
     on_unload: Mutex<Option<Callback<S>>>,
+    on_settings: Option<SettingsCallback<S>>,
     /// The plugin's own calls to the supervisor.
     caller: Arc<Caller>,
 }
@@ -203,7 +206,11 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         hooks: plugin.hooks,
         services: plugin.services,
         state: plugin.state,
-        caller: Caller::new(out.clone(), max_frame),
+        caller: Caller::new(
+            out.clone(),
+            max_frame,
+            Settings::from_wire(&welcome.settings),
+        ),
         // Moved, not cloned: the writer ends when the last sender is gone.
         out,
         max_frame: AtomicUsize::new(max_frame),
@@ -211,6 +218,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         in_flight: Mutex::new(HashMap::new()),
         count,
         on_unload: Mutex::new(plugin.on_unload),
+        on_settings: plugin.on_settings,
     });
 
     let (stopped_tx, mut stopped) = oneshot::channel::<()>();
@@ -262,6 +270,18 @@ async fn dispatch_request<S: Send + Sync + 'static>(
         Http::NAME => start_http(shared, req).await,
         HookCall::NAME => start_hook(shared, req).await,
         ServiceCall::NAME => start_service(shared, req).await,
+        SettingsMethod::NAME => {
+            let params = match req.decode_params::<SettingsMethod>() {
+                Ok(p) => p,
+                Err(e) => {
+                    return shared
+                        .reply_error(req.id, codes::INVALID_PARAMS, e.to_string())
+                        .await
+                }
+            };
+            // Its own task: the callback may take a while, and the reader must keep reading.
+            tokio::spawn(take_settings(shared.clone(), req.id, params));
+        }
         Ping::NAME => {
             if let Ok(frame) = encode_response(req.id, &Empty {}, shared.max_frame()) {
                 shared.send(frame).await;
@@ -290,6 +310,29 @@ async fn dispatch_request<S: Send + Sync + 'static>(
                 )
                 .await
         }
+    }
+}
+
+/// Runs the plugin's settings callback on new settings; takes them when it agrees (or when
+/// there is none), and answers the supervisor either way.
+async fn take_settings<S: Send + Sync + 'static>(
+    shared: Arc<Shared<S>>,
+    id: u64,
+    params: SettingsParams,
+) {
+    let settings = Settings::from_wire(&params.values);
+    if let Some(callback) = &shared.on_settings {
+        let verdict = callback(settings.clone(), params.changed, shared.state.clone()).await;
+        if let Err(e) = verdict {
+            tracing::warn!("refused new settings: {e}");
+            return shared
+                .reply_error(id, codes::INVALID_PARAMS, e.to_string())
+                .await;
+        }
+    }
+    shared.caller.settings.set(settings);
+    if let Ok(frame) = encode_response(id, &Empty {}, shared.max_frame()) {
+        shared.send(frame).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Calls from the plugin to the supervisor, and the key-value store built on them.
 
 use crate::response::HttpError;
+use crate::settings::{Current, Settings};
 use bytes::Bytes;
 use plugd_protocol::envelope::encode_request;
 use plugd_protocol::message::hook::{HookFire, HookFireParams};
@@ -47,15 +48,24 @@ pub(crate) struct Caller {
     out: mpsc::Sender<Bytes>,
     pending: Pending<WireResponse>,
     max_frame: usize,
+    /// The plugin's settings, as last delivered.
+    pub(crate) settings: Current,
 }
 
 impl Caller {
-    pub(crate) fn new(out: mpsc::Sender<Bytes>, max_frame: usize) -> Arc<Caller> {
+    pub(crate) fn new(
+        out: mpsc::Sender<Bytes>,
+        max_frame: usize,
+        settings: Settings,
+    ) -> Arc<Caller> {
+        let current = Current::default();
+        current.set(settings);
         Arc::new(Caller {
             out,
             // Id 0 was the handshake.
             pending: Pending::new(1),
             max_frame,
+            settings: current,
         })
     }
 
@@ -100,6 +110,12 @@ pub struct Host {
 impl Host {
     pub(crate) fn new(caller: Arc<Caller>, depth: u32) -> Host {
         Host { caller, depth }
+    }
+
+    /// The plugin's settings as they are now (a change arrives without a restart; see
+    /// [`crate::Plugin::on_settings_changed`]).
+    pub fn settings(&self) -> Settings {
+        self.caller.settings.get()
     }
 
     /// The plugin's key-value store.

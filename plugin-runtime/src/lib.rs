@@ -46,6 +46,7 @@ mod kv;
 mod plugin;
 mod request;
 mod response;
+mod settings;
 
 pub use hook::{HookEvent, HookMode, HookReply, ServiceEvent};
 pub use kv::{Host, HostError, Kv, KvEntry};
@@ -53,6 +54,7 @@ pub use plugd_protocol as protocol;
 pub use plugin::{Error, Plugin};
 pub use request::Request;
 pub use response::{HttpError, IntoResponse, Json, Response};
+pub use settings::Settings;
 
 /// Installs a `tracing` subscriber that writes plain lines to stderr (the supervisor adds the
 /// time and the plugin's name). Filtered by `RUST_LOG`, `info` by default. Does nothing when a

@@ -4,6 +4,7 @@ use crate::connection;
 use crate::hook::{HookEvent, HookReply, ServiceEvent};
 use crate::request::Request;
 use crate::response::{IntoResponse, Response};
+use crate::settings::Settings;
 use plugd_protocol::message::handshake::{HookDecl, HookMode, PermissionDecl};
 use plugd_protocol::{DecodeError, EncodeError, ErrorObject};
 use std::future::Future;
@@ -17,6 +18,8 @@ pub(crate) type HookHandler<S> =
 pub(crate) type ServiceHandler<S> =
     Arc<dyn Fn(ServiceEvent, Arc<S>) -> BoxFuture<Result<serde_json::Value, String>> + Send + Sync>;
 pub(crate) type Callback<S> = Box<dyn FnOnce(Arc<S>) -> BoxFuture<Result<(), BoxError>> + Send>;
+pub(crate) type SettingsCallback<S> =
+    Arc<dyn Fn(Settings, Vec<String>, Arc<S>) -> BoxFuture<Result<(), BoxError>> + Send + Sync>;
 
 /// Any error an `on_load` or `on_unload` callback may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,6 +96,7 @@ pub struct Plugin<S = ()> {
     pub(crate) services: Vec<(String, ServiceHandler<S>)>,
     pub(crate) on_load: Option<Callback<S>>,
     pub(crate) on_unload: Option<Callback<S>>,
+    pub(crate) on_settings: Option<SettingsCallback<S>>,
 }
 
 impl<S> std::fmt::Debug for Plugin<S> {
@@ -123,6 +127,7 @@ impl Plugin<()> {
             services: Vec::new(),
             on_load: None,
             on_unload: None,
+            on_settings: None,
         }
     }
 }
@@ -141,6 +146,7 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             services: Vec::new(),
             on_load: None,
             on_unload: None,
+            on_settings: None,
         }
     }
 
@@ -278,6 +284,22 @@ impl<S: Send + Sync + 'static> Plugin<S> {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         self.on_load = Some(Box::new(move |s| Box::pin(f(s))));
+        self
+    }
+
+    /// Runs `f` when an admin changes the plugin's settings, with the new settings and the
+    /// names of the changed ones, before handlers see them. `Ok` takes them; an error refuses
+    /// them: the plugin keeps its current settings and the admin is told the error's message.
+    /// Without this callback, every change is taken. Read the settings in handlers with
+    /// [`crate::Host::settings`].
+    pub fn on_settings_changed<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Settings, Vec<String>, Arc<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.on_settings = Some(Arc::new(move |settings, changed, s| {
+            Box::pin(f(settings, changed, s))
+        }));
         self
     }
 

@@ -141,8 +141,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "settings_request",
-            frame: encode_request::<Settings>(12, &common::settings_params(), MAX)
-                .expect("encode"),
+            frame: encode_request::<Settings>(12, &common::settings_params(), MAX).expect("encode"),
             check: |m| match m {
                 Message::Request(r) => {
                     assert_eq!((r.id, r.method.as_str()), (12, "settings"));

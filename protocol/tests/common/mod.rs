@@ -57,7 +57,10 @@ pub fn settings_values() -> SettingsMap {
     [
         ("greeting".to_string(), rmpv::Value::from("hello")),
         ("timeout".to_string(), rmpv::Value::from(30_000)),
-        ("tags".to_string(), rmpv::Value::Array(vec!["a".into(), "b".into()])),
+        (
+            "tags".to_string(),
+            rmpv::Value::Array(vec!["a".into(), "b".into()]),
+        ),
         ("verbose".to_string(), rmpv::Value::Boolean(true)),
     ]
     .into_iter()

@@ -42,7 +42,8 @@ pub enum SettingType {
 }
 
 impl SettingType {
-    fn word(self) -> &'static str {
+    /// The type's name as manifests write it.
+    pub fn word(self) -> &'static str {
         match self {
             SettingType::String => "string",
             SettingType::Integer => "integer",
@@ -202,7 +203,9 @@ impl SettingSpec {
             max: None,
             ..self.clone()
         };
-        bound.as_ref().and_then(|b| bare.normalise(&to_json(b)).ok())
+        bound
+            .as_ref()
+            .and_then(|b| bare.normalise(&to_json(b)).ok())
     }
 
     fn show(&self, normal: &Value) -> String {
@@ -216,6 +219,21 @@ impl SettingSpec {
             SettingType::Size => bytesize::ByteSize(normal.as_u64().unwrap_or(0)).to_string(),
             _ => normal.to_string(),
         }
+    }
+
+    /// The type's name as manifests write it.
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.word()
+    }
+
+    /// `min` in normal form, if declared.
+    pub fn min_value(&self) -> Option<Value> {
+        self.bound(&self.min)
+    }
+
+    /// `max` in normal form, if declared.
+    pub fn max_value(&self) -> Option<Value> {
+        self.bound(&self.max)
     }
 
     /// The default in normal form, if one is declared.
@@ -281,7 +299,8 @@ pub fn validate_schema(schema: &SettingsSchema) -> Result<(), String> {
             }
             whole(pattern).map_err(|e| format!("{field}: `pattern` is not valid: {e}"))?;
         }
-        if spec.max_length.is_some() && !matches!(spec.kind, SettingType::String | SettingType::List)
+        if spec.max_length.is_some()
+            && !matches!(spec.kind, SettingType::String | SettingType::List)
         {
             return Err(format!(
                 "{field}: `max_length` applies to strings and lists only"
@@ -327,6 +346,16 @@ pub fn validate_schema(schema: &SettingsSchema) -> Result<(), String> {
     Ok(())
 }
 
+/// `problem` without the text of a secret's `value` (some problems quote what was given).
+fn redact(problem: &str, value: &Value) -> String {
+    match value {
+        Value::String(s) if !s.is_empty() => problem
+            .replace(&format!("{s:?}"), "the value")
+            .replace(s.as_str(), "…"),
+        _ => problem.to_owned(),
+    }
+}
+
 /// One value an admin sent that the schema refuses, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -356,7 +385,11 @@ pub fn check_values(
                 }
                 Err(problem) => problems.push(FieldError {
                     key: key.clone(),
-                    problem,
+                    problem: if spec.secret {
+                        redact(&problem, value)
+                    } else {
+                        problem
+                    },
                 }),
             },
         }
@@ -384,18 +417,16 @@ pub struct Effective {
 pub fn effective(schema: &SettingsSchema, stored: &BTreeMap<String, Value>) -> Effective {
     let mut out = Effective::default();
     for (key, spec) in schema {
-        let set = stored
-            .get(key)
-            .and_then(|v| match spec.normalise(v) {
-                Ok(v) => Some(v),
-                Err(problem) => {
-                    out.ignored.push(FieldError {
-                        key: key.clone(),
-                        problem,
-                    });
-                    None
-                }
-            });
+        let set = stored.get(key).and_then(|v| match spec.normalise(v) {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                out.ignored.push(FieldError {
+                    key: key.clone(),
+                    problem,
+                });
+                None
+            }
+        });
         match set.or_else(|| spec.default_value()) {
             Some(v) => {
                 out.values.insert(key.clone(), v);
@@ -505,6 +536,18 @@ required = true
     }
 
     #[test]
+    fn a_refused_secret_is_not_quoted_in_the_problem() {
+        let s = schema("[settings.token]\ntype = \"duration\"\nsecret = true\n").expect("schema");
+        let problems = check_values(&s, json!({ "token": "hunter2" }).as_object().expect("map"))
+            .expect_err("not a duration");
+        assert!(!problems[0].problem.contains("hunter2"), "{problems:?}");
+        assert!(
+            problems[0].problem.contains("is not a duration"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn effective_settings_use_defaults_and_report_missing_required_ones() {
         let s = schema(SCHEMA).expect("valid schema");
         let stored = BTreeMap::from([
@@ -523,17 +566,44 @@ required = true
     #[test]
     fn bad_schemas_are_refused_naming_the_setting() {
         for (text, expect) in [
-            ("[settings.A]\ntype = \"string\"\n", "not a valid setting name"),
+            (
+                "[settings.A]\ntype = \"string\"\n",
+                "not a valid setting name",
+            ),
             ("[settings.a]\ntype = \"colour\"\n", "unknown variant"),
             ("[settings.a]\ntype = \"enum\"\n", "needs `values`"),
-            ("[settings.a]\ntype = \"integer\"\npattern = \"x\"\n", "strings only"),
-            ("[settings.a]\ntype = \"string\"\npattern = \"(\"\n", "not valid"),
-            ("[settings.a]\ntype = \"integer\"\ndefault = \"x\"\n", "`default` must be a integer"),
-            ("[settings.a]\ntype = \"integer\"\nmin = 5\nmax = 1\n", "larger than `max`"),
-            ("[settings.a]\ntype = \"duration\"\nmin = \"soon\"\n", "`min` \"soon\" is not a duration"),
-            ("[settings.a]\ntype = \"string\"\nsecret = true\ndefault = \"x\"\n", "cannot have a default"),
-            ("[settings.a]\ntype = \"boolean\"\nmax_length = 3\n", "strings and lists only"),
-            ("[settings.a]\ntype = \"string\"\ncolour = 1\n", "unknown field"),
+            (
+                "[settings.a]\ntype = \"integer\"\npattern = \"x\"\n",
+                "strings only",
+            ),
+            (
+                "[settings.a]\ntype = \"string\"\npattern = \"(\"\n",
+                "not valid",
+            ),
+            (
+                "[settings.a]\ntype = \"integer\"\ndefault = \"x\"\n",
+                "`default` must be a integer",
+            ),
+            (
+                "[settings.a]\ntype = \"integer\"\nmin = 5\nmax = 1\n",
+                "larger than `max`",
+            ),
+            (
+                "[settings.a]\ntype = \"duration\"\nmin = \"soon\"\n",
+                "`min` \"soon\" is not a duration",
+            ),
+            (
+                "[settings.a]\ntype = \"string\"\nsecret = true\ndefault = \"x\"\n",
+                "cannot have a default",
+            ),
+            (
+                "[settings.a]\ntype = \"boolean\"\nmax_length = 3\n",
+                "strings and lists only",
+            ),
+            (
+                "[settings.a]\ntype = \"string\"\ncolour = 1\n",
+                "unknown field",
+            ),
         ] {
             let err = schema(text).expect_err(text);
             assert!(err.contains(expect), "{text}: {err}");

@@ -196,7 +196,10 @@ mod tests {
         let key = SecretKey::generate();
         let sealed = key.seal("hello/api_key", b"s3cret");
         assert!(!sealed.contains("s3cret"));
-        assert_eq!(key.open("hello/api_key", &sealed).as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(
+            key.open("hello/api_key", &sealed).as_deref(),
+            Some(&b"s3cret"[..])
+        );
         assert_eq!(key.open("other/api_key", &sealed), None);
         assert_eq!(SecretKey::generate().open("hello/api_key", &sealed), None);
         assert_ne!(key.seal("hello/api_key", b"s3cret"), sealed, "fresh nonce");
@@ -207,7 +210,10 @@ mod tests {
     #[test]
     fn keys_parse_from_base64_or_hex_and_say_what_is_wrong() {
         let key = SecretKey::generate();
-        assert_eq!(SecretKey::parse(&key.encoded()).expect("base64").id(), key.id());
+        assert_eq!(
+            SecretKey::parse(&key.encoded()).expect("base64").id(),
+            key.id()
+        );
         let hex = hex::encode(key.bytes);
         assert_eq!(SecretKey::parse(&hex).expect("hex").id(), key.id());
         let short = SecretKey::parse(&B64.encode([1u8; 16])).expect_err("short");

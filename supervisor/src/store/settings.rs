@@ -200,9 +200,14 @@ impl Store {
             let value = if secret {
                 let id: Option<String> = r.try_get("key_id")?;
                 let sealer = self.keyring()?.for_id(id.as_deref().unwrap_or(""))?;
-                let plain = sealer.open(&context(plugin, &key), &text).with_context(|| {
-                    format!("the secret {plugin}/{key} does not open under key {}: it was altered", sealer.id())
-                })?;
+                let plain = sealer
+                    .open(&context(plugin, &key), &text)
+                    .with_context(|| {
+                        format!(
+                            "the secret {plugin}/{key} does not open under key {}: it was altered",
+                            sealer.id()
+                        )
+                    })?;
                 serde_json::from_slice(&plain)?
             } else {
                 serde_json::from_str(&text)?
@@ -320,11 +325,10 @@ impl Store {
     pub async fn rotate_secrets(&self, new: &SecretKey, actor: &str) -> anyhow::Result<usize> {
         let keyring = self.keyring()?;
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "SELECT plugin, key, value, key_id FROM plugin_settings WHERE secret = 1",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows =
+            sqlx::query("SELECT plugin, key, value, key_id FROM plugin_settings WHERE secret = 1")
+                .fetch_all(&mut *tx)
+                .await?;
         let mut count = 0;
         for r in &rows {
             let (plugin, key, text): (String, String, String) =

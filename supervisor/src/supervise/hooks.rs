@@ -233,4 +233,3 @@ pub fn fire_lifecycle(registry: &crate::supervise::Registry, hook: &'static str,
         }
     });
 }
-

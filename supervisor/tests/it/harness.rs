@@ -134,6 +134,7 @@ fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child
         .env_remove("PLUGD_ADMIN_TOKEN")
         .env("PLUGD_HOST_TOKEN", HOST_TOKEN)
         .env_remove("PLUGD_CONFIG")
+        .env_remove("PLUGD_SECRET_KEY")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -228,6 +229,14 @@ impl TestSupervisor {
     pub async fn restart(&mut self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         assert_eq!(self.wait_exit().await.code(), Some(0));
+        let (child, addr) = spawn_plugd(self.dir.path(), &self.flags, &self.env);
+        self.child = Some(child);
+        self.addr = addr;
+        self.wait_ready().await;
+    }
+
+    /// Starts plugd again after it exited, on the same directories and settings.
+    pub async fn restart_stopped(&mut self) {
         let (child, addr) = spawn_plugd(self.dir.path(), &self.flags, &self.env);
         self.child = Some(child);
         self.addr = addr;

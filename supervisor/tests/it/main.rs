@@ -14,6 +14,7 @@ mod limits;
 mod operator;
 mod pg;
 mod proxy;
+mod settings;
 mod shutdown;
 mod store;
 mod systemd;

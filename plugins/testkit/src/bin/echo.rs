@@ -383,6 +383,20 @@ async fn main() -> Result<(), plugd_runtime::Error> {
                 .unwrap_or(0usize);
             vec![b'x'; n]
         })
+        // Its settings as it has them now, secrets included: the tests compare what arrived.
+        .get("/settings", |req: Request, _| async move {
+            Json(serde_json::Value::Object(
+                req.host().settings().values().clone(),
+            ))
+        })
+        // Refuses settings whose `greeting` is "refuse", as a plugin checking new values would.
+        .on_settings_changed(|settings, changed, _| async move {
+            eprintln!("settings changed: {}", changed.join(", "));
+            match settings.get::<String>("greeting").as_deref() {
+                Some("refuse") => Err("greeting \"refuse\" is not a greeting".into()),
+                _ => Ok(()),
+            }
+        })
         .run()
         .await
 }

@@ -13,8 +13,8 @@ use utoipa::{IntoResponses, Modify, OpenApi};
     info(
         title = "plugd admin API",
         description = "Drive a plugd cluster: plugins and their state on every worker, \
-            enable and disable (conditional on a generation), reload and restart, bundles, \
-            logs, the audit log, workers, totals, and a live stream of events. Every request \
+            enable and disable (conditional on a generation), reload and restart, settings and \
+            secrets, bundles, logs, the audit log, workers, totals, and a live stream of events. Every request \
             needs `Authorization: Bearer <token>`; a `viewer` token may only read. Errors are \
             `{\"error\", \"detail\"}`.",
         license(name = "MIT OR Apache-2.0"),
@@ -98,4 +98,12 @@ pub enum Conflict {
     /// disabled.
     #[response(status = 409)]
     Conflict(ErrorBody),
+}
+
+/// The running plugin refused the change.
+#[derive(Debug, IntoResponses)]
+pub enum Refused {
+    /// The plugin's answer says why; it keeps its settings and nothing was stored.
+    #[response(status = 422)]
+    Unprocessable(ErrorBody),
 }

@@ -1,13 +1,14 @@
 //! The admin REST API under `/admin`: JSON in and out, typed by the `plugd-api` crate, bearer
 //! tokens with roles (see [`super::auth`]), every change written to the audit log with the
-//! token's name. One file per resource: [`plugins`] (state and actions), [`bundles`] (install,
+//! token's name. One file per resource: [`plugins`] (state and actions), [`settings`], [`bundles`] (install,
 //! uninstall), [`events`] (the audit log), [`workers`], [`permissions`], [`stats`], [`me`]
 //! (the caller's identity) and [`stream`] (the live stream). [`doc`] is the OpenAPI document,
 //! generated from the same handlers and types and served without a token at
 //! `/admin/openapi.json`.
 //!
 //! Handlers write the desired state to the store and send the reconcile loop an event; they
-//! never touch a plugin's process or visible state.
+//! never touch a plugin's process or visible state. The one exception: a change of settings is
+//! offered to the running instance before it is stored (see [`settings`]).
 
 pub mod bundles;
 pub mod doc;
@@ -15,6 +16,7 @@ pub mod events;
 pub mod me;
 pub mod permissions;
 pub mod plugins;
+pub mod settings;
 pub mod stats;
 pub mod stream;
 pub mod workers;
@@ -46,6 +48,8 @@ pub fn router(edge: Arc<Edge>) -> (Router<Arc<Edge>>, utoipa::openapi::OpenApi) 
         .routes(routes!(plugins::reload))
         .routes(routes!(plugins::restart))
         .routes(routes!(plugins::logs))
+        .routes(routes!(settings::get, settings::put, settings::patch))
+        .routes(routes!(settings::reset))
         .routes(routes!(events::list))
         .routes(routes!(permissions::list))
         .routes(routes!(workers::list))

@@ -189,16 +189,21 @@ async fn set_enabled(
     }
 }
 
-/// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`. A header
-/// that is not a generation is refused rather than ignored: ignoring it would turn a
-/// conditional write into an unconditional one.
+/// The generation a write expects: `If-Match: "<generation>"` or `?generation=<n>`.
 fn expected_generation(headers: &HeaderMap, query: &ToggleQuery) -> Result<Option<i64>, ApiError> {
+    Ok(if_match(headers)?.or(query.generation))
+}
+
+/// The generation in `If-Match: "<generation>"`, if any (`*` matches any). A header that is
+/// not a generation is refused rather than ignored: ignoring it would turn a conditional write
+/// into an unconditional one.
+pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(IF_MATCH) else {
-        return Ok(query.generation);
+        return Ok(None);
     };
     // `*` matches any current version (RFC 9110): no condition on the generation.
     if value.as_bytes() == b"*" {
-        return Ok(query.generation);
+        return Ok(None);
     }
     value
         .to_str()
@@ -209,7 +214,7 @@ fn expected_generation(headers: &HeaderMap, query: &ToggleQuery) -> Result<Optio
             ApiError::bad_request(
                 "bad If-Match",
                 format!(
-                    "If-Match must be a generation such as \"3\" (the ETag of GET /admin/plugins/{{name}}), not {:?}",
+                    "If-Match must be a generation such as \"3\" (an ETag plugd answered), not {:?}",
                     String::from_utf8_lossy(value.as_bytes())
                 ),
             )

@@ -111,7 +111,9 @@ impl Reconciler {
                 self.start(name);
             } else if entry.current.is_none()
                 && entry.starting.is_none()
-                && state.reason().is_some_and(|r| r.starts_with(MISSING_SETTINGS))
+                && state
+                    .reason()
+                    .is_some_and(|r| r.starts_with(MISSING_SETTINGS))
             {
                 tracing::info!(plugin = name, "its settings changed; starting it again");
                 entry.restart.reset();

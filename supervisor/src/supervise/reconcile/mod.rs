@@ -378,7 +378,11 @@ impl Reconciler {
             }
             Event::Reload { name } => self.reload(&name),
             Event::SettingsRestart { name } => {
-                if self.entries.get(&name).is_some_and(|e| e.enabled && !e.removed) {
+                if self
+                    .entries
+                    .get(&name)
+                    .is_some_and(|e| e.enabled && !e.removed)
+                {
                     tracing::info!(plugin = %name, "a setting marked restart changed; reloading");
                     self.start(&name);
                 }

@@ -68,9 +68,9 @@ impl Launcher for Processes {
         settings: Applied,
     ) -> BoxFuture<'static, Result<Arc<Instance>, Failure>> {
         let ctx = self.ctx.clone();
-        Box::pin(async move {
-            start_instance(manifest, epoch, &ctx, logs, on_spawned, settings).await
-        })
+        Box::pin(
+            async move { start_instance(manifest, epoch, &ctx, logs, on_spawned, settings).await },
+        )
     }
 
     fn follow(

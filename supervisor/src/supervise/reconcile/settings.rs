@@ -67,8 +67,7 @@ impl Reconciler {
                 return;
             }
             let name = instance.manifest.name.clone();
-            let stored = match crate::store::bounded(SETTINGS_READ, store.settings(&name)).await
-            {
+            let stored = match crate::store::bounded(SETTINGS_READ, store.settings(&name)).await {
                 Ok(stored) => stored,
                 Err(e) => {
                     tracing::warn!(plugin = %name, "cannot read its settings: {e:#}; it keeps the ones it has");
@@ -89,12 +88,21 @@ impl Reconciler {
                 return;
             }
             let changed = changed_keys(&applied.values, &found.values);
-            if changed.iter().any(|k| schema.get(k).is_some_and(|s| s.restart)) {
+            if changed
+                .iter()
+                .any(|k| schema.get(k).is_some_and(|s| s.restart))
+            {
                 applied.generation = stored.generation;
                 let _ = tx.send(Event::SettingsRestart { name });
                 return;
             }
-            let result = apply(&registry, &instance, &mut applied, found.values, stored.generation);
+            let result = apply(
+                &registry,
+                &instance,
+                &mut applied,
+                found.values,
+                stored.generation,
+            );
             if let Err(e) = result.await {
                 tracing::warn!(plugin = %name, generation = stored.generation, "{e}; it keeps the ones it has");
                 applied.generation = stored.generation;

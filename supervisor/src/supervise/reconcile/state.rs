@@ -6,8 +6,8 @@
 //! visible to the reconcile module alone: no other code can change a plugin's state. Readers
 //! take a snapshot without a lock on every request.
 
-use crate::manifest::SettingsSchema;
 use crate::feed::Feed;
+use crate::manifest::SettingsSchema;
 use crate::os::output::LogRing;
 use crate::supervise::instance::Instance;
 use arc_swap::{ArcSwap, Guard};

@@ -279,3 +279,67 @@ def test_a_missing_sdk_dependency_fails_the_plugin_with_the_reason(plugd: Plugd)
     plugd.start()
     wait_for("the plugin to fail", lambda: plugd.plugin("broken")["state"] == "failed")
     assert "No module named 'no_such_module_here'" in plugd.logs("broken")
+
+
+SETTINGS_PLUGIN = """
+    from dataclasses import dataclass
+    from plugd import Plugin, Request, SettingsChanged
+
+    plugin = Plugin("conf", "1.0.0")
+    changes: list[list[str]] = []
+
+    @dataclass
+    class Config:
+        greeting: str
+        timeout: int
+        token: str = ""
+
+    @plugin.get("/settings")
+    async def show(req: Request) -> dict:
+        config = req.host.settings(Config)
+        return {"raw": req.host.settings(), "greeting": config.greeting, "changes": changes}
+
+    @plugin.on_settings_changed
+    def check(change: SettingsChanged) -> None:
+        if change.settings.get("greeting") == "refuse":
+            raise ValueError("greeting 'refuse' is not a greeting")
+        changes.append(change.changed)
+
+    if __name__ == "__main__":
+        plugin.run()
+"""
+
+SETTINGS_SCHEMA = """
+    [settings.greeting]
+    type = "string"
+    default = "hello"
+    [settings.timeout]
+    type = "duration"
+    default = "5s"
+    [settings.token]
+    type = "string"
+    secret = true
+"""
+
+
+def test_settings_arrive_in_the_handshake_and_live_and_a_refusal_keeps_them(plugd: Plugd) -> None:
+    plugd.python_plugin("conf", SETTINGS_PLUGIN, SETTINGS_SCHEMA)
+    plugd.start()
+    plugd.wait_ready("conf")
+    seen = plugd.get("/plugins/conf/settings").json()
+    assert seen["raw"] == {"greeting": "hello", "timeout": 5000}
+    assert seen["greeting"] == "hello"
+
+    r = plugd.admin("PATCH", "/plugins/conf/settings", {"greeting": "hi", "token": "tok-1"})
+    assert r.status == 200, r
+    assert r.json()["applied"] == "live"
+    seen = plugd.get("/plugins/conf/settings").json()
+    assert seen["raw"]["token"] == "tok-1"
+    assert seen["greeting"] == "hi"
+    assert seen["changes"] == [["greeting", "token"]]
+
+    r = plugd.admin("PATCH", "/plugins/conf/settings", {"greeting": "refuse"})
+    assert r.status == 422, r
+    assert "is not a greeting" in r.json()["detail"]
+    assert plugd.get("/plugins/conf/settings").json()["greeting"] == "hi"
+    assert "tok-1" not in plugd.admin("GET", "/plugins/conf/settings").text

@@ -12,7 +12,7 @@ use plugd_protocol::{ErrorObject, ProtocolVersion};
 
 pub fn hello() -> Hello {
     Hello {
-        protocol: ProtocolVersion { major: 1, minor: 0 },
+        protocol: ProtocolVersion::CURRENT,
         name: "notes".into(),
         version: "1.2.3".into(),
         epoch: 1_763_900_000_000_001,

@@ -27,6 +27,7 @@ from ._plugin import (
     Reject,
     ServiceError,
     ServiceEvent,
+    SettingsChanged,
     init_logging,
 )
 
@@ -46,5 +47,6 @@ __all__ = [
     "Response",
     "ServiceError",
     "ServiceEvent",
+    "SettingsChanged",
     "init_logging",
 ]

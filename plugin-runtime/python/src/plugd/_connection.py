@@ -22,7 +22,15 @@ from typing import Any
 from . import protocol
 from ._host import Caller, Host
 from ._http import HttpError, Request, Response, to_response
-from ._plugin import HookEvent, Plugin, Reject, ServiceError, ServiceEvent, _Handler
+from ._plugin import (
+    HookEvent,
+    Plugin,
+    Reject,
+    ServiceError,
+    ServiceEvent,
+    SettingsChanged,
+    _Handler,
+)
 from .protocol import ErrorObject
 
 log = logging.getLogger("plugd")
@@ -211,6 +219,8 @@ class Connection(asyncio.Protocol):
                         self.max_frame = min(limit, self.env.max_frame)
                     self.decoder.max_frame = self.max_frame
                     self.caller.max_frame = self.max_frame
+                    settings = message.result.get("settings")
+                    self.caller.settings = dict(settings) if isinstance(settings, dict) else {}
                     self.welcome.set_result(message.result)
                 return
             raise protocol.ProtocolError(f"expected the handshake answer, got {message!r}")
@@ -239,6 +249,16 @@ class Connection(asyncio.Protocol):
             if not self.draining:
                 self.draining = True
                 self._spawn_untracked(self._drain_and_stop(id, grace / 1000.0))
+            return
+        if method == "settings":
+            values = params.get("values") if isinstance(params, dict) else None
+            changed = params.get("changed") if isinstance(params, dict) else None
+            if not isinstance(values, dict) or not isinstance(changed, list):
+                message = "settings params must be {values: map, changed: [str]}"
+                self._spawn_untracked(self.refuse(id, protocol.INVALID_PARAMS, message))
+                return
+            change = SettingsChanged(dict(values), [str(k) for k in changed])
+            self._spawn_untracked(self._take_settings(id, change))
             return
         if method not in ("http", "hook.call", "service.call"):
             message = f"this plugin does not implement method {method!r}"
@@ -389,6 +409,19 @@ class Connection(asyncio.Protocol):
         log.error("%s (request %d)", message, id)
         await self.refuse(id, protocol.INTERNAL, message)
         return True
+
+    async def _take_settings(self, id: int, change: SettingsChanged) -> None:
+        """Runs the plugin's settings callbacks; takes the settings when none raised."""
+        for handler in self.plugin._on_settings:
+            try:
+                await self._invoke(handler, change)
+            except Exception as e:
+                reason = str(e) or type(e).__name__
+                log.warning("refused new settings: %s", reason)
+                await self.refuse(id, protocol.INVALID_PARAMS, reason)
+                return
+        self.caller.settings = change.settings
+        await self.answer(id, {})
 
     def _host(self, depth: int) -> Host:
         return self.host if depth == 0 else Host(self.caller, depth)

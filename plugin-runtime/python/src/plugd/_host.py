@@ -7,7 +7,7 @@ import builtins
 import itertools
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar, Union, overload
 
 from . import protocol
 
@@ -47,6 +47,8 @@ class Caller:
         self._pending: dict[int, asyncio.Future[protocol.Response]] = {}
         self._closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: The plugin's settings as plugd last delivered them (replaced whole, never mutated).
+        self.settings: dict[str, Any] = {}
 
     def answer(self, response: protocol.Response) -> bool:
         """Delivers an answer; false for an id nobody waits for."""
@@ -173,6 +175,20 @@ class Host:
         self._caller = caller
         self.depth = depth
         self.kv = Kv(caller)
+
+    @overload
+    def settings(self) -> dict[str, Any]: ...
+
+    @overload
+    def settings(self, into: Callable[..., T]) -> T: ...
+
+    def settings(self, into: Callable[..., Any] | None = None) -> Any:
+        """The plugin's settings as they are now: a dict by name (durations in milliseconds,
+        sizes in bytes), or ``into(**settings)`` — a dataclass, a ``TypedDict``, any class
+        taking the settings as keyword arguments. A change arrives without a restart (see
+        :meth:`Plugin.on_settings_changed`)."""
+        values = dict(self._caller.settings)
+        return values if into is None else into(**values)
 
     async def call_service(self, name: str, payload: Any = None) -> Any:
         """Calls service ``name`` of another plugin; answers its result."""

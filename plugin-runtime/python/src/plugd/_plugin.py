@@ -64,6 +64,14 @@ class ServiceEvent:
     host: Host
 
 
+@dataclass(frozen=True)
+class SettingsChanged:
+    """New settings offered to the plugin: every effective value, and the changed names."""
+
+    settings: dict[str, Any]
+    changed: list[str]
+
+
 @dataclass
 class _Handler:
     fn: Callable[..., Any]
@@ -106,6 +114,7 @@ class Plugin:
         self.permissions: dict[str, str] = {}
         self._on_load: list[_Handler] = []
         self._on_unload: list[_Handler] = []
+        self._on_settings: list[_Handler] = []
 
     # Routes ---------------------------------------------------------------------------------
 
@@ -196,6 +205,14 @@ class Plugin:
         """Runs ``fn()`` before the handshake, so before the first request; an exception
         stops the plugin (during a reload, the running version keeps serving)."""
         self._on_load.append(_Handler(fn))
+        return fn
+
+    def on_settings_changed(self, fn: F) -> F:
+        """Runs ``fn(change)`` with a :class:`SettingsChanged` when an admin changes the
+        plugin's settings, before handlers see them (``async def`` or plain ``def``). Returning
+        takes them; raising refuses them: the plugin keeps its settings, and the admin is told
+        the exception's message. Without such a callback every change is taken."""
+        self._on_settings.append(_Handler(fn))
         return fn
 
     def on_unload(self, fn: F) -> F:

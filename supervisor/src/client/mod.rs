@@ -213,6 +213,24 @@ impl Client {
         self.send(what, request).await
     }
 
+    /// `PATCH /admin{path}` with a JSON body; with `generation`, `If-Match` on it.
+    pub async fn patch_if<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+        generation: Option<i64>,
+    ) -> Result<T, Failure> {
+        let mut request = self
+            .request(Method::PATCH, path)
+            .json(body)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(generation) = generation {
+            request = request.header(reqwest::header::IF_MATCH, format!("\"{generation}\""));
+        }
+        self.send(what, request).await
+    }
+
     /// `DELETE /admin{path}`.
     pub async fn delete<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, Failure> {
         let request = self.request(Method::DELETE, path).timeout(REQUEST_TIMEOUT);

@@ -5,8 +5,9 @@ use super::{Client, Failure};
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use plugd_api::{
-    Accepted, Events, EventsQuery, Installed, Logs, LogsQuery, Plugin, PluginList, Stats,
-    StreamEvent, StreamQuery, ToggleAnswer, ToggleQuery, Uninstalled, Workers,
+    Accepted, Events, EventsQuery, Installed, Logs, LogsQuery, Plugin, PluginList, Settings,
+    SettingsAnswer, SettingsChange, Source, Stats, StreamEvent, StreamQuery, ToggleAnswer,
+    ToggleQuery, Uninstalled, Workers,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -94,6 +95,23 @@ pub enum Verb {
         /// How many of the latest entries.
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: i64,
+    },
+    /// Show a plugin's settings: value (never a secret's), type, where the value comes from.
+    Settings {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Change a plugin's settings on every worker: KEY=VALUE, where VALUE is JSON (3, true,
+    /// ["a","b"]) or else text; KEY=null returns a setting to its default.
+    Set {
+        /// The plugin's name.
+        name: String,
+        /// The settings to change, as KEY=VALUE.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        values: Vec<String>,
+        /// Write only if the settings are at this generation.
+        #[arg(long)]
+        generation: Option<i64>,
     },
     /// List the workers of the cluster with their hosts.
     Workers,
@@ -224,6 +242,12 @@ impl Verb {
                 follow,
                 limit,
             } => events(client, plugin, follow, limit, json).await,
+            Verb::Settings { name } => settings(client, &name, json).await,
+            Verb::Set {
+                name,
+                values,
+                generation,
+            } => set(client, &name, &values, generation, json).await,
             Verb::Workers => workers(client, json).await,
             Verb::Stats => {
                 let stats: Stats = client.get("stats", "/stats", &()).await?;
@@ -396,6 +420,96 @@ async fn toggle(client: &Client, t: Toggle, enabled: bool, json: bool) -> Result
                 c.pending.join(", ")
             )));
         }
+    }
+    Ok(())
+}
+
+async fn settings(client: &Client, name: &str, json: bool) -> Result<(), Failure> {
+    let what = format!("settings of {name}");
+    let view: Settings = client
+        .get(&what, &format!("{}/settings", plugin_path(name)), &())
+        .await?;
+    if json {
+        print_json(&view);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = view
+        .settings
+        .iter()
+        .map(|s| {
+            let value = match (&s.value, s.secret, s.source) {
+                (_, true, Source::Unset) => "(secret, unset)".to_owned(),
+                (_, true, _) => "(secret, set)".to_owned(),
+                (Some(v), _, _) => v.to_string(),
+                (None, _, _) => "-".to_owned(),
+            };
+            let source = match s.source {
+                Source::Set => "set",
+                Source::Default => "default",
+                Source::Unset if s.required => "MISSING",
+                Source::Unset => "unset",
+            };
+            let mut kind = s.kind.clone();
+            if s.restart {
+                kind.push_str(" (restart)");
+            }
+            vec![
+                s.name.clone(),
+                value,
+                kind,
+                source.to_owned(),
+                s.description.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["SETTING", "VALUE", "TYPE", "SOURCE", "DESCRIPTION"],
+        &rows,
+    );
+    println!("generation {}", view.generation);
+    if !view.missing.is_empty() {
+        println!("missing required settings: {}", view.missing.join(", "));
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` as a setting: VALUE as JSON when it is JSON, else as text.
+fn parse_assignment(pair: &str) -> Result<(String, serde_json::Value), Failure> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| Failure::usage(format!("{pair:?} is not KEY=VALUE")))?;
+    if key.is_empty() {
+        return Err(Failure::usage(format!("{pair:?} names no setting")));
+    }
+    let value =
+        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+async fn set(
+    client: &Client,
+    name: &str,
+    pairs: &[String],
+    generation: Option<i64>,
+    json: bool,
+) -> Result<(), Failure> {
+    let body: SettingsChange = pairs
+        .iter()
+        .map(|p| parse_assignment(p))
+        .collect::<Result<_, _>>()?;
+    let what = format!("set the settings of {name}");
+    let answer: SettingsAnswer = client
+        .patch_if(
+            &what,
+            &format!("{}/settings", plugin_path(name)),
+            &body,
+            generation,
+        )
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!("{}", answer.detail);
     }
     Ok(())
 }

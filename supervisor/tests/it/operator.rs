@@ -34,7 +34,7 @@ fn venv_tool(name: &str) -> PathBuf {
 }
 
 /// Runs the `plugd` binary as a client of `sup` with `args`, token `token`.
-fn cli(sup: &TestSupervisor, token: Option<&str>, args: &[&str]) -> Output {
+pub fn cli(sup: &TestSupervisor, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plugd"));
     cmd.args(args)
         .env("PLUGD_URL", format!("http://{}", sup.addr()))

@@ -345,9 +345,30 @@ async fn a_plugin_missing_a_required_setting_waits_for_it_then_starts() {
     assert!(body["detail"]
         .as_str()
         .is_some_and(|d| d.contains("token: is required")));
-    let (status, body) = patch(&sup, json!({ "token": "t-1" })).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["applied"], "stored");
+    // Through the command line, as an operator would.
+    let out = crate::operator::cli(&sup, Some(ADMIN), &["settings", "echo"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("token") && table.contains("MISSING"),
+        "{table}"
+    );
+    assert!(
+        table.contains("missing required settings: token"),
+        "{table}"
+    );
+    let out = crate::operator::cli(&sup, Some(ADMIN), &["set", "echo", "token=t-1"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("changed (token)"), "{said}");
+    let out = crate::operator::cli(&sup, Some(ADMIN), &["set", "echo", "colour=red"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("colour: is not a setting"), "{said}");
     sup.wait_until("it starts once the setting is there", || async {
         sup.plugin_status("echo").await["state"] == "ready"
     })

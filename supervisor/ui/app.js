@@ -13,6 +13,7 @@ class ApiError extends Error {
   constructor(status, body) {
     super(body && body.error ? `${status} ${body.error}: ${body.detail}` : `${status}`);
     this.status = status;
+    this.body = body;
   }
 }
 
@@ -304,9 +305,123 @@ async function showPlugin(name, changed) {
     ["Tasks", `${u.tasks ?? "–"} of ${l.tasks ?? "–"}`], ["Open files", `${u.open_files ?? "–"} of ${l.open_files ?? "–"}`],
     ["Request timeout", l.request_timeout_ms ? `${l.request_timeout_ms} ms` : "–"], ["In flight", l.max_in_flight ?? "–"]];
   $("#p-limits").replaceChildren(...lim.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+  // Rendered on arrival only, so a live refresh never wipes what an admin is typing.
+  if (changed) await showSettings(name);
   const events = await api("GET", `/events?plugin=${encodeURIComponent(name)}&limit=50`);
   $("#p-events tbody").replaceChildren(...events.events.map(eventRow(false)));
   if (changed) followLogs(name);
+}
+
+// The plugin page's settings form, rendered from the schema the API answers. Only the fields an
+// admin changed are sent (PATCH, conditional on the generation read); a secret is never shown,
+// and its field left empty keeps it.
+const settingsForm = { name: null, generation: null, fields: new Map() };
+
+function settingHint(s) {
+  const bits = [s.type];
+  if (s.required) bits.push("required");
+  if (s.restart) bits.push("reloads the plugin");
+  if (s.min !== undefined) bits.push(`min ${s.min}`);
+  if (s.max !== undefined) bits.push(`max ${s.max}`);
+  if (s.type === "duration") bits.push("milliseconds, or words like 30s");
+  if (s.type === "size") bits.push("bytes, or words like 10MiB");
+  if (s.type === "list") bits.push("comma-separated");
+  if (s.default !== undefined) bits.push(`default ${JSON.stringify(s.default)}`);
+  bits.push(s.source === "set" ? `set by ${s.updated_by}` : s.source);
+  return `${s.description ? s.description + " — " : ""}${bits.join(", ")}`;
+}
+
+function settingInput(s) {
+  const id = `setting-${s.name}`;
+  const attrs = { id, name: s.name, "data-setting": s.name };
+  if (s.type === "boolean") {
+    const box = el("input", Object.assign(attrs, { type: "checkbox" }));
+    box.checked = s.value === true;
+    return [box, () => box.checked, String(box.checked)];
+  }
+  if (s.type === "enum") {
+    const select = el("select", attrs, ...(s.required ? [] : [el("option", { value: "" }, "(default)")]),
+      ...s.values.map((v) => el("option", { value: v }, v)));
+    select.value = s.value ?? "";
+    return [select, () => (select.value === "" ? null : select.value), select.value];
+  }
+  const input = el("input", Object.assign(attrs, { type: s.secret ? "password" : (s.type === "integer" || s.type === "number") ? "number" : "text", autocomplete: "off" }));
+  if (s.secret) input.placeholder = s.source === "set" ? "(set: type to replace)" : "(not set)";
+  else if (s.value !== undefined) input.value = s.type === "list" ? s.value.join(", ") : String(s.value);
+  const read = () => {
+    const text = input.value.trim();
+    if (text === "") return s.secret ? undefined : null;
+    if (s.type === "integer" || s.type === "number") return Number(text);
+    if ((s.type === "duration" || s.type === "size") && /^\d+$/.test(text)) return Number(text);
+    if (s.type === "list") return text.split(",").map((x) => x.trim()).filter((x) => x !== "");
+    return text;
+  };
+  return [input, read, input.value];
+}
+
+async function showSettings(name) {
+  const view = await api("GET", `/plugins/${encodeURIComponent(name)}/settings`);
+  settingsForm.name = name;
+  settingsForm.generation = view.generation;
+  settingsForm.fields = new Map();
+  const rows = view.settings.map((s) => {
+    const [input, read, initial] = settingInput(s);
+    const problem = el("p", { class: "problem", id: `problem-${s.name}`, "aria-live": "polite" });
+    const reset = el("button", { type: "button", class: "write", "data-reset": s.name, hidden: s.source === "set" ? undefined : "",
+      onclick: () => resetSetting(name, s.name) }, "Reset");
+    settingsForm.fields.set(s.name, { read, initial, input, problem, secret: s.secret });
+    return el("div", { class: "setting", "data-setting-row": s.name },
+      el("label", { for: input.id }, s.name), input, reset,
+      el("p", { class: "hint" }, settingHint(s)), problem);
+  });
+  $("#p-settings-fields").replaceChildren(...rows);
+  $("#p-settings-none").hidden = view.settings.length > 0;
+  $("#p-settings-save").hidden = view.settings.length === 0;
+  const viewer = document.body.classList.contains("viewer");
+  for (const f of settingsForm.fields.values()) f.input.disabled = viewer;
+}
+
+async function saveSettings(event) {
+  event.preventDefault();
+  const changes = {};
+  for (const [key, f] of settingsForm.fields) {
+    f.problem.textContent = "";
+    const value = f.read();
+    if (value === undefined) continue; // a secret left empty
+    const now = f.input.type === "checkbox" ? String(f.input.checked) : f.input.value;
+    if (!f.secret && now === f.initial) continue;
+    changes[key] = value;
+  }
+  const result = $("#p-settings-result");
+  result.className = "";
+  if (Object.keys(changes).length === 0) { result.textContent = "Nothing changed."; return; }
+  try {
+    const answer = await api("PATCH", `/plugins/${encodeURIComponent(settingsForm.name)}/settings`,
+      JSON.stringify(changes), { "Content-Type": "application/json", "If-Match": `"${settingsForm.generation}"` });
+    result.textContent = answer.detail;
+    await showSettings(settingsForm.name);
+  } catch (e) {
+    result.className = "error";
+    result.textContent = e.message;
+    for (const f of (e.body && e.body.fields) || []) {
+      const field = settingsForm.fields.get(f.key);
+      if (field) { field.problem.textContent = f.problem; field.input.setAttribute("aria-invalid", "true"); }
+    }
+  }
+}
+
+async function resetSetting(name, key) {
+  const result = $("#p-settings-result");
+  try {
+    const answer = await api("DELETE", `/plugins/${encodeURIComponent(name)}/settings/${encodeURIComponent(key)}`,
+      undefined, { "If-Match": `"${settingsForm.generation}"` });
+    result.className = "";
+    result.textContent = answer.detail;
+    await showSettings(name);
+  } catch (e) {
+    result.className = "error";
+    result.textContent = e.message;
+  }
 }
 
 // The plugin page's logs: subscribed first, then the history read, so no line falls between
@@ -428,6 +543,7 @@ function setUpInstall() {
 
 document.addEventListener("DOMContentLoaded", () => {
   setUpInstall();
+  $("#p-settings").addEventListener("submit", saveSettings);
   $("#signin-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     $("#signin-error").textContent = "";

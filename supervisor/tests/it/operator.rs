@@ -73,6 +73,10 @@ async fn the_openapi_document_is_public_valid_and_describes_every_admin_route() 
         ("post", "/admin/plugins/{name}/reload"),
         ("post", "/admin/plugins/{name}/restart"),
         ("get", "/admin/plugins/{name}/logs"),
+        ("get", "/admin/plugins/{name}/settings"),
+        ("put", "/admin/plugins/{name}/settings"),
+        ("patch", "/admin/plugins/{name}/settings"),
+        ("delete", "/admin/plugins/{name}/settings/{key}"),
         ("get", "/admin/events"),
         ("get", "/admin/permissions"),
         ("get", "/admin/workers"),
@@ -557,7 +561,10 @@ async fn streams_are_bounded_and_end_when_plugd_stops() {
 
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser() {
-    let sup = operator_sup(&[PluginDef::echo("alpha", ""), PluginDef::echo("beta", "")]).await;
+    let schema = "[settings.greeting]\ntype = \"string\"\ndefault = \"hello\"\ndescription = \"what it says\"\n\
+        [settings.retries]\ntype = \"integer\"\nmax = 10\n\
+        [settings.api_key]\ntype = \"string\"\nsecret = true\n";
+    let sup = operator_sup(&[PluginDef::echo("alpha", schema), PluginDef::echo("beta", "")]).await;
     // The dashboard's files come from the binary, under a strict policy.
     let r = sup.get("/ui/").await.expect("ui");
     assert_eq!(r.status(), 200);

@@ -117,6 +117,26 @@ try {
   await page.locator('#plugins a[href="#/plugin/alpha"]').click();
   await page.locator("#p-routes li").filter({ hasText: "/plugins/alpha/echo" }).first().waitFor({ timeout: WAIT });
   await page.locator("#p-events tr").filter({ hasText: "disable" }).first().waitFor({ timeout: WAIT });
+  // The settings form, rendered from the plugin's schema: a change is saved and reaches the
+  // plugin live; a bad value is named beside its field; a secret is never shown.
+  await page.locator("#setting-greeting").waitFor({ timeout: WAIT });
+  assert.equal(await page.locator("#setting-greeting").inputValue(), "hello");
+  await page.locator("#setting-greeting").fill("from the dashboard");
+  await page.locator("#setting-api_key").fill("dashboard-secret");
+  await page.locator("#p-settings-save").click();
+  await page.locator("#p-settings-result").filter({ hasText: "the running instance took them" }).waitFor({ timeout: WAIT });
+  const seen = await (await fetch(`${base}/plugins/alpha/settings`)).json();
+  assert.equal(seen.greeting, "from the dashboard");
+  assert.equal(seen.api_key, "dashboard-secret");
+  assert.equal(await page.locator("#setting-api_key").inputValue(), "", "a secret is never shown");
+  assert.equal(await page.locator("#setting-api_key").getAttribute("placeholder"), "(set: type to replace)");
+  await page.locator("#setting-retries").fill("99");
+  await page.locator("#p-settings-save").click();
+  await page.locator("#problem-retries").filter({ hasText: "at most 10" }).waitFor({ timeout: WAIT });
+  await page.locator('button[data-reset="greeting"]').click();
+  await page.locator("#p-settings-result").filter({ hasText: "greeting" }).waitFor({ timeout: WAIT });
+  assert.equal(await page.locator("#setting-greeting").inputValue(), "hello");
+  await page.locator("#p-settings").screenshot({ path: `${shots}/settings.png` });
   // A line the plugin writes now appears in the open page (once its log stream is live).
   await page.locator('#p-logs[data-live="1"]').waitFor({ state: "attached", timeout: WAIT });
   const crash = await fetch(`${base}/plugins/alpha/crash`).catch(() => null);
@@ -143,6 +163,10 @@ try {
   assert.equal(await viewer.locator("button[data-action]:visible").count(), 0, "no action buttons for a viewer");
   assert.equal(await viewer.locator("#install").isVisible(), false, "no install for a viewer");
   assert.equal((await api("POST", "/plugins/alpha/disable", viewerToken)).status, 403);
+  await viewer.locator('#plugins a[href="#/plugin/alpha"]').click();
+  await viewer.locator("#setting-greeting").waitFor({ timeout: WAIT });
+  assert.equal(await viewer.locator("#setting-greeting").isDisabled(), true, "a viewer cannot edit settings");
+  assert.equal(await viewer.locator("#p-settings-save").isVisible(), false, "no save for a viewer");
 
   // ---- readable on a phone: nothing wider than the screen but the tables' own scrollers ----
   const phone = await newPage({ width: 390, height: 844 });

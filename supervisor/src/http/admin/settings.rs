@@ -25,7 +25,7 @@ use axum::http::header::{HeaderValue, ETAG};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use plugd_api::{FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source};
+use plugd_api::{ErrorBody, FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -166,6 +166,7 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<SettingsChange, Api
     request_body(content = Object, description = "Every value to set, by name"),
     responses(
         (status = 200, description = "Changed (or nothing to change)", body = SettingsAnswer),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
         BadInput, NoSuchPlugin, Conflict, Refused, Denied,
     ),
 )]
@@ -190,6 +191,7 @@ pub async fn put(
     request_body(content = Object, description = "The values to change, by name"),
     responses(
         (status = 200, description = "Changed (or nothing to change)", body = SettingsAnswer),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
         BadInput, NoSuchPlugin, Conflict, Refused, Denied,
     ),
 )]

@@ -296,15 +296,20 @@ async fn the_example_hook_plugins_preview_tidy_and_guard_documents() {
 
 #[tokio::test]
 async fn the_supervisor_fires_lifecycle_hooks() {
-    let sup = TestSupervisor::start(
-        &[
-            hooked(
-                "watcher",
-                "plugd.plugin.loaded:collect:0:record;plugd.plugin.unloaded:collect:0:record;plugd.plugin.config_changed:collect:0:record",
-            ),
-            PluginDef::echo("b", ""),
-        ],
+    let hooks = [
+        "plugd.plugin.loaded",
+        "plugd.plugin.unloaded",
+        "plugd.plugin.upgraded",
+        "plugd.plugin.config_changed",
+        "plugd.plugin.settings_changed",
+    ]
+    .map(|h| format!("{h}:collect:0:record"))
+    .join(";");
+    let schema = "[settings.greeting]\ntype = \"string\"\n";
+    let sup = TestSupervisor::start_with_env(
+        &[hooked("watcher", &hooks), PluginDef::echo("b", schema)],
         &[],
+        &[("PLUGD_ADMIN_TOKEN", crate::admin::ADMIN.to_owned())],
     )
     .await;
     let recorded = |hook: &'static str| {
@@ -331,15 +336,36 @@ async fn the_supervisor_fires_lifecycle_hooks() {
             .is_some_and(|v| v["plugin"] == "b")
     })
     .await;
-    std::fs::write(
-        sup.dir.path().join("plugins/b/plugin.toml"),
-        PluginDef::echo("b", "[env]\nCHANGED = \"1\"\n").manifest,
-    )
-    .expect("change b");
-    sup.wait_until("b's reload is announced", || async {
-        recorded("plugd.plugin.config_changed")
+
+    // A change of settings taken live.
+    let r = sup
+        .client
+        .patch(sup.url("/admin/plugins/b/settings"))
+        .bearer_auth(crate::admin::ADMIN)
+        .json(&json!({ "greeting": "hi" }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    sup.wait_until("b's new settings are announced", || async {
+        recorded("plugd.plugin.settings_changed")
             .await
-            .is_some_and(|v| v["plugin"] == "b")
+            .is_some_and(|v| v["plugin"] == "b" && v["keys"] == json!(["greeting"]))
     })
     .await;
+
+    // A new version, under its new name and its deprecated one.
+    std::fs::write(
+        sup.dir.path().join("plugins/b/plugin.toml"),
+        PluginDef::echo("b", &format!("{schema}[env]\nECHO_VERSION = \"0.0.2\"\n")).manifest,
+    )
+    .expect("change b");
+    for hook in ["plugd.plugin.upgraded", "plugd.plugin.config_changed"] {
+        sup.wait_until("b's upgrade is announced", || async {
+            recorded(hook)
+                .await
+                .is_some_and(|v| v["plugin"] == "b" && v["from"] == "0.0.1" && v["to"] == "0.0.2")
+        })
+        .await;
+    }
 }

@@ -564,7 +564,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     let schema = "[settings.greeting]\ntype = \"string\"\ndefault = \"hello\"\ndescription = \"what it says\"\n\
         [settings.retries]\ntype = \"integer\"\nmax = 10\n\
         [settings.api_key]\ntype = \"string\"\nsecret = true\n";
-    let sup = operator_sup(&[PluginDef::echo("alpha", schema), PluginDef::echo("beta", "")]).await;
+    let sup = operator_sup(&[
+        PluginDef::echo("alpha", schema),
+        PluginDef::echo("beta", ""),
+    ])
+    .await;
     // The dashboard's files come from the binary, under a strict policy.
     let r = sup.get("/ui/").await.expect("ui");
     assert_eq!(r.status(), 200);

@@ -181,7 +181,11 @@ fn with_services(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
 async fn main() -> Result<(), plugd_runtime::Error> {
     let name = std::env::var("PLUGD_PLUGIN_NAME").unwrap_or_else(|_| "echo".into());
     let plugin = with_services(with_hooks(
-        Plugin::new(name, "0.0.1").with_state(Counters::default()),
+        Plugin::new(
+            name,
+            std::env::var("ECHO_VERSION").unwrap_or_else(|_| "0.0.1".into()),
+        )
+        .with_state(Counters::default()),
     ));
     plugin
         .get("/echo/{id}", |req: Request, _| async move { echo(&req) })

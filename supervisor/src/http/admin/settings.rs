@@ -25,7 +25,9 @@ use axum::http::header::{HeaderValue, ETAG};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use plugd_api::{ErrorBody, FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source};
+use plugd_api::{
+    ErrorBody, FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -48,11 +48,12 @@ for w in a b c; do
   # flip: toggled after the outage, so the load on echo is untouched.
   for p in echo flip; do
     mkdir -p "$work/$w/plugins/$p"
-    printf 'name = "%s"\nversion = "1"\ncommand = "%s"\n' "$p" "$PWD/target/release/plugd-testkit-echo" \
-      >"$work/$w/plugins/$p/plugin.toml"
+    printf 'name = "%s"\nversion = "1"\ncommand = "%s"\n[settings.greeting]\ntype = "string"\n' \
+      "$p" "$PWD/target/release/plugd-testkit-echo" >"$work/$w/plugins/$p/plugin.toml"
   done
   port=$(free_port)
-  PLUGD_LOG=warn PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" target/release/plugd serve \
+  PLUGD_LOG=warn PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" \
+    PLUGD_SECRET_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= target/release/plugd serve \
     --listen "127.0.0.1:$port" --plugins-dir "$work/$w/plugins" --data-dir "$work/$w/data" \
     --runtime-dir "$work/$w/run" >"$work/$w/out" 2>"$work/$w/err" &
   pids+=($!)

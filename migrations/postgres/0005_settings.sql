@@ -15,7 +15,7 @@ CREATE TABLE plugin_settings (
 ALTER TABLE plugins ADD COLUMN settings_generation BIGINT NOT NULL DEFAULT 1;
 
 -- The key secrets are sealed under, known by its id and a value sealed under it (never the
--- key itself): a worker with another key is refused at start-up.
+-- key itself), recorded with the first secret: a worker with another key is refused.
 CREATE TABLE secret_keys (
     name        TEXT PRIMARY KEY,
     key_id      TEXT NOT NULL,

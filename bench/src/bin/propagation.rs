@@ -4,6 +4,9 @@
 //! every worker. Prints p50 and p99 of the time from an admin change on A until every other
 //! worker runs the new state, over `ROUNDS` changes (default 100), then the sustained rate of
 //! changes per second with clients writing through every worker for `WRITE_SECONDS` (default 5).
+//! Then p50 and p99 of the time from a change of `echo`'s `greeting` setting on A until the
+//! plugin on every worker (A included) answers with the new value, which needs `echo` to
+//! declare `[settings.greeting]`.
 
 use std::time::{Duration, Instant};
 
@@ -28,9 +31,32 @@ async fn toggle(client: &reqwest::Client, base: &str, token: &str, enable: bool)
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// The `greeting` the plugin on `base` has now.
+async fn greeting(client: &reqwest::Client, base: &str) -> String {
+    let Ok(r) = client
+        .get(format!("{base}/plugins/echo/settings"))
+        .send()
+        .await
+    else {
+        return String::new();
+    };
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    v["greeting"].as_str().unwrap_or_default().to_owned()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
+}
+
+fn report(what: &str, rounds: usize, latencies: &mut [Duration]) {
+    latencies.sort();
+    println!(
+        "{what} over {rounds} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
 }
 
 #[tokio::main]
@@ -83,13 +109,62 @@ async fn main() {
         }
         latencies.push(slowest);
     }
-    latencies.sort();
-    println!(
-        "propagation A -> {} other workers over {rounds} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        others.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    report(
+        &format!("propagation A -> {} other workers", others.len()),
+        rounds,
+        &mut latencies,
+    );
+
+    // Settings: an admin change on A until the plugin's handler sees it on every worker.
+    let all: Vec<String> = std::iter::once(a.clone())
+        .chain(others.iter().cloned())
+        .collect();
+    for base in &all {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state(&client, base).await != "ready" {
+            assert!(Instant::now() < deadline, "echo on {base} is not ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut settings = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let want = format!("greeting {round}");
+        let start = Instant::now();
+        let r = client
+            .patch(format!("{a}/admin/plugins/echo/settings"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "greeting": want }))
+            .send()
+            .await
+            .expect("patch");
+        assert!(r.status().is_success(), "the settings change was refused");
+        let waits: Vec<_> = all
+            .iter()
+            .map(|base| {
+                let (client, base, want) = (client.clone(), base.clone(), want.clone());
+                tokio::spawn(async move {
+                    let deadline = start + Duration::from_secs(30);
+                    while greeting(&client, &base).await != want {
+                        assert!(Instant::now() < deadline, "{base} never got the setting");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for w in waits {
+            slowest = slowest.max(w.await.expect("waiter"));
+        }
+        settings.push(slowest);
+    }
+    report(
+        &format!(
+            "settings change on A -> the plugin on all {} workers",
+            all.len()
+        ),
+        rounds,
+        &mut settings,
     );
 
     // Sustained writes through every worker at once.

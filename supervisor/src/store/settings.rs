@@ -111,9 +111,10 @@ fn context(plugin: &str, key: &str) -> String {
 }
 
 impl Store {
-    /// Settles the secret key at start-up: `PLUGD_SECRET_KEY` or the key file must be the key
-    /// the store's secrets are sealed under; with neither, a key file is created (0600) — unless
-    /// the store already holds secrets, which is an error naming the key it needs.
+    /// Settles the secret key at start-up: `PLUGD_SECRET_KEY` or the key file. Once the store
+    /// holds secrets (it records the key's id then), the key must be the one they are sealed
+    /// under; with no key given while it holds none, a key file is created (0600). A worker
+    /// with a wrong key, or none while secrets exist, is refused here, naming the key it needs.
     pub async fn unlock_secrets(&mut self, data_dir: &Path) -> anyhow::Result<()> {
         let recorded = self.recorded_key().await?;
         let (key, source) = match (secrets::load_key(data_dir)?, &recorded) {
@@ -131,7 +132,25 @@ impl Store {
                 (key, KeySource::File(path))
             }
         };
-        if recorded.is_none() {
+        if let Some((id, check)) = &recorded {
+            if !key.matches(check) {
+                bail!(
+                    "the key from {source} (id {}) is not the key the store's secrets are sealed under (id {id}): give every worker the same key",
+                    key.id()
+                );
+            }
+        }
+        self.keyring = Some(Arc::new(Keyring {
+            key: ArcSwap::from_pointee(key),
+            source,
+        }));
+        Ok(())
+    }
+
+    /// Records this worker's key as the store's before the first secret is sealed (another
+    /// worker may have recorded its own first: then the keys must be the same).
+    async fn record_key(&self, key: &SecretKey) -> anyhow::Result<()> {
+        if self.recorded_key().await?.is_none() {
             sqlx::query(
                 "INSERT INTO secret_keys (name, key_id, check_value) VALUES ('current', $1, $2)
                  ON CONFLICT (name) DO NOTHING",
@@ -141,21 +160,17 @@ impl Store {
             .execute(&self.pool)
             .await?;
         }
-        // Read again: another worker may have recorded its key first.
         let (id, check) = self
             .recorded_key()
             .await?
             .context("the secret key record vanished")?;
         if !key.matches(&check) {
             bail!(
-                "the key from {source} (id {}) is not the key the store's secrets are sealed under (id {id}): give every worker the same key",
+                "the store's secrets are sealed under key {id}, but this worker's key ({}) is {}: give every worker the same key",
+                self.keyring()?.source,
                 key.id()
             );
         }
-        self.keyring = Some(Arc::new(Keyring {
-            key: ArcSwap::from_pointee(key),
-            source,
-        }));
         Ok(())
     }
 
@@ -236,7 +251,9 @@ impl Store {
         expected: Option<i64>,
     ) -> anyhow::Result<SettingsOutcome> {
         let sealer = if writes.iter().any(|w| w.secret && w.value.is_some()) {
-            Some(self.keyring()?.current())
+            let key = self.keyring()?.current();
+            self.record_key(&key).await?;
+            Some(key)
         } else {
             None
         };
@@ -350,11 +367,14 @@ impl Store {
             .await?;
             count += 1;
         }
-        sqlx::query("UPDATE secret_keys SET key_id = $1, check_value = $2 WHERE name = 'current'")
-            .bind(new.id())
-            .bind(new.check_value())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO secret_keys (name, key_id, check_value) VALUES ('current', $1, $2)
+             ON CONFLICT (name) DO UPDATE SET key_id = $1, check_value = $2",
+        )
+        .bind(new.id())
+        .bind(new.check_value())
+        .execute(&mut *tx)
+        .await?;
         let detail = format!(
             "{count} secrets sealed again; key {} replaces {}",
             new.id(),

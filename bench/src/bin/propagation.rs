@@ -49,6 +49,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// How long after `start` every one of `workers` passed `seen`. Polling them one after another
+/// (every millisecond, 30 s each) ends when the last one to get there is seen: the same time as
+/// polling them all at once.
+async fn slowest<F, Fut>(
+    client: &reqwest::Client,
+    workers: &[String],
+    start: Instant,
+    seen: F,
+) -> Duration
+where
+    F: Fn(reqwest::Client, String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for base in workers {
+        let deadline = start + Duration::from_secs(30);
+        while !seen(client.clone(), base.clone()).await {
+            assert!(Instant::now() < deadline, "{base} never got there");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    start.elapsed()
+}
+
 fn report(what: &str, rounds: usize, latencies: &mut [Duration]) {
     latencies.sort();
     println!(
@@ -89,25 +112,10 @@ async fn main() {
             toggle(&client, a, token, enable).await,
             "the change was refused"
         );
-        let waits: Vec<_> = others
-            .iter()
-            .map(|base| {
-                let (client, base) = (client.clone(), base.clone());
-                tokio::spawn(async move {
-                    let deadline = start + Duration::from_secs(30);
-                    while state(&client, &base).await != want {
-                        assert!(Instant::now() < deadline, "{base} never converged");
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        let mut slowest = Duration::ZERO;
-        for w in waits {
-            slowest = slowest.max(w.await.expect("waiter"));
-        }
-        latencies.push(slowest);
+        let seen = |client: reqwest::Client, base: String| async move {
+            state(&client, &base).await == want
+        };
+        latencies.push(slowest(&client, others, start, seen).await);
     }
     report(
         &format!("propagation A -> {} other workers", others.len()),
@@ -138,25 +146,11 @@ async fn main() {
             .await
             .expect("patch");
         assert!(r.status().is_success(), "the settings change was refused");
-        let waits: Vec<_> = all
-            .iter()
-            .map(|base| {
-                let (client, base, want) = (client.clone(), base.clone(), want.clone());
-                tokio::spawn(async move {
-                    let deadline = start + Duration::from_secs(30);
-                    while greeting(&client, &base).await != want {
-                        assert!(Instant::now() < deadline, "{base} never got the setting");
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        let mut slowest = Duration::ZERO;
-        for w in waits {
-            slowest = slowest.max(w.await.expect("waiter"));
-        }
-        settings.push(slowest);
+        let seen = |client: reqwest::Client, base: String| {
+            let want = want.clone();
+            async move { greeting(&client, &base).await == want }
+        };
+        settings.push(slowest(&client, &all, start, seen).await);
     }
     report(
         &format!(

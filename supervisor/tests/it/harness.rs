@@ -111,16 +111,11 @@ pub struct TestSupervisor {
     env: Vec<(String, String)>,
 }
 
-/// Starts `plugd serve` in `dir` and waits for the address it announces.
-fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("plugd.log"))
-        .expect("log file");
-    // Relative directories, as a user running `plugd serve` in a checkout would have them.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
-        .current_dir(dir)
+/// `plugd serve` in `dir` on any free port, with relative directories as a user running it in a
+/// checkout would have them, and none of the caller's `PLUGD_*` settings.
+pub fn serve_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plugd"));
+    cmd.current_dir(dir)
         .args([
             "serve",
             "--listen",
@@ -129,12 +124,24 @@ fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child
             "plugins",
         ])
         .args(["--data-dir", "data", "--runtime-dir", "run"])
-        .args(flags)
-        .env("PLUGD_LOG", "debug,sqlx=warn")
         .env_remove("PLUGD_ADMIN_TOKEN")
-        .env("PLUGD_HOST_TOKEN", HOST_TOKEN)
         .env_remove("PLUGD_CONFIG")
         .env_remove("PLUGD_SECRET_KEY")
+        .env_remove("PLUGD_DATABASE_URL");
+    cmd
+}
+
+/// Starts `plugd serve` in `dir` and waits for the address it announces.
+fn spawn_plugd(dir: &Path, flags: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("plugd.log"))
+        .expect("log file");
+    let mut child = serve_command(dir)
+        .args(flags)
+        .env("PLUGD_LOG", "debug,sqlx=warn")
+        .env("PLUGD_HOST_TOKEN", HOST_TOKEN)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

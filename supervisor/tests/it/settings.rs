@@ -378,19 +378,8 @@ async fn a_plugin_missing_a_required_setting_waits_for_it_then_starts() {
 
 /// `plugd serve` on `sup`'s directories (stopped), expected to fail: its stderr.
 async fn serve_fails(sup: &TestSupervisor, key: Option<&str>) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plugd"));
-    cmd.current_dir(sup.dir())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--plugins-dir",
-            "plugins",
-        ])
-        .args(["--data-dir", "data", "--runtime-dir", "run"])
-        .env_remove("PLUGD_SECRET_KEY")
-        .env_remove("PLUGD_DATABASE_URL")
-        .env("PLUGD_ADMIN_TOKEN", ADMIN);
+    let mut cmd = crate::harness::serve_command(sup.dir());
+    cmd.env("PLUGD_ADMIN_TOKEN", ADMIN);
     if let Some(key) = key {
         cmd.env("PLUGD_SECRET_KEY", key);
     }

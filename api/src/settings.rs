@@ -93,8 +93,9 @@ pub struct SettingsAnswer {
     /// The names of the settings whose value changed.
     pub keys: Vec<String>,
     /// How the running plugin takes the change: `live` (pushed to it and accepted on this
-    /// worker), `reload` (a setting marked `restart` changed: a new instance starts), or
-    /// `stored` (no instance runs here; it gets them when it starts).
+    /// worker), `reload` (a setting marked `restart` changed: a new instance starts), `stored`
+    /// (no instance took them here; it gets them when it runs), or `unchanged` (the values
+    /// already were these).
     pub applied: String,
     /// What happened, in words.
     pub detail: String,

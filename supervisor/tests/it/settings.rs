@@ -377,9 +377,12 @@ async fn a_plugin_missing_a_required_setting_waits_for_it_then_starts() {
 }
 
 /// `plugd serve` on `sup`'s directories (stopped), expected to fail: its stderr.
-async fn serve_fails(sup: &TestSupervisor, key: Option<&str>) -> String {
+async fn serve_fails(sup: &TestSupervisor, url: Option<&str>, key: Option<&str>) -> String {
     let mut cmd = crate::harness::serve_command(sup.dir());
     cmd.env("PLUGD_ADMIN_TOKEN", ADMIN);
+    if let Some(url) = url {
+        cmd.env("PLUGD_DATABASE_URL", url);
+    }
     if let Some(key) = key {
         cmd.env("PLUGD_SECRET_KEY", key);
     }
@@ -391,14 +394,16 @@ async fn serve_fails(sup: &TestSupervisor, key: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn rotate(sup: &TestSupervisor) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_plugd"))
-        .current_dir(sup.dir())
+fn rotate(sup: &TestSupervisor, url: Option<&str>) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plugd"));
+    cmd.current_dir(sup.dir())
         .args(["secrets", "rotate", "--data-dir", "data"])
         .env_remove("PLUGD_SECRET_KEY")
-        .env_remove("PLUGD_DATABASE_URL")
-        .output()
-        .expect("run plugd secrets rotate");
+        .env_remove("PLUGD_DATABASE_URL");
+    if let Some(url) = url {
+        cmd.env("PLUGD_DATABASE_URL", url);
+    }
+    let out = cmd.output().expect("run plugd secrets rotate");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -409,8 +414,18 @@ fn rotate(sup: &TestSupervisor) -> String {
 }
 
 #[tokio::test]
-async fn a_wrong_or_missing_key_stops_plugd_and_rotation_reseals_every_secret() {
-    let mut sup = start(None, &[echo()], None).await;
+async fn a_wrong_or_missing_key_stops_plugd_and_rotation_reseals_every_secret_on_sqlite() {
+    keys_and_rotation_on(None).await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_key_stops_plugd_and_rotation_reseals_every_secret_on_postgres() {
+    let url = crate::pg::fresh_database().await;
+    keys_and_rotation_on(Some(&url)).await;
+}
+
+async fn keys_and_rotation_on(url: Option<&str>) {
+    let mut sup = start(url, &[echo()], None).await;
     let key_file = sup.dir().join("data/secret.key");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&key_file)
@@ -424,7 +439,7 @@ async fn a_wrong_or_missing_key_stops_plugd_and_rotation_reseals_every_secret() 
     // Rotated while plugd runs: the running worker follows the new key file, and the secret
     // still reaches a new instance.
     let old_key = std::fs::read_to_string(&key_file).expect("key");
-    let said = rotate(&sup);
+    let said = rotate(&sup, url);
     assert!(said.contains("1 secrets sealed again"), "{said}");
     let new_key = std::fs::read_to_string(&key_file).expect("key");
     assert_ne!(old_key, new_key);
@@ -451,13 +466,13 @@ async fn a_wrong_or_missing_key_stops_plugd_and_rotation_reseals_every_secret() 
     sup.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(sup.wait_exit().await.code(), Some(0));
     let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    let said = serve_fails(&sup, Some(wrong)).await;
+    let said = serve_fails(&sup, url, Some(wrong)).await;
     assert!(
         said.contains("PLUGD_SECRET_KEY") && said.contains("is not the key"),
         "{said}"
     );
     std::fs::rename(&key_file, sup.dir().join("data/secret.key.moved")).expect("move");
-    let said = serve_fails(&sup, None).await;
+    let said = serve_fails(&sup, url, None).await;
     assert!(said.contains("no key is given"), "{said}");
     assert!(!said.contains(SECRET) && !said.contains(new_key.trim()));
     std::fs::rename(sup.dir().join("data/secret.key.moved"), &key_file).expect("move back");

@@ -42,16 +42,12 @@ pub fn to_wire(values: &BTreeMap<String, Value>) -> SettingsMap {
 
 /// The names of the settings whose value differs between `old` and `new`.
 pub fn changed_keys(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>) -> Vec<String> {
-    let mut keys: Vec<String> = old
+    let keys: std::collections::BTreeSet<&String> = old
         .keys()
         .chain(new.keys())
         .filter(|k| old.get(*k) != new.get(*k))
-        .cloned()
         .collect();
-    keys.dedup();
-    keys.sort();
-    keys.dedup();
-    keys
+    keys.into_iter().cloned().collect()
 }
 
 /// Why a running instance did not take new settings.

@@ -5,9 +5,8 @@ use super::{Client, Failure};
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use plugd_api::{
-    Accepted, Events, EventsQuery, Installed, Logs, LogsQuery, Plugin, PluginList, Settings,
-    SettingsAnswer, SettingsChange, Source, Stats, StreamEvent, StreamQuery, ToggleAnswer,
-    ToggleQuery, Uninstalled, Workers,
+    Accepted, Events, EventsQuery, Installed, Logs, LogsQuery, Plugin, PluginList, Stats,
+    StreamEvent, StreamQuery, ToggleAnswer, ToggleQuery, Uninstalled, Workers,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -165,7 +164,7 @@ pub fn run(args: ClientArgs, verb: Verb) -> ExitCode {
     }
 }
 
-fn print_json(value: &impl Serialize) {
+pub(super) fn print_json(value: &impl Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -173,7 +172,7 @@ fn print_json(value: &impl Serialize) {
 }
 
 /// Prints rows as columns aligned to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -205,7 +204,7 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn plugin_path(name: &str) -> String {
+pub(super) fn plugin_path(name: &str) -> String {
     format!(
         "/plugins/{}",
         percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
@@ -242,12 +241,12 @@ impl Verb {
                 follow,
                 limit,
             } => events(client, plugin, follow, limit, json).await,
-            Verb::Settings { name } => settings(client, &name, json).await,
+            Verb::Settings { name } => super::settings::show(client, &name, json).await,
             Verb::Set {
                 name,
                 values,
                 generation,
-            } => set(client, &name, &values, generation, json).await,
+            } => super::settings::set(client, &name, &values, generation, json).await,
             Verb::Workers => workers(client, json).await,
             Verb::Stats => {
                 let stats: Stats = client.get("stats", "/stats", &()).await?;
@@ -420,96 +419,6 @@ async fn toggle(client: &Client, t: Toggle, enabled: bool, json: bool) -> Result
                 c.pending.join(", ")
             )));
         }
-    }
-    Ok(())
-}
-
-async fn settings(client: &Client, name: &str, json: bool) -> Result<(), Failure> {
-    let what = format!("settings of {name}");
-    let view: Settings = client
-        .get(&what, &format!("{}/settings", plugin_path(name)), &())
-        .await?;
-    if json {
-        print_json(&view);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = view
-        .settings
-        .iter()
-        .map(|s| {
-            let value = match (&s.value, s.secret, s.source) {
-                (_, true, Source::Unset) => "(secret, unset)".to_owned(),
-                (_, true, _) => "(secret, set)".to_owned(),
-                (Some(v), _, _) => v.to_string(),
-                (None, _, _) => "-".to_owned(),
-            };
-            let source = match s.source {
-                Source::Set => "set",
-                Source::Default => "default",
-                Source::Unset if s.required => "MISSING",
-                Source::Unset => "unset",
-            };
-            let mut kind = s.kind.clone();
-            if s.restart {
-                kind.push_str(" (restart)");
-            }
-            vec![
-                s.name.clone(),
-                value,
-                kind,
-                source.to_owned(),
-                s.description.clone(),
-            ]
-        })
-        .collect();
-    table(
-        &["SETTING", "VALUE", "TYPE", "SOURCE", "DESCRIPTION"],
-        &rows,
-    );
-    println!("generation {}", view.generation);
-    if !view.missing.is_empty() {
-        println!("missing required settings: {}", view.missing.join(", "));
-    }
-    Ok(())
-}
-
-/// `KEY=VALUE` as a setting: VALUE as JSON when it is JSON, else as text.
-fn parse_assignment(pair: &str) -> Result<(String, serde_json::Value), Failure> {
-    let (key, value) = pair
-        .split_once('=')
-        .ok_or_else(|| Failure::usage(format!("{pair:?} is not KEY=VALUE")))?;
-    if key.is_empty() {
-        return Err(Failure::usage(format!("{pair:?} names no setting")));
-    }
-    let value =
-        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-    Ok((key.to_owned(), value))
-}
-
-async fn set(
-    client: &Client,
-    name: &str,
-    pairs: &[String],
-    generation: Option<i64>,
-    json: bool,
-) -> Result<(), Failure> {
-    let body: SettingsChange = pairs
-        .iter()
-        .map(|p| parse_assignment(p))
-        .collect::<Result<_, _>>()?;
-    let what = format!("set the settings of {name}");
-    let answer: SettingsAnswer = client
-        .patch_if(
-            &what,
-            &format!("{}/settings", plugin_path(name)),
-            &body,
-            generation,
-        )
-        .await?;
-    if json {
-        print_json(&answer);
-    } else {
-        println!("{}", answer.detail);
     }
     Ok(())
 }

@@ -109,8 +109,8 @@ try {
   await page.locator("#install-result.error").filter({ hasText: "invalid bundle" }).waitFor({ timeout: WAIT });
 
   // The drop zone works from the keyboard too: Enter opens the file chooser.
-  await page.locator("#dropzone").focus();
-  const [chooser] = await Promise.all([page.waitForEvent("filechooser", { timeout: WAIT }), page.keyboard.press("Enter")]);
+  // Focus and key press in one step, so a live refresh in between cannot move the focus.
+  const [chooser] = await Promise.all([page.waitForEvent("filechooser", { timeout: WAIT }), page.locator("#dropzone").press("Enter")]);
   assert.ok(chooser, "Enter on the drop zone opens a file chooser");
 
   // ---- a plugin's page: routes, limits, live logs, audit history ----

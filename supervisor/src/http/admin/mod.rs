@@ -101,3 +101,14 @@ fn unknown(name: &str) -> ApiError {
 fn send(edge: &Edge, event: Event) {
     edge.reconciler.send(event);
 }
+
+/// `response` with `ETag: "<generation>"`, for `If-Match` on the next write.
+fn with_etag(body: impl IntoResponse, generation: i64) -> axum::response::Response {
+    let mut response = body.into_response();
+    if let Ok(etag) = axum::http::HeaderValue::from_str(&format!("\"{generation}\"")) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, etag);
+    }
+    response
+}

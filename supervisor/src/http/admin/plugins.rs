@@ -2,7 +2,7 @@
 //! a generation, optionally waiting for every worker to converge), reload, restart and logs.
 
 use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin};
-use super::{send, store_error, unknown};
+use super::{send, store_error, unknown, with_etag};
 use crate::http::auth::Actor;
 use crate::http::error::{ApiError, Path, Query};
 use crate::http::Edge;
@@ -10,9 +10,9 @@ use crate::os::output::MAX_LINES;
 use crate::store::{PluginRecord, SetOutcome};
 use crate::supervise::{cluster, Event, PluginState};
 use axum::extract::State;
-use axum::http::header::{HeaderValue, ETAG, IF_MATCH};
+use axum::http::header::IF_MATCH;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Extension, Json};
 use plugd_api::{
     Accepted, Convergence, Hook, LogLine, Logs, LogsQuery, Permission, Plugin, PluginList, Route,
@@ -133,11 +133,7 @@ pub async fn get_one(
             .collect();
         view.workers = Some(states);
     }
-    let mut response = Json(view).into_response();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", record.generation)) {
-        response.headers_mut().insert(ETAG, etag);
-    }
-    Ok(response)
+    Ok(with_etag(Json(view), record.generation))
 }
 
 async fn set_enabled(

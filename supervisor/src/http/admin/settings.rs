@@ -10,7 +10,7 @@
 
 use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin, Refused};
 use super::plugins::if_match;
-use super::{send, store_error, unknown};
+use super::{send, store_error, unknown, with_etag};
 use crate::http::auth::Actor;
 use crate::http::error::{ApiError, Path};
 use crate::http::Edge;
@@ -21,9 +21,8 @@ use crate::supervise::{Event, PluginSlot, PluginState};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::header::{HeaderValue, ETAG};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Extension, Json};
 use plugd_api::{
     ErrorBody, FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source,
@@ -92,14 +91,6 @@ fn view(name: &str, schema: &SettingsSchema, stored: &StoredSettings) -> Setting
         settings,
         missing: found.missing,
     }
-}
-
-fn with_etag(body: impl IntoResponse, generation: i64) -> Response {
-    let mut response = body.into_response();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{generation}\"")) {
-        response.headers_mut().insert(ETAG, etag);
-    }
-    response
 }
 
 /// A plugin's settings: each declared one with its value (never a secret's) and where the

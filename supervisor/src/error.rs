@@ -15,6 +15,8 @@ pub enum Retry {
     /// plugd's store could not be reached; not the plugin's fault, so it does not count
     /// against the plugin's restart policy.
     WhenStoreBack,
+    /// The plugin needs settings an admin has not set: give up until its settings change.
+    WhenSettingsChange,
     /// plugd itself ran short of a resource (file descriptors, memory, processes); not the
     /// plugin's fault either, so it does not count against the restart policy.
     WhenResourcesFree,
@@ -51,6 +53,14 @@ impl Failure {
         Failure {
             message: message.into(),
             retry: Retry::WhenStoreBack,
+        }
+    }
+
+    /// A failure for want of settings only an admin can give.
+    pub fn needs_settings(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retry: Retry::WhenSettingsChange,
         }
     }
 
@@ -94,7 +104,7 @@ impl Failure {
 
     /// Whether a retry is pointless.
     pub fn is_fatal(&self) -> bool {
-        self.retry == Retry::Never
+        matches!(self.retry, Retry::Never | Retry::WhenSettingsChange)
     }
 }
 

@@ -3,7 +3,6 @@
 //! is applied (bundle, then the enabled flag).
 
 use super::lifecycle::stop_later;
-use super::settings::MISSING_SETTINGS;
 use super::state::PluginState;
 use super::{Event, Reconciler};
 use crate::store::PluginRecord;
@@ -109,11 +108,7 @@ impl Reconciler {
                 tracing::info!(plugin = name, "enabled; starting");
                 entry.restart.reset();
                 self.start(name);
-            } else if entry.current.is_none()
-                && entry.starting.is_none()
-                && state
-                    .reason()
-                    .is_some_and(|r| r.starts_with(MISSING_SETTINGS))
+            } else if entry.awaiting_settings && entry.current.is_none() && entry.starting.is_none()
             {
                 tracing::info!(plugin = name, "its settings changed; starting it again");
                 entry.restart.reset();

@@ -5,7 +5,7 @@ use super::readiness::notify;
 use super::seams::Launcher;
 use super::state::PluginState;
 use super::{program_stamp, Event, Reconciler};
-use crate::error::Failure;
+use crate::error::{Failure, Retry};
 use crate::manifest;
 use crate::supervise::hooks;
 use crate::supervise::instance::{next_epoch, Instance, InstanceEvent};
@@ -36,6 +36,7 @@ impl Reconciler {
         };
         let epoch = next_epoch();
         entry.starting = Some(epoch);
+        entry.awaiting_settings = false;
         // Any retry scheduled before this start is stale now.
         self.generations += 1;
         entry.retry_generation = self.generations;
@@ -64,12 +65,9 @@ impl Reconciler {
                     if n > 0 {
                         tracing::info!(plugin = %name, "applied {n} migrations");
                     }
-                    match super::settings::for_start(&*store, &manifest).await {
-                        Ok(settings) => {
-                            launcher
-                                .start(manifest, epoch, logs, spawned, settings)
-                                .await
-                        }
+                    let settings = super::settings::for_start(&*store, &manifest).await;
+                    match settings {
+                        Ok(s) => launcher.start(manifest, epoch, logs, spawned, s).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -177,6 +175,7 @@ impl Reconciler {
                 self.schedule_retry(name, STORE_RETRY);
             }
             Err(e) => {
+                entry.awaiting_settings = e.retry == Retry::WhenSettingsChange;
                 let fatal = e.is_fatal();
                 self.on_down(name, e.message, fatal, None)
             }

@@ -163,6 +163,8 @@ struct Entry {
     enabled: bool,
     /// Whether its waiting for the store to start it was logged (once per streak).
     store_wait_logged: bool,
+    /// Its last start failed for want of settings: a change of them starts it again.
+    awaiting_settings: bool,
 }
 
 impl Entry {
@@ -181,6 +183,7 @@ impl Entry {
             removed: false,
             enabled,
             store_wait_logged: false,
+            awaiting_settings: false,
         }
     }
 

@@ -12,9 +12,8 @@ use crate::supervise::settings::{apply, changed_keys, Applied};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How a start that failed for want of required settings begins its reason: a change of
-/// settings starts such a plugin again.
-pub(super) const MISSING_SETTINGS: &str = "missing required settings";
+/// How the reason of a start that failed for want of required settings begins.
+const MISSING_SETTINGS: &str = "missing required settings";
 /// The longest a read of a plugin's settings may take.
 const SETTINGS_READ: Duration = Duration::from_secs(10);
 
@@ -40,7 +39,7 @@ pub(super) async fn for_start(
         );
     }
     if !found.missing.is_empty() {
-        return Err(Failure::never(format!(
+        return Err(Failure::needs_settings(format!(
             "{MISSING_SETTINGS}: {} (set them with `plugd set {name} KEY=VALUE`)",
             found.missing.join(", ")
         )));

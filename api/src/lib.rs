@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod plugins;
+pub mod releases;
 pub mod settings;
 pub mod stream;
 
@@ -16,6 +17,10 @@ pub use plugins::{
     Accepted, Convergence, Hook, Installed, Limits, LogLine, Logs, LogsQuery, Permission,
     Permissions, Plugin, PluginList, PluginRecord, Route, State, ToggleAnswer, ToggleQuery,
     Uninstalled, Usage, WorkerPluginState,
+};
+pub use releases::{
+    BuildReport, BundleQuery, BundleVersion, CanaryFigures, CanaryInfo, CanaryReport,
+    CanaryThresholds, InstallQuery, Released, RollbackQuery, Versions,
 };
 pub use settings::{FieldProblem, Setting, Settings, SettingsAnswer, SettingsChange, Source};
 pub use stream::{StreamEvent, StreamKind, StreamQuery};

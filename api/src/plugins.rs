@@ -76,6 +76,9 @@ pub struct PluginRecord {
     /// Bumped by every change of its settings: the `ETag` of its settings.
     #[serde(default)]
     pub settings_generation: i64,
+    /// The canary running beside the stable version, if any.
+    #[serde(default)]
+    pub canary: Option<crate::releases::CanaryInfo>,
 }
 
 /// One route a plugin serves, under `/plugins/{name}`.
@@ -163,6 +166,12 @@ pub struct WorkerPluginState {
     /// The version running there, when ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// sha256 of the bundle running there, when it was installed from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// sha256 of the canary's bundle serving there, if a canary does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_sha256: Option<String>,
 }
 
 /// What admins see of one plugin: its record and its live state on this worker.
@@ -195,6 +204,9 @@ pub struct Plugin {
     pub limits: Option<Limits>,
     /// Its latest resource sample, when ready and sampled.
     pub usage: Option<Usage>,
+    /// How its last build went on this worker, if its manifest names a build command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::releases::BuildReport>,
     /// Its state on every live worker, by worker id (only on `GET /admin/plugins/{name}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<BTreeMap<String, WorkerPluginState>>,
@@ -275,6 +287,9 @@ pub struct Installed {
     pub sha256: String,
     /// Whether it replaced an installed plugin of that name.
     pub upgraded: bool,
+    /// With `?canary=`: the share of requests the new version serves beside the stable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u8>,
 }
 
 /// The answer of an uninstall.

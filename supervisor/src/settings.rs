@@ -54,6 +54,26 @@ pub struct Settings {
     /// Longest wait for an HTTP request head, and longest a kept-alive connection may sit idle.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Installed versions kept per plugin for rollback and download; older ones are pruned.
+    pub keep_versions: u32,
+    /// Most plugin builds (`build` in a manifest) running at once.
+    pub max_builds: usize,
+    /// The sliding window over which a canary is compared with the stable version.
+    #[serde(with = "humantime_serde")]
+    pub canary_window: Duration,
+    /// Requests a canary must have answered in the window before it is judged.
+    pub canary_min_requests: u64,
+    /// A canary whose 5xx ratio is above this factor times the stable one's (and above
+    /// `canary_min_error_ratio`) is rolled back.
+    pub canary_error_factor: f64,
+    /// The 5xx ratio below which a canary is never rolled back for its errors.
+    pub canary_min_error_ratio: f64,
+    /// A canary whose p99 is above this factor times the stable one's (and more than
+    /// `canary_latency_floor` above it) is rolled back.
+    pub canary_latency_factor: f64,
+    /// How far above the stable p99 a canary's may be whatever the factor.
+    #[serde(with = "humantime_serde")]
+    pub canary_latency_floor: Duration,
     /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
     pub admin_tokens: Vec<AdminToken>,
 }
@@ -107,6 +127,14 @@ impl Default for Settings {
             access_log: false,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            keep_versions: plugd_api::releases::DEFAULT_KEEP_VERSIONS,
+            max_builds: 2,
+            canary_window: Duration::from_secs(60),
+            canary_min_requests: 20,
+            canary_error_factor: 2.0,
+            canary_min_error_ratio: 0.01,
+            canary_latency_factor: 2.0,
+            canary_latency_floor: Duration::from_millis(10),
             admin_tokens: Vec::new(),
         }
     }
@@ -142,6 +170,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("access_log", "PLUGD_ACCESS_LOG"),
     ("max_connections", "PLUGD_MAX_CONNECTIONS"),
     ("header_read_timeout", "PLUGD_HEADER_READ_TIMEOUT"),
+    ("keep_versions", "PLUGD_KEEP_VERSIONS"),
+    ("max_builds", "PLUGD_MAX_BUILDS"),
+    ("canary_window", "PLUGD_CANARY_WINDOW"),
+    ("canary_min_requests", "PLUGD_CANARY_MIN_REQUESTS"),
+    ("canary_error_factor", "PLUGD_CANARY_ERROR_FACTOR"),
+    ("canary_min_error_ratio", "PLUGD_CANARY_MIN_ERROR_RATIO"),
+    ("canary_latency_factor", "PLUGD_CANARY_LATENCY_FACTOR"),
+    ("canary_latency_floor", "PLUGD_CANARY_LATENCY_FLOOR"),
 ];
 
 /// The environment variable holding an admin token (named `env`, role `admin`).
@@ -211,6 +247,15 @@ impl Settings {
                 "admin token {:?} is too short: use at least 16 characters (32 random bytes in hex is better)",
                 t.name
             );
+        }
+        if settings.keep_versions == 0 {
+            bail!("keep_versions must be at least 1: the stable version is always kept");
+        }
+        if settings.max_builds == 0 {
+            bail!("max_builds must be at least 1");
+        }
+        if settings.canary_window < Duration::from_millis(200) {
+            bail!("canary_window must be at least 200ms");
         }
         if settings.max_connections == 0 {
             bail!("max_connections must be at least 1");

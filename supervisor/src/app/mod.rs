@@ -127,6 +127,7 @@ impl Application {
             registry.clone(),
             Arc::new(store.clone()),
         );
+        let reconciler = reconciler.with_releases(settings.max_builds, canary_policy(&settings));
         let edge = Arc::new(Edge {
             metrics: http::metrics::Metrics::new(registry.clone()),
             registry: registry.clone(),
@@ -137,6 +138,8 @@ impl Application {
             worker: worker.clone(),
             request_ids: RequestIds::default(),
             feed: feed.clone(),
+            keep_versions: settings.keep_versions,
+            canary_policy: canary_policy(&settings),
             streams: Arc::new(tokio::sync::Semaphore::new(
                 http::admin::stream::MAX_STREAMS,
             )),
@@ -237,5 +240,17 @@ async fn forward_hangups(handle: Handle) {
         if !handle.send(Event::Rescan { requested: true }) {
             return;
         }
+    }
+}
+
+/// When canaries are rolled back automatically, from the `canary_*` settings.
+fn canary_policy(settings: &Settings) -> crate::supervise::canary::CanaryPolicy {
+    crate::supervise::canary::CanaryPolicy {
+        window: settings.canary_window,
+        min_requests: settings.canary_min_requests,
+        error_factor: settings.canary_error_factor,
+        min_error_ratio: settings.canary_min_error_ratio,
+        latency_factor: settings.canary_latency_factor,
+        latency_floor: settings.canary_latency_floor,
     }
 }

@@ -62,6 +62,10 @@ pub struct Edge {
     pub request_ids: RequestIds,
     /// The live feed behind `GET /admin/stream`.
     pub feed: Arc<crate::feed::Feed>,
+    /// Installed versions kept per plugin.
+    pub keep_versions: u32,
+    /// When canaries are rolled back automatically (shown by `GET …/canary`).
+    pub canary_policy: crate::supervise::canary::CanaryPolicy,
     /// Open live streams, at most [`admin::stream::MAX_STREAMS`].
     pub streams: Arc<tokio::sync::Semaphore>,
 }

@@ -58,9 +58,32 @@ pub struct Manifest {
     /// The settings an admin may set (`[settings.NAME]`), delivered to the plugin.
     #[serde(default)]
     pub settings: SettingsSchema,
+    /// A command that builds the plugin (`["cargo", "build", "--release"]`), run in its
+    /// directory before it starts: on discovery, on install and when a `watch` path changes.
+    #[serde(default)]
+    pub build: Vec<String>,
+    /// Source paths, relative to the plugin's directory, whose change rebuilds and reloads it.
+    #[serde(default)]
+    pub watch: Vec<String>,
+    /// Longest a build may run before it is killed and counted as failed (default 10 min).
+    #[serde(default = "default_build_timeout", with = "humantime_serde")]
+    pub build_timeout: std::time::Duration,
     /// The directory the manifest was found in (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// sha256 of the bundle the directory was installed from, if it was (not part of the file).
+    #[serde(skip)]
+    pub bundle: Option<String>,
+}
+
+/// How long a build may run unless its manifest says otherwise.
+pub const DEFAULT_BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Most files under a plugin's `watch` paths that are checked for changes.
+pub const MAX_WATCHED_SOURCES: usize = 4096;
+
+fn default_build_timeout() -> std::time::Duration {
+    DEFAULT_BUILD_TIMEOUT
 }
 
 /// A manifest that could not be used: the file and what was wrong with it.
@@ -131,6 +154,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    manifest.bundle = bundle::installed_sha256(&manifest.dir);
     Ok(manifest)
 }
 
@@ -186,7 +210,32 @@ fn validate(m: &Manifest) -> Result<(), String> {
         return Err(format!("field `env`: {key:?} is not a valid variable name"));
     }
     validate_limits(&m.limits)?;
+    validate_build(m)?;
     settings::validate_schema(&m.settings)
+}
+
+fn validate_build(m: &Manifest) -> Result<(), String> {
+    if m.build.first().is_some_and(|c| c.trim().is_empty()) {
+        return Err("field `build`: the command must not be empty".into());
+    }
+    if m.build.is_empty() && !m.watch.is_empty() {
+        return Err("field `watch`: needs a `build` command to run when a path changes".into());
+    }
+    if let Some(bad) = m.watch.iter().find(|w| {
+        let p = Path::new(w.as_str());
+        w.is_empty()
+            || p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+    }) {
+        return Err(format!(
+            "field `watch`: {bad:?} must be a path inside the plugin's directory"
+        ));
+    }
+    if m.build_timeout.is_zero() {
+        return Err("field `build_timeout`: must be longer than 0s".into());
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -217,6 +266,34 @@ impl Manifest {
                 _ => false,
             });
         std::iter::once(self.program()).chain(script).collect()
+    }
+
+    /// The files under its `watch` paths (at most [`MAX_WATCHED_SOURCES`], in a stable
+    /// order), whose change rebuilds it. Blocking: it walks directories.
+    pub fn watched_sources(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut pending: Vec<PathBuf> = self.watch.iter().map(|w| self.dir.join(w)).collect();
+        pending.reverse();
+        while let Some(path) = pending.pop() {
+            if found.len() >= MAX_WATCHED_SOURCES {
+                break;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                let Ok(entries) = std::fs::read_dir(&path) else {
+                    continue;
+                };
+                let mut children: Vec<PathBuf> =
+                    entries.filter_map(|e| Some(e.ok()?.path())).collect();
+                children.sort();
+                pending.extend(children.into_iter().rev());
+            } else if meta.is_file() {
+                found.push(path);
+            }
+        }
+        found
     }
 }
 

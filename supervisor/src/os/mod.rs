@@ -1,11 +1,12 @@
 //! The operating system's side of a plugin: starting its process ([`spawn`], the only place
 //! that does), the limits it runs under ([`limits`], enforced by [`rlimits`] in the child,
 //! [`cgroups`] in the kernel and [`usage`] by sampling), its captured output ([`output`]), and
-//! the processes it leaves behind ([`orphans`]).
+//! the processes it leaves behind ([`orphans`]), and its build command ([`build`]).
 //!
 //! This layer knows processes, files and the kernel; it knows nothing of connections, plugin
 //! states or HTTP.
 
+pub mod build;
 pub mod cgroups;
 pub mod limits;
 pub mod orphans;

@@ -4,6 +4,9 @@
 
 use super::limits::EffectiveLimits;
 
+/// The data-segment backstop of a build command: 8 GiB.
+pub const BUILD_DATA: u64 = 8 << 30;
+
 /// The rlimits a child sets on itself before `exec`. Plain numbers, so applying them in the
 /// forked child allocates nothing.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +28,17 @@ impl Rlimits {
                 .saturating_mul(2)
                 .saturating_add(256 * 1024 * 1024),
             cpu_time_s: limits.cpu_time_s,
+        }
+    }
+
+    /// The rlimits of a plugin's build command: compilers need far more than the plugin they
+    /// build, so a fixed backstop of [`BUILD_DATA`] bytes and 4096 open files; the build's
+    /// time limit is enforced by plugd, which kills its process group.
+    pub fn for_build() -> Rlimits {
+        Rlimits {
+            open_files: 4096,
+            data: BUILD_DATA,
+            cpu_time_s: None,
         }
     }
 

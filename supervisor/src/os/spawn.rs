@@ -62,22 +62,68 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
     let program = m.program();
     let mut cmd = Command::new(&program);
     cmd.args(&m.args)
-        .current_dir(&m.dir)
-        .envs(&m.env)
         .env(ENV_SOCKET, spec.socket)
         .env(ENV_TOKEN, spec.token)
         .env(ENV_EPOCH, spec.epoch.to_string())
+        .env(ENV_MAX_FRAME, spec.max_frame.to_string());
+    start(
+        cmd,
+        m,
+        &program,
+        spec.rlimits,
+        spec.cgroup_procs.clone(),
+        &spec.logs,
+        None,
+    )
+}
+
+/// Starts the plugin's build command (`build` in its manifest) in its directory, in a process
+/// group of its own with `rlimits`; its output goes to the plugin's log as stream `build`.
+pub fn spawn_build(
+    m: &Manifest,
+    logs: &Arc<LogRing>,
+    rlimits: Rlimits,
+) -> Result<Spawned, Failure> {
+    let Some((first, args)) = m.build.split_first() else {
+        return Err(Failure::never("the manifest names no build command"));
+    };
+    let program = if first.contains('/') {
+        m.dir.join(first)
+    } else {
+        first.into()
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(args);
+    start(cmd, m, &program, rlimits, Vec::new(), logs, Some("build"))
+}
+
+/// What every process started for a plugin shares: its directory and environment (plugd's own
+/// `PLUGD_*` variables removed: they hold tokens, keys and the database's address), its own
+/// process group, the death signal, rlimits and cgroup before `exec`, and its output logged.
+fn start(
+    mut cmd: Command,
+    m: &Manifest,
+    program: &Path,
+    rlimits: Rlimits,
+    cgroup_procs: Vec<CString>,
+    logs: &Arc<LogRing>,
+    tag: Option<&'static str>,
+) -> Result<Spawned, Failure> {
+    let set: Vec<std::ffi::OsString> = cmd.as_std().get_envs().map(|(k, _)| k.to_owned()).collect();
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PLUGD_") && !set.contains(&key) {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(&m.dir)
+        .envs(&m.env)
         .env(ENV_PLUGIN_NAME, &m.name)
-        .env(ENV_MAX_FRAME, spec.max_frame.to_string())
-        .env_remove("PLUGD_ADMIN_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     let supervisor = nix::unistd::getpid();
-    let rlimits = spec.rlimits;
-    let cgroup_procs = spec.cgroup_procs.clone();
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
     // functions (prctl, getppid, setrlimit, open, write, close); it allocates nothing, since
     // the paths were prepared before the fork.
@@ -118,21 +164,37 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
     drop(spawned);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let (name, logs) = (m.name.clone(), spec.logs.clone());
+    let (name, logs) = (m.name.clone(), logs.clone());
     let output = tokio::spawn(async move {
         let out = async {
             if let Some(out) = stdout {
-                log_lines(&name, pid, "stdout", out, &logs).await;
+                log_lines(&name, pid, tag.unwrap_or("stdout"), out, &logs).await;
             }
         };
         let err = async {
             if let Some(err) = stderr {
-                log_lines(&name, pid, "stderr", err, &logs).await;
+                log_lines(&name, pid, tag.unwrap_or("stderr"), err, &logs).await;
             }
         };
         tokio::join!(out, err);
     });
     Ok(Spawned { child, output })
+}
+
+/// Why a process ended, in words: `exited with code 1`, `killed by signal SIGKILL`.
+pub fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => match Signal::try_from(sig) {
+                Ok(sig) => format!("killed by signal {sig}"),
+                Err(_) => format!("killed by signal {sig}"),
+            },
+            _ => format!("exited: {s}"),
+        },
+        Err(e) => format!("cannot wait for the process: {e}"),
+    }
 }
 
 /// Sends `signal` to the whole process group led by `pid`. Pid 0 (no process) is ignored:

@@ -5,7 +5,7 @@
 //! applies it alone). Queries are written once in the SQL both dialects share.
 //!
 //! One file per table family: [`plugins`] (registrations and the `changes` feed), [`audit`],
-//! [`migrations`] (plugins' own schema migrations), [`workers`], [`bundles`], [`kv`], and
+//! [`migrations`] (plugins' own schema migrations), [`workers`], [`bundles`], [`releases`] (kept versions, rollback, canaries), [`kv`], and
 //! [`settings`] (plugins' settings, with [`secrets`]: the key their secret values are sealed
 //! under).
 
@@ -14,6 +14,7 @@ pub mod bundles;
 pub mod kv;
 pub mod migrations;
 pub mod plugins;
+pub mod releases;
 pub mod secrets;
 pub mod settings;
 pub mod workers;
@@ -21,6 +22,7 @@ pub mod workers;
 pub use audit::EventRecord;
 pub use kv::KvItem;
 pub use plugins::{PluginRecord, SetOutcome, CHANNEL};
+pub use releases::{KeptBundle, VersionRow};
 pub use settings::{SettingWrite, SettingsOutcome, StoredSettings};
 pub use workers::WorkerRecord;
 

@@ -35,11 +35,29 @@ fn plugin_from_row(row: &AnyRow) -> Result<PluginRecord, sqlx::Error> {
         generation: row.try_get("generation")?,
         bundle_sha256: row.try_get("bundle_sha256")?,
         settings_generation: row.try_get("settings_generation")?,
+        canary: match row.try_get::<Option<String>, _>("canary_sha256")? {
+            Some(sha256) => Some(plugd_api::CanaryInfo {
+                sha256,
+                version: row
+                    .try_get::<Option<String>, _>("canary_version")?
+                    .unwrap_or_default(),
+                percent: u8::try_from(
+                    row.try_get::<Option<i64>, _>("canary_percent")?
+                        .unwrap_or(0),
+                )
+                .unwrap_or(0),
+                started_ms: row
+                    .try_get::<Option<i64>, _>("canary_started_ms")?
+                    .unwrap_or(0),
+            }),
+            None => None,
+        },
     })
 }
 
 const PLUGIN_COLUMNS: &str = "name, version, description, author, enabled, missing, generation, \
-     bundle_sha256, settings_generation";
+     bundle_sha256, settings_generation, canary_sha256, canary_version, canary_percent, \
+     canary_started_ms";
 
 impl Store {
     /// Registers a discovered plugin (enabled if new) and refreshes what its manifest says;
@@ -141,24 +159,30 @@ impl Store {
 
     /// Records the bundle a plugin was installed from, with an audit entry and a `changes`
     /// row, after registering what its manifest says.
+    /// The bundle joins the plugin's kept versions (the oldest beyond `keep` are pruned), and a
+    /// canary that ran is ended: the installed bundle is the stable version now.
     pub async fn installed(
         &self,
         m: &Manifest,
-        sha256: &str,
-        actor: &str,
+        bundle: &super::releases::KeptBundle<'_>,
         action: &str,
     ) -> anyhow::Result<PluginRecord> {
+        let (sha256, actor) = (bundle.sha256, bundle.actor);
         self.register(m).await?;
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         sqlx::query(
-            "UPDATE plugins SET bundle_sha256 = $2, generation = generation + 1, updated_ms = $3 WHERE name = $1",
+            "UPDATE plugins SET bundle_sha256 = $2, generation = generation + 1, updated_ms = $3,
+                 canary_sha256 = NULL, canary_version = NULL, canary_percent = NULL,
+                 canary_started_ms = NULL
+             WHERE name = $1",
         )
         .bind(&m.name)
         .bind(sha256)
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        super::releases::keep_version(&mut tx, &m.name, &m.version, bundle, now).await?;
         insert_change(&mut tx, self.backend, &m.name, action, now).await?;
         let detail = format!("version {} sha256 {sha256}", m.version);
         insert_event(&mut tx, Some(&m.name), actor, action, &detail, now).await?;

@@ -69,6 +69,8 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
                     state: state.api(),
                     pid: ready.map(|i| i.pid),
                     version: ready.map(|i| i.version.clone()),
+                    sha256: ready.and_then(|i| i.manifest.bundle.clone()),
+                    canary_sha256: slot.canary().map(|c| c.sha256.clone()),
                 };
                 (name.clone(), reported)
             })

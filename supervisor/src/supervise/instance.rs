@@ -17,12 +17,11 @@ use crate::os::limits::EffectiveLimits;
 use crate::os::orphans::{self, Whose};
 use crate::os::output::LogRing;
 use crate::os::rlimits::Rlimits;
-use crate::os::spawn::{self, SpawnSpec};
+use crate::os::spawn::{self, exit_reason, SpawnSpec};
 use crate::os::usage::{self, Usage, Verdict};
 use nix::sys::signal::Signal;
 use plugd_protocol::message::control::{Shutdown, ShutdownParams};
 use plugd_protocol::message::handshake::{HookDecl, PermissionDecl};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,20 +139,6 @@ pub fn next_epoch() -> u64 {
 
 fn new_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
-}
-
-fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(sig)) => match Signal::try_from(sig) {
-                Ok(sig) => format!("killed by signal {sig}"),
-                Err(_) => format!("killed by signal {sig}"),
-            },
-            _ => format!("exited: {s}"),
-        },
-        Err(e) => format!("cannot wait for the process: {e}"),
-    }
 }
 
 /// Waits until the process has exited and returns why.

@@ -7,6 +7,7 @@
 //! [`peers`] answers plugins' calls that reach other plugins; [`settings`] delivers settings
 //! to a running instance.
 
+pub mod canary;
 pub mod cluster;
 pub mod hooks;
 pub mod instance;

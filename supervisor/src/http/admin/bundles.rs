@@ -6,18 +6,19 @@
 //! directory: an install must be validated before it is accepted, and an uninstall answered
 //! only once the plugin is gone from this worker's disk.
 
-use super::doc::{BadInput, Denied, NoSuchPlugin};
+use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin};
 use super::{send, store_error, unknown};
 use crate::http::auth::Actor;
-use crate::http::error::{ApiError, ErrorBody, Path};
+use crate::http::error::{ApiError, ErrorBody, Path, Query};
 use crate::http::Edge;
 use crate::manifest::{self, bundle};
+use crate::store::KeptBundle;
 use crate::supervise::Event;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use plugd_api::{Installed, Uninstalled};
+use plugd_api::{InstallQuery, Installed, Uninstalled};
 use std::sync::Arc;
 
 /// Largest bundle accepted by `POST /admin/plugins/install`.
@@ -26,22 +27,26 @@ pub const MAX_BUNDLE: usize = plugd_api::plugins::MAX_BUNDLE as usize;
 /// Installs a bundle: the body is a `.zip` or `.tar.gz` holding `plugin.toml` and the
 /// plugin's files. It is unpacked into a staging directory, its manifest validated, then moved
 /// into place; a plugin of the same name is upgraded (blue/green). The bundle is kept in the
-/// store, so every worker runs the same bytes.
+/// store, so every worker runs the same bytes, and joins the plugin's kept versions. With
+/// `?canary=N` it starts beside the installed version instead, serving N % of its HTTP
+/// requests on every worker until it is promoted or rolled back.
 #[utoipa::path(
     post, path = "/plugins/install", operation_id = "installBundle", tag = "plugins",
+    params(InstallQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The bundle (.zip or .tar.gz), at most 64 MiB"),
     responses(
-        (status = 201, description = "Installed", body = Installed),
+        (status = 201, description = "Installed (or started as a canary)", body = Installed),
         (status = 200, description = "Upgraded a plugin of the same name", body = Installed),
         (status = 413, description = "The bundle is larger than 64 MiB", body = ErrorBody),
         (status = 500, description = "Unpacking failed inside plugd", body = ErrorBody),
-        BadInput, Denied,
+        BadInput, Conflict, Denied,
     ),
 )]
 pub async fn install(
     State(edge): State<Arc<Edge>>,
     Extension(actor): Extension<Actor>,
+    Query(query): Query<InstallQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Installed>), ApiError> {
     let body = body.map_err(|rejection| {
@@ -55,6 +60,9 @@ pub async fn install(
         )
     })?;
     let sha256 = bundle::sha256(&body);
+    if let Some(percent) = query.canary {
+        return install_canary(&edge, &actor, body, sha256, percent).await;
+    }
     let plugins_dir = edge.plugins_dir.clone();
     let (bytes, sum) = (body.clone(), sha256.clone());
     let placed = tokio::task::spawn_blocking(move || bundle::place(&bytes, &sum, &plugins_dir))
@@ -74,9 +82,15 @@ pub async fn install(
         .await
         .map_err(store_error)?;
     let action = if upgraded { "upgrade" } else { "install" };
+    let kept = KeptBundle {
+        sha256: &sha256,
+        size: body.len() as u64,
+        actor: &actor.name,
+        keep: edge.keep_versions,
+    };
     let record = edge
         .store
-        .installed(&manifest, &sha256, &actor.name, action)
+        .installed(&manifest, &kept, action)
         .await
         .map_err(store_error)?;
     send(&edge, Event::Rescan { requested: false });
@@ -92,6 +106,77 @@ pub async fn install(
             version: record.version,
             sha256,
             upgraded,
+            canary: None,
+        }),
+    ))
+}
+
+/// Unpacks a bundle under `.canary/` and records it as the canary of its installed plugin.
+async fn install_canary(
+    edge: &Edge,
+    actor: &Actor,
+    body: Bytes,
+    sha256: String,
+    percent: u8,
+) -> Result<(StatusCode, Json<Installed>), ApiError> {
+    if !(1..=99).contains(&percent) {
+        return Err(ApiError::bad_request(
+            "invalid canary",
+            format!("canary={percent}: the share must be 1 to 99 percent"),
+        ));
+    }
+    let root = edge.plugins_dir.join(".canary");
+    let (bytes, sum) = (body.clone(), sha256.clone());
+    let placed = tokio::task::spawn_blocking(move || bundle::place(&bytes, &sum, &root))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "install failed",
+                e.to_string(),
+            )
+        })?;
+    let (manifest, _) = placed.map_err(|detail| ApiError::bad_request("invalid bundle", detail))?;
+    let name = manifest.name.clone();
+    let refuse =
+        |detail: String| ApiError::new(StatusCode::CONFLICT, "cannot start a canary", detail);
+    let record = edge.store.plugin(&name).await.map_err(store_error)?;
+    let record = match record {
+        Some(r) if !r.missing => r,
+        _ => {
+            return Err(refuse(format!(
+                "plugin {name:?} is not installed: install it without ?canary first"
+            )))
+        }
+    };
+    if record.bundle_sha256.as_deref() == Some(sha256.as_str()) {
+        return Err(refuse(format!(
+            "this bundle is already the stable version of plugin {name:?}"
+        )));
+    }
+    edge.store
+        .save_bundle(&sha256, &name, &body)
+        .await
+        .map_err(store_error)?;
+    let kept = KeptBundle {
+        sha256: &sha256,
+        size: body.len() as u64,
+        actor: &actor.name,
+        keep: edge.keep_versions,
+    };
+    edge.store
+        .start_canary(&manifest, &kept, percent)
+        .await
+        .map_err(store_error)?;
+    send(edge, Event::Desired { name: name.clone() });
+    Ok((
+        StatusCode::CREATED,
+        Json(Installed {
+            name,
+            version: manifest.version,
+            sha256,
+            upgraded: false,
+            canary: Some(percent),
         }),
     ))
 }

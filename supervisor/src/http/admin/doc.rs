@@ -23,6 +23,7 @@ use utoipa::{IntoResponses, Modify, OpenApi};
     security(("bearer" = [])),
     tags(
         (name = "plugins", description = "Plugins: state, actions, bundles, logs"),
+        (name = "releases", description = "Kept versions, downloads, rollback, canaries"),
         (name = "cluster", description = "The audit log, workers, totals, the live stream"),
     ),
 )]

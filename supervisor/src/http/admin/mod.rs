@@ -16,6 +16,7 @@ pub mod events;
 pub mod me;
 pub mod permissions;
 pub mod plugins;
+pub mod releases;
 pub mod settings;
 pub mod stats;
 pub mod stream;
@@ -48,6 +49,11 @@ pub fn router(edge: Arc<Edge>) -> (Router<Arc<Edge>>, utoipa::openapi::OpenApi) 
         .routes(routes!(plugins::reload))
         .routes(routes!(plugins::restart))
         .routes(routes!(plugins::logs))
+        .routes(routes!(releases::versions))
+        .routes(routes!(releases::bundle))
+        .routes(routes!(releases::rollback))
+        .routes(routes!(releases::promote))
+        .routes(routes!(releases::canary))
         .routes(routes!(settings::get, settings::put, settings::patch))
         .routes(routes!(settings::reset))
         .routes(routes!(events::list))

@@ -65,6 +65,7 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
         }),
         limits: None,
         usage: None,
+        build: slot.and_then(|s| s.build()).map(|b| (*b).clone()),
         workers: None,
     };
     if let Some(PluginState::Ready(instance)) = state.as_deref() {
@@ -127,6 +128,8 @@ pub async fn get_one(
                     state: plugd_api::State::Absent,
                     pid: None,
                     version: None,
+                    sha256: None,
+                    canary_sha256: None,
                 });
                 (w.id, state)
             })

@@ -93,6 +93,7 @@ impl Reconciler {
         if self.sync_bundle(name, record.as_ref()).await {
             Box::pin(self.rescan(false)).await;
         }
+        self.sync_canary(name, record.as_ref()).await;
         let Some(record) = record else {
             return;
         };

@@ -19,6 +19,61 @@ const LAST_WORDS: usize = 5;
 /// How long to wait before starting a plugin again whose start needed the unreachable store.
 pub(super) const STORE_RETRY: Duration = Duration::from_secs(3);
 
+/// Runs `manifest`'s build (at most as many at once as `builds` has permits) and reports it
+/// as `Built`; a failed build is a failure that retrying will not mend.
+async fn build_first(
+    name: &str,
+    epoch: u64,
+    manifest: &Arc<crate::manifest::Manifest>,
+    logs: &Arc<crate::os::output::LogRing>,
+    builds: &tokio::sync::Semaphore,
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+) -> Result<(), Failure> {
+    let _permit = builds.acquire().await;
+    let stamp = |m: Arc<crate::manifest::Manifest>, sources: bool| async move {
+        tokio::task::spawn_blocking(move || {
+            if sources {
+                super::source_stamp(&m)
+            } else {
+                super::program_stamp(&m)
+            }
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let sources = stamp(manifest.clone(), true).await;
+    tracing::info!(plugin = name, command = ?manifest.build, "building");
+    let report = crate::os::build::run(manifest, logs).await;
+    let program = stamp(manifest.clone(), false).await;
+    let ok = report.ok;
+    let failure = (!ok).then(|| {
+        let last = report
+            .output
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>();
+        Failure::never(format!(
+            "the build failed ({}); last lines:\n{}",
+            report.status,
+            last.join("\n")
+        ))
+    });
+    let _ = tx.send(Event::Built {
+        name: name.to_owned(),
+        epoch,
+        sources,
+        program,
+        report,
+    });
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
 /// Stops `instance` in the background, giving it `grace` to finish its requests.
 pub(super) fn stop_later(launcher: &Arc<dyn Launcher>, instance: Arc<Instance>, grace: Duration) {
     tokio::spawn(launcher.stop(instance, grace));
@@ -29,7 +84,9 @@ fn retry_at(delay: Duration) -> u64 {
 }
 
 impl Reconciler {
-    /// Starts a new instance of `name` (next to the current one, if any: blue/green).
+    /// Starts a new instance of `name` (next to the current one, if any: blue/green), built
+    /// first when its manifest has a build command and its sources changed since the last
+    /// successful build.
     pub(super) fn start(&mut self, name: &str) {
         let Some(entry) = self.entries.get_mut(name) else {
             return;
@@ -43,13 +100,38 @@ impl Reconciler {
         if entry.current.is_none() {
             entry.slot.set(PluginState::Starting);
         }
-        let manifest = entry.manifest.clone();
-        let logs = entry.slot.logs().clone();
+        let build = !entry.manifest.build.is_empty()
+            && entry.built.as_ref() != Some(&super::source_stamp(&entry.manifest));
+        let (manifest, logs) = (entry.manifest.clone(), entry.slot.logs().clone());
+        self.launch(name, manifest, logs, epoch, build);
+    }
+
+    /// Runs one start of `manifest` as instance `epoch` of `name` in a task of its own (its
+    /// build first, when `build`), which reports `Spawned`, `Built` and `Started`.
+    pub(super) fn launch(
+        &self,
+        name: &str,
+        manifest: Arc<crate::manifest::Manifest>,
+        logs: Arc<crate::os::output::LogRing>,
+        epoch: u64,
+        build: bool,
+    ) {
         let launcher = self.launcher.clone();
         let store = self.store.clone();
+        let builds = self.builds.clone();
         let tx = self.tx.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
+            if build {
+                if let Err(e) = build_first(&name, epoch, &manifest, &logs, &builds, &tx).await {
+                    let _ = tx.send(Event::Started {
+                        name,
+                        epoch,
+                        result: Err(e),
+                    });
+                    return;
+                }
+            }
             let spawned: Box<dyn FnOnce(u32) + Send> = {
                 let (tx, name) = (tx.clone(), name.clone());
                 Box::new(move |_pid| {
@@ -81,12 +163,69 @@ impl Reconciler {
         });
     }
 
+    /// Records how a start's build went: its report on the slot, the sources it built (so
+    /// only a change of them builds again), and an audit entry when it failed.
+    pub(super) fn on_built(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        sources: super::ProgramStamp,
+        program: super::ProgramStamp,
+        report: plugd_api::BuildReport,
+    ) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let current = entry.starting == Some(epoch);
+        if report.ok {
+            tracing::info!(
+                plugin = name,
+                took_ms = report.duration_ms,
+                "build succeeded"
+            );
+            if current {
+                entry.built = Some(sources);
+                entry.program = program;
+                entry.build_failed = None;
+            }
+        } else {
+            tracing::error!(
+                plugin = name, status = %report.status,
+                "build failed; {}", if entry.current.is_some() { "the running version keeps serving" } else { "not starting it" }
+            );
+            if current {
+                entry.program = program;
+                entry.build_failed = Some(epoch);
+            }
+            let last: Vec<&str> = report
+                .output
+                .iter()
+                .rev()
+                .take(5)
+                .rev()
+                .map(String::as_str)
+                .collect();
+            let detail = format!("{}; last lines: {}", report.status, last.join(" | "));
+            let (store, name) = (self.store.clone(), name.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = store.audit(&name, "build failed", &detail).await {
+                    tracing::warn!(plugin = %name, "cannot audit the failed build: {e:#}");
+                }
+            });
+        }
+        entry.slot.set_build(report);
+    }
+
     pub(super) fn on_started(
         &mut self,
         name: &str,
         epoch: u64,
         result: Result<Arc<Instance>, Failure>,
     ) {
+        if self.is_canary_start(name, epoch) {
+            self.on_canary_started(name, epoch, result);
+            return;
+        }
         let grace = self.grace;
         let Some(entry) = self
             .entries
@@ -151,11 +290,14 @@ impl Reconciler {
                     "reload failed; the running instance keeps serving"
                 );
                 // Restarts of the running instance use the manifest it runs; the next rescan
-                // (a file change or SIGHUP) tries the new one again.
+                // (a file change or SIGHUP) tries the new one again. After a failed build only
+                // a change of its files does: the build's own output must not start it again.
                 if let Some(current) = &entry.current {
                     entry.set_manifest(current.manifest.clone());
                 }
-                entry.program = Vec::new();
+                if entry.build_failed != Some(epoch) {
+                    entry.program = Vec::new();
+                }
             }
             Err(e) if e.is_ours() => {
                 // Not the plugin's fault (the store is away, or plugd is short of file
@@ -197,6 +339,9 @@ impl Reconciler {
     }
 
     pub(super) fn on_instance(&mut self, name: &str, epoch: u64, event: InstanceEvent) {
+        if self.on_canary_instance(name, epoch, &event) {
+            return;
+        }
         let Some(entry) = self.entries.get_mut(name) else {
             return;
         };
@@ -339,8 +484,16 @@ impl Reconciler {
         };
         tracing::info!(plugin = name, "plugin removed from disk; stopping it");
         entry.removed = true;
+        let had_canary = entry.canary.is_some();
         entry.starting = None;
-        match entry.current.clone() {
+        let current = entry.current.clone();
+        if had_canary {
+            self.stop_canary(name, "its plugin was removed");
+        }
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        match current {
             Some(instance) => {
                 entry.slot.set(PluginState::Draining);
                 stop_later(&self.launcher, instance, grace);
@@ -370,6 +523,10 @@ impl Reconciler {
         };
         let mut stopping = tokio::task::JoinSet::new();
         for e in self.entries.values_mut() {
+            if let Some(canary) = e.canary.take().and_then(|c| c.current) {
+                e.slot.set_canary(None);
+                stopping.spawn(self.launcher.stop(canary, grace()).map(|_| ()));
+            }
             if let Some(instance) = e.current.take() {
                 let slot = e.slot.clone();
                 slot.set(PluginState::Draining);

@@ -14,6 +14,7 @@
 //! either.
 
 mod bundles;
+mod canary;
 mod desired;
 mod discovery;
 mod lifecycle;
@@ -31,6 +32,7 @@ use crate::error::Failure;
 use crate::feed::Feed;
 use crate::manifest::Manifest;
 use crate::store::PluginRecord;
+use crate::supervise::canary::CanaryPolicy;
 use crate::supervise::instance::{Instance, InstanceEvent};
 use crate::supervise::policy::RestartState;
 use crate::supervise::watcher::Watcher;
@@ -113,6 +115,19 @@ pub enum Event {
         /// Plugin name.
         name: String,
     },
+    /// A start task's build finished (before its `Started`).
+    Built {
+        /// Plugin name.
+        name: String,
+        /// The instance's epoch.
+        epoch: u64,
+        /// The sources as they were when the build began.
+        sources: ProgramStamp,
+        /// The program and sources after the build.
+        program: ProgramStamp,
+        /// How it went.
+        report: plugd_api::BuildReport,
+    },
     /// An admin asked to re-read the plugin's manifest and program and swap it in.
     Reload {
         /// Plugin name.
@@ -165,6 +180,12 @@ struct Entry {
     store_wait_logged: bool,
     /// Its last start failed for want of settings: a change of them starts it again.
     awaiting_settings: bool,
+    /// Its sources when its build last succeeded (none: not built yet by this process).
+    built: Option<ProgramStamp>,
+    /// The start whose build failed, if the last build failed.
+    build_failed: Option<u64>,
+    /// Its canary on this worker, if the store names one.
+    canary: Option<canary::CanaryRun>,
 }
 
 impl Entry {
@@ -184,6 +205,9 @@ impl Entry {
             enabled,
             store_wait_logged: false,
             awaiting_settings: false,
+            built: None,
+            build_failed: None,
+            canary: None,
         }
     }
 
@@ -220,6 +244,10 @@ pub struct Reconciler {
     store: Arc<dyn StateStore>,
     /// Whether file changes in the plugins directory trigger rescans.
     watch_files: bool,
+    /// One permit per build that may run at once.
+    builds: Arc<tokio::sync::Semaphore>,
+    /// When canaries are rolled back automatically.
+    canary_policy: CanaryPolicy,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -231,17 +259,32 @@ impl std::fmt::Debug for Reconciler {
 }
 
 /// The modification time and size of each file a manifest runs (its program and the scripts
-/// its arguments name), so a rebuilt binary or an edited script is noticed.
-type ProgramStamp = Vec<Option<(SystemTime, u64)>>;
+/// its arguments name) and of its build's sources, so a rebuilt binary, an edited script or a
+/// changed source is noticed.
+pub type ProgramStamp = Vec<Option<(SystemTime, u64)>>;
 
-fn program_stamp(m: &Manifest) -> ProgramStamp {
-    m.watched_files()
+fn stamp_of(paths: &[PathBuf]) -> ProgramStamp {
+    paths
         .iter()
         .map(|path| {
             let meta = std::fs::metadata(path).ok()?;
             Some((meta.modified().ok()?, meta.len()))
         })
         .collect()
+}
+
+fn program_stamp(m: &Manifest) -> ProgramStamp {
+    let mut stamp = stamp_of(&m.watched_files());
+    stamp.extend(source_stamp(m));
+    stamp
+}
+
+/// The stamp of the files under a manifest's `watch` paths (empty without them).
+fn source_stamp(m: &Manifest) -> ProgramStamp {
+    if m.watch.is_empty() {
+        return Vec::new();
+    }
+    stamp_of(&m.watched_sources())
 }
 
 impl Reconciler {
@@ -274,8 +317,17 @@ impl Reconciler {
             rescan_waiting: false,
             store,
             watch_files: true,
+            builds: Arc::new(tokio::sync::Semaphore::new(2)),
+            canary_policy: CanaryPolicy::default(),
         };
         (r, handle)
+    }
+
+    /// Runs at most `max_builds` plugin builds at once and judges canaries by `policy`.
+    pub fn with_releases(mut self, max_builds: usize, policy: CanaryPolicy) -> Reconciler {
+        self.builds = Arc::new(tokio::sync::Semaphore::new(max_builds.max(1)));
+        self.canary_policy = policy;
+        self
     }
 
     /// Discovers and starts every plugin, then handles events until shutdown.
@@ -294,6 +346,7 @@ impl Reconciler {
         }
         self.sync_all_bundles().await;
         self.rescan(false).await;
+        self.sync_all_canaries().await;
         let watchdog = sd_notify::watchdog_enabled();
         let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
         loop {
@@ -380,6 +433,13 @@ impl Reconciler {
                 }
             }
             Event::Reload { name } => self.reload(&name),
+            Event::Built {
+                name,
+                epoch,
+                sources,
+                program,
+                report,
+            } => self.on_built(&name, epoch, sources, program, report),
             Event::SettingsRestart { name } => {
                 if self
                     .entries

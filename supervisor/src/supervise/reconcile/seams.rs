@@ -115,6 +115,23 @@ pub trait StateStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>>;
     /// A plugin's stored settings.
     fn settings<'a>(&'a self, plugin: &'a str) -> BoxFuture<'a, anyhow::Result<StoredSettings>>;
+    /// Ends a plugin's canary of bundle `sha256` (if it still runs) on behalf of `actor`, with
+    /// an audit entry; returns whether this call ended it.
+    fn end_canary<'a>(
+        &'a self,
+        plugin: &'a str,
+        sha256: &'a str,
+        actor: &'a str,
+        action: &'a str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// Writes an entry of the audit log as plugd.
+    fn audit<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 impl StateStore for Store {
@@ -155,5 +172,27 @@ impl StateStore for Store {
 
     fn settings<'a>(&'a self, plugin: &'a str) -> BoxFuture<'a, anyhow::Result<StoredSettings>> {
         Box::pin(Store::settings(self, plugin))
+    }
+
+    fn end_canary<'a>(
+        &'a self,
+        plugin: &'a str,
+        sha256: &'a str,
+        actor: &'a str,
+        action: &'a str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(Store::end_canary(
+            self, plugin, sha256, actor, action, detail,
+        ))
+    }
+
+    fn audit<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(Store::record(self, Some(plugin), "plugd", action, detail))
     }
 }

@@ -9,8 +9,9 @@
 use crate::feed::Feed;
 use crate::manifest::SettingsSchema;
 use crate::os::output::LogRing;
+use crate::supervise::canary::Canary;
 use crate::supervise::instance::Instance;
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use plugd_api::StreamEvent;
 use plugd_protocol::message::handshake::{HookDecl, PermissionDecl};
 use std::collections::HashMap;
@@ -92,6 +93,10 @@ pub struct PluginSlot {
     feed: Arc<Feed>,
     /// The settings its manifest declares.
     schema: ArcSwap<SettingsSchema>,
+    /// Its canary on this worker, while one serves.
+    canary: ArcSwapOption<Canary>,
+    /// How its last build went, if it has a build command.
+    build: ArcSwapOption<plugd_api::BuildReport>,
 }
 
 impl PluginSlot {
@@ -106,7 +111,29 @@ impl PluginSlot {
             hooks: ArcSwap::from_pointee(Vec::new()),
             permissions: ArcSwap::from_pointee(Vec::new()),
             schema: ArcSwap::from_pointee(SettingsSchema::new()),
+            canary: ArcSwapOption::empty(),
+            build: ArcSwapOption::empty(),
         })
+    }
+
+    /// Its canary on this worker, while one serves.
+    pub fn canary(&self) -> Option<Arc<Canary>> {
+        self.canary.load_full()
+    }
+
+    /// Starts or ends routing a share of its requests to a canary.
+    pub(in crate::supervise::reconcile) fn set_canary(&self, canary: Option<Arc<Canary>>) {
+        self.canary.store(canary);
+    }
+
+    /// How its last build went.
+    pub fn build(&self) -> Option<Arc<plugd_api::BuildReport>> {
+        self.build.load_full()
+    }
+
+    /// Records how a build went.
+    pub(in crate::supervise::reconcile) fn set_build(&self, report: plugd_api::BuildReport) {
+        self.build.store(Some(Arc::new(report)));
     }
 
     /// The settings its manifest declares.

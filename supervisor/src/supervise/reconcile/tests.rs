@@ -151,6 +151,7 @@ impl StateStore for MemoryStore {
                 generation: 1,
                 bundle_sha256: None,
                 settings_generation: 1,
+                canary: None,
             });
             Ok(record.clone())
         })
@@ -211,6 +212,33 @@ impl StateStore for MemoryStore {
     }
 
     fn ping(&self) -> futures_util::future::BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { self.check() })
+    }
+
+    fn end_canary<'a>(
+        &'a self,
+        plugin: &'a str,
+        _sha256: &'a str,
+        _actor: &'a str,
+        _action: &'a str,
+        _detail: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut records = self.records.lock().expect("records");
+            Ok(records
+                .get_mut(plugin)
+                .and_then(|r| r.canary.take())
+                .is_some())
+        })
+    }
+
+    fn audit<'a>(
+        &'a self,
+        _plugin: &'a str,
+        _action: &'a str,
+        _detail: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move { self.check() })
     }
 

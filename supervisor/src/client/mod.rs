@@ -6,6 +6,7 @@
 //! server error), 2 usage (a bad flag, or a request the server calls malformed), 3 not found,
 //! 4 conflict. Every failure is one line on stderr naming what failed.
 
+mod releases;
 mod settings;
 mod sse;
 pub mod verbs;
@@ -200,14 +201,50 @@ impl Client {
         self.send(what, request).await
     }
 
-    /// `POST /admin/plugins/install` with the bundle's bytes.
+    /// `GET /admin{path}` with `query`, answered with bytes: the body and its `ETag`.
+    pub async fn download(
+        &self,
+        what: &str,
+        path: &str,
+        query: &impl serde::Serialize,
+    ) -> Result<(Vec<u8>, Option<String>), Failure> {
+        let response = self
+            .request(Method::GET, path)
+            .query(query)
+            .timeout(INSTALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_owned());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        if !status.is_success() {
+            let failure = Failure::from_answer(status, &String::from_utf8_lossy(&body));
+            return Err(Failure {
+                message: format!("{what}: {}", failure.message),
+                ..failure
+            });
+        }
+        Ok((body.to_vec(), etag))
+    }
+
+    /// `POST /admin/plugins/install` (with `query`) with the bundle's bytes.
     pub async fn install<T: DeserializeOwned>(
         &self,
         what: &str,
         bundle: Vec<u8>,
+        query: &impl serde::Serialize,
     ) -> Result<T, Failure> {
         let request = self
             .request(Method::POST, "/plugins/install")
+            .query(query)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bundle)
             .timeout(INSTALL_TIMEOUT);

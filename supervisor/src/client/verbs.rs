@@ -66,6 +66,45 @@ pub enum Verb {
     Install {
         /// The bundle file.
         file: PathBuf,
+        /// Start it as a canary beside the installed version, serving this percentage (1-99)
+        /// of its HTTP requests, instead of replacing it.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<u8>,
+    },
+    /// List a plugin's kept versions, newest first, and the workers running each.
+    Versions {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Make an earlier version the one every worker runs (by default the one installed before
+    /// the stable one); during a canary, end the canary.
+    Rollback {
+        /// The plugin's name.
+        name: String,
+        /// The version (or sha256 prefix) to go back to.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Make a plugin's canary its stable version on every worker.
+    Promote {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Show a plugin's canary and how it fares against the stable version on this worker.
+    Canary {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Download a kept bundle and check it against its sha256.
+    Download {
+        /// The plugin's name.
+        name: String,
+        /// The version (or sha256 prefix); the stable one by default.
+        #[arg(long)]
+        version: Option<String>,
+        /// Where to write it (default: NAME-VERSION.bundle in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Uninstall a plugin.
     Uninstall {
@@ -196,7 +235,7 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn time_of(ms: u64) -> String {
+pub(super) fn time_of(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -220,7 +259,16 @@ impl Verb {
             Verb::Disable(t) => toggle(client, t, false, json).await,
             Verb::Reload { name } => act(client, &name, "reload", json).await,
             Verb::Restart { name } => act(client, &name, "restart", json).await,
-            Verb::Install { file } => install(client, &file, json).await,
+            Verb::Install { file, canary } => install(client, &file, canary, json).await,
+            Verb::Versions { name } => super::releases::versions(client, &name, json).await,
+            Verb::Rollback { name, to } => super::releases::rollback(client, &name, to, json).await,
+            Verb::Promote { name } => super::releases::promote(client, &name, json).await,
+            Verb::Canary { name } => super::releases::canary(client, &name, json).await,
+            Verb::Download {
+                name,
+                version,
+                output,
+            } => super::releases::download(client, &name, version, output, json).await,
             Verb::Uninstall { name } => {
                 let what = format!("uninstall {name}");
                 let done: Uninstalled = client.delete(&what, &plugin_path(&name)).await?;
@@ -440,7 +488,12 @@ async fn act(client: &Client, name: &str, verb: &str, json: bool) -> Result<(), 
     Ok(())
 }
 
-async fn install(client: &Client, file: &std::path::Path, json: bool) -> Result<(), Failure> {
+async fn install(
+    client: &Client,
+    file: &std::path::Path,
+    canary: Option<u8>,
+    json: bool,
+) -> Result<(), Failure> {
     let what = format!("install {}", file.display());
     let size = std::fs::metadata(file)
         .map_err(|e| Failure::usage(format!("{what}: {e}")))?
@@ -453,9 +506,15 @@ async fn install(client: &Client, file: &std::path::Path, json: bool) -> Result<
         )));
     }
     let bytes = std::fs::read(file).map_err(|e| Failure::usage(format!("{what}: {e}")))?;
-    let done: Installed = client.install(&what, bytes).await?;
+    let query = plugd_api::InstallQuery { canary };
+    let done: Installed = client.install(&what, bytes, &query).await?;
     if json {
         print_json(&done);
+    } else if let Some(percent) = done.canary {
+        println!(
+            "canary {} {} serves {percent} % of its requests (sha256 {}); `plugd promote {}` or `plugd rollback {}` ends it",
+            done.name, done.version, done.sha256, done.name, done.name
+        );
     } else {
         let verb = if done.upgraded {
             "upgraded"

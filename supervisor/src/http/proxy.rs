@@ -7,17 +7,21 @@
 //! over the limit, 503 plugin
 //! not ready or busy, 502 plugin died or misbehaved during the request, 504 no answer within the
 //! request timeout.
+//!
+//! During a canary ([`crate::supervise::canary`]) the canary's share of requests goes to its
+//! instance, and each side's status and latency are recorded for its verdict.
 
 use super::auth::authorize;
 use super::error::ApiError;
 use super::Edge;
 use crate::ipc::CallError;
 use crate::settings::AdminToken;
+use crate::supervise::canary::{Served, Side};
 use crate::supervise::router::{normalize, Lookup};
 use crate::supervise::PluginState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH};
+use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -46,9 +50,20 @@ fn is_hop_by_hop(name: &str) -> bool {
 pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();
     let name = plugin_name(request.uri().path()).to_owned();
-    let response = forward(&edge, request)
+    let mut response = forward(&edge, request)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    // During a canary, each side's answers are what it is judged by.
+    if let Some(served) = response.extensions_mut().remove::<Served>() {
+        served
+            .canary
+            .record(served.side, response.status().as_u16(), started.elapsed());
+        if served.set_cookie {
+            if let Ok(cookie) = HeaderValue::from_str(&served.canary.cookie(&name, served.side)) {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
+        }
+    }
     // Only plugins plugd knows are counted: arbitrary names in URLs must not grow the metrics.
     if edge.registry.plugins().contains_key(&name) {
         let route = response
@@ -86,7 +101,7 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         ));
     };
     let state = slot.state();
-    let instance = match &*state {
+    let stable = match &*state {
         PluginState::Ready(instance) => instance,
         other => {
             let why = other.reason().map(|r| format!(": {r}")).unwrap_or_default();
@@ -95,6 +110,19 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
                 format!("plugin {name:?} is {}{why}", other.name()),
             ));
         }
+    };
+    // During a canary its share of the requests goes to it (hooks and services never do).
+    let served = slot.canary().map(|canary| {
+        let (side, set_cookie) = canary.choose(&parts.headers);
+        Served {
+            canary,
+            side,
+            set_cookie,
+        }
+    });
+    let instance = match &served {
+        Some(s) if s.side == Side::Candidate => &s.canary.instance,
+        _ => stable,
     };
     let method = parts.method.as_str();
     let path = normalize(path).map_err(|e| ApiError::bad_request("invalid path", e))?;
@@ -225,13 +253,14 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
             .call::<Http>(&wire, serving.limits.request_timeout)
             .await;
         // During a reload the old instance may refuse (draining) or be gone before the request
-        // was sent; then the new one takes it, once.
+        // was sent; then the new one takes it, once. (A canary is not reloaded: its refusal
+        // stands.)
         let refused = match &answer {
             Err(CallError::NotSent(_)) => true,
             Err(CallError::Remote(e)) => e.code == codes::SHUTTING_DOWN,
             _ => false,
         };
-        if refused && !retried {
+        if refused && !retried && served.as_ref().is_none_or(|s| s.side == Side::Stable) {
             if let PluginState::Ready(newer) = &*slot.state() {
                 if newer.epoch != serving.epoch {
                     serving = newer.clone();
@@ -297,6 +326,9 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         response.headers_mut().insert("x-request-id", value);
     }
     response.extensions_mut().insert(MatchedRoute(route));
+    if let Some(served) = served {
+        response.extensions_mut().insert(served);
+    }
     Ok(response)
 }
 

@@ -14,6 +14,7 @@ mod limits;
 mod operator;
 mod pg;
 mod proxy;
+mod releases;
 mod settings;
 mod shutdown;
 mod store;

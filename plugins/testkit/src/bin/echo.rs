@@ -59,13 +59,20 @@ fn echo(req: &Request) -> Response {
         "body": String::from_utf8_lossy(req.body()),
         "request_id": req.request_id(),
     });
+    // `?status=` answers with that status; otherwise ECHO_STATUS, if set (a version that
+    // fails on purpose, for canaries).
     let status = req
         .query("status")
+        .or(std::env::var("ECHO_STATUS").ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     Response::json(&body)
         .with_status(status)
         .with_header("x-echo", "yes")
+        .with_header(
+            "x-echo-version",
+            std::env::var("ECHO_VERSION").unwrap_or_else(|_| "0.0.1".into()),
+        )
 }
 
 /// Busy-loops until this thread has used `ms` milliseconds of CPU; returns the CPU ms used.

@@ -370,7 +370,7 @@ fn bucket_of(elapsed: Duration) -> usize {
     }
     let exp = 63 - us.leading_zeros() as usize;
     let sub = ((us >> (exp - 2)) & 3) as usize;
-    (exp * 4 + sub).min(BUCKETS - 1)
+    ((exp - 1) * 4 + sub).min(BUCKETS - 1)
 }
 
 /// The upper end of a latency bucket.
@@ -378,7 +378,7 @@ fn bucket_top(bucket: usize) -> Duration {
     if bucket < 4 {
         return Duration::from_micros(bucket as u64 + 1);
     }
-    let (exp, sub) = (bucket / 4, (bucket % 4) as u64);
+    let (exp, sub) = (bucket / 4 + 1, (bucket % 4) as u64);
     Duration::from_micros((5 + sub) << (exp - 2))
 }
 

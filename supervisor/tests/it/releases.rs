@@ -425,7 +425,7 @@ async fn a_failing_canary_is_rolled_back_on_its_own_while_the_stable_version_ser
 
 #[tokio::test]
 async fn a_healthy_canary_serves_its_share_sticky_per_client_and_is_promoted() {
-    let sup = single(&[]).await;
+    let mut sup = single(&[]).await;
     let (status, _) = install(&sup, release("promoted", "1.0.0", &[]), "").await;
     assert_eq!(status, 201);
     wait_running(&sup, "promoted", "1.0.0").await;

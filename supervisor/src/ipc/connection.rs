@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use plugd_protocol::envelope::{
     encode_error, encode_notification, encode_request, encode_response,
 };
-use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping};
+use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdown};
 use plugd_protocol::message::Method;
 use plugd_protocol::pending::{Call, Pending};
 use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, Response};
@@ -82,6 +82,8 @@ pub struct Connection {
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     cut_off: AtomicBool,
+    /// Set once plugd asked the plugin to shut down: no request is sent after that one.
+    stopping: AtomicBool,
     calls: Option<Arc<Calls>>,
     /// Permits for the plugin's own calls in flight.
     working: Arc<Semaphore>,
@@ -114,6 +116,7 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             cut_off: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             calls,
             working: Arc::new(Semaphore::new(MAX_PLUGIN_CALLS)),
             queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
@@ -154,6 +157,14 @@ impl Connection {
     ) -> Result<M::Result, CallError> {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
+        }
+        // After the shutdown request nothing else goes out: a request behind it might reach a
+        // plugin that already stopped reading, and its caller would see the plugin exit
+        // instead of a refusal it can retry elsewhere.
+        if M::NAME == Shutdown::NAME {
+            self.stopping.store(true, Ordering::SeqCst);
+        } else if self.stopping.load(Ordering::SeqCst) {
+            return Err(CallError::NotSent("the plugin is being stopped".into()));
         }
         let mut guard = CancelOnDrop {
             conn: self,

@@ -320,40 +320,71 @@ async fn a_rollback_converges_on_three_workers() {
         .await;
 }
 
-/// Sends requests to `name` until `stop`, counting (failures, answers): a failure is an
-/// answer plugd gave itself, or one of version `stable` (`*`: any) that is not a 200.
+/// Requests sent by [`load`]: how many were answered, and the failures (the first few with
+/// their status, version and body).
+#[derive(Default)]
+struct Load {
+    total: AtomicU64,
+    failed: AtomicU64,
+    first_failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn failed(&self) -> (u64, Vec<String>) {
+        (
+            self.failed.load(Ordering::SeqCst),
+            self.first_failures.lock().expect("failures").clone(),
+        )
+    }
+
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        let mut first = self.first_failures.lock().expect("failures");
+        if first.len() < 5 {
+            first.push(what);
+        }
+    }
+}
+
+/// Sends requests to `name` until `stop`. A failure is an answer plugd gave itself, or one of
+/// version `stable` (`*`: any) that is not a 200.
 fn load(
     sup: &TestSupervisor,
     name: &str,
     stable: &'static str,
     stop: Arc<AtomicBool>,
-) -> (Arc<AtomicU64>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let (failed, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+) -> (Arc<Load>, tokio::task::JoinHandle<()>) {
+    let counts = Arc::new(Load::default());
     let (client, url) = (
         sup.client.clone(),
         sup.url(&format!("/plugins/{name}/echo/1")),
     );
-    let (f, t) = (failed.clone(), total.clone());
+    let c = counts.clone();
     let task = tokio::spawn(async move {
         while !stop.load(Ordering::SeqCst) {
-            let Ok(r) = client.get(&url).send().await else {
-                f.fetch_add(1, Ordering::SeqCst);
-                continue;
+            let r = match client.get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    c.fail(format!("no answer: {e}"));
+                    continue;
+                }
             };
-            t.fetch_add(1, Ordering::SeqCst);
+            c.total.fetch_add(1, Ordering::SeqCst);
+            let status = r.status();
             let version = r
                 .headers()
                 .get("x-echo-version")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-")
                 .to_owned();
-            let bad = r.status() != 200 && (stable == "*" || version == stable);
+            let bad = status != 200 && (stable == "*" || version == stable);
             if bad || version == "-" {
-                f.fetch_add(1, Ordering::SeqCst);
+                let body = r.text().await.unwrap_or_default();
+                c.fail(format!("{status} from {version}: {body}"));
             }
         }
     });
-    (failed, total, task)
+    (counts, task)
 }
 
 #[tokio::test]
@@ -367,7 +398,7 @@ async fn a_failing_canary_is_rolled_back_on_its_own_while_the_stable_version_ser
     assert_eq!(status, 201);
     wait_running(&sup, "canaried", "1.0.0").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let (failed, total, task) = load(&sup, "canaried", "1.0.0", stop.clone());
+    let (counts, task) = load(&sup, "canaried", "1.0.0", stop.clone());
 
     let started = Instant::now();
     let bad = release("canaried", "2.0.0", &[("ECHO_STATUS", "500")]);
@@ -411,11 +442,11 @@ async fn a_failing_canary_is_rolled_back_on_its_own_while_the_stable_version_ser
     }
     stop.store(true, Ordering::SeqCst);
     task.await.expect("load");
-    assert!(total.load(Ordering::SeqCst) > 20, "the load ran");
+    assert!(counts.total.load(Ordering::SeqCst) > 20, "the load ran");
+    let (failed, first) = counts.failed();
     assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "the stable version answered every one of its requests"
+        failed, 0,
+        "the stable version answered every one of its requests: {first:?}"
     );
     sup.wait_until("the canary's files are removed", || async {
         !sup.dir.path().join("plugins/.canary/canaried").exists()
@@ -502,6 +533,24 @@ async fn a_healthy_canary_serves_its_share_sticky_per_client_and_is_promoted() {
         "{report}"
     );
     assert_eq!(report["candidate"]["errors"], 0, "{report}");
+    // The canary is in the store: a restarted worker runs it again.
+    sup.restart().await;
+    sup.wait_until("the restarted worker runs the canary again", || async {
+        let (_, report) = call(
+            &sup,
+            reqwest::Method::GET,
+            "/admin/plugins/promoted/canary",
+            None,
+        )
+        .await;
+        report["serving"] == true
+    })
+    .await;
+    assert_eq!(
+        served_by(&sup, "promoted", &[("cookie", &cookie)]).await,
+        (200, side.clone()),
+        "the cookie still holds after the restart"
+    );
     let out = crate::operator::cli(&sup, Some(ADMIN), &["promote", "promoted"]);
     assert!(
         out.status.success(),
@@ -579,23 +628,20 @@ async fn a_source_change_rebuilds_under_load_and_a_failed_build_keeps_the_old_ve
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (failed, total, task) = load(&sup, "built", "*", stop.clone());
+    let (counts, task) = load(&sup, "built", "*", stop.clone());
     let source = sup.dir.path().join("plugins/built/src/version");
     std::fs::write(&source, "2.0.0").expect("edit the source");
     wait_running(&sup, "built", "2.0.0").await;
     // Some requests after the swap, then stop.
-    let seen = total.load(Ordering::SeqCst);
+    let seen = counts.total.load(Ordering::SeqCst);
     sup.wait_until("requests reach the new version", || async {
-        total.load(Ordering::SeqCst) > seen + 20
+        counts.total.load(Ordering::SeqCst) > seen + 20
     })
     .await;
     stop.store(true, Ordering::SeqCst);
     task.await.expect("load");
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "no request failed across the rebuild"
-    );
+    let (failed, first) = counts.failed();
+    assert_eq!(failed, 0, "no request failed across the rebuild: {first:?}");
 
     std::fs::write(&source, "broken-3").expect("break the source");
     sup.wait_until("the failed build is reported", || async {

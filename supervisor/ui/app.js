@@ -398,8 +398,9 @@ async function saveSettings(event) {
   try {
     const answer = await api("PATCH", `/plugins/${encodeURIComponent(settingsForm.name)}/settings`,
       JSON.stringify(changes), { "Content-Type": "application/json", "If-Match": `"${settingsForm.generation}"` });
-    result.textContent = answer.detail;
+    // The answer is shown once the form shows the stored settings again (a secret emptied).
     await showSettings(settingsForm.name);
+    result.textContent = answer.detail;
   } catch (e) {
     result.className = "error";
     result.textContent = e.message;

@@ -164,7 +164,7 @@ impl Reconciler {
         }
     }
 
-    fn remove_canary_files(&self, name: &str) {
+    pub(super) fn remove_canary_files(&self, name: &str) {
         let (root, name) = (self.canary_root(), name.to_owned());
         tokio::task::spawn_blocking(move || {
             let dir = root.join(&name);

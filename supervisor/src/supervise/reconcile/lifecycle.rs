@@ -489,6 +489,7 @@ impl Reconciler {
         let current = entry.current.clone();
         if had_canary {
             self.stop_canary(name, "its plugin was removed");
+            self.remove_canary_files(name);
         }
         let Some(entry) = self.entries.get_mut(name) else {
             return;

@@ -232,8 +232,14 @@ async fn a_failing_plugin_migration_fails_that_plugin_only() {
 
 /// A tar.gz bundle whose plugin runs the echo test plugin through a script in the bundle.
 pub fn bundle(name: &str, version: &str) -> Vec<u8> {
+    bundle_with(name, version, "")
+}
+
+/// [`bundle`] with `extra` lines at the end of its manifest (such as an `[env]` table).
+pub fn bundle_with(name: &str, version: &str, extra: &str) -> Vec<u8> {
     let echo = crate::harness::workspace_bin("plugd-testkit-echo");
-    let manifest = format!("name = {name:?}\nversion = {version:?}\ncommand = \"./run.sh\"\n");
+    let manifest =
+        format!("name = {name:?}\nversion = {version:?}\ncommand = \"./run.sh\"\n{extra}");
     let script = format!("#!/bin/sh\nexec {} \"$@\"\n", echo.display());
     let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut b = tar::Builder::new(enc);

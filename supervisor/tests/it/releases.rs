@@ -12,27 +12,11 @@ use std::time::{Duration, Instant};
 /// A tar.gz bundle of plugin `name` at `version`, running the echo test plugin with
 /// `ECHO_VERSION` set to the version (so answers say which version served them) and `env`.
 fn release(name: &str, version: &str, env: &[(&str, &str)]) -> Vec<u8> {
-    let echo = workspace_bin("plugd-testkit-echo");
-    let mut manifest = format!(
-        "name = {name:?}\nversion = {version:?}\ncommand = \"./run.sh\"\n[env]\nECHO_VERSION = {version:?}\n"
-    );
+    let mut extra = format!("[env]\nECHO_VERSION = {version:?}\n");
     for (k, v) in env {
-        manifest.push_str(&format!("{k} = {v:?}\n"));
+        extra.push_str(&format!("{k} = {v:?}\n"));
     }
-    let script = format!("#!/bin/sh\nexec {} \"$@\"\n", echo.display());
-    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(enc);
-    for (path, data, mode) in [
-        (format!("{name}/plugin.toml"), manifest.into_bytes(), 0o644),
-        (format!("{name}/run.sh"), script.into_bytes(), 0o755),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, &data[..]).expect("append");
-    }
-    b.into_inner().expect("tar").finish().expect("gzip")
+    crate::admin::bundle_with(name, version, &extra)
 }
 
 async fn call(
@@ -114,6 +98,12 @@ async fn audit_actions(sup: &TestSupervisor, name: &str) -> Vec<(String, String)
             )
         })
         .collect()
+}
+
+/// Whether `sup` serves the canary of `name`.
+async fn canary_serving(sup: &TestSupervisor, name: &str) -> bool {
+    let path = format!("/admin/plugins/{name}/canary");
+    call(sup, reqwest::Method::GET, &path, None).await.1["serving"] == true
 }
 
 async fn single(env: &[(&str, &str)]) -> TestSupervisor {
@@ -405,14 +395,7 @@ async fn a_failing_canary_is_rolled_back_on_its_own_while_the_stable_version_ser
     let (status, body) = install(&sup, bad, "?canary=30").await;
     assert_eq!((status, body["canary"].as_u64()), (201, Some(30)), "{body}");
     sup.wait_until("the canary serves a share of the requests", || async {
-        let (_, report) = call(
-            &sup,
-            reqwest::Method::GET,
-            "/admin/plugins/canaried/canary",
-            None,
-        )
-        .await;
-        report["serving"] == true || plugin(&sup, "canaried").await["canary"].is_null()
+        canary_serving(&sup, "canaried").await || plugin(&sup, "canaried").await["canary"].is_null()
     })
     .await;
     sup.wait_until("plugd rolls the failing canary back", || async {
@@ -469,14 +452,7 @@ async fn a_healthy_canary_serves_its_share_sticky_per_client_and_is_promoted() {
     let (status, body) = install(&sup, release("promoted", "2.0.0", &[]), "?canary=50").await;
     assert_eq!(status, 201, "{body}");
     sup.wait_until("the canary serves", || async {
-        let (_, report) = call(
-            &sup,
-            reqwest::Method::GET,
-            "/admin/plugins/promoted/canary",
-            None,
-        )
-        .await;
-        report["serving"] == true
+        canary_serving(&sup, "promoted").await
     })
     .await;
     // The client header picks a side by its hash: the same answer every time, and both sides
@@ -536,14 +512,7 @@ async fn a_healthy_canary_serves_its_share_sticky_per_client_and_is_promoted() {
     // The canary is in the store: a restarted worker runs it again.
     sup.restart().await;
     sup.wait_until("the restarted worker runs the canary again", || async {
-        let (_, report) = call(
-            &sup,
-            reqwest::Method::GET,
-            "/admin/plugins/promoted/canary",
-            None,
-        )
-        .await;
-        report["serving"] == true
+        canary_serving(&sup, "promoted").await
     })
     .await;
     assert_eq!(

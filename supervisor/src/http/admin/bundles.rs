@@ -63,19 +63,7 @@ pub async fn install(
     if let Some(percent) = query.canary {
         return install_canary(&edge, &actor, body, sha256, percent).await;
     }
-    let plugins_dir = edge.plugins_dir.clone();
-    let (bytes, sum) = (body.clone(), sha256.clone());
-    let placed = tokio::task::spawn_blocking(move || bundle::place(&bytes, &sum, &plugins_dir))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "install failed",
-                e.to_string(),
-            )
-        })?;
-    let (manifest, upgraded) =
-        placed.map_err(|detail| ApiError::bad_request("invalid bundle", detail))?;
+    let (manifest, upgraded) = place(&body, &sha256, edge.plugins_dir.clone()).await?;
     // Kept in the store, so every worker unpacks the same bytes.
     edge.store
         .save_bundle(&sha256, &manifest.name, &body)
@@ -111,6 +99,25 @@ pub async fn install(
     ))
 }
 
+/// Unpacks a bundle into `root` on a blocking thread (see [`bundle::place`]).
+async fn place(
+    body: &Bytes,
+    sha256: &str,
+    root: std::path::PathBuf,
+) -> Result<(crate::manifest::Manifest, bool), ApiError> {
+    let (bytes, sum) = (body.clone(), sha256.to_owned());
+    tokio::task::spawn_blocking(move || bundle::place(&bytes, &sum, &root))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "install failed",
+                e.to_string(),
+            )
+        })?
+        .map_err(|detail| ApiError::bad_request("invalid bundle", detail))
+}
+
 /// Unpacks a bundle under `.canary/` and records it as the canary of its installed plugin.
 async fn install_canary(
     edge: &Edge,
@@ -125,18 +132,7 @@ async fn install_canary(
             format!("canary={percent}: the share must be 1 to 99 percent"),
         ));
     }
-    let root = edge.plugins_dir.join(".canary");
-    let (bytes, sum) = (body.clone(), sha256.clone());
-    let placed = tokio::task::spawn_blocking(move || bundle::place(&bytes, &sum, &root))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "install failed",
-                e.to_string(),
-            )
-        })?;
-    let (manifest, _) = placed.map_err(|detail| ApiError::bad_request("invalid bundle", detail))?;
+    let (manifest, _) = place(&body, &sha256, edge.plugins_dir.join(".canary")).await?;
     let name = manifest.name.clone();
     let refuse =
         |detail: String| ApiError::new(StatusCode::CONFLICT, "cannot start a canary", detail);

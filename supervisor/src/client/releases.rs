@@ -1,9 +1,10 @@
-//! `plugd versions`, `rollback`, `promote`, `canary` and `download`: a plugin's releases.
+//! `plugd install`, `versions`, `rollback`, `promote`, `canary` and `download`: a plugin's
+//! releases.
 
 use super::verbs::{plugin_path, print_json, table, time_of};
 use super::{Client, Failure};
 use bytesize::ByteSize;
-use plugd_api::{BundleQuery, CanaryReport, Released, RollbackQuery, Versions};
+use plugd_api::{BundleQuery, CanaryReport, Installed, Released, RollbackQuery, Versions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -183,6 +184,47 @@ pub(super) async fn download(
             "saved {} ({}, sha256 {sum} verified)",
             path.display(),
             ByteSize(bytes.len() as u64)
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn install(
+    client: &Client,
+    file: &std::path::Path,
+    canary: Option<u8>,
+    json: bool,
+) -> Result<(), Failure> {
+    let what = format!("install {}", file.display());
+    let size = std::fs::metadata(file)
+        .map_err(|e| Failure::usage(format!("{what}: {e}")))?
+        .len();
+    if size > plugd_api::plugins::MAX_BUNDLE {
+        return Err(Failure::usage(format!(
+            "{what}: the bundle is {} and plugd accepts at most {}",
+            ByteSize(size),
+            ByteSize(plugd_api::plugins::MAX_BUNDLE)
+        )));
+    }
+    let bytes = std::fs::read(file).map_err(|e| Failure::usage(format!("{what}: {e}")))?;
+    let query = plugd_api::InstallQuery { canary };
+    let done: Installed = client.install(&what, bytes, &query).await?;
+    if json {
+        print_json(&done);
+    } else if let Some(percent) = done.canary {
+        println!(
+            "canary {} {} serves {percent} % of its requests (sha256 {}); `plugd promote {}` or `plugd rollback {}` ends it",
+            done.name, done.version, done.sha256, done.name, done.name
+        );
+    } else {
+        let verb = if done.upgraded {
+            "upgraded"
+        } else {
+            "installed"
+        };
+        println!(
+            "{verb} {} {} (sha256 {})",
+            done.name, done.version, done.sha256
         );
     }
     Ok(())

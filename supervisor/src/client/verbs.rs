@@ -5,8 +5,8 @@ use super::{Client, Failure};
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use plugd_api::{
-    Accepted, Events, EventsQuery, Installed, Logs, LogsQuery, Plugin, PluginList, Stats,
-    StreamEvent, StreamQuery, ToggleAnswer, ToggleQuery, Uninstalled, Workers,
+    Accepted, Events, EventsQuery, Logs, LogsQuery, Plugin, PluginList, Stats, StreamEvent,
+    StreamQuery, ToggleAnswer, ToggleQuery, Uninstalled, Workers,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -259,7 +259,9 @@ impl Verb {
             Verb::Disable(t) => toggle(client, t, false, json).await,
             Verb::Reload { name } => act(client, &name, "reload", json).await,
             Verb::Restart { name } => act(client, &name, "restart", json).await,
-            Verb::Install { file, canary } => install(client, &file, canary, json).await,
+            Verb::Install { file, canary } => {
+                super::releases::install(client, &file, canary, json).await
+            }
             Verb::Versions { name } => super::releases::versions(client, &name, json).await,
             Verb::Rollback { name, to } => super::releases::rollback(client, &name, to, json).await,
             Verb::Promote { name } => super::releases::promote(client, &name, json).await,
@@ -484,47 +486,6 @@ async fn act(client: &Client, name: &str, verb: &str, json: bool) -> Result<(), 
         print_json(&answer);
     } else {
         println!("{}", answer.detail);
-    }
-    Ok(())
-}
-
-async fn install(
-    client: &Client,
-    file: &std::path::Path,
-    canary: Option<u8>,
-    json: bool,
-) -> Result<(), Failure> {
-    let what = format!("install {}", file.display());
-    let size = std::fs::metadata(file)
-        .map_err(|e| Failure::usage(format!("{what}: {e}")))?
-        .len();
-    if size > plugd_api::plugins::MAX_BUNDLE {
-        return Err(Failure::usage(format!(
-            "{what}: the bundle is {} and plugd accepts at most {}",
-            ByteSize(size),
-            ByteSize(plugd_api::plugins::MAX_BUNDLE)
-        )));
-    }
-    let bytes = std::fs::read(file).map_err(|e| Failure::usage(format!("{what}: {e}")))?;
-    let query = plugd_api::InstallQuery { canary };
-    let done: Installed = client.install(&what, bytes, &query).await?;
-    if json {
-        print_json(&done);
-    } else if let Some(percent) = done.canary {
-        println!(
-            "canary {} {} serves {percent} % of its requests (sha256 {}); `plugd promote {}` or `plugd rollback {}` ends it",
-            done.name, done.version, done.sha256, done.name, done.name
-        );
-    } else {
-        let verb = if done.upgraded {
-            "upgraded"
-        } else {
-            "installed"
-        };
-        println!(
-            "{verb} {} {} (sha256 {})",
-            done.name, done.version, done.sha256
-        );
     }
     Ok(())
 }

@@ -103,6 +103,16 @@ fn unknown(name: &str) -> ApiError {
     )
 }
 
+/// The store's record of plugin `name`: 404 when it is not registered, 503 when the store is
+/// away.
+async fn record_of(edge: &Edge, name: &str) -> Result<crate::store::PluginRecord, ApiError> {
+    edge.store
+        .plugin(name)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| unknown(name))
+}
+
 /// Hands an event to the reconcile loop.
 fn send(edge: &Edge, event: Event) {
     edge.reconciler.send(event);

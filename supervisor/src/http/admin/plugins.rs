@@ -2,7 +2,7 @@
 //! a generation, optionally waiting for every worker to converge), reload, restart and logs.
 
 use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin};
-use super::{send, store_error, unknown, with_etag};
+use super::{record_of, send, store_error, unknown, with_etag};
 use crate::http::auth::Actor;
 use crate::http::error::{ApiError, Path, Query};
 use crate::http::Edge;
@@ -113,12 +113,7 @@ pub async fn get_one(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = edge
-        .store
-        .plugin(&name)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown(&name))?;
+    let record = record_of(&edge, &name).await?;
     let mut view = describe(&edge, &record);
     if let Ok(workers) = edge.store.workers(cluster::EXPIRY).await {
         let states = workers
@@ -354,12 +349,7 @@ async fn action(
     actor: &Actor,
     what: &str,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let record = edge
-        .store
-        .plugin(name)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown(name))?;
+    let record = record_of(edge, name).await?;
     if !record.enabled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -5,11 +5,11 @@
 //! reconcile loop of every worker applies it blue/green.
 
 use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin};
-use super::{send, store_error, unknown};
+use super::{record_of, send, store_error, unknown};
 use crate::http::auth::Actor;
 use crate::http::error::{ApiError, Path, Query};
 use crate::http::Edge;
-use crate::store::{PluginRecord, VersionRow};
+use crate::store::VersionRow;
 use crate::supervise::{cluster, Event};
 use axum::body::Body;
 use axum::extract::State;
@@ -20,14 +20,6 @@ use base64::Engine;
 use plugd_api::{BundleQuery, BundleVersion, CanaryReport, Released, RollbackQuery, Versions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-async fn record_of(edge: &Edge, name: &str) -> Result<PluginRecord, ApiError> {
-    edge.store
-        .plugin(name)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown(name))
-}
 
 fn conflict(error: &'static str, detail: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, error, detail)

@@ -10,7 +10,7 @@
 
 use super::doc::{BadInput, Conflict, Denied, NoSuchPlugin, Refused};
 use super::plugins::if_match;
-use super::{send, store_error, unknown, with_etag};
+use super::{record_of, send, store_error, unknown, with_etag};
 use crate::http::auth::Actor;
 use crate::http::error::{ApiError, Path};
 use crate::http::Edge;
@@ -36,11 +36,7 @@ pub const MAX_SETTINGS_BODY: usize = 256 * 1024;
 
 /// The plugin's slot on this worker (its schema comes from the manifest found here).
 async fn lookup(edge: &Edge, name: &str) -> Result<Arc<PluginSlot>, ApiError> {
-    edge.store
-        .plugin(name)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown(name))?;
+    record_of(edge, name).await?;
     edge.registry.get(name).ok_or_else(|| {
         ApiError::not_found(
             "unknown plugin",

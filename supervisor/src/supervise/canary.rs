@@ -2,11 +2,11 @@
 //! requests. The proxy asks [`Canary::choose`] which side serves a request (sticky per client
 //! through the `X-Plugd-Client` header or the `plugd_canary` cookie plugd sets) and records
 //! each answer's status and latency in a sliding window per side; [`watch`] compares the two
-//! windows and, past the [`CanaryPolicy`]'s thresholds, ends the canary in the store, which
-//! every worker then follows. Hooks and services never reach a canary.
+//! windows and, past the [`CanaryPolicy`]'s thresholds, has the reconcile loop end the canary
+//! in the store, which every worker then follows. Hooks and services never reach a canary.
 
 use super::instance::Instance;
-use super::reconcile::{Event, Handle, StateStore};
+use super::reconcile::{Event, Handle};
 use axum::http::HeaderMap;
 use plugd_api::{CanaryFigures, CanaryThresholds};
 use std::sync::{Arc, Mutex, Weak};
@@ -233,17 +233,12 @@ impl Canary {
     }
 }
 
-/// Checks the canary every slice of its window and ends it in the store once its verdict says
-/// so; ends by itself when the canary is gone. The loop hears of the end through `Desired`
-/// (and the other workers through the change feed).
-pub async fn watch(
-    plugin: String,
-    canary: Weak<Canary>,
-    store: Arc<dyn StateStore>,
-    loop_: Handle,
-) {
+/// Checks the canary every slice of its window and, once its verdict says so, tells the loop
+/// (`CanaryFailed`), which ends it in the store for every worker; ends by itself when the
+/// canary is gone.
+pub async fn watch(plugin: String, canary: Weak<Canary>, loop_: Handle) {
     loop {
-        let (verdict, sha, every) = {
+        let (verdict, sha256, every) = {
             let Some(canary) = canary.upgrade() else {
                 return;
             };
@@ -254,20 +249,12 @@ pub async fn watch(
             )
         };
         if let Some(reason) = verdict {
-            let detail = format!("rolled back automatically: {reason}");
-            match store
-                .end_canary(&plugin, &sha, "plugd", "canary rolled back", &detail)
-                .await
-            {
-                Ok(ended) => {
-                    if ended {
-                        tracing::warn!(plugin, "canary {detail}");
-                    }
-                    loop_.send(Event::Desired { name: plugin });
-                    return;
-                }
-                Err(e) => tracing::error!(plugin, "cannot end the canary: {e:#}; trying again"),
-            }
+            loop_.send(Event::CanaryFailed {
+                name: plugin,
+                sha256,
+                reason,
+            });
+            return;
         }
         tokio::time::sleep(every).await;
     }

@@ -204,6 +204,18 @@ impl Reconciler {
         });
     }
 
+    /// Rolls back the canary `sha256` of `name` whose figures failed, if it still runs here.
+    pub(super) fn on_canary_failed(&mut self, name: &str, sha256: &str, reason: String) {
+        let runs = self
+            .entries
+            .get(name)
+            .and_then(|e| e.canary.as_ref())
+            .is_some_and(|c| c.info.sha256 == sha256);
+        if runs {
+            self.roll_back_canary(name, reason);
+        }
+    }
+
     pub(super) fn on_canary_started(
         &mut self,
         name: &str,
@@ -247,7 +259,6 @@ impl Reconciler {
                 tokio::spawn(canary::watch(
                     name.to_owned(),
                     Arc::downgrade(&canary),
-                    self.store.clone(),
                     handle,
                 ));
             }

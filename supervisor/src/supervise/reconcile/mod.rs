@@ -128,6 +128,15 @@ pub enum Event {
         /// How it went.
         report: plugd_api::BuildReport,
     },
+    /// A canary's figures on this worker are past the thresholds: roll it back everywhere.
+    CanaryFailed {
+        /// Plugin name.
+        name: String,
+        /// The canary's bundle (a newer canary is not judged by an older one's figures).
+        sha256: String,
+        /// Why, with the figures.
+        reason: String,
+    },
     /// An admin asked to re-read the plugin's manifest and program and swap it in.
     Reload {
         /// Plugin name.
@@ -433,6 +442,11 @@ impl Reconciler {
                 }
             }
             Event::Reload { name } => self.reload(&name),
+            Event::CanaryFailed {
+                name,
+                sha256,
+                reason,
+            } => self.on_canary_failed(&name, &sha256, reason),
             Event::Built {
                 name,
                 epoch,

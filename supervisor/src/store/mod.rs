@@ -22,7 +22,7 @@ pub mod workers;
 pub use audit::EventRecord;
 pub use kv::KvItem;
 pub use plugins::{PluginRecord, SetOutcome, CHANNEL};
-pub use releases::{KeptBundle, VersionRow};
+pub use releases::{KeptBundle, Release, VersionRow};
 pub use settings::{SettingWrite, SettingsOutcome, StoredSettings};
 pub use workers::WorkerRecord;
 

@@ -25,6 +25,15 @@ pub struct KeptBundle<'a> {
     pub keep: u32,
 }
 
+/// The bundle a rollback or promotion makes stable.
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    /// sha256 of a kept bundle.
+    pub sha256: &'a str,
+    /// The version its manifest names.
+    pub version: &'a str,
+}
+
 /// One kept version as the store has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionRow {
@@ -138,13 +147,13 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Makes kept bundle `sha256` the stable version of `plugin` on behalf of `actor`, ending
+    /// Makes kept bundle `to` the stable version of `plugin` on behalf of `actor`, ending
     /// any canary, with a `changes` row and an audit entry (`action`, `detail`). Returns the
     /// record after the change, or none if the plugin is not registered.
     pub async fn release(
         &self,
         plugin: &str,
-        to: &VersionRow,
+        to: Release<'_>,
         actor: &str,
         action: &str,
         detail: &str,
@@ -158,8 +167,8 @@ impl Store {
              WHERE name = $1",
         )
         .bind(plugin)
-        .bind(&to.sha256)
-        .bind(&to.version)
+        .bind(to.sha256)
+        .bind(to.version)
         .bind(now)
         .execute(&mut *tx)
         .await?

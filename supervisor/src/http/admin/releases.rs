@@ -9,7 +9,7 @@ use super::{record_of, send, store_error, unknown};
 use crate::http::auth::Actor;
 use crate::http::error::{ApiError, Path, Query};
 use crate::http::Edge;
-use crate::store::VersionRow;
+use crate::store::{Release, VersionRow};
 use crate::supervise::{cluster, Event};
 use axum::body::Body;
 use axum::extract::State;
@@ -232,7 +232,16 @@ pub async fn rollback(
         record.version, target.version, target.sha256
     );
     edge.store
-        .release(&name, &target, &actor.name, "rollback", &detail)
+        .release(
+            &name,
+            Release {
+                sha256: &target.sha256,
+                version: &target.version,
+            },
+            &actor.name,
+            "rollback",
+            &detail,
+        )
         .await
         .map_err(store_error)?
         .ok_or_else(|| unknown(&name))?;
@@ -268,19 +277,21 @@ pub async fn promote(
             format!("plugin {name:?} has no canary to promote"),
         ));
     };
-    let target = VersionRow {
-        version: canary.version.clone(),
-        sha256: canary.sha256.clone(),
-        size: 0,
-        installed_by: String::new(),
-        installed_ms: 0,
-    };
     let detail = format!(
         "canary version {} ({}) promoted over version {}",
         canary.version, canary.sha256, record.version
     );
     edge.store
-        .release(&name, &target, &actor.name, "promote", &detail)
+        .release(
+            &name,
+            Release {
+                sha256: &canary.sha256,
+                version: &canary.version,
+            },
+            &actor.name,
+            "promote",
+            &detail,
+        )
         .await
         .map_err(store_error)?
         .ok_or_else(|| unknown(&name))?;

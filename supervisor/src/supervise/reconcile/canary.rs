@@ -83,7 +83,7 @@ impl Reconciler {
             current: None,
         });
         let logs = entry.slot.logs().clone();
-        let build = !manifest.build.is_empty();
+        let build = (!manifest.build.is_empty()).then(|| super::source_stamp(&manifest));
         self.launch(name, Arc::new(manifest), logs, epoch, build);
     }
 

@@ -19,32 +19,24 @@ const LAST_WORDS: usize = 5;
 /// How long to wait before starting a plugin again whose start needed the unreachable store.
 pub(super) const STORE_RETRY: Duration = Duration::from_secs(3);
 
-/// Runs `manifest`'s build (at most as many at once as `builds` has permits) and reports it
-/// as `Built`; a failed build is a failure that retrying will not mend.
+/// Runs `manifest`'s build of `sources` (at most as many at once as `builds` has permits) and
+/// reports it as `Built`; a failed build is a failure that retrying will not mend.
 async fn build_first(
     name: &str,
     epoch: u64,
     manifest: &Arc<crate::manifest::Manifest>,
     logs: &Arc<crate::os::output::LogRing>,
+    sources: super::ProgramStamp,
     builds: &tokio::sync::Semaphore,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Result<(), Failure> {
     let _permit = builds.acquire().await;
-    let stamp = |m: Arc<crate::manifest::Manifest>, sources: bool| async move {
-        tokio::task::spawn_blocking(move || {
-            if sources {
-                super::source_stamp(&m)
-            } else {
-                super::program_stamp(&m)
-            }
-        })
-        .await
-        .unwrap_or_default()
-    };
-    let sources = stamp(manifest.clone(), true).await;
     tracing::info!(plugin = name, command = ?manifest.build, "building");
     let report = crate::os::build::run(manifest, logs).await;
-    let program = stamp(manifest.clone(), false).await;
+    let built = manifest.clone();
+    let program = tokio::task::spawn_blocking(move || super::program_stamp(&built))
+        .await
+        .unwrap_or_default();
     let ok = report.ok;
     let failure = (!ok).then(|| {
         let last = report
@@ -100,21 +92,23 @@ impl Reconciler {
         if entry.current.is_none() {
             entry.slot.set(PluginState::Starting);
         }
-        let build = !entry.manifest.build.is_empty()
-            && entry.built.as_ref() != Some(&super::source_stamp(&entry.manifest));
+        let sources = (!entry.manifest.build.is_empty())
+            .then(|| super::source_stamp(&entry.manifest))
+            .filter(|sources| entry.built.as_ref() != Some(sources));
         let (manifest, logs) = (entry.manifest.clone(), entry.slot.logs().clone());
-        self.launch(name, manifest, logs, epoch, build);
+        self.launch(name, manifest, logs, epoch, sources);
     }
 
     /// Runs one start of `manifest` as instance `epoch` of `name` in a task of its own (its
-    /// build first, when `build`), which reports `Spawned`, `Built` and `Started`.
+    /// build of `build`'s sources first, when given), which reports `Spawned`, `Built` and
+    /// `Started`.
     pub(super) fn launch(
         &self,
         name: &str,
         manifest: Arc<crate::manifest::Manifest>,
         logs: Arc<crate::os::output::LogRing>,
         epoch: u64,
-        build: bool,
+        build: Option<super::ProgramStamp>,
     ) {
         let launcher = self.launcher.clone();
         let store = self.store.clone();
@@ -122,8 +116,9 @@ impl Reconciler {
         let tx = self.tx.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
-            if build {
-                if let Err(e) = build_first(&name, epoch, &manifest, &logs, &builds, &tx).await {
+            if let Some(sources) = build {
+                let built = build_first(&name, epoch, &manifest, &logs, sources, &builds, &tx);
+                if let Err(e) = built.await {
                     let _ = tx.send(Event::Started {
                         name,
                         epoch,

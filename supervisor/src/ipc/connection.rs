@@ -51,6 +51,26 @@ pub const MAX_DROPPED_ANSWERS: u64 = 1024;
 /// cancelled call is normal); past that the plugin is cut off.
 pub const STRAY_ALLOWANCE: u64 = 64;
 
+/// What a queued frame is, for the shutdown gate of [`Connection::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// A request of plugd's.
+    Request,
+    /// plugd's shutdown request.
+    Shutdown,
+    /// An answer to the plugin's own call.
+    Answer,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug)]
+enum Unsent {
+    /// The shutdown request is queued already.
+    Stopping,
+    /// The writer has stopped (the connection is closed).
+    Closed(String),
+}
+
 /// Why a call to a plugin did not produce a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallError {
@@ -82,8 +102,9 @@ pub struct Connection {
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     cut_off: AtomicBool,
-    /// Set once plugd asked the plugin to shut down: no request is sent after that one.
-    stopping: AtomicBool,
+    /// Set when plugd queues its shutdown request, under this lock with the queueing itself:
+    /// no request is queued behind the shutdown (see [`Connection::send`]).
+    stopping: Mutex<bool>,
     calls: Option<Arc<Calls>>,
     /// Permits for the plugin's own calls in flight.
     working: Arc<Semaphore>,
@@ -116,7 +137,7 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             cut_off: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            stopping: Mutex::new(false),
             calls,
             working: Arc::new(Semaphore::new(MAX_PLUGIN_CALLS)),
             queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
@@ -158,14 +179,6 @@ impl Connection {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
         }
-        // After the shutdown request nothing else goes out: a request behind it might reach a
-        // plugin that already stopped reading, and its caller would see the plugin exit
-        // instead of a refusal it can retry elsewhere.
-        if M::NAME == Shutdown::NAME {
-            self.stopping.store(true, Ordering::SeqCst);
-        } else if self.stopping.load(Ordering::SeqCst) {
-            return Err(CallError::NotSent("the plugin is being stopped".into()));
-        }
         let mut guard = CancelOnDrop {
             conn: self,
             call: Some(self.pending.register()),
@@ -187,11 +200,23 @@ impl Connection {
         }
         // The deadline covers queueing the frame too: a plugin that stopped reading fills the
         // socket and the queue, and its callers must still get their timeout.
+        let what = if M::NAME == Shutdown::NAME {
+            Outgoing::Shutdown
+        } else {
+            Outgoing::Request
+        };
         let answer = tokio::time::timeout(timeout, async {
-            self.send(frame).await?;
+            match self.send(frame, what).await {
+                Ok(()) => {}
+                Err(Unsent::Stopping) => {
+                    return Err(CallError::NotSent("the plugin is being stopped".into()))
+                }
+                Err(Unsent::Closed(reason)) => return Err(CallError::Closed(reason)),
+            }
             call.answer()
                 .await
                 .unwrap_or_else(|| Err("connection dropped".into()))
+                .map_err(CallError::Closed)
         })
         .await;
         match answer {
@@ -203,9 +228,9 @@ impl Connection {
                     Err(e) => Err(CallError::Protocol(e.to_string())),
                 }
             }
-            Ok(Err(reason)) => {
+            Ok(Err(e)) => {
                 guard.forget();
-                Err(CallError::Closed(reason))
+                Err(e)
             }
             // The guard removes the pending entry and sends the cancel.
             Err(_) => Err(CallError::Timeout(timeout)),
@@ -258,16 +283,29 @@ impl Connection {
     }
 
     /// Queues `frame`, waiting while the queue holds [`MAX_QUEUED_BYTES`] already.
-    async fn send(&self, frame: Bytes) -> Result<(), String> {
+    /// Queues `frame`, waiting for room. Nothing but answers is queued after the shutdown
+    /// request: the check and the queueing happen under one lock, so a request either goes
+    /// before the shutdown (and the plugin finishes it while draining) or is refused here
+    /// (`Stopping`, which the caller may retry on another instance). A request queued behind
+    /// the shutdown could reach a plugin that already stopped reading, and its caller would see
+    /// the plugin exit instead.
+    async fn send(&self, frame: Bytes, what: Outgoing) -> Result<(), Unsent> {
+        let stopped = || Unsent::Closed("the writer stopped".to_string());
         let permit = self
             .queue_room
             .acquire_many(weight(&frame))
             .await
-            .map_err(|_| "the writer stopped".to_string())?;
-        self.out
-            .send(frame)
-            .await
-            .map_err(|_| "the writer stopped".to_string())?;
+            .map_err(|_| stopped())?;
+        let slot = self.out.reserve().await.map_err(|_| stopped())?;
+        {
+            let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+            match what {
+                Outgoing::Request if *stopping => return Err(Unsent::Stopping),
+                Outgoing::Shutdown => *stopping = true,
+                Outgoing::Request | Outgoing::Answer => {}
+            }
+            slot.send(frame);
+        }
         // The writer gives the room back once the frame is written.
         permit.forget();
         Ok(())
@@ -455,7 +493,7 @@ fn on_request(conn: &Arc<Connection>, request: plugd_protocol::Request) {
     tokio::spawn(async move {
         let answer = async {
             let frame = calls.answer(&conn.plugin, &request, conn.max_frame).await;
-            let _ = conn.send(frame).await;
+            let _ = conn.send(frame, Outgoing::Answer).await;
         };
         tokio::select! {
             _ = answer => {}

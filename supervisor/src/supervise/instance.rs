@@ -141,6 +141,17 @@ fn new_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
+/// How long the connection of a plugin that exited has to read what the plugin wrote before
+/// it went (its socket ends as soon as that is read).
+const READ_THE_REST: Duration = Duration::from_millis(200);
+
+/// Lets the connection of an exited plugin read the answers still in its socket before it is
+/// closed: a plugin that answered and then exited (a graceful stop) must not have its last
+/// answers reported to their callers as lost.
+async fn read_the_rest(conn: &Connection) {
+    let _ = tokio::time::timeout(READ_THE_REST, conn.closed()).await;
+}
+
 /// Waits until the process has exited and returns why.
 async fn wait_exit(exited: &mut watch::Receiver<Option<String>>) -> String {
     match exited.wait_for(|r| r.is_some()).await {
@@ -370,7 +381,10 @@ pub async fn follow_instance(
         }
     };
     let exit = tokio::select! {
-        reason = wait_exit(&mut exited) => reason,
+        reason = wait_exit(&mut exited) => {
+            read_the_rest(&instance.conn).await;
+            reason
+        }
         _ = instance.conn.closed() => {
             let grace = if instance.conn.was_cut_off() { Duration::ZERO } else { EXIT_AFTER_CLOSE };
             match tokio::time::timeout(grace, wait_exit(&mut exited)).await {
@@ -433,6 +447,7 @@ pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
         }
     };
     spawn::signal_group(instance.pid, Signal::SIGKILL);
+    read_the_rest(&instance.conn).await;
     instance.conn.close("the plugin was stopped");
     if let Some(leaf) = &instance.leaf {
         leaf.remove().await;

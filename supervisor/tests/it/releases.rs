@@ -34,6 +34,14 @@ async fn call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+async fn admin_get(sup: &TestSupervisor, path: &str) -> (u16, Value) {
+    call(sup, reqwest::Method::GET, path, None).await
+}
+
+async fn admin_post(sup: &TestSupervisor, path: &str) -> (u16, Value) {
+    call(sup, reqwest::Method::POST, path, None).await
+}
+
 async fn install(sup: &TestSupervisor, bytes: Vec<u8>, query: &str) -> (u16, Value) {
     call(
         sup,
@@ -45,14 +53,7 @@ async fn install(sup: &TestSupervisor, bytes: Vec<u8>, query: &str) -> (u16, Val
 }
 
 async fn plugin(sup: &TestSupervisor, name: &str) -> Value {
-    call(
-        sup,
-        reqwest::Method::GET,
-        &format!("/admin/plugins/{name}"),
-        None,
-    )
-    .await
-    .1
+    admin_get(sup, &format!("/admin/plugins/{name}")).await.1
 }
 
 /// Waits until `sup` runs version `version` of `name`.
@@ -80,13 +81,7 @@ async fn served_by(sup: &TestSupervisor, name: &str, headers: &[(&str, &str)]) -
 }
 
 async fn audit_actions(sup: &TestSupervisor, name: &str) -> Vec<(String, String)> {
-    let (_, events) = call(
-        sup,
-        reqwest::Method::GET,
-        &format!("/admin/events?plugin={name}&limit=50"),
-        None,
-    )
-    .await;
+    let (_, events) = admin_get(sup, &format!("/admin/events?plugin={name}&limit=50")).await;
     events["events"]
         .as_array()
         .expect("events")
@@ -103,7 +98,7 @@ async fn audit_actions(sup: &TestSupervisor, name: &str) -> Vec<(String, String)
 /// Whether `sup` serves the canary of `name`.
 async fn canary_serving(sup: &TestSupervisor, name: &str) -> bool {
     let path = format!("/admin/plugins/{name}/canary");
-    call(sup, reqwest::Method::GET, &path, None).await.1["serving"] == true
+    admin_get(sup, &path).await.1["serving"] == true
 }
 
 async fn single(env: &[(&str, &str)]) -> TestSupervisor {
@@ -124,13 +119,7 @@ async fn versions_are_kept_pruned_downloaded_and_rolled_back() {
         assert!(status == 200 || status == 201, "{status} {body}");
         wait_running(&sup, "shipped", version).await;
     }
-    let (status, list) = call(
-        &sup,
-        reqwest::Method::GET,
-        "/admin/plugins/shipped/versions",
-        None,
-    )
-    .await;
+    let (status, list) = admin_get(&sup, "/admin/plugins/shipped/versions").await;
     assert_eq!(status, 200, "{list}");
     let versions: Vec<&str> = list["versions"]
         .as_array()
@@ -141,13 +130,7 @@ async fn versions_are_kept_pruned_downloaded_and_rolled_back() {
     assert_eq!(versions, ["3.0.0", "2.0.0"], "the oldest is pruned: {list}");
     assert_eq!(list["versions"][0]["current"], true);
     assert_eq!(list["keep"], 2);
-    let (status, _) = call(
-        &sup,
-        reqwest::Method::GET,
-        "/admin/plugins/shipped/bundle?version=1.0.0",
-        None,
-    )
-    .await;
+    let (status, _) = admin_get(&sup, "/admin/plugins/shipped/bundle?version=1.0.0").await;
     assert_eq!(status, 404, "a pruned version cannot be downloaded");
 
     // The download carries its sum three ways, all matching the bytes.
@@ -199,13 +182,7 @@ async fn versions_are_kept_pruned_downloaded_and_rolled_back() {
     assert_eq!(std::fs::read(&out_path).expect("saved"), bundles[1]);
 
     // Rollback goes to the version before the stable one, then forward again by name.
-    let (status, body) = call(
-        &sup,
-        reqwest::Method::POST,
-        "/admin/plugins/shipped/rollback",
-        None,
-    )
-    .await;
+    let (status, body) = admin_post(&sup, "/admin/plugins/shipped/rollback").await;
     assert_eq!(
         (status, body["to"].as_str()),
         (200, Some("2.0.0")),
@@ -220,25 +197,13 @@ async fn versions_are_kept_pruned_downloaded_and_rolled_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_running(&sup, "shipped", "3.0.0").await;
-    let (status, body) = call(
-        &sup,
-        reqwest::Method::POST,
-        "/admin/plugins/shipped/rollback?to=1.0.0",
-        None,
-    )
-    .await;
+    let (status, body) = admin_post(&sup, "/admin/plugins/shipped/rollback?to=1.0.0").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (404, Some("unknown version")),
         "{body}"
     );
-    let (status, body) = call(
-        &sup,
-        reqwest::Method::POST,
-        "/admin/plugins/shipped/rollback?to=3.0.0",
-        None,
-    )
-    .await;
+    let (status, body) = admin_post(&sup, "/admin/plugins/shipped/rollback?to=3.0.0").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("already stable")),
@@ -270,13 +235,7 @@ async fn a_rollback_converges_on_three_workers() {
             wait_running(w, "rolled", version).await;
         }
     }
-    let (status, body) = call(
-        &workers[1],
-        reqwest::Method::POST,
-        "/admin/plugins/rolled/rollback",
-        None,
-    )
-    .await;
+    let (status, body) = admin_post(&workers[1], "/admin/plugins/rolled/rollback").await;
     assert_eq!(
         (status, body["to"].as_str()),
         (200, Some("1.0.0")),
@@ -291,13 +250,7 @@ async fn a_rollback_converges_on_three_workers() {
         .wait_until(
             "the versions list shows all three workers on 1.0.0",
             || async {
-                let (_, list) = call(
-                    &workers[2],
-                    reqwest::Method::GET,
-                    "/admin/plugins/rolled/versions",
-                    None,
-                )
-                .await;
+                let (_, list) = admin_get(&workers[2], "/admin/plugins/rolled/versions").await;
                 list["versions"].as_array().is_some_and(|vs| {
                     vs.iter().any(|v| {
                         v["version"] == "1.0.0"
@@ -497,13 +450,7 @@ async fn a_healthy_canary_serves_its_share_sticky_per_client_and_is_promoted() {
             (200, side.clone())
         );
     }
-    let (_, report) = call(
-        &sup,
-        reqwest::Method::GET,
-        "/admin/plugins/promoted/canary",
-        None,
-    )
-    .await;
+    let (_, report) = admin_get(&sup, "/admin/plugins/promoted/canary").await;
     assert!(
         report["candidate"]["requests"].as_u64() > Some(0),
         "{report}"
@@ -538,22 +485,10 @@ async fn a_healthy_canary_serves_its_share_sticky_per_client_and_is_promoted() {
             (200, "2.0.0".into())
         );
     }
-    let (_, list) = call(
-        &sup,
-        reqwest::Method::GET,
-        "/admin/plugins/promoted/versions",
-        None,
-    )
-    .await;
+    let (_, list) = admin_get(&sup, "/admin/plugins/promoted/versions").await;
     assert_eq!(list["versions"][0]["version"], "2.0.0");
     assert_eq!(list["versions"][0]["current"], true);
-    let (status, _) = call(
-        &sup,
-        reqwest::Method::POST,
-        "/admin/plugins/promoted/promote",
-        None,
-    )
-    .await;
+    let (status, _) = admin_post(&sup, "/admin/plugins/promoted/promote").await;
     assert_eq!(status, 409, "no canary left to promote");
 }
 

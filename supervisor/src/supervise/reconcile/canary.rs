@@ -187,6 +187,7 @@ impl Reconciler {
             return;
         };
         self.stop_canary(name, &reason);
+        self.remove_canary_files(name);
         let (store, tx, name) = (self.store.clone(), self.tx.clone(), name.to_owned());
         tokio::spawn(async move {
             let detail = format!("rolled back automatically: {reason}");

@@ -247,13 +247,16 @@ async fn a_setsid_daemon_does_not_outlive_its_instance_or_plugd() {
     // Without cgroups: the subreaper finds it.
     let sup = TestSupervisor::start(&[PluginDef::echo("echo", "")], &["--cgroups", "false"]).await;
     let daemon = start_daemon(&sup).await;
+    let pid = sup.plugin_status("echo").await["pid"].clone();
     let _ = sup.get("/plugins/echo/crash").await;
     sup.wait_until("the daemon is killed with its instance", || async {
         process_gone(daemon)
     })
     .await;
+    // The daemon can be gone before plugd has seen the crash: wait for the next instance.
     sup.wait_until("echo is back", || async {
-        sup.plugin_status("echo").await["state"] == "ready"
+        let s = sup.plugin_status("echo").await;
+        s["state"] == "ready" && s["pid"] != pid
     })
     .await;
     let daemon = start_daemon(&sup).await;

@@ -136,6 +136,21 @@ pub struct Limits {
     pub open_files: u64,
     /// Requests in flight at once.
     pub max_in_flight: u32,
+    /// Streams (streamed bodies and WebSockets) open at once.
+    #[serde(default)]
+    pub max_streams: u32,
+    /// Longest a stream may pass without data, in milliseconds.
+    #[serde(default)]
+    pub stream_idle_timeout_ms: u64,
+    /// Credit per stream and direction, in bytes.
+    #[serde(default)]
+    pub stream_window: u32,
+    /// Largest request body of a streaming route, in bytes, if bounded.
+    #[serde(default)]
+    pub max_stream_body: Option<u64>,
+    /// Largest WebSocket message, in bytes.
+    #[serde(default)]
+    pub max_ws_message: u64,
 }
 
 /// A plugin's latest resource sample.

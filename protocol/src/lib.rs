@@ -13,6 +13,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod pending;
+pub mod stream;
 pub mod time;
 pub mod version;
 

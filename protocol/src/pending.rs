@@ -39,12 +39,30 @@ impl<T> Pending<T> {
         }
     }
 
+    /// A fresh id that no call registered here will get, for a request whose answer the
+    /// caller routes itself (a stream's head).
+    pub fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Delivers the answer to call `id`; false when nobody waits for it (it ended already, or
     /// the id was never handed out).
     pub fn answer(&self, id: u64, value: T) -> bool {
         match self.lock().remove(&id) {
             Some(tx) => tx.send(value).is_ok(),
             None => false,
+        }
+    }
+
+    /// Delivers the answer to call `id` like [`Pending::answer`], but gives `value` back when
+    /// no call was registered under `id`, so the caller can route it elsewhere.
+    pub fn answer_or_return(&self, id: u64, value: T) -> Option<T> {
+        match self.lock().remove(&id) {
+            Some(tx) => {
+                let _ = tx.send(value);
+                None
+            }
+            None => Some(value),
         }
     }
 

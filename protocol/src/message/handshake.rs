@@ -50,7 +50,7 @@ pub struct Hello {
 }
 
 /// One HTTP route: a method and a path pattern such as `/items/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteDecl {
     /// HTTP method in upper case, such as `GET`.
     pub method: String,
@@ -60,6 +60,17 @@ pub struct RouteDecl {
     /// A permission the caller must hold, if any.
     #[serde(default)]
     pub permission: Option<String>,
+    /// 1.2: the route streams: its request body comes in chunks, and it may answer with a
+    /// streamed body.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+    /// 1.2: the route takes WebSocket upgrades (a `GET` route).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub websocket: bool,
+    /// 1.2: the largest request body the route takes, in bytes; a streaming route without one
+    /// takes any size the plugin's limits allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
 }
 
 /// How the answers of several plugins to one hook are combined.
@@ -116,4 +127,8 @@ pub struct Welcome {
     /// The plugin's effective settings (protocol 1.1; omitted when it has none).
     #[serde(default, skip_serializing_if = "SettingsMap::is_empty")]
     pub settings: SettingsMap,
+    /// 1.2: each side's initial credit per stream and direction, in bytes; omitted means
+    /// [`crate::stream::DEFAULT_WINDOW`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_window: Option<u32>,
 }

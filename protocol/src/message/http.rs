@@ -33,10 +33,19 @@ pub struct HttpRequest {
     pub query: String,
     /// Header names (lower case) and values, in order; a name may repeat.
     pub headers: Vec<(String, String)>,
-    /// The request body.
+    /// The request body (empty when `stream` is set: the body follows in chunks).
     pub body: Bytes,
-    /// When the supervisor stops waiting, in milliseconds since the Unix epoch.
+    /// When the supervisor stops waiting, in milliseconds since the Unix epoch (for a stream,
+    /// for the response head).
     pub deadline_unix_ms: u64,
+    /// 1.2: the body follows as `stream.data` chunks and a `stream.end` (routes declared with
+    /// `stream`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+    /// 1.2: the client asks for a WebSocket on a route declared with `websocket`; answer 101 to
+    /// accept it, any other status to refuse.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub websocket: bool,
 }
 
 /// The plugin's answer.
@@ -47,9 +56,17 @@ pub struct HttpResponse {
     /// Header names and values, in order; may be omitted or nil (no headers).
     #[serde(default, deserialize_with = "nil_as_default")]
     pub headers: Vec<(String, String)>,
-    /// The response body; may be omitted or nil (empty).
+    /// The response body; may be omitted or nil (empty). With `stream`, the body's first bytes.
     #[serde(default, deserialize_with = "nil_as_default")]
     pub body: Bytes,
+    /// 1.2: the rest of the body follows as `stream.data` chunks and a `stream.end` (only on a
+    /// route declared with `stream`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Reads nil as the field's default, as if it had been omitted.

@@ -8,6 +8,7 @@ pub mod http;
 pub mod kv;
 pub mod service;
 pub mod settings;
+pub mod stream;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

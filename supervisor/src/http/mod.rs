@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod proxy;
 pub mod serve;
+pub mod stream;
 pub mod ui;
 
 use crate::settings::AdminToken;

@@ -26,7 +26,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use plugd_protocol::codes;
-use plugd_protocol::message::http::{Http, HttpRequest};
+use bytes::Bytes;
+use plugd_protocol::message::http::{Http, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 /// Headers that describe one hop, not the message, and are never forwarded (RFC 9110 §7.6.1).
@@ -128,13 +129,13 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     let path = normalize(path).map_err(|e| ApiError::bad_request("invalid path", e))?;
     let path = path.as_ref();
     let mut caller = None;
-    let (route, params) = match instance.routes.lookup(method, path) {
+    let (route, params, kind) = match instance.routes.lookup(method, path) {
         Lookup::Found {
             pattern,
             params,
-            permission,
+            kind,
         } => {
-            if let Some(permission) = permission {
+            if let Some(permission) = &kind.permission {
                 caller = Some(authorize(
                     &edge.admin_tokens,
                     &parts.headers,
@@ -143,7 +144,12 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
                     path,
                 )?);
             }
-            (pattern.to_owned(), params)
+            let kind = Streaming {
+                stream: kind.stream,
+                websocket: kind.websocket,
+                max_body: kind.max_body,
+            };
+            (pattern.to_owned(), params, kind)
         }
         Lookup::BadParam(why) => {
             return Err(ApiError::bad_request(
@@ -171,6 +177,37 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         }
     };
 
+    let request_id = request_id(edge, &parts.headers);
+    if kind.stream || kind.websocket {
+        let wire = HttpRequest {
+            request_id: request_id.clone(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            route: route.clone(),
+            params,
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: forward_headers(&parts.headers, caller),
+            body: Bytes::new(),
+            deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
+            stream: kind.stream,
+            websocket: kind.websocket,
+        };
+        let answer = if kind.websocket {
+            // The upgrade needs the request's parts, which `name` borrows.
+            let name = name.to_owned();
+            super::stream::websocket(&name, instance, wire, parts).await
+        } else {
+            let limit = stream_limit(kind.max_body, instance.limits.max_stream_body);
+            super::stream::forward(name, instance, wire, &parts.headers, body, limit).await
+        };
+        return Ok(finish(answer.unwrap_or_else(IntoResponse::into_response), &request_id, route, served));
+    }
+    let max_body = kind
+        .max_body
+        .map_or(instance.limits.max_body, |m| {
+            usize::try_from(m).unwrap_or(usize::MAX).min(instance.limits.max_body)
+        });
+
     // Over the in-flight limit: refuse at once rather than queue without bound.
     let Ok(_permit) = instance.in_flight.clone().try_acquire_owned() else {
         return Err(ApiError::unavailable(
@@ -187,8 +224,7 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             format!(
-                "plugin {name:?} accepts request bodies of at most {} bytes",
-                instance.limits.max_body
+                "route {route} of plugin {name:?} accepts request bodies of at most {max_body} bytes"
             ),
         )
         // The rest of the body is never read, so this connection cannot carry another request.
@@ -199,11 +235,11 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > instance.limits.max_body as u64) {
+    if declared.is_some_and(|len| len > max_body as u64) {
         return Err(too_large());
     }
     // A client that sends its body slowly gets the request timeout for it, no more.
-    let reading = Limited::new(body, instance.limits.max_body).collect();
+    let reading = Limited::new(body, max_body).collect();
     let Ok(read) = tokio::time::timeout(instance.limits.request_timeout, reading).await else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -226,14 +262,6 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         }
     };
 
-    let request_id = match parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
-        _ => edge.request_ids.next_id(),
-    };
     let wire = HttpRequest {
         request_id: request_id.clone(),
         method: method.to_owned(),
@@ -244,6 +272,8 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         headers: forward_headers(&parts.headers, caller),
         body,
         deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
+        stream: false,
+        websocket: false,
     };
     let mut serving = instance.clone();
     let mut retried = false;
@@ -271,7 +301,7 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         }
         break answer;
     };
-    let mut response = match answer {
+    let response = match answer {
         Ok(answer) => match build_response(answer) {
             Ok(response) => response,
             Err(detail) => ApiError::new(
@@ -281,9 +311,58 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
             )
             .into_response(),
         },
-        Err(e) => {
-            let error = match e {
-                CallError::Closed(reason) => ApiError::new(
+        Err(e) => call_error(name, e).into_response(),
+    };
+    Ok(finish(response, &request_id, route, served))
+}
+
+/// What a route declared about streaming.
+#[derive(Debug, Clone, Copy)]
+struct Streaming {
+    stream: bool,
+    websocket: bool,
+    max_body: Option<u64>,
+}
+
+/// The limit on a streaming route's request body: the route's own, and the plugin's
+/// `max_stream_body`, whichever is lower; none when neither is set.
+fn stream_limit(route: Option<u64>, plugin: Option<u64>) -> Option<u64> {
+    match (route, plugin) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The client's `x-request-id` when it sent a usable one, otherwise a fresh id.
+fn request_id(edge: &Edge, headers: &HeaderMap) -> String {
+    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
+        _ => edge.request_ids.next_id(),
+    }
+}
+
+/// Adds what every proxied answer carries: its request id, and for the metrics and the canary
+/// the route and side that served it.
+fn finish(
+    mut response: Response,
+    request_id: &str,
+    route: String,
+    served: Option<Served>,
+) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response.extensions_mut().insert(MatchedRoute(route));
+    if let Some(served) = served {
+        response.extensions_mut().insert(served);
+    }
+    response
+}
+
+/// The client's answer when a call to plugin `name` failed.
+pub(super) fn call_error(name: &str, e: CallError) -> ApiError {
+    match e {
+        CallError::Closed(reason) => ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "plugin died during the request",
                     format!("plugin {name:?}: {reason}"),
@@ -318,18 +397,7 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
                     "protocol error",
                     format!("plugin {name:?}: {detail}"),
                 ),
-            };
-            error.into_response()
-        }
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
     }
-    response.extensions_mut().insert(MatchedRoute(route));
-    if let Some(served) = served {
-        response.extensions_mut().insert(served);
-    }
-    Ok(response)
 }
 
 /// The HTTP status and error for a plugin's error answer to an `http` request (PROTOCOL.md,
@@ -381,22 +449,28 @@ fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(Str
     out
 }
 
-fn build_response(answer: plugd_protocol::message::http::HttpResponse) -> Result<Response, String> {
-    let status = StatusCode::from_u16(answer.status)
+pub(super) fn build_response(answer: HttpResponse) -> Result<Response, String> {
+    response_with(answer.status, answer.headers, Body::from(answer.body), false)
+}
+
+/// A response with the plugin's status and headers (hop-by-hop ones dropped; `content-length`
+/// kept only with `keep_length`, for a streamed body whose length the plugin knows) and `body`.
+pub(super) fn response_with(
+    status: u16,
+    plugin_headers: Vec<(String, String)>,
+    body: Body,
+    keep_length: bool,
+) -> Result<Response, String> {
+    let code = StatusCode::from_u16(status)
         .ok()
-        .filter(|_| (200..=599).contains(&answer.status))
-        .ok_or_else(|| {
-            format!(
-                "status {} is not a final HTTP status (200-599)",
-                answer.status
-            )
-        })?;
-    let mut response = Response::new(Body::from(answer.body));
-    *response.status_mut() = status;
+        .filter(|_| (200..=599).contains(&status))
+        .ok_or_else(|| format!("status {status} is not a final HTTP status (200-599)"))?;
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
     let headers = response.headers_mut();
-    for (name, value) in answer.headers {
+    for (name, value) in plugin_headers {
         let lower = name.to_ascii_lowercase();
-        if is_hop_by_hop(&lower) {
+        if is_hop_by_hop(&lower) && !(keep_length && lower == "content-length") {
             continue;
         }
         let header = HeaderName::from_bytes(lower.as_bytes())

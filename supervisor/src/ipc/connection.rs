@@ -14,6 +14,7 @@
 //! sending requests without reading the answers ([`MAX_DROPPED_ANSWERS`]).
 
 use super::calls::Calls;
+use super::stream::{Routed, Streams};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use plugd_protocol::envelope::{
@@ -53,13 +54,15 @@ pub const STRAY_ALLOWANCE: u64 = 64;
 
 /// What a queued frame is, for the shutdown gate of [`Connection::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outgoing {
+pub(super) enum Outgoing {
     /// A request of plugd's.
     Request,
     /// plugd's shutdown request.
     Shutdown,
     /// An answer to the plugin's own call.
     Answer,
+    /// A message on an open stream (it may go on while the plugin drains).
+    Stream,
 }
 
 /// Why a frame was not queued.
@@ -114,6 +117,8 @@ pub struct Connection {
     cancelled: AtomicU64,
     /// Frames dropped because the plugin was not reading.
     dropped: AtomicU64,
+    /// Open streams (streamed bodies and WebSockets), by request id.
+    streams: Streams,
     /// Of those, answers to the plugin's own requests.
     answers_dropped: AtomicU64,
 }
@@ -143,6 +148,7 @@ impl Connection {
             queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
             cancelled: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            streams: Streams::default(),
             answers_dropped: AtomicU64::new(0),
         });
         let token = conn.closed.clone();
@@ -257,6 +263,7 @@ impl Connection {
         for tx in self.pending.drain() {
             let _ = tx.send(Err(reason.to_owned()));
         }
+        self.streams.close_all(reason);
     }
 
     /// Why the connection closed, if it has.
@@ -282,6 +289,52 @@ impl Connection {
         self.pending.len()
     }
 
+    /// How many streams are open.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub(super) fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    pub(super) fn fresh_id(&self) -> u64 {
+        self.pending.fresh_id()
+    }
+
+    pub(super) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Counts a call plugd gave up on (its late answer is allowed).
+    pub(super) fn count_cancel(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues a frame without waiting; false when it was dropped.
+    pub(super) fn try_send_frame(&self, frame: Bytes) -> bool {
+        self.try_send(frame)
+    }
+
+    /// Queues `frame`, waiting for room; an error says why it was not sent.
+    pub(super) async fn queue(&self, frame: Bytes, what: Outgoing) -> Result<(), CallError> {
+        match self.send(frame, what).await {
+            Ok(()) => Ok(()),
+            Err(Unsent::Stopping) => Err(CallError::NotSent(
+                "the plugin is being stopped".into(),
+            )),
+            Err(Unsent::Closed(reason)) => Err(CallError::NotSent(reason)),
+        }
+    }
+
+    /// Sends the plugin a `cancel` for request `id`, without waiting.
+    fn send_cancel(&self, id: u64) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+        if let Ok(frame) = encode_notification::<Cancel>(&CancelParams { id }, self.max_frame) {
+            self.try_send(frame);
+        }
+    }
+
     /// Queues `frame`, waiting while the queue holds [`MAX_QUEUED_BYTES`] already.
     /// Queues `frame`, waiting for room. Nothing but answers is queued after the shutdown
     /// request: the check and the queueing happen under one lock, so a request either goes
@@ -302,7 +355,7 @@ impl Connection {
             match what {
                 Outgoing::Request if *stopping => return Err(Unsent::Stopping),
                 Outgoing::Shutdown => *stopping = true,
-                Outgoing::Request | Outgoing::Answer => {}
+                Outgoing::Request | Outgoing::Answer | Outgoing::Stream => {}
             }
             slot.send(frame);
         }
@@ -411,7 +464,13 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
             message = frames.next() => match message {
                 Some(Ok(Message::Response(response))) => {
                     let id = response.id;
-                    if !conn.pending.answer(id, Ok(response)) {
+                    let answered = match conn.pending.answer_or_return(id, Ok(response)) {
+                        None => true,
+                        // Not a call: perhaps a stream's head (rarer, so looked up second).
+                        Some(Ok(response)) => conn.streams.head(id, response),
+                        Some(Err(_)) => false,
+                    };
+                    if !answered {
                         stray += 1;
                         let allowed = conn.cancelled.load(Ordering::Relaxed) + STRAY_ALLOWANCE;
                         if stray > allowed {
@@ -438,9 +497,13 @@ async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, 
                         break reason;
                     }
                 }
-                Some(Ok(Message::Notification(note))) => {
-                    tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
-                }
+                Some(Ok(Message::Notification(note))) => match conn.streams.route(&conn.plugin, &note) {
+                    Routed::Done => {}
+                    Routed::Overrun(id) => conn.send_cancel(id),
+                    Routed::NotMine => {
+                        tracing::debug!(plugin = %conn.plugin, method = %note.method, "ignoring notification");
+                    }
+                },
                 Some(Err(plugd_protocol::DecodeError::Io(e))) => {
                     break format!("the connection to the plugin failed: {e}");
                 }

@@ -138,6 +138,8 @@ pub struct Expected<'a> {
     pub max_frame: usize,
     /// The plugin's effective settings, sent in the welcome.
     pub settings: SettingsMap,
+    /// Each side's credit per stream and direction, sent in the welcome.
+    pub stream_window: u32,
 }
 
 /// Reads the plugin's handshake from `stream`, checks it, lets `accept` inspect it (for example
@@ -244,6 +246,7 @@ where
         supervisor: format!("plugd {}", env!("CARGO_PKG_VERSION")),
         max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
         settings: expected.settings.clone(),
+        stream_window: Some(expected.stream_window),
     };
     let frame = encode_response(id, &welcome, expected.max_frame)
         .map_err(|e| Failure::later(e.to_string()))?;

@@ -7,6 +7,7 @@
 
 pub mod calls;
 pub mod connection;
+pub mod stream;
 pub mod handshake;
 
 pub use calls::{Calls, Peers, RESERVED_PREFIX};

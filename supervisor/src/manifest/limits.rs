@@ -47,7 +47,31 @@ pub struct Limits {
     /// Requests in flight to the plugin at once; more get 503 at once.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// Streams (streamed bodies and WebSockets) open at once; more get 503 at once.
+    #[serde(default)]
+    pub max_streams: Option<u32>,
+    /// How long a stream may pass with no data either way before plugd ends it.
+    #[serde(default, with = "humantime_serde")]
+    pub stream_idle_timeout: Option<Duration>,
+    /// Each side's credit per stream and direction: what may be in flight unread.
+    #[serde(default)]
+    pub stream_window: Option<ByteSize>,
+    /// Largest request body a streaming route takes, whatever the route declares.
+    #[serde(default)]
+    pub max_stream_body: Option<ByteSize>,
+    /// Largest WebSocket message, either direction; a bigger one closes the socket with 1009.
+    #[serde(default)]
+    pub max_ws_message: Option<ByteSize>,
 }
+
+/// Streams a plugin may have open at once unless its manifest says otherwise.
+pub const DEFAULT_MAX_STREAMS: u32 = 64;
+
+/// How long a stream may stay idle unless the manifest says otherwise: 60 s.
+pub const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Largest WebSocket message unless the manifest says otherwise: 1 MiB.
+pub const DEFAULT_MAX_WS_MESSAGE: u64 = 1024 * 1024;
 
 /// Checks a `[limits]` table; the error names the key.
 pub fn validate_limits(l: &Limits) -> Result<(), String> {
@@ -84,6 +108,31 @@ pub fn validate_limits(l: &Limits) -> Result<(), String> {
     }
     if l.max_in_flight == Some(0) {
         return Err("field `limits.max_in_flight`: must be at least 1".into());
+    }
+    if l.max_streams == Some(0) {
+        return Err("field `limits.max_streams`: must be at least 1".into());
+    }
+    if l.stream_idle_timeout.is_some_and(|d| d.is_zero()) {
+        return Err("field `limits.stream_idle_timeout`: must be greater than zero".into());
+    }
+    let (min, max) = (
+        u64::from(plugd_protocol::stream::MIN_WINDOW),
+        u64::from(u32::MAX),
+    );
+    if let Some(w) = l.stream_window {
+        if w.as_u64() < min || w.as_u64() > max {
+            return Err(format!(
+                "field `limits.stream_window`: {w} is outside {} to 4 GiB",
+                ByteSize(min)
+            ));
+        }
+    }
+    if let Some(m) = l.max_ws_message {
+        if m.as_u64() < 125 {
+            return Err(format!(
+                "field `limits.max_ws_message`: {m} is below 125 bytes (a control frame's size)"
+            ));
+        }
     }
     if l.cpu_time.is_some_and(|d| d.is_zero()) {
         return Err("field `limits.cpu_time`: must be greater than zero".into());

@@ -9,7 +9,8 @@ mod policy;
 pub mod settings;
 
 pub use limits::{
-    validate_limits, Limits, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MEMORY, DEFAULT_OPEN_FILES,
+    validate_limits, Limits, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS, DEFAULT_MAX_WS_MESSAGE,
+    DEFAULT_STREAM_IDLE, DEFAULT_MEMORY, DEFAULT_OPEN_FILES,
     DEFAULT_TASKS,
 };
 pub use policy::{HealthPolicy, RestartPolicy};

@@ -30,6 +30,16 @@ pub struct EffectiveLimits {
     pub open_files: u64,
     /// Requests in flight at once.
     pub max_in_flight: u32,
+    /// Streams open at once.
+    pub max_streams: u32,
+    /// Longest a stream may pass without data.
+    pub stream_idle_timeout: Duration,
+    /// Credit per stream and direction, in bytes.
+    pub stream_window: u32,
+    /// Largest request body of a streaming route, if bounded.
+    pub max_stream_body: Option<u64>,
+    /// Largest WebSocket message, in bytes.
+    pub max_ws_message: usize,
 }
 
 impl EffectiveLimits {
@@ -45,6 +55,11 @@ impl EffectiveLimits {
             tasks: self.tasks,
             open_files: self.open_files,
             max_in_flight: self.max_in_flight,
+            max_streams: self.max_streams,
+            stream_idle_timeout_ms: self.stream_idle_timeout.as_millis() as u64,
+            stream_window: self.stream_window,
+            max_stream_body: self.max_stream_body,
+            max_ws_message: self.max_ws_message as u64,
         }
     }
 
@@ -65,6 +80,19 @@ impl EffectiveLimits {
             tasks: l.tasks.unwrap_or(manifest::DEFAULT_TASKS),
             open_files: l.open_files.unwrap_or(manifest::DEFAULT_OPEN_FILES),
             max_in_flight: l.max_in_flight.unwrap_or(manifest::DEFAULT_MAX_IN_FLIGHT),
+            max_streams: l.max_streams.unwrap_or(manifest::DEFAULT_MAX_STREAMS),
+            stream_idle_timeout: l
+                .stream_idle_timeout
+                .unwrap_or(manifest::DEFAULT_STREAM_IDLE),
+            stream_window: l.stream_window.map_or(plugd_protocol::stream::DEFAULT_WINDOW, |w| {
+                u32::try_from(w.as_u64()).unwrap_or(u32::MAX)
+            }),
+            max_stream_body: l.max_stream_body.map(|b| b.as_u64()),
+            max_ws_message: l
+                .max_ws_message
+                .map_or(manifest::DEFAULT_MAX_WS_MESSAGE, |m| m.as_u64())
+                .try_into()
+                .unwrap_or(usize::MAX),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Instance {
     pub limits: EffectiveLimits,
     /// One permit per request it may have in flight.
     pub in_flight: Arc<Semaphore>,
+    /// Permits for open streams, [`EffectiveLimits::max_streams`] of them.
+    pub streams: Arc<Semaphore>,
     /// The latest resource sample.
     pub usage: Mutex<Option<Usage>>,
     /// Its cgroup, when plugd can create one.
@@ -78,6 +80,7 @@ impl Instance {
             epoch,
             version: manifest.version.clone(),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+            streams: Arc::new(Semaphore::new(limits.max_streams as usize)),
             limits,
             usage: Mutex::new(None),
             leaf: None,
@@ -242,6 +245,7 @@ async fn start_in(
         epoch,
         max_frame: ctx.max_frame,
         settings: to_wire(&settings.values),
+        stream_window: limits.stream_window,
     };
     let connect_and_handshake = async {
         let (stream, _) = listener
@@ -287,6 +291,7 @@ async fn start_in(
         epoch,
         version: hello.version,
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+        streams: Arc::new(Semaphore::new(limits.max_streams as usize)),
         limits,
         usage: Mutex::new(None),
         leaf: None,

@@ -77,8 +77,32 @@ pub struct RouteTable {
 struct PathRoutes {
     pattern: String,
     methods: Vec<String>,
-    /// The permission each method requires, parallel to `methods`.
-    permissions: Vec<Option<String>>,
+    /// What each method's route declared, parallel to `methods`.
+    kinds: Vec<RouteKind>,
+}
+
+/// What a route declared beyond its method and path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteKind {
+    /// The permission the route requires, if any.
+    pub permission: Option<String>,
+    /// Its request body streams to the plugin, and it may answer with a streamed body.
+    pub stream: bool,
+    /// It takes WebSocket upgrades.
+    pub websocket: bool,
+    /// The largest request body it takes, if it named one.
+    pub max_body: Option<u64>,
+}
+
+impl RouteKind {
+    fn of(route: &RouteDecl) -> RouteKind {
+        RouteKind {
+            permission: route.permission.clone(),
+            stream: route.stream,
+            websocket: route.websocket,
+            max_body: route.max_body,
+        }
+    }
 }
 
 /// The result of a lookup.
@@ -88,8 +112,8 @@ pub enum Lookup<'a> {
     Found {
         /// The pattern as the plugin declared it.
         pattern: &'a str,
-        /// The permission the route requires, if any.
-        permission: Option<&'a str>,
+        /// What the route declared: its permission, whether it streams.
+        kind: &'a RouteKind,
         /// Captured values, percent-decoded.
         params: BTreeMap<String, String>,
     },
@@ -128,6 +152,12 @@ impl RouteTable {
                     route.method, route.path
                 ));
             }
+            if route.websocket && route.method != "GET" {
+                return Err(format!(
+                    "route {} {}: a WebSocket route must be a GET route",
+                    route.method, route.path
+                ));
+            }
             match by_pattern
                 .get(route.path.as_str())
                 .map(|&i| &mut table.paths[i])
@@ -140,7 +170,7 @@ impl RouteTable {
                 }
                 Some(existing) => {
                     existing.methods.push(route.method.clone());
-                    existing.permissions.push(route.permission.clone());
+                    existing.kinds.push(RouteKind::of(route));
                 }
                 None => {
                     by_pattern.insert(&route.path, table.paths.len());
@@ -151,7 +181,7 @@ impl RouteTable {
                     table.paths.push(PathRoutes {
                         pattern: route.path.clone(),
                         methods: vec![route.method.clone()],
-                        permissions: vec![route.permission.clone()],
+                        kinds: vec![RouteKind::of(route)],
                     });
                 }
             }
@@ -185,7 +215,7 @@ impl RouteTable {
         }
         Lookup::Found {
             pattern: &entry.pattern,
-            permission: entry.permissions[index].as_deref(),
+            kind: &entry.kinds[index],
             params,
         }
     }
@@ -218,7 +248,7 @@ mod tests {
         RouteDecl {
             method: method.into(),
             path: path.into(),
-            permission: None,
+            ..RouteDecl::default()
         }
     }
 

@@ -6,7 +6,11 @@
 
 use crate::hook::{HookEvent, ServiceEvent};
 use crate::kv::{Caller, Host};
-use crate::plugin::{Callback, Error, HookRoute, Plugin, Route, ServiceHandler, SettingsCallback};
+use crate::plugin::{
+    Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
+};
+use crate::response::BodySource;
+use crate::stream::{BodyStream, Link, Streams, WebSocket};
 use crate::request::Request;
 use crate::response::{HttpError, IntoResponse};
 use crate::settings::Settings;
@@ -90,6 +94,10 @@ struct Shared<S> {
     on_settings: Option<SettingsCallback<S>>,
     /// The plugin's own calls to the supervisor.
     caller: Arc<Caller>,
+    /// Open streams (streaming routes' bodies, WebSockets).
+    streams: Streams,
+    /// Each side's credit per stream, from the welcome.
+    window: u32,
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
@@ -163,6 +171,9 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                 method: r.method.clone(),
                 path: r.path.clone(),
                 permission: r.permission.clone(),
+                stream: r.stream,
+                websocket: matches!(r.handler, RouteHandler::Ws(_)),
+                max_body: r.max_body,
             })
             .collect(),
         hooks: plugin.hooks.iter().map(|h| h.decl.clone()).collect(),
@@ -219,6 +230,10 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         count,
         on_unload: Mutex::new(plugin.on_unload),
         on_settings: plugin.on_settings,
+        streams: Streams::default(),
+        window: welcome
+            .stream_window
+            .unwrap_or(plugd_protocol::stream::DEFAULT_WINDOW),
     });
 
     let (stopped_tx, mut stopped) = oneshot::channel::<()>();
@@ -375,19 +390,131 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
     };
     let route_name = params.route.clone();
-    let request = Request::new(params, Host::new(shared.caller.clone(), 0));
-    let handler_future = (route.handler)(request, shared.state.clone());
-    spawn_tracked(shared, id, async move {
-        let response = match AssertUnwindSafe(handler_future).catch_unwind().await {
-            Ok(response) => response,
-            Err(panic) => {
-                let what = panic_message(&panic);
-                tracing::error!(route = %route_name, "handler panicked: {what}");
-                HttpError::internal(format!("handler panicked: {what}")).into_response()
+    let (streamed, websocket) = (params.stream, params.websocket);
+    let mut request = Request::new(params, Host::new(shared.caller.clone(), 0));
+    // Registered before the handler starts: what plugd sends next belongs to it.
+    let link = if streamed || websocket || route.stream {
+        let (rx, credit) = shared.streams.open(id, shared.window);
+        let link = Arc::new(Link {
+            id,
+            out: shared.out.clone(),
+            max_frame: shared.max_frame(),
+            credit,
+            window: shared.window,
+            closed: Default::default(),
+        });
+        Some((rx, link))
+    } else {
+        None
+    };
+    match (&route.handler, link) {
+        (RouteHandler::Ws(handler), Some((rx, link))) if websocket => {
+            let socket = WebSocket::new(rx, link.clone());
+            let future = handler(request, socket, shared.state.clone());
+            let task_shared = shared.clone();
+            track(shared, id, async move {
+                let _open = OpenStream(&task_shared, id);
+                let accept = plugd_protocol::message::http::HttpResponse {
+                    status: 101,
+                    headers: Vec::new(),
+                    body: Bytes::new(),
+                    stream: false,
+                };
+                if let Ok(frame) = encode_response(id, &accept, task_shared.max_frame()) {
+                    task_shared.send(frame).await;
+                }
+                if let Err(panic) = AssertUnwindSafe(future).catch_unwind().await {
+                    let what = panic_message(&panic);
+                    tracing::error!(route = %route_name, "WebSocket handler panicked: {what}");
+                }
+                // Closes it when the handler did not.
+                let _ = link.close(1000, "").await;
+            });
+        }
+        (RouteHandler::Http(handler), link) => {
+            let link = link.map(|(rx, link)| {
+                if streamed {
+                    request = request
+                        .clone()
+                        .with_body_stream(BodyStream::new(rx, link.clone()));
+                }
+                link
+            });
+            let future = handler(request, shared.state.clone());
+            let task_shared = shared.clone();
+            track(shared, id, async move {
+                let _open = link.as_ref().map(|_| OpenStream(&task_shared, id));
+                let response = match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(response) => response,
+                    Err(panic) => {
+                        let what = panic_message(&panic);
+                        tracing::error!(route = %route_name, "handler panicked: {what}");
+                        HttpError::internal(format!("handler panicked: {what}")).into_response()
+                    }
+                };
+                let (mut head, body) = response.into_wire();
+                let body = match (body, &link) {
+                    (Some(_), None) => {
+                        tracing::error!(route = %route_name, "a streamed response on a route not declared with .stream()");
+                        head = HttpError::internal(format!(
+                            "route {route_name} answered with a streamed body but is not declared as streaming (.stream())"
+                        ))
+                        .into_response()
+                        .into_wire()
+                        .0;
+                        None
+                    }
+                    (body, _) => body,
+                };
+                let max = task_shared.max_frame();
+                let frame = encode_response(id, &head, max).or_else(|e| {
+                    tracing::error!(id, "cannot send the answer: {e}");
+                    encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
+                });
+                if let Ok(frame) = frame {
+                    task_shared.send(frame).await;
+                }
+                if let (Some(body), Some(link)) = (body, link) {
+                    send_body(&route_name, body, &link).await;
+                }
+            });
+        }
+        (RouteHandler::Ws(_), _) => {
+            shared.streams.remove(id);
+            let message = format!("route {route_name} takes WebSocket upgrades only");
+            shared.reply_error(id, codes::NO_ROUTE, message).await;
+        }
+    }
+}
+
+/// Removes a stream's registration when its task ends (or is aborted by a cancel).
+struct OpenStream<'a, S: Send + Sync + 'static>(&'a Arc<Shared<S>>, u64);
+
+impl<S: Send + Sync + 'static> Drop for OpenStream<'_, S> {
+    fn drop(&mut self) {
+        self.0.streams.remove(self.1);
+    }
+}
+
+/// Sends a streamed response body within plugd's credit, then its end (or an abort when the
+/// handler's stream failed).
+async fn send_body(route: &str, mut body: BodySource, link: &Link) {
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(data) => {
+                if link.data(data).await.is_err() {
+                    // The client went away; the cancel that follows stops this task.
+                    return;
+                }
             }
-        };
-        Ok(response.into_wire())
-    });
+            Err(e) => {
+                tracing::warn!(route, "streamed response failed: {e}");
+                let _ = link.abort(e.to_string()).await;
+                return;
+            }
+        }
+    }
+    let _ = link.end().await;
 }
 
 /// Decodes a request's parameters as method `M`'s and checks that the plugin still takes
@@ -479,6 +606,23 @@ async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: W
     });
 }
 
+/// Runs `task` tracked: a `cancel` aborts it, and shutdown waits for it.
+fn track<S: Send + Sync + 'static>(
+    shared: &Arc<Shared<S>>,
+    id: u64,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let task_shared = shared.clone();
+    let mut in_flight = shared.lock_in_flight();
+    // The task cannot finish before it is registered and counted: finish() needs this lock.
+    shared.count.send_modify(|n| *n += 1);
+    let task = tokio::spawn(async move {
+        task.await;
+        task_shared.finish(id);
+    });
+    in_flight.insert(id, task.abort_handle());
+}
+
 /// Runs `work` as a tracked task (cancellable, awaited by shutdown) and sends its answer.
 fn spawn_tracked<S, T>(
     shared: &Arc<Shared<S>>,
@@ -489,10 +633,7 @@ fn spawn_tracked<S, T>(
     T: serde::Serialize + Send + 'static,
 {
     let task_shared = shared.clone();
-    let mut in_flight = shared.lock_in_flight();
-    // The task cannot finish before it is registered and counted: finish() needs this lock.
-    shared.count.send_modify(|n| *n += 1);
-    let task = tokio::spawn(async move {
+    track(shared, id, async move {
         let max = task_shared.max_frame();
         let frame = match work.await {
             Ok(value) => encode_response(id, &value, max).or_else(|e| {
@@ -504,12 +645,13 @@ fn spawn_tracked<S, T>(
         if let Ok(frame) = frame {
             task_shared.send(frame).await;
         }
-        task_shared.finish(id);
     });
-    in_flight.insert(id, task.abort_handle());
 }
 
 fn handle_notification<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, note: Notification) {
+    if shared.streams.route(&note) {
+        return;
+    }
     if note.method != Cancel::NAME {
         tracing::debug!(method = %note.method, "ignoring an unknown notification");
         return;

@@ -47,14 +47,16 @@ mod plugin;
 mod request;
 mod response;
 mod settings;
+mod stream;
 
 pub use hook::{HookEvent, HookMode, HookReply, ServiceEvent};
 pub use kv::{Host, HostError, Kv, KvEntry};
 pub use plugd_protocol as protocol;
 pub use plugin::{Error, Plugin};
 pub use request::Request;
-pub use response::{HttpError, IntoResponse, Json, Response};
+pub use response::{BodyWriter, HttpError, IntoResponse, Json, Response, SseWriter};
 pub use settings::Settings;
+pub use stream::{BodyError, BodyStream, SseEvent, StreamClosed, WebSocket, WsMessage};
 
 /// Installs a `tracing` subscriber that writes plain lines to stderr (the supervisor adds the
 /// time and the plugin's name). Filtered by `RUST_LOG`, `info` by default. Does nothing when a

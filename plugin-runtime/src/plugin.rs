@@ -5,6 +5,7 @@ use crate::hook::{HookEvent, HookReply, ServiceEvent};
 use crate::request::Request;
 use crate::response::{IntoResponse, Response};
 use crate::settings::Settings;
+use crate::stream::WebSocket;
 use plugd_protocol::message::handshake::{HookDecl, HookMode, PermissionDecl};
 use plugd_protocol::{DecodeError, EncodeError, ErrorObject};
 use std::future::Future;
@@ -13,6 +14,8 @@ use std::sync::Arc;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) type Handler<S> = Arc<dyn Fn(Request, Arc<S>) -> BoxFuture<Response> + Send + Sync>;
+pub(crate) type WsHandler<S> =
+    Arc<dyn Fn(Request, WebSocket, Arc<S>) -> BoxFuture<()> + Send + Sync>;
 pub(crate) type HookHandler<S> =
     Arc<dyn Fn(HookEvent, Arc<S>) -> BoxFuture<HookReply> + Send + Sync>;
 pub(crate) type ServiceHandler<S> =
@@ -82,7 +85,17 @@ pub(crate) struct Route<S> {
     pub(crate) method: String,
     pub(crate) path: String,
     pub(crate) permission: Option<String>,
-    pub(crate) handler: Handler<S>,
+    pub(crate) stream: bool,
+    pub(crate) max_body: Option<u64>,
+    pub(crate) handler: RouteHandler<S>,
+}
+
+/// What serves a route.
+pub(crate) enum RouteHandler<S> {
+    /// A request/response handler.
+    Http(Handler<S>),
+    /// A WebSocket handler.
+    Ws(WsHandler<S>),
 }
 
 /// A plugin under construction: its name, version, shared state, routes and callbacks.
@@ -166,8 +179,52 @@ impl<S: Send + Sync + 'static> Plugin<S> {
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
             permission: None,
-            handler,
+            stream: false,
+            max_body: None,
+            handler: RouteHandler::Http(handler),
         });
+        self
+    }
+
+    /// Declares a WebSocket route at `path` (a `GET` route that takes upgrades). plugd answers
+    /// the client's handshake and pings; `handler` gets the upgrade request and the socket, and
+    /// the socket closes (1000) when it returns.
+    pub fn websocket<H, F>(mut self, path: &str, handler: H) -> Self
+    where
+        H: Fn(Request, WebSocket, Arc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handler: WsHandler<S> =
+            Arc::new(move |req, socket, state| Box::pin(handler(req, socket, state)));
+        self.routes.push(Route {
+            method: "GET".into(),
+            path: path.to_owned(),
+            permission: None,
+            stream: false,
+            max_body: None,
+            handler: RouteHandler::Ws(handler),
+        });
+        self
+    }
+
+    /// Makes the last declared route a streaming route: its request body arrives in chunks
+    /// ([`Request::body_stream`]), of any size unless [`Plugin::max_body`] or the plugin's
+    /// limits bound it, and it may answer with a streamed body ([`Response::stream`],
+    /// [`Response::channel`], [`Response::sse`]).
+    pub fn stream(mut self) -> Self {
+        if let Some(last) = self.routes.last_mut() {
+            last.stream = true;
+        }
+        self
+    }
+
+    /// Bounds the last declared route's request body to `bytes`: plugd answers 413 to a larger
+    /// one before it reaches the plugin (on a route that is not streaming, never above the
+    /// plugin's `max_body`).
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        if let Some(last) = self.routes.last_mut() {
+            last.max_body = Some(bytes);
+        }
         self
     }
 

@@ -2,6 +2,8 @@
 
 use crate::kv::{Host, Kv};
 use crate::response::HttpError;
+use crate::stream::BodyStream;
+use std::sync::{Arc, Mutex};
 use plugd_protocol::message::http::HttpRequest;
 use serde::de::DeserializeOwned;
 use std::time::{Duration, SystemTime};
@@ -12,6 +14,7 @@ pub struct Request {
     inner: HttpRequest,
     host: Host,
     kv: Kv,
+    stream: Option<Arc<Mutex<Option<BodyStream>>>>,
 }
 
 impl Request {
@@ -20,7 +23,24 @@ impl Request {
             inner,
             kv: host.kv(),
             host,
+            stream: None,
         }
+    }
+
+    pub(crate) fn with_body_stream(mut self, body: BodyStream) -> Self {
+        self.stream = Some(Arc::new(Mutex::new(Some(body))));
+        self
+    }
+
+    /// On a streaming route ([`crate::Plugin::stream`]), the request body as it arrives; the
+    /// first call takes it, later ones (and other routes) get `None`. [`Request::body`] is empty
+    /// there.
+    pub fn body_stream(&self) -> Option<BodyStream> {
+        self.stream
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The plugin's key-value store, kept by the supervisor.

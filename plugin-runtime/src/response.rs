@@ -1,18 +1,90 @@
 //! What a handler returns: anything that converts into a [`Response`].
 
+use crate::plugin::BoxError;
+use crate::stream::SseEvent;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use plugd_protocol::message::http::HttpResponse;
 use serde::Serialize;
+use std::pin::Pin;
+use tokio::sync::mpsc;
 
-/// An HTTP response: status, headers and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A streamed body: chunks as the handler produces them, or an error that aborts the response.
+pub(crate) type BodySource = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// An HTTP response: status, headers and body, which may be streamed (on a route declared with
+/// [`crate::Plugin::stream`]).
 pub struct Response {
     /// HTTP status code.
     pub status: u16,
     /// Header names and values.
     pub headers: Vec<(String, String)>,
-    /// Body bytes.
+    /// Body bytes (for a streamed response, the bytes sent before the stream).
     pub body: Bytes,
+    pub(crate) stream: Option<BodySource>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field("streamed", &self.stream.is_some())
+            .finish()
+    }
+}
+
+/// Writes a streamed response body from anywhere: each [`BodyWriter::send`] waits until the
+/// chunk before it has been taken, and plugd takes chunks only as fast as the client reads.
+#[derive(Debug, Clone)]
+pub struct BodyWriter {
+    tx: mpsc::Sender<Result<Bytes, BoxError>>,
+}
+
+impl BodyWriter {
+    /// Sends the next chunk; an error means the response is over (the client went away).
+    pub async fn send(&self, data: impl Into<Bytes>) -> Result<(), crate::StreamClosed> {
+        self.tx
+            .send(Ok(data.into()))
+            .await
+            .map_err(|_| crate::StreamClosed)
+    }
+
+    /// Aborts the response: the client sees it cut off, not complete.
+    pub async fn abort(&self, message: impl Into<String>) {
+        let _ = self.tx.send(Err(message.into().into())).await;
+    }
+
+    /// Whether the response is over (the client went away or the stream ended).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Sends Server-Sent Events on a response made by [`Response::sse_channel`].
+#[derive(Debug, Clone)]
+pub struct SseWriter {
+    body: BodyWriter,
+}
+
+impl SseWriter {
+    /// Sends one event; it reaches the client at once.
+    pub async fn send(&self, event: SseEvent) -> Result<(), crate::StreamClosed> {
+        self.body.send(event.to_bytes()).await
+    }
+
+    /// Whether the client is gone.
+    pub fn is_closed(&self) -> bool {
+        self.body.is_closed()
+    }
+}
+
+/// The stream of a [`BodyWriter`]'s channel.
+fn receiver_stream(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> BodySource {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 impl Response {
@@ -22,7 +94,56 @@ impl Response {
             status: 200,
             headers: vec![("content-type".into(), content_type.into())],
             body: body.into(),
+            stream: None,
         }
+    }
+
+    /// A 200 response whose body is `body`'s chunks, sent as they come (on a streaming route).
+    /// An error from the stream aborts the response, so the client does not take it as whole.
+    /// Add a `content-length` header when the length is known.
+    pub fn stream<S, E>(content_type: &str, body: S) -> Self
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let mut response = Response::new(content_type, Bytes::new());
+        response.stream = Some(Box::pin(body.map(|item| item.map_err(Into::into))));
+        response
+    }
+
+    /// A 200 streamed response and the [`BodyWriter`] that writes its body; the body ends when
+    /// every writer is dropped. Return the response from the handler and write from a task.
+    pub fn channel(content_type: &str) -> (BodyWriter, Self) {
+        let (tx, rx) = mpsc::channel(1);
+        let mut response = Response::new(content_type, Bytes::new());
+        response.stream = Some(receiver_stream(rx));
+        (BodyWriter { tx }, response)
+    }
+
+    /// A `text/event-stream` response sending each of `events` as it comes.
+    pub fn sse<S>(events: S) -> Self
+    where
+        S: Stream<Item = SseEvent> + Send + 'static,
+    {
+        Response::stream(
+            "text/event-stream",
+            events.map(|e| Ok::<_, std::convert::Infallible>(e.to_bytes())),
+        )
+        .with_header("cache-control", "no-cache")
+    }
+
+    /// A `text/event-stream` response and the [`SseWriter`] that sends its events.
+    pub fn sse_channel() -> (SseWriter, Self) {
+        let (body, response) = Response::channel("text/event-stream");
+        (
+            SseWriter { body },
+            response.with_header("cache-control", "no-cache"),
+        )
+    }
+
+    /// Whether the body is streamed.
+    pub fn is_streamed(&self) -> bool {
+        self.stream.is_some()
     }
 
     /// A 200 `text/plain` response.
@@ -57,12 +178,14 @@ impl Response {
         self
     }
 
-    pub(crate) fn into_wire(self) -> HttpResponse {
-        HttpResponse {
+    pub(crate) fn into_wire(self) -> (HttpResponse, Option<BodySource>) {
+        let wire = HttpResponse {
             status: self.status,
             headers: self.headers,
             body: self.body,
-        }
+            stream: self.stream.is_some(),
+        };
+        (wire, self.stream)
     }
 }
 
@@ -108,6 +231,7 @@ impl IntoResponse for () {
             status: 204,
             headers: Vec::new(),
             body: Bytes::new(),
+            stream: None,
         }
     }
 }

@@ -57,6 +57,8 @@ fn http_request() -> impl Strategy<Value = HttpRequest> {
                 headers,
                 body: Bytes::from(body),
                 deadline_unix_ms: deadline,
+                stream: deadline % 2 == 0,
+                websocket: deadline % 3 == 0,
             },
         )
 }
@@ -90,9 +92,11 @@ fn hello() -> impl Strategy<Value = Hello> {
                 routes: routes
                     .into_iter()
                     .map(|(method, path, _)| RouteDecl {
+                        stream: path.len() % 2 == 0,
+                        max_body: (path.len() % 3 == 0).then_some(path.len() as u64),
                         method,
                         path,
-                        permission: None,
+                        ..RouteDecl::default()
                     })
                     .collect(),
                 services: vec![],
@@ -117,7 +121,7 @@ proptest! {
     #[test]
     fn http_responses_round_trip(id in any::<u64>(), status in any::<u16>(), headers in pairs(),
                                  body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let resp = HttpResponse { status, headers, body: Bytes::from(body) };
+        let resp = HttpResponse { status, headers, stream: body.len() % 2 == 0, body: Bytes::from(body) };
         let frame = encode_response(id, &resp, MAX).expect("encode");
         match decode_one(&frame) {
             Message::Response(r) => {

@@ -14,6 +14,11 @@ use plugd_protocol::message::control::{
 use plugd_protocol::message::handshake::Handshake;
 use plugd_protocol::message::http::Http;
 use plugd_protocol::message::settings::Settings;
+use plugd_protocol::message::stream::{
+    AbortParams, CreditParams, DataParams, EndParams, StreamAbort, StreamCredit, StreamData,
+    StreamEnd, WsClose, WsCloseParams, WsKind, WsMessage, WsMessageParams,
+};
+use plugd_protocol::message::NotificationKind;
 use plugd_protocol::{FrameCodec, Message, DEFAULT_MAX_FRAME_LEN};
 use std::path::PathBuf;
 use tokio_util::codec::Decoder;
@@ -178,7 +183,129 @@ fn cases() -> Vec<Case> {
                 other => panic!("{other:?}"),
             },
         },
+        Case {
+            name: "http_request_streamed",
+            frame: encode_request::<Http>(21, &streamed_request(), MAX).expect("encode"),
+            check: |m| match m {
+                Message::Request(r) => {
+                    assert_eq!(r.decode_params::<Http>().expect("p"), streamed_request())
+                }
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "http_response_streamed",
+            frame: encode_response(21, &streamed_response(), MAX).expect("encode"),
+            check: |m| match m {
+                Message::Response(r) => assert_eq!(
+                    r.decode_result::<Http>().expect("decode").expect("ok"),
+                    streamed_response()
+                ),
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "stream_data",
+            frame: encode_notification::<StreamData>(&stream_data(), MAX).expect("encode"),
+            check: |m| assert_note::<StreamData>(m, stream_data()),
+        },
+        Case {
+            name: "stream_end",
+            frame: encode_notification::<StreamEnd>(&EndParams { id: 21 }, MAX).expect("encode"),
+            check: |m| assert_note::<StreamEnd>(m, EndParams { id: 21 }),
+        },
+        Case {
+            name: "stream_abort",
+            frame: encode_notification::<StreamAbort>(&stream_abort(), MAX).expect("encode"),
+            check: |m| assert_note::<StreamAbort>(m, stream_abort()),
+        },
+        Case {
+            name: "stream_credit",
+            frame: encode_notification::<StreamCredit>(&stream_credit(), MAX).expect("encode"),
+            check: |m| assert_note::<StreamCredit>(m, stream_credit()),
+        },
+        Case {
+            name: "ws_message",
+            frame: encode_notification::<WsMessage>(&ws_message(), MAX).expect("encode"),
+            check: |m| assert_note::<WsMessage>(m, ws_message()),
+        },
+        Case {
+            name: "ws_close",
+            frame: encode_notification::<WsClose>(&ws_close(), MAX).expect("encode"),
+            check: |m| assert_note::<WsClose>(m, ws_close()),
+        },
     ]
+}
+
+fn streamed_request() -> plugd_protocol::message::http::HttpRequest {
+    plugd_protocol::message::http::HttpRequest {
+        path: "/upload".into(),
+        route: "/upload".into(),
+        params: Default::default(),
+        body: Bytes::new(),
+        stream: true,
+        ..common::http_request()
+    }
+}
+
+fn streamed_response() -> plugd_protocol::message::http::HttpResponse {
+    plugd_protocol::message::http::HttpResponse {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        body: Bytes::new(),
+        stream: true,
+    }
+}
+
+fn stream_data() -> DataParams {
+    DataParams {
+        id: 21,
+        data: Bytes::from_static(b"data: tick 1\n\n"),
+    }
+}
+
+fn stream_abort() -> AbortParams {
+    AbortParams {
+        id: 21,
+        message: "the client's body failed".into(),
+    }
+}
+
+fn stream_credit() -> CreditParams {
+    CreditParams {
+        id: 21,
+        bytes: 131_072,
+    }
+}
+
+fn ws_message() -> WsMessageParams {
+    WsMessageParams {
+        id: 22,
+        kind: WsKind::Text,
+        data: Bytes::from_static(b"hello"),
+    }
+}
+
+fn ws_close() -> WsCloseParams {
+    WsCloseParams {
+        id: 22,
+        code: 1009,
+        reason: "message too big".into(),
+    }
+}
+
+fn assert_note<N>(m: &Message, expected: N::Params)
+where
+    N: NotificationKind,
+    N::Params: PartialEq + std::fmt::Debug,
+{
+    match m {
+        Message::Notification(n) => {
+            assert_eq!(n.method, N::NAME);
+            assert_eq!(n.decode_params::<N>().expect("params"), expected);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 fn vector_path(name: &str) -> PathBuf {

@@ -22,12 +22,26 @@ pub fn hello() -> Hello {
             RouteDecl {
                 method: "GET".into(),
                 path: "/notes/{id}".into(),
-                permission: None,
+                ..RouteDecl::default()
             },
             RouteDecl {
                 method: "POST".into(),
                 path: "/notes".into(),
                 permission: Some("notes.write".into()),
+                ..RouteDecl::default()
+            },
+            RouteDecl {
+                method: "POST".into(),
+                path: "/upload".into(),
+                stream: true,
+                max_body: Some(1 << 30),
+                ..RouteDecl::default()
+            },
+            RouteDecl {
+                method: "GET".into(),
+                path: "/chat".into(),
+                websocket: true,
+                ..RouteDecl::default()
             },
         ],
         hooks: vec![HookDecl {
@@ -50,6 +64,7 @@ pub fn welcome() -> Welcome {
         supervisor: "plugd 0.1.0".into(),
         max_frame: 16 * 1024 * 1024,
         settings: Default::default(),
+        stream_window: None,
     }
 }
 
@@ -71,6 +86,7 @@ pub fn welcome_with_settings() -> Welcome {
     Welcome {
         protocol: ProtocolVersion { major: 1, minor: 1 },
         settings: settings_values(),
+        stream_window: Some(256 * 1024),
         ..welcome()
     }
 }
@@ -93,6 +109,8 @@ pub fn http_request() -> HttpRequest {
         headers: vec![("content-type".into(), "application/json".into())],
         body: Bytes::from_static(b"{\"title\":\"hi\"}"),
         deadline_unix_ms: 1_763_900_030_000,
+        stream: false,
+        websocket: false,
     }
 }
 
@@ -101,6 +119,7 @@ pub fn http_response() -> HttpResponse {
         status: 201,
         headers: vec![("content-type".into(), "application/json".into())],
         body: Bytes::from_static(b"{\"id\":42}"),
+        stream: false,
     }
 }
 

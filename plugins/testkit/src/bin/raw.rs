@@ -84,14 +84,14 @@ fn main() {
                 .map(|i| RouteDecl {
                     method: "GET".into(),
                     path: format!("/r{i}/{{a}}/x"),
-                    permission: None,
+                    ..RouteDecl::default()
                 })
                 .collect()
         } else {
             vec![RouteDecl {
                 method: "GET".into(),
                 path: "/x".into(),
-                permission: None,
+                ..RouteDecl::default()
             }]
         },
         hooks: vec![],

@@ -184,6 +184,18 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "handshake_request_streaming",
+            frame: encode_request::<Handshake>(0, &common::hello_streaming(), MAX)
+                .expect("encode"),
+            check: |m| match m {
+                Message::Request(r) => assert_eq!(
+                    r.decode_params::<Handshake>().expect("hello"),
+                    common::hello_streaming()
+                ),
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
             name: "http_request_streamed",
             frame: encode_request::<Http>(21, &streamed_request(), MAX).expect("encode"),
             check: |m| match m {

@@ -12,7 +12,7 @@ use plugd_protocol::{ErrorObject, ProtocolVersion};
 
 pub fn hello() -> Hello {
     Hello {
-        protocol: ProtocolVersion::CURRENT,
+        protocol: ProtocolVersion { major: 1, minor: 1 },
         name: "notes".into(),
         version: "1.2.3".into(),
         epoch: 1_763_900_000_000_001,
@@ -30,19 +30,6 @@ pub fn hello() -> Hello {
                 permission: Some("notes.write".into()),
                 ..RouteDecl::default()
             },
-            RouteDecl {
-                method: "POST".into(),
-                path: "/upload".into(),
-                stream: true,
-                max_body: Some(1 << 30),
-                ..RouteDecl::default()
-            },
-            RouteDecl {
-                method: "GET".into(),
-                path: "/chat".into(),
-                websocket: true,
-                ..RouteDecl::default()
-            },
         ],
         hooks: vec![HookDecl {
             name: "document.before_save".into(),
@@ -56,6 +43,28 @@ pub fn hello() -> Hello {
             description: "create and change notes".into(),
         }],
     }
+}
+
+/// A 1.2 plugin's handshake: a streaming route and a WebSocket route.
+pub fn hello_streaming() -> Hello {
+    let mut hello = hello();
+    hello.protocol = ProtocolVersion { major: 1, minor: 2 };
+    hello.routes.extend([
+        RouteDecl {
+            method: "POST".into(),
+            path: "/upload".into(),
+            stream: true,
+            max_body: Some(1 << 30),
+            ..RouteDecl::default()
+        },
+        RouteDecl {
+            method: "GET".into(),
+            path: "/chat".into(),
+            websocket: true,
+            ..RouteDecl::default()
+        },
+    ]);
+    hello
 }
 
 pub fn welcome() -> Welcome {

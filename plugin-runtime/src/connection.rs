@@ -95,7 +95,7 @@ struct Shared<S> {
     /// The plugin's own calls to the supervisor.
     caller: Arc<Caller>,
     /// Open streams (streaming routes' bodies, WebSockets).
-    streams: Streams,
+    streams: Arc<Streams>,
     /// Each side's credit per stream, from the welcome.
     window: u32,
 }
@@ -230,7 +230,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         count,
         on_unload: Mutex::new(plugin.on_unload),
         on_settings: plugin.on_settings,
-        streams: Streams::default(),
+        streams: Arc::default(),
         window: welcome
             .stream_window
             .unwrap_or(plugd_protocol::stream::DEFAULT_WINDOW),
@@ -402,6 +402,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
             credit,
             window: shared.window,
             closed: Default::default(),
+            streams: shared.streams.clone(),
         });
         Some((rx, link))
     } else {

@@ -12,13 +12,13 @@
 //! [`Response::sse`]: crate::Response::sse
 
 use bytes::Bytes;
-use plugd_protocol::envelope::encode_notification;
+use plugd_protocol::envelope::encode_notification_sized;
 use plugd_protocol::message::stream::{
     cost, AbortParams, CreditParams, DataParams, EndParams, StreamAbort, StreamCredit, StreamData,
     StreamEnd, WsClose, WsCloseParams, WsKind, WsMessage as WsMessageKind, WsMessageParams,
 };
 use plugd_protocol::message::NotificationKind;
-use plugd_protocol::stream::{chunk_limit, RecvWindow, SendCredit};
+use plugd_protocol::stream::{chunk_limit, Consumption, RecvWindow, SendCredit};
 use plugd_protocol::Notification;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +69,13 @@ impl Streams {
             },
         );
         (rx, credit)
+    }
+
+    /// Counts credit given to plugd for stream `id`, before it is sent.
+    fn give(&self, id: u64, bytes: u64) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.window.give(bytes);
+        }
     }
 
     /// Forgets stream `id` (its handler ended).
@@ -142,6 +149,8 @@ pub(crate) struct Link {
     pub(crate) window: u32,
     /// A WebSocket's close was sent.
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// The connection's streams, told of the credit this stream gives.
+    pub(crate) streams: Arc<Streams>,
 }
 
 /// The stream ended (the client went away, or the connection closed) before a send.
@@ -150,12 +159,15 @@ pub(crate) struct Link {
 pub struct StreamClosed;
 
 impl Link {
+    /// Sends one message; `data` is the length of the bytes it carries, so its frame is built
+    /// in one buffer of the right size.
     pub(crate) async fn send<N: NotificationKind>(
         &self,
         params: &N::Params,
+        data: usize,
     ) -> Result<(), StreamClosed> {
-        let frame =
-            encode_notification::<N>(params, self.max_frame).map_err(|_| StreamClosed)?;
+        let frame = encode_notification_sized::<N>(params, data + 96, self.max_frame)
+            .map_err(|_| StreamClosed)?;
         self.out.send(frame).await.map_err(|_| StreamClosed)
     }
 
@@ -168,17 +180,21 @@ impl Link {
                 .take(cost(piece.len()))
                 .await
                 .map_err(|_| StreamClosed)?;
-            self.send::<StreamData>(&DataParams {
-                id: self.id,
-                data: piece,
-            })
+            let len = piece.len();
+            self.send::<StreamData>(
+                &DataParams {
+                    id: self.id,
+                    data: piece,
+                },
+                len,
+            )
             .await?;
         }
         Ok(())
     }
 
     pub(crate) async fn end(&self) -> Result<(), StreamClosed> {
-        self.send::<StreamEnd>(&EndParams { id: self.id }).await
+        self.send::<StreamEnd>(&EndParams { id: self.id }, 0).await
     }
 
     /// Closes a WebSocket with `code` and `reason`, once.
@@ -194,7 +210,7 @@ impl Link {
             id: self.id,
             code,
             reason: reason[..end].to_owned(),
-        })
+        }, 0)
         .await
     }
 
@@ -202,14 +218,15 @@ impl Link {
         self.send::<StreamAbort>(&AbortParams {
             id: self.id,
             message,
-        })
+        }, 0)
         .await
     }
 
     /// Gives plugd `bytes` more credit.
     async fn grant(&self, bytes: u64) {
+        self.streams.give(self.id, bytes);
         let _ = self
-            .send::<StreamCredit>(&CreditParams { id: self.id, bytes })
+            .send::<StreamCredit>(&CreditParams { id: self.id, bytes }, 0)
             .await;
     }
 }
@@ -238,7 +255,7 @@ impl From<BodyError> for crate::HttpError {
 /// gives plugd credit for more; a handler that stops reading makes the client wait.
 pub struct BodyStream {
     rx: mpsc::UnboundedReceiver<Inbound>,
-    window: RecvWindow,
+    consumed: Consumption,
     link: Arc<Link>,
     done: bool,
 }
@@ -256,7 +273,7 @@ impl BodyStream {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<Inbound>, link: Arc<Link>) -> BodyStream {
         BodyStream {
             rx,
-            window: RecvWindow::new(link.window),
+            consumed: Consumption::new(link.window),
             link,
             done: false,
         }
@@ -270,7 +287,7 @@ impl BodyStream {
         let inbound = self.rx.recv().await;
         match inbound {
             Some(Inbound::Data(data)) => {
-                if let Some(bytes) = self.window.consume(cost(data.len())) {
+                if let Some(bytes) = self.consumed.consume(cost(data.len())) {
                     self.link.grant(bytes).await;
                 }
                 Some(Ok(data))
@@ -330,7 +347,7 @@ pub enum WsMessage {
 /// [`WebSocket::close`]; returning from the handler closes it with 1000.
 pub struct WebSocket {
     rx: mpsc::UnboundedReceiver<Inbound>,
-    window: RecvWindow,
+    consumed: Consumption,
     link: Arc<Link>,
     closed: bool,
 }
@@ -348,7 +365,7 @@ impl WebSocket {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<Inbound>, link: Arc<Link>) -> WebSocket {
         WebSocket {
             rx,
-            window: RecvWindow::new(link.window),
+            consumed: Consumption::new(link.window),
             link,
             closed: false,
         }
@@ -362,7 +379,7 @@ impl WebSocket {
         }
         match self.rx.recv().await {
             Some(Inbound::Ws(kind, data)) => {
-                if let Some(bytes) = self.window.consume(cost(data.len())) {
+                if let Some(bytes) = self.consumed.consume(cost(data.len())) {
                     self.link.grant(bytes).await;
                 }
                 Some(match kind {
@@ -409,12 +426,16 @@ impl WebSocket {
             .take(cost(data.len()))
             .await
             .map_err(|_| StreamClosed)?;
+        let len = data.len();
         self.link
-            .send::<WsMessageKind>(&WsMessageParams {
-                id: self.link.id,
-                kind,
-                data,
-            })
+            .send::<WsMessageKind>(
+                &WsMessageParams {
+                    id: self.link.id,
+                    kind,
+                    data,
+                },
+                len,
+            )
             .await
     }
 

@@ -222,7 +222,17 @@ pub fn encode_notification<N: NotificationKind>(
     params: &N::Params,
     max_len: usize,
 ) -> Result<Bytes, EncodeError> {
-    let mut w = FrameWriter::new();
+    encode_notification_sized::<N>(params, 256, max_len)
+}
+
+/// Encodes notification `N` as a complete frame into a buffer of `capacity` bytes at first: a
+/// stream chunk's frame is built without growing its buffer again and again.
+pub fn encode_notification_sized<N: NotificationKind>(
+    params: &N::Params,
+    capacity: usize,
+    max_len: usize,
+) -> Result<Bytes, EncodeError> {
+    let mut w = FrameWriter::with_capacity(capacity);
     w.header(3, TYPE_NOTIFICATION);
     w.str(N::NAME);
     w.value(params)?;
@@ -236,7 +246,11 @@ struct FrameWriter {
 
 impl FrameWriter {
     fn new() -> Self {
-        let mut buf = BytesMut::with_capacity(256);
+        FrameWriter::with_capacity(256)
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(capacity.max(HEADER_LEN));
         buf.put_u32(0);
         FrameWriter { buf: buf.writer() }
     }

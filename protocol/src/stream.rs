@@ -114,22 +114,18 @@ pub struct Overrun {
     pub credit: u64,
 }
 
-/// The receiving side's view of one stream: the credit its peer still has, and what was
-/// consumed since credit was last given back.
+/// What the receiver of one stream knows of its peer's credit: it takes each arriving
+/// message's cost off and refuses one past the credit. (The reader of a connection keeps this.)
 #[derive(Debug, Clone)]
 pub struct RecvWindow {
-    window: u64,
     outstanding: u64,
-    consumed: u64,
 }
 
 impl RecvWindow {
     /// A stream whose peer starts with `window` bytes of credit.
     pub fn new(window: u32) -> RecvWindow {
         RecvWindow {
-            window: u64::from(window),
             outstanding: u64::from(window),
-            consumed: 0,
         }
     }
 
@@ -146,14 +142,35 @@ impl RecvWindow {
         Ok(())
     }
 
+    /// Counts `bytes` of credit given to the peer (before the `stream.credit` is sent).
+    pub fn give(&mut self, bytes: u64) {
+        self.outstanding = self.outstanding.saturating_add(bytes);
+    }
+}
+
+/// What the consumer of one stream has taken since it last gave credit back; it gives credit
+/// once half the window has been consumed, so credit messages stay few.
+#[derive(Debug, Clone)]
+pub struct Consumption {
+    window: u64,
+    consumed: u64,
+}
+
+impl Consumption {
+    /// For a stream whose window is `window` bytes.
+    pub fn new(window: u32) -> Consumption {
+        Consumption {
+            window: u64::from(window),
+            consumed: 0,
+        }
+    }
+
     /// Counts a message costing `cost` as consumed; returns the credit to give back once at
     /// least half the window has been consumed since the last grant.
     pub fn consume(&mut self, cost: u64) -> Option<u64> {
         self.consumed += cost;
         if self.consumed * 2 >= self.window {
-            let grant = std::mem::take(&mut self.consumed);
-            self.outstanding += grant;
-            Some(grant)
+            Some(std::mem::take(&mut self.consumed))
         } else {
             None
         }
@@ -167,6 +184,7 @@ mod tests {
     #[test]
     fn a_receiver_refuses_past_the_credit_and_gives_back_what_was_consumed() {
         let mut w = RecvWindow::new(1000);
+        let mut c = Consumption::new(1000);
         w.receive(600).expect("within credit");
         assert_eq!(
             w.receive(500),
@@ -175,9 +193,12 @@ mod tests {
                 credit: 400
             })
         );
-        assert_eq!(w.consume(300), None, "less than half the window");
-        assert_eq!(w.consume(300), Some(600));
+        assert_eq!(c.consume(300), None, "less than half the window");
+        let grant = c.consume(300).expect("half the window consumed");
+        assert_eq!(grant, 600);
+        w.give(grant);
         w.receive(1000).expect("the credit is back");
+        assert!(w.receive(1).is_err(), "and no more");
     }
 
     #[tokio::test]

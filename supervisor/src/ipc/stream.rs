@@ -12,7 +12,7 @@
 
 use super::connection::{CallError, Connection, Outgoing};
 use bytes::Bytes;
-use plugd_protocol::envelope::encode_notification;
+use plugd_protocol::envelope::{encode_notification, encode_notification_sized};
 use plugd_protocol::message::control::{Cancel, CancelParams};
 use plugd_protocol::message::http::{Http, HttpRequest};
 use plugd_protocol::message::stream::{
@@ -20,7 +20,7 @@ use plugd_protocol::message::stream::{
     StreamEnd, WsClose, WsCloseParams, WsKind, WsMessage, WsMessageParams,
 };
 use plugd_protocol::message::NotificationKind;
-use plugd_protocol::stream::{chunk_limit, RecvWindow, SendCredit};
+use plugd_protocol::stream::{chunk_limit, Consumption, RecvWindow, SendCredit};
 use plugd_protocol::{Notification, Response};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,6 +157,13 @@ impl Streams {
         Routed::Done
     }
 
+    /// Counts credit given to the plugin for stream `id`, before it is sent.
+    pub(super) fn give(&self, id: u64, bytes: u64) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.window.give(bytes);
+        }
+    }
+
     /// Ends every open stream: the connection closed.
     pub(super) fn close_all(&self, reason: &str) {
         for (_, entry) in self.lock().drain() {
@@ -221,7 +228,7 @@ pub struct StreamSender {
 pub struct StreamReceiver {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Inbound>,
-    window: RecvWindow,
+    consumed: Consumption,
 }
 
 impl std::fmt::Debug for StreamSender {
@@ -293,7 +300,7 @@ impl Connection {
             StreamReceiver {
                 shared,
                 rx,
-                window: RecvWindow::new(window),
+                consumed: Consumption::new(window),
             },
         ))
     }
@@ -318,14 +325,14 @@ impl StreamSender {
                 id: self.shared.id,
                 data: piece,
             };
-            self.send::<StreamData>(&params).await?;
+            self.send::<StreamData>(&params, params.data.len()).await?;
         }
         Ok(())
     }
 
     /// Ends the request body.
     pub async fn end(&self) -> Result<(), StreamEnded> {
-        self.send::<StreamEnd>(&EndParams { id: self.shared.id })
+        self.send::<StreamEnd>(&EndParams { id: self.shared.id }, 0)
             .await
     }
 
@@ -335,7 +342,7 @@ impl StreamSender {
             id: self.shared.id,
             message,
         };
-        self.send::<StreamAbort>(&params).await
+        self.send::<StreamAbort>(&params, 0).await
     }
 
     /// Sends one WebSocket message, waiting for credit.
@@ -350,7 +357,7 @@ impl StreamSender {
             kind,
             data,
         };
-        self.send::<WsMessage>(&params).await
+        self.send::<WsMessage>(&params, params.data.len()).await
     }
 
     /// Closes the WebSocket towards the plugin.
@@ -361,7 +368,7 @@ impl StreamSender {
             code,
             reason,
         };
-        self.send::<WsClose>(&params).await
+        self.send::<WsClose>(&params, 0).await
     }
 
     /// Resolves once the stream can take no more (it ended, or the connection closed).
@@ -370,8 +377,14 @@ impl StreamSender {
         let _ = self.shared.credit.take(u64::MAX).await;
     }
 
-    async fn send<N: NotificationKind>(&self, params: &N::Params) -> Result<(), StreamEnded> {
-        let frame = encode_notification::<N>(params, self.shared.conn.max_frame())
+    /// Sends one message; `data` is the length of the bytes it carries, so its frame is built
+    /// in one buffer of the right size.
+    async fn send<N: NotificationKind>(
+        &self,
+        params: &N::Params,
+        data: usize,
+    ) -> Result<(), StreamEnded> {
+        let frame = encode_notification_sized::<N>(params, data + 96, self.shared.conn.max_frame())
             .map_err(|_| StreamEnded)?;
         self.shared
             .conn
@@ -395,7 +408,8 @@ impl StreamReceiver {
             Inbound::Head(_) => 0,
         };
         if charge > 0 {
-            if let Some(bytes) = self.window.consume(charge) {
+            if let Some(bytes) = self.consumed.consume(charge) {
+                self.shared.conn.streams().give(self.shared.id, bytes);
                 let params = CreditParams {
                     id: self.shared.id,
                     bytes,

@@ -18,4 +18,5 @@ mod releases;
 mod settings;
 mod shutdown;
 mod store;
+mod streams;
 mod systemd;

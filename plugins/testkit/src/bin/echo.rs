@@ -3,7 +3,7 @@
 //! under several names.
 
 use plugd_runtime::{
-    HookEvent, HookMode, HookReply, Json, Plugin, Request, Response, ServiceEvent,
+    HookEvent, HookMode, HookReply, Json, Plugin, Request, Response, ServiceEvent, WsMessage,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,27 @@ struct Counters {
     in_flight: AtomicU64,
     /// /hang requests whose future was dropped (cancelled by the supervisor).
     cancelled: AtomicU64,
+    /// Bytes /stream/endless has handed to plugd so far.
+    produced: AtomicU64,
+    /// When /stream/endless last saw its stream end early, in ms since the Unix epoch.
+    stream_cancelled_ms: AtomicU64,
+    /// The last close code and reason a client sent to /ws.
+    last_close: std::sync::Mutex<Option<(u16, String)>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Records when a streamed response ended before its writer did.
+struct StreamGuard(Arc<Counters>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.stream_cancelled_ms.store(now_ms(), Ordering::SeqCst);
+    }
 }
 
 /// Counts a running request and, if dropped before finishing, a cancellation.
@@ -393,6 +414,66 @@ async fn main() -> Result<(), plugd_runtime::Error> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0usize);
             vec![b'x'; n]
+        })
+        // Streams 64 KiB chunks for as long as the client reads (or `chunks` of them), counting
+        // what it produced; an early end is recorded with its time.
+        .get("/stream/endless", |req: Request, c: Arc<Counters>| async move {
+            let chunks: u64 = req.query("chunks").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            let every_ms: u64 = req.query("every_ms").and_then(|s| s.parse().ok()).unwrap_or(0);
+            c.produced.store(0, Ordering::SeqCst);
+            c.stream_cancelled_ms.store(0, Ordering::SeqCst);
+            let (writer, response) = Response::channel("application/octet-stream");
+            tokio::spawn(async move {
+                let guard = StreamGuard(c.clone());
+                let chunk = bytes::Bytes::from(vec![b'z'; 64 * 1024]);
+                for _ in 0..chunks {
+                    if writer.send(chunk.clone()).await.is_err() {
+                        return; // the guard records the end
+                    }
+                    c.produced.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    if every_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+                    }
+                }
+                std::mem::forget(guard);
+            });
+            response
+        })
+        .stream()
+        .get("/stream/produced", |_req: Request, c: Arc<Counters>| async move {
+            Json(serde_json::json!({
+                "produced": c.produced.load(Ordering::SeqCst),
+                "cancelled_ms": c.stream_cancelled_ms.load(Ordering::SeqCst),
+            }))
+        })
+        // Echoes WebSocket messages; "close CODE REASON" makes it close the socket itself.
+        .websocket("/ws", |_req, mut socket, c: Arc<Counters>| async move {
+            while let Some(message) = socket.recv().await {
+                let reply = match message {
+                    WsMessage::Text(text) => {
+                        if let Some(rest) = text.strip_prefix("close ") {
+                            let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                            let _ = socket.close(code.parse().unwrap_or(1000), reason).await;
+                            return;
+                        }
+                        WsMessage::Text(text)
+                    }
+                    WsMessage::Binary(data) => WsMessage::Binary(data),
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                    WsMessage::Close(code, reason) => {
+                        *c.last_close.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((code, reason));
+                        return;
+                    }
+                };
+                if socket.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .get("/ws/last_close", |_req: Request, c: Arc<Counters>| async move {
+            let last = c.last_close.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Json(serde_json::json!(last))
         })
         // Its settings as it has them now, secrets included: the tests compare what arrived.
         .get("/settings", |req: Request, _| async move {

@@ -14,6 +14,9 @@
 //! - `routes`: declares `RAW_ROUTES` routes (default 100,000) `/r{i}/{a}/x` in its handshake;
 //! - `max-frame-zero`: announces a frame limit of 0 in its handshake;
 //! - `deep`: handshakes, then sends a request whose params nest 70 levels deep;
+//! - `overrun`: declares the streaming route `/x`, answers each request to it with a streamed
+//!   head and then sends 1 MiB of body at once, past the credit plugd gave (answering pings
+//!   all the while);
 //! - `spew`: handshakes, then writes `RAW_SPEW_MB` MiB (default 256) of lines to stderr as fast
 //!   as it can, answering pings all the while.
 
@@ -46,7 +49,7 @@ fn main() {
         },
         "exit-early" => std::process::exit(3),
         "bad-token" | "bad-version" | "garbage" | "oversized" | "deaf" | "flood" | "stray-ids"
-        | "routes" | "max-frame-zero" | "deep" | "spew" => {}
+        | "routes" | "max-frame-zero" | "deep" | "spew" | "overrun" => {}
         other => {
             eprintln!("unknown mode {other:?}");
             std::process::exit(2);
@@ -91,6 +94,7 @@ fn main() {
             vec![RouteDecl {
                 method: "GET".into(),
                 path: "/x".into(),
+                stream: mode == "overrun",
                 ..RouteDecl::default()
             }]
         },
@@ -133,6 +137,7 @@ fn main() {
             frame.extend(body);
             let _ = stream.write_all(&frame);
         }
+        "overrun" => overrun(&mut stream),
         "spew" => {
             let reader = stream.try_clone().expect("clone");
             std::thread::spawn(move || answer_pings(reader));
@@ -159,6 +164,43 @@ fn main() {
     // Stay alive: the supervisor must cut us off and kill us, not wait for us to leave.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Answers pings, and each `http` request with a streamed head and 1 MiB of body sent without
+/// waiting for credit.
+fn overrun(stream: &mut UnixStream) {
+    use plugd_protocol::envelope::encode_notification;
+    use plugd_protocol::message::http::{Http, HttpResponse};
+    use plugd_protocol::message::stream::{DataParams, StreamData};
+    while let Ok(body) = read_frame(stream) {
+        let Ok(Message::Request(request)) = Message::decode(body.into()) else {
+            continue;
+        };
+        let mut frames = Vec::new();
+        if request.method == Ping::NAME {
+            frames.push(encode_response(request.id, &Empty {}, 1024).expect("encode"));
+        } else if request.method == Http::NAME {
+            let head = HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: Default::default(),
+                stream: true,
+            };
+            frames.push(encode_response(request.id, &head, 1024).expect("encode"));
+            for _ in 0..16 {
+                let data = DataParams {
+                    id: request.id,
+                    data: vec![b'o'; 64 * 1024].into(),
+                };
+                frames.push(encode_notification::<StreamData>(&data, 1 << 20).expect("encode"));
+            }
+        }
+        for frame in frames {
+            if stream.write_all(&frame).is_err() {
+                return;
+            }
+        }
     }
 }
 

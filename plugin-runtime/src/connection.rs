@@ -9,11 +9,11 @@ use crate::kv::{Caller, Host};
 use crate::plugin::{
     Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
 };
-use crate::response::BodySource;
-use crate::stream::{BodyStream, Link, Streams, WebSocket};
 use crate::request::Request;
+use crate::response::BodySource;
 use crate::response::{HttpError, IntoResponse};
 use crate::settings::Settings;
+use crate::stream::{BodyStream, Link, Streams, WebSocket};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};

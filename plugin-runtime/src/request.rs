@@ -3,9 +3,9 @@
 use crate::kv::{Host, Kv};
 use crate::response::HttpError;
 use crate::stream::BodyStream;
-use std::sync::{Arc, Mutex};
 use plugd_protocol::message::http::HttpRequest;
 use serde::de::DeserializeOwned;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// An HTTP request forwarded by the supervisor to one of this plugin's routes.

@@ -128,7 +128,10 @@ impl Streams {
             return true;
         };
         if let Err(overrun) = entry.window.receive(charge) {
-            tracing::error!(id, "the supervisor overran its credit: {overrun}; ending the stream");
+            tracing::error!(
+                id,
+                "the supervisor overran its credit: {overrun}; ending the stream"
+            );
             let _ = entry
                 .tx
                 .send(Inbound::Abort(format!("credit overrun: {overrun}")));
@@ -206,19 +209,25 @@ impl Link {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        self.send::<WsClose>(&WsCloseParams {
-            id: self.id,
-            code,
-            reason: reason[..end].to_owned(),
-        }, 0)
+        self.send::<WsClose>(
+            &WsCloseParams {
+                id: self.id,
+                code,
+                reason: reason[..end].to_owned(),
+            },
+            0,
+        )
         .await
     }
 
     pub(crate) async fn abort(&self, message: String) -> Result<(), StreamClosed> {
-        self.send::<StreamAbort>(&AbortParams {
-            id: self.id,
-            message,
-        }, 0)
+        self.send::<StreamAbort>(
+            &AbortParams {
+                id: self.id,
+                message,
+            },
+            0,
+        )
         .await
     }
 

@@ -106,7 +106,9 @@ impl SendCredit {
 
 /// A message arrived past the credit its sender had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a message of {cost} bytes (with overhead) arrived with only {credit} bytes of credit left")]
+#[error(
+    "a message of {cost} bytes (with overhead) arrived with only {credit} bytes of credit left"
+)]
 pub struct Overrun {
     /// What the message cost.
     pub cost: u64,

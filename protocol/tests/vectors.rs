@@ -185,8 +185,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "handshake_request_streaming",
-            frame: encode_request::<Handshake>(0, &common::hello_streaming(), MAX)
-                .expect("encode"),
+            frame: encode_request::<Handshake>(0, &common::hello_streaming(), MAX).expect("encode"),
             check: |m| match m {
                 Message::Request(r) => assert_eq!(
                     r.decode_params::<Handshake>().expect("hello"),

@@ -24,9 +24,9 @@ use axum::extract::State;
 use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use plugd_protocol::codes;
-use bytes::Bytes;
 use plugd_protocol::message::http::{Http, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
@@ -200,13 +200,18 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
             let limit = stream_limit(kind.max_body, instance.limits.max_stream_body);
             super::stream::forward(name, instance, wire, &parts.headers, body, limit).await
         };
-        return Ok(finish(answer.unwrap_or_else(IntoResponse::into_response), &request_id, route, served));
+        return Ok(finish(
+            answer.unwrap_or_else(IntoResponse::into_response),
+            &request_id,
+            route,
+            served,
+        ));
     }
-    let max_body = kind
-        .max_body
-        .map_or(instance.limits.max_body, |m| {
-            usize::try_from(m).unwrap_or(usize::MAX).min(instance.limits.max_body)
-        });
+    let max_body = kind.max_body.map_or(instance.limits.max_body, |m| {
+        usize::try_from(m)
+            .unwrap_or(usize::MAX)
+            .min(instance.limits.max_body)
+    });
 
     // Over the in-flight limit: refuse at once rather than queue without bound.
     let Ok(_permit) = instance.in_flight.clone().try_acquire_owned() else {
@@ -363,40 +368,38 @@ fn finish(
 pub(super) fn call_error(name: &str, e: CallError) -> ApiError {
     match e {
         CallError::Closed(reason) => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "plugin died during the request",
-                    format!("plugin {name:?}: {reason}"),
-                ),
-                CallError::Timeout(after) => ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "plugin timed out",
-                    format!(
-                        "plugin {name:?} did not answer within {after:?}; the request was cancelled"
-                    ),
-                ),
-                CallError::Remote(e) if e.code == codes::SHUTTING_DOWN => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "plugin not ready",
-                    format!("plugin {name:?} is shutting down"),
-                ),
-                CallError::NotSent(reason) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "plugin not ready",
-                    format!("plugin {name:?} is gone: {reason}"),
-                ),
-                CallError::Remote(e) => {
-                    let (status, error) = remote_status(e.code);
-                    ApiError::new(
-                        status,
-                        error,
-                        format!("plugin {name:?} answered with an error: {e}"),
-                    )
-                }
-                CallError::Protocol(detail) => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "protocol error",
-                    format!("plugin {name:?}: {detail}"),
-                ),
+            StatusCode::BAD_GATEWAY,
+            "plugin died during the request",
+            format!("plugin {name:?}: {reason}"),
+        ),
+        CallError::Timeout(after) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "plugin timed out",
+            format!("plugin {name:?} did not answer within {after:?}; the request was cancelled"),
+        ),
+        CallError::Remote(e) if e.code == codes::SHUTTING_DOWN => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin not ready",
+            format!("plugin {name:?} is shutting down"),
+        ),
+        CallError::NotSent(reason) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin not ready",
+            format!("plugin {name:?} is gone: {reason}"),
+        ),
+        CallError::Remote(e) => {
+            let (status, error) = remote_status(e.code);
+            ApiError::new(
+                status,
+                error,
+                format!("plugin {name:?} answered with an error: {e}"),
+            )
+        }
+        CallError::Protocol(detail) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "protocol error",
+            format!("plugin {name:?}: {detail}"),
+        ),
     }
 }
 
@@ -450,7 +453,12 @@ fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(Str
 }
 
 pub(super) fn build_response(answer: HttpResponse) -> Result<Response, String> {
-    response_with(answer.status, answer.headers, Body::from(answer.body), false)
+    response_with(
+        answer.status,
+        answer.headers,
+        Body::from(answer.body),
+        false,
+    )
 }
 
 /// A response with the plugin's status and headers (hop-by-hop ones dropped; `content-length`

@@ -70,7 +70,13 @@ pub(super) async fn forward(
         .await
         .map_err(|e| call_error(name, e))?;
     let (over_tx, over_rx) = oneshot::channel();
-    tokio::spawn(pump(body, sender, limit, limits.stream_idle_timeout, over_tx));
+    tokio::spawn(pump(
+        body,
+        sender,
+        limit,
+        limits.stream_idle_timeout,
+        over_tx,
+    ));
     let head = tokio::select! {
         head = tokio::time::timeout(limits.request_timeout, receiver.next()) => head,
         Ok(limit) = over_rx => return Err(too_large(limit)),
@@ -197,9 +203,16 @@ fn head_of(
 ) -> Result<HttpResponse, ApiError> {
     let head = match head {
         Err(_) => return Err(call_error(name, CallError::Timeout(timeout))),
-        Ok(None) => return Err(call_error(name, CallError::Closed("the stream ended".into()))),
+        Ok(None) => {
+            return Err(call_error(
+                name,
+                CallError::Closed("the stream ended".into()),
+            ))
+        }
         Ok(Some(Inbound::Head(head))) => head,
-        Ok(Some(Inbound::Abort(reason))) => return Err(call_error(name, CallError::Closed(reason))),
+        Ok(Some(Inbound::Abort(reason))) => {
+            return Err(call_error(name, CallError::Closed(reason)))
+        }
         Ok(Some(other)) => {
             return Err(invalid(
                 name,
@@ -331,8 +344,8 @@ impl Bridge {
                         Ok(Message::Ping(data)) => (WsKind::Ping, data),
                         Ok(Message::Pong(data)) => (WsKind::Pong, data),
                         Ok(Message::Close(frame)) => {
-                            let (code, reason) =
-                                frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                            let (code, reason) = frame
+                                .map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
                             let _ = sender.close(code, reason).await;
                             return Ending::ClientClosed;
                         }
@@ -403,7 +416,10 @@ impl Bridge {
             Ending::ClientGone => (None, None),
             Ending::ClientTooBig => (
                 Some((1009, "message too big".to_owned())),
-                Some((1009, format!("the client sent a message over {} bytes", self.max))),
+                Some((
+                    1009,
+                    format!("the client sent a message over {} bytes", self.max),
+                )),
             ),
             Ending::ClientFailed(e) => (None, Some((1002, format!("the client failed: {e}")))),
             Ending::PluginClosed(code, reason) => (Some((sendable(*code), reason.clone())), None),
@@ -411,7 +427,10 @@ impl Bridge {
                 tracing::warn!(plugin = %self.plugin, "the plugin sent a WebSocket message of {len} bytes, over the limit of {}", self.max);
                 (
                     Some((1009, "message too big".to_owned())),
-                    Some((1009, format!("message of {len} bytes over the limit of {}", self.max))),
+                    Some((
+                        1009,
+                        format!("message of {len} bytes over the limit of {}", self.max),
+                    )),
                 )
             }
             Ending::PluginFailed(reason) => {

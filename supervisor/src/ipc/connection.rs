@@ -320,9 +320,7 @@ impl Connection {
     pub(super) async fn queue(&self, frame: Bytes, what: Outgoing) -> Result<(), CallError> {
         match self.send(frame, what).await {
             Ok(()) => Ok(()),
-            Err(Unsent::Stopping) => Err(CallError::NotSent(
-                "the plugin is being stopped".into(),
-            )),
+            Err(Unsent::Stopping) => Err(CallError::NotSent("the plugin is being stopped".into())),
             Err(Unsent::Closed(reason)) => Err(CallError::NotSent(reason)),
         }
     }

@@ -7,8 +7,8 @@
 
 pub mod calls;
 pub mod connection;
-pub mod stream;
 pub mod handshake;
+pub mod stream;
 
 pub use calls::{Calls, Peers, RESERVED_PREFIX};
 pub use connection::{CallError, Connection};

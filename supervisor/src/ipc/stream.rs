@@ -112,7 +112,11 @@ impl Streams {
                 Err(e) => return bad(plugin, note, e),
             },
             WsMessage::NAME => match note.decode_params::<WsMessage>() {
-                Ok(p) => (p.id, Inbound::Ws(p.kind, p.data.clone()), cost(p.data.len())),
+                Ok(p) => (
+                    p.id,
+                    Inbound::Ws(p.kind, p.data.clone()),
+                    cost(p.data.len()),
+                ),
                 Err(e) => return bad(plugin, note, e),
             },
             WsClose::NAME => match note.decode_params::<WsClose>() {
@@ -180,12 +184,7 @@ fn bad(plugin: &str, note: &Notification, e: plugd_protocol::DecodeError) -> Rou
     Routed::Done
 }
 
-fn end_stream(
-    open: &mut HashMap<u64, Entry>,
-    plugin: &str,
-    id: u64,
-    reason: String,
-) -> Routed {
+fn end_stream(open: &mut HashMap<u64, Entry>, plugin: &str, id: u64, reason: String) -> Routed {
     tracing::warn!(plugin, id, "{reason}; the stream is ended");
     if let Some(entry) = open.remove(&id) {
         entry.credit.close();
@@ -208,8 +207,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.credit.close();
         let was_open = self.conn.streams().lock().remove(&self.id).is_some();
-        if was_open && !self.finished.load(Ordering::SeqCst) && self.conn.close_reason().is_none()
-        {
+        if was_open && !self.finished.load(Ordering::SeqCst) && self.conn.close_reason().is_none() {
             self.conn.count_cancel();
             let params = CancelParams { id: self.id };
             if let Ok(frame) = encode_notification::<Cancel>(&params, self.conn.max_frame()) {
@@ -290,9 +288,11 @@ impl Connection {
             shared.finished.store(true, Ordering::SeqCst);
             return Err(CallError::NotSent(reason));
         }
-        self.queue(frame, Outgoing::Request).await.inspect_err(|_| {
-            shared.finished.store(true, Ordering::SeqCst);
-        })?;
+        self.queue(frame, Outgoing::Request)
+            .await
+            .inspect_err(|_| {
+                shared.finished.store(true, Ordering::SeqCst);
+            })?;
         Ok((
             StreamSender {
                 shared: shared.clone(),

@@ -10,8 +10,7 @@ pub mod settings;
 
 pub use limits::{
     validate_limits, Limits, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS, DEFAULT_MAX_WS_MESSAGE,
-    DEFAULT_STREAM_IDLE, DEFAULT_MEMORY, DEFAULT_OPEN_FILES,
-    DEFAULT_TASKS,
+    DEFAULT_MEMORY, DEFAULT_OPEN_FILES, DEFAULT_STREAM_IDLE, DEFAULT_TASKS,
 };
 pub use policy::{HealthPolicy, RestartPolicy};
 pub use settings::{SettingSpec, SettingsSchema};

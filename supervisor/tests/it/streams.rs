@@ -64,7 +64,11 @@ async fn a_gibibyte_streams_up_and_down_in_bounded_memory() {
         // catch a lost, repeated or reordered chunk.
         assert_eq!(chunk[0], (got % 251) as u8, "chunk at {got}");
         let last = got + chunk.len() as u64 - 1;
-        assert_eq!(chunk[chunk.len() - 1], (last % 251) as u8, "chunk end at {last}");
+        assert_eq!(
+            chunk[chunk.len() - 1],
+            (last % 251) as u8,
+            "chunk end at {last}"
+        );
         got += chunk.len() as u64;
     }
     assert_eq!(got, GIB);
@@ -155,7 +159,10 @@ async fn a_client_that_hangs_up_cancels_the_stream_in_the_plugin() {
     let seen = sup.get_json("/plugins/echo/stream/produced", 200).await["cancelled_ms"]
         .as_u64()
         .expect("ms");
-    eprintln!("the cancel reached the plugin {} ms after the hang-up", seen.saturating_sub(hung_up));
+    eprintln!(
+        "the cancel reached the plugin {} ms after the hang-up",
+        seen.saturating_sub(hung_up)
+    );
     assert!(
         seen.saturating_sub(hung_up) <= 100,
         "the plugin saw the hang-up {} ms later",
@@ -166,7 +173,9 @@ async fn a_client_that_hangs_up_cancels_the_stream_in_the_plugin() {
 #[tokio::test]
 async fn a_plugin_killed_mid_stream_aborts_the_response() {
     let sup = TestSupervisor::start(&[PluginDef::echo("echo", "")], &[]).await;
-    let pid = sup.plugin_status("echo").await["pid"].as_u64().expect("pid") as i32;
+    let pid = sup.plugin_status("echo").await["pid"]
+        .as_u64()
+        .expect("pid") as i32;
     let mut response = sup
         .get("/plugins/echo/stream/endless?every_ms=5")
         .await
@@ -251,7 +260,10 @@ async fn server_sent_events_arrive_one_by_one() {
     }
     assert_eq!(arrivals.len(), 4, "{arrivals:?}");
     for (i, (_, event)) in arrivals.iter().enumerate() {
-        assert!(event.starts_with(&format!("event: tick\nid: {}\n", i + 1)), "{event}");
+        assert!(
+            event.starts_with(&format!("event: tick\nid: {}\n", i + 1)),
+            "{event}"
+        );
     }
     let spread = arrivals[3].0 - arrivals[0].0;
     assert!(
@@ -264,8 +276,7 @@ async fn server_sent_events_arrive_one_by_one() {
 async fn ws(
     sup: &TestSupervisor,
     path: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
-{
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let url = format!("ws://{}{path}", sup.addr());
     tokio_tungstenite::connect_async(url)
         .await
@@ -339,7 +350,10 @@ async fn websockets_echo_ping_close_both_ways_and_refuse_big_messages() {
         .expect("send");
     match next_message(&mut socket).await {
         Message::Close(Some(frame)) => {
-            assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4002, "done here"));
+            assert_eq!(
+                (u16::from(frame.code), frame.reason.as_str()),
+                (4002, "done here")
+            );
         }
         other => panic!("expected a close, got {other:?}"),
     }
@@ -368,7 +382,10 @@ async fn the_chat_relays_every_message_to_everyone() {
     let mut n = 0;
     loop {
         n += 1;
-        alice.send(Message::text(format!("hi {n}"))).await.expect("send");
+        alice
+            .send(Message::text(format!("hi {n}")))
+            .await
+            .expect("send");
         let heard = next_message(&mut bob).await;
         if heard == Message::text(format!("hi {n}")) {
             break;
@@ -386,7 +403,11 @@ async fn the_chat_relays_every_message_to_everyone() {
 
 #[tokio::test]
 async fn a_streaming_route_takes_the_plugins_body_limit() {
-    let sup = TestSupervisor::start(&[stream_plugin("[limits]\nmax_stream_body = \"1MiB\"\n")], &[]).await;
+    let sup = TestSupervisor::start(
+        &[stream_plugin("[limits]\nmax_stream_body = \"1MiB\"\n")],
+        &[],
+    )
+    .await;
     let client = reqwest::Client::new();
     // Announced: refused before anything reaches the plugin.
     let r = client
@@ -398,7 +419,8 @@ async fn a_streaming_route_takes_the_plugins_body_limit() {
     assert_eq!(r.status(), 413);
     // Not announced (chunked): cut off when it passes the limit.
     let chunk = Bytes::from(vec![1u8; 64 * 1024]);
-    let body = futures_util::stream::iter((0..32).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let body =
+        futures_util::stream::iter((0..32).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let r = client
         .post(sup.url("/plugins/stream/sha256"))
         .body(reqwest::Body::wrap_stream(body))
@@ -422,7 +444,10 @@ async fn a_streaming_route_takes_the_plugins_body_limit() {
 #[tokio::test]
 async fn a_plugin_past_its_credit_is_cut_off_and_others_keep_serving() {
     let sup = TestSupervisor::start(
-        &[PluginDef::echo("echo", ""), PluginDef::raw("ovr", "overrun")],
+        &[
+            PluginDef::echo("echo", ""),
+            PluginDef::raw("ovr", "overrun"),
+        ],
         &[],
     )
     .await;

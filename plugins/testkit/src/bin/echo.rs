@@ -417,35 +417,47 @@ async fn main() -> Result<(), plugd_runtime::Error> {
         })
         // Streams 64 KiB chunks for as long as the client reads (or `chunks` of them), counting
         // what it produced; an early end is recorded with its time.
-        .get("/stream/endless", |req: Request, c: Arc<Counters>| async move {
-            let chunks: u64 = req.query("chunks").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-            let every_ms: u64 = req.query("every_ms").and_then(|s| s.parse().ok()).unwrap_or(0);
-            c.produced.store(0, Ordering::SeqCst);
-            c.stream_cancelled_ms.store(0, Ordering::SeqCst);
-            let (writer, response) = Response::channel("application/octet-stream");
-            tokio::spawn(async move {
-                let guard = StreamGuard(c.clone());
-                let chunk = bytes::Bytes::from(vec![b'z'; 64 * 1024]);
-                for _ in 0..chunks {
-                    if writer.send(chunk.clone()).await.is_err() {
-                        return; // the guard records the end
+        .get(
+            "/stream/endless",
+            |req: Request, c: Arc<Counters>| async move {
+                let chunks: u64 = req
+                    .query("chunks")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u64::MAX);
+                let every_ms: u64 = req
+                    .query("every_ms")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                c.produced.store(0, Ordering::SeqCst);
+                c.stream_cancelled_ms.store(0, Ordering::SeqCst);
+                let (writer, response) = Response::channel("application/octet-stream");
+                tokio::spawn(async move {
+                    let guard = StreamGuard(c.clone());
+                    let chunk = bytes::Bytes::from(vec![b'z'; 64 * 1024]);
+                    for _ in 0..chunks {
+                        if writer.send(chunk.clone()).await.is_err() {
+                            return; // the guard records the end
+                        }
+                        c.produced.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                        if every_ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+                        }
                     }
-                    c.produced.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                    if every_ms > 0 {
-                        tokio::time::sleep(Duration::from_millis(every_ms)).await;
-                    }
-                }
-                std::mem::forget(guard);
-            });
-            response
-        })
+                    std::mem::forget(guard);
+                });
+                response
+            },
+        )
         .stream()
-        .get("/stream/produced", |_req: Request, c: Arc<Counters>| async move {
-            Json(serde_json::json!({
-                "produced": c.produced.load(Ordering::SeqCst),
-                "cancelled_ms": c.stream_cancelled_ms.load(Ordering::SeqCst),
-            }))
-        })
+        .get(
+            "/stream/produced",
+            |_req: Request, c: Arc<Counters>| async move {
+                Json(serde_json::json!({
+                    "produced": c.produced.load(Ordering::SeqCst),
+                    "cancelled_ms": c.stream_cancelled_ms.load(Ordering::SeqCst),
+                }))
+            },
+        )
         // Echoes WebSocket messages; "close CODE REASON" makes it close the socket itself.
         .websocket("/ws", |_req, mut socket, c: Arc<Counters>| async move {
             while let Some(message) = socket.recv().await {
@@ -471,10 +483,17 @@ async fn main() -> Result<(), plugd_runtime::Error> {
                 }
             }
         })
-        .get("/ws/last_close", |_req: Request, c: Arc<Counters>| async move {
-            let last = c.last_close.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            Json(serde_json::json!(last))
-        })
+        .get(
+            "/ws/last_close",
+            |_req: Request, c: Arc<Counters>| async move {
+                let last = c
+                    .last_close
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                Json(serde_json::json!(last))
+            },
+        )
         // Its settings as it has them now, secrets included: the tests compare what arrived.
         .get("/settings", |req: Request, _| async move {
             Json(serde_json::Value::Object(

@@ -178,20 +178,22 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     };
 
     let request_id = request_id(edge, &parts.headers);
+    // The body (unless it streams) and the deadline are filled in once the body is read.
+    let head = HttpRequest {
+        request_id: request_id.clone(),
+        method: method.to_owned(),
+        path: path.to_owned(),
+        route: route.clone(),
+        params,
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: forward_headers(&parts.headers, caller),
+        body: Bytes::new(),
+        deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
+        stream: kind.stream,
+        websocket: kind.websocket,
+    };
     if kind.stream || kind.websocket {
-        let wire = HttpRequest {
-            request_id: request_id.clone(),
-            method: method.to_owned(),
-            path: path.to_owned(),
-            route: route.clone(),
-            params,
-            query: parts.uri.query().unwrap_or_default().to_owned(),
-            headers: forward_headers(&parts.headers, caller),
-            body: Bytes::new(),
-            deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
-            stream: kind.stream,
-            websocket: kind.websocket,
-        };
+        let wire = head;
         let answer = if kind.websocket {
             // The upgrade needs the request's parts, which `name` borrows.
             let name = name.to_owned();
@@ -268,17 +270,9 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     };
 
     let wire = HttpRequest {
-        request_id: request_id.clone(),
-        method: method.to_owned(),
-        path: path.to_owned(),
-        route: route.clone(),
-        params,
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: forward_headers(&parts.headers, caller),
         body,
         deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
-        stream: false,
-        websocket: false,
+        ..head
     };
     let mut serving = instance.clone();
     let mut retried = false;

@@ -64,11 +64,7 @@ pub(super) async fn forward(
     }
     let permit = stream_permit(name, instance)?;
     let limits = &instance.limits;
-    let (sender, mut receiver) = instance
-        .conn
-        .open_stream(&wire, limits.stream_window)
-        .await
-        .map_err(|e| call_error(name, e))?;
+    let (sender, mut receiver) = open(name, instance, &wire).await?;
     let (over_tx, over_rx) = oneshot::channel();
     tokio::spawn(pump(
         body,
@@ -182,6 +178,19 @@ async fn pump(
     }
 }
 
+/// Opens the stream of `wire` to the plugin.
+async fn open(
+    name: &str,
+    instance: &Arc<Instance>,
+    wire: &HttpRequest,
+) -> Result<(StreamSender, StreamReceiver), ApiError> {
+    instance
+        .conn
+        .open_stream(wire, instance.limits.stream_window)
+        .await
+        .map_err(|e| call_error(name, e))
+}
+
 /// One of the plugin's stream permits, or a 503.
 fn stream_permit(name: &str, instance: &Arc<Instance>) -> Result<OwnedSemaphorePermit, ApiError> {
     instance.streams.clone().try_acquire_owned().map_err(|_| {
@@ -270,11 +279,7 @@ pub(super) async fn websocket(
     };
     let permit = stream_permit(name, instance)?;
     let limits = &instance.limits;
-    let (sender, mut receiver) = instance
-        .conn
-        .open_stream(&wire, limits.stream_window)
-        .await
-        .map_err(|e| call_error(name, e))?;
+    let (sender, mut receiver) = open(name, instance, &wire).await?;
     let head = tokio::time::timeout(limits.request_timeout, receiver.next()).await;
     let answer = head_of(name, head, limits.request_timeout)?;
     if answer.status != 101 {

@@ -11,7 +11,7 @@
 //! [`Response::channel`]: crate::Response::channel
 //! [`Response::sse`]: crate::Response::sse
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use plugd_protocol::envelope::encode_notification_sized;
 use plugd_protocol::message::stream::{
     cost, AbortParams, CreditParams, DataParams, EndParams, StreamAbort, StreamCredit, StreamData,
@@ -30,7 +30,8 @@ pub(crate) enum Inbound {
     Data(Bytes),
     End,
     Abort(String),
-    Ws(WsKind, Bytes),
+    /// A WebSocket message or a piece of one (`true`: more pieces follow).
+    Ws(WsKind, Bytes, bool),
     Close(u16, String),
 }
 
@@ -99,7 +100,7 @@ impl Streams {
                 .map(|p| (p.id, 0, Inbound::Abort(p.message))),
             WsMessageKind::NAME => note
                 .decode_params::<WsMessageKind>()
-                .map(|p| (p.id, cost(p.data.len()), Inbound::Ws(p.kind, p.data))),
+                .map(|p| (p.id, cost(p.data.len()), Inbound::Ws(p.kind, p.data, p.more))),
             WsClose::NAME => note
                 .decode_params::<WsClose>()
                 .map(|p| (p.id, 0, Inbound::Close(p.code, p.reason))),
@@ -386,11 +387,29 @@ impl WebSocket {
         if self.closed {
             return None;
         }
-        match self.rx.recv().await {
-            Some(Inbound::Ws(kind, data)) => {
-                if let Some(bytes) = self.consumed.consume(cost(data.len())) {
-                    self.link.grant(bytes).await;
+        let mut partial = BytesMut::new();
+        match loop {
+            match self.rx.recv().await {
+                Some(Inbound::Ws(kind, data, more)) => {
+                    if let Some(bytes) = self.consumed.consume(cost(data.len())) {
+                        self.link.grant(bytes).await;
+                    }
+                    // plugd sends no message over the plugin's `max_ws_message` (it closes the
+                    // socket with 1009 instead), so the pieces gathered here are bounded.
+                    if more {
+                        partial.extend_from_slice(&data);
+                        continue;
+                    }
+                    if partial.is_empty() {
+                        break Some(Inbound::Ws(kind, data, false));
+                    }
+                    partial.extend_from_slice(&data);
+                    break Some(Inbound::Ws(kind, partial.freeze(), false));
                 }
+                other => break other,
+            }
+        } {
+            Some(Inbound::Ws(kind, data, _)) => {
                 Some(match kind {
                     WsKind::Text => WsMessage::Text(String::from_utf8_lossy(&data).into_owned()),
                     WsKind::Binary => WsMessage::Binary(data),
@@ -430,22 +449,28 @@ impl WebSocket {
         if self.closed || self.link.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StreamClosed);
         }
-        self.link
-            .credit
-            .take(cost(data.len()))
-            .await
-            .map_err(|_| StreamClosed)?;
-        let len = data.len();
-        self.link
-            .send::<WsMessageKind>(
-                &WsMessageParams {
-                    id: self.link.id,
-                    kind,
-                    data,
-                },
-                len,
-            )
-            .await
+        // A message bigger than a chunk goes in pieces, each within the credit.
+        let chunk = chunk_limit(self.link.window, self.link.max_frame);
+        let mut data = data;
+        loop {
+            let piece = data.split_to(data.len().min(chunk));
+            self.link
+                .credit
+                .take(cost(piece.len()))
+                .await
+                .map_err(|_| StreamClosed)?;
+            let len = piece.len();
+            let params = WsMessageParams {
+                id: self.link.id,
+                kind,
+                data: piece,
+                more: !data.is_empty(),
+            };
+            self.link.send::<WsMessageKind>(&params, len).await?;
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// Closes the socket with `code` (such as 1000) and `reason` (at most 123 bytes).

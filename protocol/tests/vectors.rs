@@ -241,6 +241,11 @@ fn cases() -> Vec<Case> {
             check: |m| assert_note::<WsMessage>(m, ws_message()),
         },
         Case {
+            name: "ws_message_piece",
+            frame: encode_notification::<WsMessage>(&ws_message_piece(), MAX).expect("encode"),
+            check: |m| assert_note::<WsMessage>(m, ws_message_piece()),
+        },
+        Case {
             name: "ws_close",
             frame: encode_notification::<WsClose>(&ws_close(), MAX).expect("encode"),
             check: |m| assert_note::<WsClose>(m, ws_close()),
@@ -294,6 +299,16 @@ fn ws_message() -> WsMessageParams {
         id: 22,
         kind: WsKind::Text,
         data: Bytes::from_static(b"hello"),
+        more: false,
+    }
+}
+
+fn ws_message_piece() -> WsMessageParams {
+    WsMessageParams {
+        id: 22,
+        kind: WsKind::Binary,
+        data: Bytes::from_static(b"first piece"),
+        more: true,
     }
 }
 

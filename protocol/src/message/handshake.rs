@@ -6,7 +6,7 @@
 //! closes the connection.
 
 use super::settings::SettingsMap;
-use super::Method;
+use super::{is_false, Method};
 use crate::version::ProtocolVersion;
 use serde::{Deserialize, Serialize};
 
@@ -100,10 +100,6 @@ pub struct HookDecl {
     /// (fail-closed) rather than being ignored (fail-open, the default). Omitted when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub fail_closed: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// One permission the plugin defines.

@@ -1,7 +1,7 @@
 //! HTTP messages: the supervisor forwards a request for one of the plugin's routes and the plugin
 //! answers with a response.
 
-use super::Method;
+use super::{is_false, Method};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,10 +63,6 @@ pub struct HttpResponse {
     /// route declared with `stream`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// Reads nil as the field's default, as if it had been omitted.

@@ -13,6 +13,11 @@ pub mod stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// For `skip_serializing_if`: a `false` flag is left out, so older peers see what they know.
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// A request/response method.
 pub trait Method {
     /// The method name on the wire.

@@ -9,7 +9,7 @@
 //! gives credit back with `stream.credit` as it consumes what it received. A sender never sends
 //! past its credit; a message past it is a protocol error that ends that stream.
 
-use super::NotificationKind;
+use super::{is_false, NotificationKind};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -118,8 +118,12 @@ pub struct WsMessageParams {
     pub id: u64,
     /// What kind of message.
     pub kind: WsKind,
-    /// Its payload (may be empty).
+    /// Its payload (may be empty), or one piece of it.
     pub data: Bytes,
+    /// More pieces of this message follow: a message too big for one chunk is sent in pieces
+    /// of the same kind, each within credit, the last one without `more`. Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
 }
 
 impl NotificationKind for WsMessage {

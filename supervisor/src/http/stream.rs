@@ -25,7 +25,7 @@ use axum::http::header::{CONNECTION, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use plugd_protocol::message::http::{Http, HttpRequest, HttpResponse};
 use plugd_protocol::message::stream::WsKind;
@@ -369,13 +369,26 @@ impl Bridge {
                 Ending::ClientGone
             };
             let down = async {
+                // The pieces of a message that came in parts, until its last.
+                let mut partial = BytesMut::new();
                 while let Some(inbound) = receiver.next().await {
                     activity.notify_one();
-                    let message = match inbound {
-                        Inbound::Ws(_, data) if data.len() > max => {
-                            return Ending::PluginTooBig(data.len())
+                    let inbound = match inbound {
+                        Inbound::Ws(_, data, _) if partial.len() + data.len() > max => {
+                            return Ending::PluginTooBig(partial.len() + data.len())
                         }
-                        Inbound::Ws(WsKind::Text, data) => match Utf8Bytes::try_from(data) {
+                        Inbound::Ws(_, data, true) => {
+                            partial.extend_from_slice(&data);
+                            continue;
+                        }
+                        Inbound::Ws(kind, data, false) if !partial.is_empty() => {
+                            partial.extend_from_slice(&data);
+                            Inbound::Ws(kind, partial.split().freeze(), false)
+                        }
+                        other => other,
+                    };
+                    let message = match inbound {
+                        Inbound::Ws(WsKind::Text, data, _) => match Utf8Bytes::try_from(data) {
                             Ok(text) => Message::Text(text),
                             Err(_) => {
                                 return Ending::PluginFailed(
@@ -383,9 +396,9 @@ impl Bridge {
                                 )
                             }
                         },
-                        Inbound::Ws(WsKind::Binary, data) => Message::Binary(data),
-                        Inbound::Ws(WsKind::Ping, data) => Message::Ping(data),
-                        Inbound::Ws(WsKind::Pong, data) => Message::Pong(data),
+                        Inbound::Ws(WsKind::Binary, data, _) => Message::Binary(data),
+                        Inbound::Ws(WsKind::Ping, data, _) => Message::Ping(data),
+                        Inbound::Ws(WsKind::Pong, data, _) => Message::Pong(data),
                         Inbound::Close(code, reason) => return Ending::PluginClosed(code, reason),
                         Inbound::End => return Ending::PluginClosed(1000, String::new()),
                         Inbound::Abort(reason) => return Ending::PluginFailed(reason),

@@ -38,8 +38,8 @@ pub enum Inbound {
     End,
     /// The stream failed; what the client got so far is not complete.
     Abort(String),
-    /// A WebSocket message.
-    Ws(WsKind, Bytes),
+    /// A WebSocket message, or one piece of it (`true`: more pieces follow).
+    Ws(WsKind, Bytes, bool),
     /// The plugin closed the WebSocket.
     Close(u16, String),
 }
@@ -112,11 +112,10 @@ impl Streams {
                 Err(e) => return bad(plugin, note, e),
             },
             WsMessage::NAME => match note.decode_params::<WsMessage>() {
-                Ok(p) => (
-                    p.id,
-                    Inbound::Ws(p.kind, p.data.clone()),
-                    cost(p.data.len()),
-                ),
+                Ok(p) => {
+                    let charge = cost(p.data.len());
+                    (p.id, Inbound::Ws(p.kind, p.data, p.more), charge)
+                }
                 Err(e) => return bad(plugin, note, e),
             },
             WsClose::NAME => match note.decode_params::<WsClose>() {
@@ -345,19 +344,27 @@ impl StreamSender {
         self.send::<StreamAbort>(&params, 0).await
     }
 
-    /// Sends one WebSocket message, waiting for credit.
-    pub async fn ws(&self, kind: WsKind, data: Bytes) -> Result<(), StreamEnded> {
-        self.shared
-            .credit
-            .take(cost(data.len()))
-            .await
-            .map_err(|_| StreamEnded)?;
-        let params = WsMessageParams {
-            id: self.shared.id,
-            kind,
-            data,
-        };
-        self.send::<WsMessage>(&params, params.data.len()).await
+    /// Sends one WebSocket message, waiting for credit; one bigger than a chunk goes in
+    /// pieces.
+    pub async fn ws(&self, kind: WsKind, mut data: Bytes) -> Result<(), StreamEnded> {
+        loop {
+            let piece = data.split_to(data.len().min(self.shared.chunk));
+            self.shared
+                .credit
+                .take(cost(piece.len()))
+                .await
+                .map_err(|_| StreamEnded)?;
+            let params = WsMessageParams {
+                id: self.shared.id,
+                kind,
+                data: piece,
+                more: !data.is_empty(),
+            };
+            self.send::<WsMessage>(&params, params.data.len()).await?;
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// Closes the WebSocket towards the plugin.
@@ -400,7 +407,7 @@ impl StreamReceiver {
     pub async fn next(&mut self) -> Option<Inbound> {
         let inbound = self.rx.recv().await?;
         let charge = match &inbound {
-            Inbound::Data(data) | Inbound::Ws(_, data) => cost(data.len()),
+            Inbound::Data(data) | Inbound::Ws(_, data, _) => cost(data.len()),
             Inbound::End | Inbound::Abort(_) | Inbound::Close(..) => {
                 self.finish();
                 0

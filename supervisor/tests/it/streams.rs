@@ -374,6 +374,63 @@ async fn websockets_echo_ping_close_both_ways_and_refuse_big_messages() {
 }
 
 #[tokio::test]
+async fn a_websocket_message_bigger_than_the_window_goes_in_pieces() {
+    // 200 KiB messages on a 16 KiB window: each crosses in pieces both ways, within credit.
+    let sup = TestSupervisor::start(
+        &[PluginDef::echo(
+            "echo",
+            "[limits]\nstream_window = \"16KiB\"\nmax_ws_message = \"256KiB\"\n",
+        )],
+        &[],
+    )
+    .await;
+    let mut socket = ws(&sup, "/plugins/echo/ws").await;
+    let big = pattern(3, 200 * 1024);
+    socket
+        .send(Message::binary(big.clone()))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut socket).await, Message::binary(big));
+    let text = "plugd ".repeat(30_000);
+    socket.send(Message::text(text.clone())).await.expect("send");
+    assert_eq!(next_message(&mut socket).await, Message::text(text));
+}
+
+#[tokio::test]
+async fn streams_past_max_streams_are_refused_with_503() {
+    let sup = TestSupervisor::start(
+        &[PluginDef::echo("echo", "[limits]\nmax_streams = 1\n")],
+        &[],
+    )
+    .await;
+    let mut open = sup
+        .get("/plugins/echo/stream/endless?every_ms=5")
+        .await
+        .expect("stream");
+    open.chunk().await.expect("chunk").expect("more");
+    let refused = sup
+        .get("/plugins/echo/stream/endless?every_ms=5")
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 503);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("max_streams"), "{body}");
+    // Plain routes are not streams: they still pass.
+    let plain = sup.get("/plugins/echo/echo/1").await.expect("plain");
+    assert_eq!(plain.status(), 200);
+    // The permit comes back when the stream ends.
+    drop(open);
+    sup.wait_until("a stream may open again", || async {
+        let r = sup
+            .get("/plugins/echo/stream/endless?every_ms=5")
+            .await
+            .expect("answer");
+        r.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_chat_relays_every_message_to_everyone() {
     let sup = TestSupervisor::start(&[stream_plugin("")], &[]).await;
     let mut alice = ws(&sup, "/plugins/stream/chat").await;

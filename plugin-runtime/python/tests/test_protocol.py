@@ -47,8 +47,14 @@ def test_the_handshake_the_sdk_builds_is_the_golden_one() -> None:
     @plugin.service("notes.search")
     async def search() -> None: ...
 
+    @plugin.post("/upload", stream=True, max_body=1 << 30)
+    async def upload() -> None: ...
+
+    @plugin.websocket("/chat")
+    async def chat(ws: object) -> None: ...
+
     hello = plugin.hello(token="3f1c9a", epoch=1763900000000001, max_frame=16 * 1024 * 1024)
-    assert protocol.encode_request(0, "handshake", hello) == vector("handshake_request")
+    assert protocol.encode_request(0, "handshake", hello) == vector("handshake_request_streaming")
 
 
 def test_messages_decode_to_what_they_say() -> None:

@@ -281,3 +281,42 @@ def test_what_handlers_return_becomes_a_response() -> None:
     assert HttpError.not_found("gone").to_response().body == b'{"error":"gone"}'
     with pytest.raises(TypeError, match="a handler returned float"):
         to_response(1.5)
+
+
+def test_sse_events_are_framed_line_by_line_as_the_rust_runtime_does() -> None:
+    from plugd import SseEvent
+
+    event = SseEvent(data="a\nb", event="tick", id="7", retry=500)
+    assert event.to_bytes() == b"event: tick\nid: 7\nretry: 500\ndata: a\ndata: b\n\n"
+    assert SseEvent(data="x", event="bad\nname").to_bytes() == b"event: badname\ndata: x\n\n"
+    assert SseEvent(comment="").to_bytes() == b":\n\n"
+    assert SseEvent(comment="one\ntwo").to_bytes() == b": one\n: two\n\n"
+
+
+def test_chunks_fit_the_window_and_the_frame_limit() -> None:
+    from plugd._stream import chunk_limit, cost
+
+    assert chunk_limit(256 * 1024, 16 << 20) == 64 * 1024
+    assert chunk_limit(4096, 16 << 20) == 4096 - 64
+    assert chunk_limit(1 << 20, 65536) == 65536 - 64
+    assert cost(100) == 164
+
+
+def test_streaming_declarations_reach_the_handshake_and_bad_ones_are_refused() -> None:
+    plugin = Plugin("p")
+
+    @plugin.post("/up", stream=True, max_body=10)
+    async def up(req: Request) -> None: ...
+
+    @plugin.websocket("/ws")
+    async def ws(socket: Any) -> None: ...
+
+    routes = plugin.hello("t", 1, 1 << 20)["routes"]
+    assert routes == [
+        {"method": "POST", "path": "/up", "permission": None, "stream": True, "max_body": 10},
+        {"method": "GET", "path": "/ws", "permission": None, "websocket": True},
+    ]
+    with pytest.raises(ValueError, match="must be `async def`"):
+        plugin.websocket("/sync")(lambda socket: None)
+    with pytest.raises(ValueError, match="declared twice"):
+        plugin.websocket("/ws")(ws)

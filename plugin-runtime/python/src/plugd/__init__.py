@@ -18,8 +18,9 @@ The wire format is in ``protocol/PROTOCOL.md``; :mod:`plugd.protocol` implements
 """
 
 from ._connection import PluginError
+from ._errors import BodyError, HttpError
 from ._host import CALL_TIMEOUT, Host, HostError, Kv, KvEntry
-from ._http import HttpError, Request, Response
+from ._http import Request, Response
 from ._plugin import (
     HookEvent,
     HookMode,
@@ -30,9 +31,21 @@ from ._plugin import (
     SettingsChanged,
     init_logging,
 )
+from ._stream import (
+    BodyStream,
+    BodyWriter,
+    SseEvent,
+    SseWriter,
+    StreamClosed,
+    WebSocket,
+    WsMessage,
+)
 
 __all__ = [
     "CALL_TIMEOUT",
+    "BodyError",
+    "BodyStream",
+    "BodyWriter",
     "HookEvent",
     "HookMode",
     "Host",
@@ -48,5 +61,10 @@ __all__ = [
     "ServiceError",
     "ServiceEvent",
     "SettingsChanged",
+    "SseEvent",
+    "SseWriter",
+    "StreamClosed",
+    "WebSocket",
+    "WsMessage",
     "init_logging",
 ]

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol
+from ._errors import HttpError
 from ._host import Caller, Host
-from ._http import HttpError, Request, Response, to_response
+from ._http import Request, Response, to_response
 from ._plugin import (
     HookEvent,
     Plugin,
@@ -31,6 +32,7 @@ from ._plugin import (
     SettingsChanged,
     _Handler,
 )
+from ._stream import DEFAULT_WINDOW, BodyWriter, Stream, StreamClosed, WebSocket, pump
 from .protocol import ErrorObject
 
 log = logging.getLogger("plugd")
@@ -116,6 +118,9 @@ class Connection(asyncio.Protocol):
         self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.in_flight: dict[int, tuple[asyncio.Task[None], Request | None]] = {}
+        #: Open streams by the id of plugd's ``http`` request.
+        self.streams: dict[int, Stream] = {}
+        self.window = DEFAULT_WINDOW
         self.draining = False
         self._paused = False
         self._resume: list[asyncio.Future[None]] = []
@@ -152,6 +157,8 @@ class Connection(asyncio.Protocol):
                 self.stopped.set_result(None)
             else:
                 self.stopped.set_exception(PluginError(f"the connection to plugd failed: {exc}"))
+        for stream in self.streams.values():
+            stream.close()
         self._wake_writers()
 
     def pause_writing(self) -> None:
@@ -219,6 +226,9 @@ class Connection(asyncio.Protocol):
                         self.max_frame = min(limit, self.env.max_frame)
                     self.decoder.max_frame = self.max_frame
                     self.caller.max_frame = self.max_frame
+                    window = message.result.get("stream_window")
+                    if isinstance(window, int) and window > 0:
+                        self.window = window
                     settings = message.result.get("settings")
                     self.caller.settings = dict(settings) if isinstance(settings, dict) else {}
                     self.welcome.set_result(message.result)
@@ -231,6 +241,8 @@ class Connection(asyncio.Protocol):
                 log.debug("late answer %d to a call that already ended", message.id)
         elif message.method == "cancel":
             self._cancel(message.params)
+        elif message.method in _STREAM_NOTES:
+            self._stream_note(message.method, message.params)
         else:
             log.debug("ignoring notification %r", message.method)
 
@@ -307,8 +319,55 @@ class Connection(asyncio.Protocol):
         task, request = entry
         if request is not None:
             request._cancelled.set()
+        open_stream = self.streams.get(id) if isinstance(id, int) else None
+        if open_stream is not None:
+            open_stream.close()
         task.cancel()
         log.debug("request %d cancelled by plugd", id)
+
+    def _stream_note(self, method: str, params: Any) -> None:
+        """A ``stream.*`` or ``ws.*`` notification: to its stream (one that already ended is
+        ignored, as its messages may cross a cancel)."""
+        id = params.get("id") if isinstance(params, dict) else None
+        stream = self.streams.get(id) if isinstance(id, int) else None
+        if stream is None:
+            return
+        assert isinstance(params, dict)
+        if method == "stream.credit":
+            bytes_ = params.get("bytes")
+            if not isinstance(bytes_, int) or bytes_ < 0:
+                raise protocol.ProtocolError("stream.credit needs bytes: u64")
+            stream.grant(bytes_)
+            return
+        data = params.get("data", b"")
+        if method in ("stream.data", "ws.message") and not isinstance(data, bytes):
+            raise protocol.ProtocolError(f"{method} needs data: bin")
+        if method == "stream.data":
+            stream.push(("data", data), len(data) + 64)
+        elif method == "ws.message":
+            kind = params.get("kind")
+            if kind not in ("text", "binary", "ping", "pong"):
+                raise protocol.ProtocolError(f"ws.message of unknown kind {kind!r}")
+            stream.push(("ws", kind, data, bool(params.get("more"))), len(data) + 64)
+        elif method == "stream.end":
+            stream.push(("end",))
+        elif method == "stream.abort":
+            stream.push(("abort", str(params.get("message", ""))))
+        else:
+            code = params.get("code")
+            stream.push(
+                ("close", code if isinstance(code, int) else 1005, str(params.get("reason", "")))
+            )
+
+    def _open_stream(self, id: int) -> Stream:
+        stream = Stream(id, self.window, self.max_frame, self.send)
+        self.streams[id] = stream
+        return stream
+
+    def _close_stream(self, id: int) -> None:
+        stream = self.streams.pop(id, None)
+        if stream is not None:
+            stream.close()
 
     # Handlers -------------------------------------------------------------------------------
 
@@ -329,23 +388,94 @@ class Connection(asyncio.Protocol):
             message = f"no route {params['method']} {params['route']}"
             self._spawn_untracked(self.refuse(id, protocol.NO_ROUTE, message))
             return
-        request = Request(params, self.host)
-        self._track(id, self._http(id, route, request), request)
+        if route.websocket:
+            if not params.get("websocket"):
+                message = f"route {route.path} takes WebSocket upgrades only"
+                self._spawn_untracked(self.refuse(id, protocol.NO_ROUTE, message))
+                return
+            # Registered now: what plugd sends next, maybe in this very read, belongs to it.
+            socket = WebSocket(self._open_stream(id), Request(params, self.host))
+            self._track(id, self._websocket(id, route, socket), socket.request)
+            return
+        streamed = bool(params.get("stream"))
+        stream = self._open_stream(id) if streamed or route.stream else None
+        request = Request(params, self.host, stream if streamed else None)
+        self._track(id, self._http(id, route, request, stream), request)
 
-    async def _http(self, id: int, route: _Handler, request: Request) -> None:
+    async def _http(
+        self, id: int, route: _Handler, request: Request, stream: Stream | None
+    ) -> None:
         try:
-            response = to_response(await self._invoke(route, request))
-        except HttpError as e:
-            response = e.to_response()
+            try:
+                response = to_response(await self._invoke(route, request))
+            except HttpError as e:
+                response = e.to_response()
+            except asyncio.CancelledError:
+                request._cancelled.set()
+                raise
+            except Exception as e:
+                log.exception("handler of %s %s failed", request.method, request.route)
+                response = Response.json(
+                    {"error": f"handler raised {type(e).__name__}: {e}"}, status=500
+                )
+            if response.source is not None and stream is None:
+                log.error("route %s answered with a streamed body but does not stream", route)
+                response = Response.json(
+                    {
+                        "error": f"route {request.route} answered with a streamed body but is "
+                        "not declared with stream=True"
+                    },
+                    status=500,
+                )
+            await self.answer(id, response.to_wire())
+            if response.source is not None and stream is not None:
+                await self._send_body(request, response, stream)
+        finally:
+            self._close_stream(id)
+
+    async def _send_body(self, request: Request, response: Response, stream: Stream) -> None:
+        """Sends a streamed response body within plugd's credit, then its end; an exception
+        in its source aborts it, so the client cannot take a cut-off body for a whole one."""
+        body = BodyWriter(stream)
+        try:
+            await pump(
+                body, response.source, response.sse_events, response.keep_alive, self._in_thread
+            )
+        except StreamClosed:
+            return  # The client went away; the cancel stops this task.
         except asyncio.CancelledError:
-            request._cancelled.set()
             raise
         except Exception as e:
-            log.exception("handler of %s %s failed", request.method, request.route)
-            response = Response.json(
-                {"error": f"handler raised {type(e).__name__}: {e}"}, status=500
-            )
-        await self.answer(id, response.to_wire())
+            log.exception("streamed response of %s %s failed", request.method, request.route)
+            if not stream.closed:
+                message = f"the handler's stream failed: {type(e).__name__}: {e}"
+                await stream.notify("stream.abort", {"id": stream.id, "message": message})
+            return
+        if not stream.closed:
+            await stream.notify("stream.end", {"id": stream.id})
+
+    async def _in_thread(self, fn: Any) -> Any:
+        return await self.loop.run_in_executor(self.threads.pool, fn)
+
+    async def _websocket(self, id: int, route: _Handler, ws: WebSocket) -> None:
+        """Accepts the upgrade, runs the handler, and closes the socket when it returns
+        (1000) or raises (1011)."""
+        try:
+            await self.answer(id, {"status": 101, "headers": [], "body": b""})
+            code, reason = 1000, ""
+            try:
+                await route.fn(ws)
+            except StreamClosed:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("WebSocket handler of %s failed", ws.request.route)
+                code, reason = 1011, f"handler raised {type(e).__name__}"
+            if not ws.closed:
+                await ws.close(code, reason)
+        finally:
+            self._close_stream(id)
 
     def _start_hook(self, id: int, params: dict[str, Any]) -> None:
         name = params["hook"]
@@ -478,6 +608,10 @@ class Connection(asyncio.Protocol):
 
 
 _background: set[asyncio.Task[Any]] = set()
+
+_STREAM_NOTES = frozenset(
+    ("stream.data", "stream.end", "stream.abort", "stream.credit", "ws.message", "ws.close")
+)
 
 
 async def _call(handler: _Handler) -> None:

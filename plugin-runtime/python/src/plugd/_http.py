@@ -9,39 +9,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from ._errors import HttpError
+from ._stream import BodySource, BodyStream, EventSource, Stream
+
 if TYPE_CHECKING:
     from ._host import Host, Kv
 
 HeaderList = list[tuple[str, str]]
 
 
-class HttpError(Exception):
-    """Raise it from a handler to answer with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status} {message}")
-        self.status = status
-        self.message = message
-
-    def to_response(self) -> Response:
-        """The JSON error response."""
-        return Response.json({"error": self.message}, status=self.status)
-
-    @classmethod
-    def bad_request(cls, message: str) -> HttpError:
-        """400 Bad Request."""
-        return cls(400, message)
-
-    @classmethod
-    def not_found(cls, message: str) -> HttpError:
-        """404 Not Found."""
-        return cls(404, message)
-
-
 class Response:
-    """An HTTP response: status, headers (name, value pairs) and body bytes."""
+    """An HTTP response: status, headers (name, value pairs) and body bytes, or a body
+    streamed as it is made (:meth:`stream`, :meth:`sse`)."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "keep_alive", "source", "sse_events", "status")
 
     def __init__(
         self,
@@ -52,6 +33,10 @@ class Response:
         self.status = status
         self.headers: HeaderList = list(headers) if headers else []
         self.body = body.encode() if isinstance(body, str) else bytes(body)
+        #: A streamed body's source (:meth:`stream`, :meth:`sse`), or ``None``.
+        self.source: Any = None
+        self.sse_events = False
+        self.keep_alive: float | None = None
 
     @classmethod
     def text(cls, text: str, status: int = 200) -> Response:
@@ -69,6 +54,46 @@ class Response:
         """An ``application/octet-stream`` response."""
         return cls(status, [("content-type", "application/octet-stream")], body)
 
+    @classmethod
+    def stream(
+        cls,
+        body: BodySource,
+        content_type: str = "application/octet-stream",
+        status: int = 200,
+        headers: Sequence[tuple[str, str]] | None = None,
+    ) -> Response:
+        """A body streamed to the client as it is made, on a route declared with
+        ``stream=True``. ``body`` is an async iterable of chunks (``bytes`` or ``str``), a plain
+        iterable of them (iterated in the handlers' thread pool, so it may block), or an
+        ``async def`` taking a :class:`BodyWriter`. Each chunk waits for credit, so a client
+        that reads slowly makes the producer wait. A ``content-length`` header is kept;
+        without one the body is chunked. An exception in the source aborts the client's
+        response (no final chunk)."""
+        response = cls(status, [("content-type", content_type), *(headers or [])])
+        response.source = body
+        return response
+
+    @classmethod
+    def sse(
+        cls,
+        events: EventSource,
+        keep_alive: float | None = None,
+        status: int = 200,
+        headers: Sequence[tuple[str, str]] | None = None,
+    ) -> Response:
+        """A ``text/event-stream`` of Server-Sent Events, each flushed to the client at once.
+        ``events`` is an async or plain iterable of :class:`SseEvent` (or ``str`` data), or an
+        ``async def`` taking an :class:`SseWriter`. With ``keep_alive``, a comment line goes
+        out whenever that many seconds pass without an event."""
+        response = cls(
+            status, [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+        )
+        response.headers.extend(headers or [])
+        response.source = events
+        response.sse_events = True
+        response.keep_alive = keep_alive
+        return response
+
     def with_header(self, name: str, value: str) -> Response:
         """Adds a header; answers the same response."""
         self.headers.append((name, value))
@@ -80,7 +105,10 @@ class Response:
         return next((v for k, v in self.headers if k.lower() == name), None)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"status": self.status, "headers": self.headers, "body": self.body}
+        wire = {"status": self.status, "headers": self.headers, "body": self.body}
+        if self.source is not None:
+            wire["stream"] = True
+        return wire
 
     def __repr__(self) -> str:
         return f"Response(status={self.status}, headers={self.headers!r}, body={self.body!r})"
@@ -115,10 +143,11 @@ def to_response(value: Any) -> Response:
 class Request:
     """An HTTP request forwarded by plugd to one of this plugin's routes."""
 
-    __slots__ = ("_cancelled", "_wire", "host", "params")
+    __slots__ = ("_body_stream", "_cancelled", "_wire", "host", "params")
 
-    def __init__(self, wire: dict[str, Any], host: Host) -> None:
+    def __init__(self, wire: dict[str, Any], host: Host, stream: Stream | None = None) -> None:
         self._wire = wire
+        self._body_stream: BodyStream | None = BodyStream(stream) if stream is not None else None
         #: The values captured by ``{name}`` in the route pattern, percent-decoded.
         self.params: dict[str, str] = wire.get("params") or {}
         #: plugd: other plugins' services, hooks, and this plugin's key-value store.
@@ -174,9 +203,25 @@ class Request:
 
     @property
     def body(self) -> bytes:
-        """The body bytes."""
+        """The body bytes (empty on a streaming route: read :meth:`body_stream` there)."""
         body: bytes = self._wire.get("body", b"")
         return body
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the body arrives as a stream (a route declared with ``stream=True``)."""
+        return bool(self._wire.get("stream"))
+
+    def body_stream(self) -> BodyStream:
+        """The body as it arrives, chunk by chunk (``async for chunk in
+        req.body_stream()``); on a route that does not stream, the whole body as one chunk.
+        It can be taken once."""
+        if self.streaming:
+            stream, self._body_stream = self._body_stream, None
+            if stream is None:
+                raise RuntimeError("the request's body stream was already taken")
+            return stream
+        return BodyStream(None, self.body)
 
     def text(self) -> str:
         """The body as UTF-8 text; a 400 :class:`HttpError` if it is not."""

@@ -81,11 +81,30 @@ class _Handler:
         self.is_async = inspect.iscoroutinefunction(self.fn)
 
 
+def _unset(*_: Any) -> Any:
+    raise RuntimeError("a route without a handler")
+
+
 @dataclass
 class _Route(_Handler):
     method: str = ""
     path: str = ""
     permission: str | None = None
+    stream: bool = False
+    websocket: bool = False
+    max_body: int | None = None
+
+    def decl(self) -> dict[str, Any]:
+        """The route as the handshake declares it (1.2 fields only when set)."""
+        decl: dict[str, Any] = {"method": self.method, "path": self.path}
+        decl["permission"] = self.permission
+        if self.stream:
+            decl["stream"] = True
+        if self.websocket:
+            decl["websocket"] = True
+        if self.max_body is not None:
+            decl["max_body"] = self.max_body
+        return decl
 
 
 @dataclass
@@ -118,38 +137,92 @@ class Plugin:
 
     # Routes ---------------------------------------------------------------------------------
 
-    def route(self, method: str, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        permission: str | None = None,
+        stream: bool = False,
+        max_body: int | None = None,
+    ) -> Callable[[F], F]:
         """Declares a route: ``method`` such as ``GET``; ``path`` such as ``/items/{id}``,
         where ``{id}`` captures one segment (``req.params["id"]``) and ``{*rest}`` the rest of
         the path. With ``permission``, plugd answers 401/403 to callers whose token lacks it
-        before the request reaches the plugin."""
-        method = method.upper()
+        before the request reaches the plugin. With ``stream``, the request body arrives as it
+        is sent (``req.body_stream()``), may be of any size, and the handler may answer with
+        :meth:`Response.stream` or :meth:`Response.sse`. ``max_body`` bounds this route's
+        request body in bytes."""
+        return self._register(
+            _Route(_unset, method.upper(), path, permission, stream, False, max_body)
+        )
+
+    def websocket(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+        """Declares a ``GET`` route that takes WebSocket upgrades: plugd accepts the client's
+        upgrade and runs ``async def handler(ws: WebSocket)`` for it."""
+
+        def register(fn: F) -> F:
+            if not inspect.iscoroutinefunction(fn):
+                raise ValueError(f"WebSocket route {path}: the handler must be `async def`")
+            return self._register(_Route(_unset, "GET", path, permission, False, True))(fn)
+
+        return register
+
+    def _register(self, route: _Route) -> Callable[[F], F]:
+        method, path = route.method, route.path
         if not path.startswith("/"):
             raise ValueError(f"invalid route {method} {path}: a path must start with '/'")
         if (method, path) in self.routes:
             raise ValueError(f"invalid route {method} {path}: declared twice")
+        if route.max_body is not None and route.max_body < 0:
+            raise ValueError(f"invalid route {method} {path}: max_body must not be negative")
 
         def register(fn: F) -> F:
-            self.routes[(method, path)] = _Route(fn, method, path, permission)
+            route.fn = fn
+            route.is_async = inspect.iscoroutinefunction(fn)
+            self.routes[(method, path)] = route
             return fn
 
         return register
 
-    def get(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+    def get(
+        self, path: str, *, permission: str | None = None, stream: bool = False
+    ) -> Callable[[F], F]:
         """Declares a ``GET`` route."""
-        return self.route("GET", path, permission=permission)
+        return self.route("GET", path, permission=permission, stream=stream)
 
-    def post(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+    def post(
+        self,
+        path: str,
+        *,
+        permission: str | None = None,
+        stream: bool = False,
+        max_body: int | None = None,
+    ) -> Callable[[F], F]:
         """Declares a ``POST`` route."""
-        return self.route("POST", path, permission=permission)
+        return self.route("POST", path, permission=permission, stream=stream, max_body=max_body)
 
-    def put(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+    def put(
+        self,
+        path: str,
+        *,
+        permission: str | None = None,
+        stream: bool = False,
+        max_body: int | None = None,
+    ) -> Callable[[F], F]:
         """Declares a ``PUT`` route."""
-        return self.route("PUT", path, permission=permission)
+        return self.route("PUT", path, permission=permission, stream=stream, max_body=max_body)
 
-    def patch(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
+    def patch(
+        self,
+        path: str,
+        *,
+        permission: str | None = None,
+        stream: bool = False,
+        max_body: int | None = None,
+    ) -> Callable[[F], F]:
         """Declares a ``PATCH`` route."""
-        return self.route("PATCH", path, permission=permission)
+        return self.route("PATCH", path, permission=permission, stream=stream, max_body=max_body)
 
     def delete(self, path: str, *, permission: str | None = None) -> Callable[[F], F]:
         """Declares a ``DELETE`` route."""
@@ -239,10 +312,7 @@ class Plugin:
             "epoch": epoch,
             "token": token,
             "max_frame": max_frame,
-            "routes": [
-                {"method": r.method, "path": r.path, "permission": r.permission}
-                for r in self.routes.values()
-            ],
+            "routes": [r.decl() for r in self.routes.values()],
             "hooks": hooks,
             "services": list(self.services),
             "permissions": [{"key": k, "description": d} for k, d in self.permissions.items()],

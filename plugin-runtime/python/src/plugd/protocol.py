@@ -17,7 +17,7 @@ import msgpack
 
 #: The protocol version this package speaks.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 
 #: Largest frame body accepted before the handshake settles the limit (16 MiB).
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024

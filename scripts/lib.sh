@@ -87,10 +87,18 @@ measure() {
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # bench/: starts nginx (as a daemon, pid in DIR/nginx.pid) on 127.0.0.1:PORT proxying with
-# upstream keep-alive to the Unix socket SOCKET: start_nginx_proxy DIR PORT SOCKET.
+# upstream keep-alive to the Unix socket SOCKET: start_nginx_proxy DIR PORT SOCKET [streaming].
+# With "streaming", nginx passes bodies both ways as they come (no buffering, no size limit)
+# and WebSocket upgrades, as it is configured in front of a streaming application.
 start_nginx_proxy() {
-  local dir=$1 port=$2 socket=$3 user_line=""
+  local dir=$1 port=$2 socket=$3 user_line="" streaming="" connection='""'
   [ "$(id -u)" = 0 ] && user_line="user root;"
+  [ "${4:-}" = streaming ] && connection='$connection_upgrade' && streaming="
+      proxy_buffering off;
+      proxy_request_buffering off;
+      client_max_body_size 0;
+      proxy_read_timeout 300s;
+      proxy_set_header Upgrade \$http_upgrade;"
   cat >"$dir/nginx.conf" <<CONF
 $user_line
 worker_processes auto;
@@ -104,13 +112,14 @@ http {
   fastcgi_temp_path $dir/fastcgi;
   uwsgi_temp_path $dir/uwsgi;
   scgi_temp_path $dir/scgi;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   upstream app { server unix:$socket; keepalive 128; }
   server {
     listen 127.0.0.1:$port;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection $connection;$streaming
     }
   }
 }

@@ -102,11 +102,9 @@ async fn a_gibibyte_streams_up_and_down_in_bounded_memory() {
 
     let (plugd, plugin) = (peak_rss_mib(sup.pid()), peak_rss_mib(plugin_pid));
     eprintln!("1 GiB down in {down:?}, up in {up:?}; peak RSS plugd {plugd} MiB ({idle} MiB before), plugin {plugin} MiB");
-    // plugd's own peak includes what it holds idle (about 40 MiB in a debug build); what the
-    // transfers add is the allocator's churn, not the bodies.
     assert!(
-        plugd - idle < 32,
-        "plugd grew from {idle} to {plugd} MiB during the transfers"
+        plugd < 64,
+        "plugd peaked at {plugd} MiB ({idle} MiB before the transfers)"
     );
     assert!(plugin < 64, "the plugin peaked at {plugin} MiB");
 }

@@ -98,9 +98,13 @@ impl Streams {
             StreamAbort::NAME => note
                 .decode_params::<StreamAbort>()
                 .map(|p| (p.id, 0, Inbound::Abort(p.message))),
-            WsMessageKind::NAME => note
-                .decode_params::<WsMessageKind>()
-                .map(|p| (p.id, cost(p.data.len()), Inbound::Ws(p.kind, p.data, p.more))),
+            WsMessageKind::NAME => note.decode_params::<WsMessageKind>().map(|p| {
+                (
+                    p.id,
+                    cost(p.data.len()),
+                    Inbound::Ws(p.kind, p.data, p.more),
+                )
+            }),
             WsClose::NAME => note
                 .decode_params::<WsClose>()
                 .map(|p| (p.id, 0, Inbound::Close(p.code, p.reason))),
@@ -409,14 +413,12 @@ impl WebSocket {
                 other => break other,
             }
         } {
-            Some(Inbound::Ws(kind, data, _)) => {
-                Some(match kind {
-                    WsKind::Text => WsMessage::Text(String::from_utf8_lossy(&data).into_owned()),
-                    WsKind::Binary => WsMessage::Binary(data),
-                    WsKind::Ping => WsMessage::Ping(data),
-                    WsKind::Pong => WsMessage::Pong(data),
-                })
-            }
+            Some(Inbound::Ws(kind, data, _)) => Some(match kind {
+                WsKind::Text => WsMessage::Text(String::from_utf8_lossy(&data).into_owned()),
+                WsKind::Binary => WsMessage::Binary(data),
+                WsKind::Ping => WsMessage::Ping(data),
+                WsKind::Pong => WsMessage::Pong(data),
+            }),
             Some(Inbound::Close(code, reason)) => {
                 // The client closed it: plugd has ended the socket, nothing to close back.
                 self.closed = true;

@@ -16,6 +16,7 @@ use axum::extract::ws::{Message as AxumMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
@@ -132,7 +133,11 @@ fn app() -> Router {
 async fn serve(args: &[&str]) -> std::io::Result<()> {
     match args {
         ["--tcp", addr] => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+            // No Nagle delay on small writes (SSE events, WebSocket echoes), as plugd's
+            // listener and nginx's Unix socket have none.
+            let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app()).await
         }
         ["--unix", path] => {
@@ -246,7 +251,9 @@ async fn measure_ws(base: &str) -> Result<(Vec<u128>, f64), Failure> {
     let (mut sent, mut received) = (0, 0);
     while received < total {
         while sent < total && sent - received < window {
-            socket.feed(Message::text(format!("msg {sent:>28}"))).await?;
+            socket
+                .feed(Message::text(format!("msg {sent:>28}")))
+                .await?;
             sent += 1;
         }
         socket.flush().await?;

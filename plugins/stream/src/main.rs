@@ -139,7 +139,9 @@ async fn chat(mut socket: WebSocket, room: Arc<Chat>) {
     }
 }
 
-#[tokio::main]
+// One thread: a chunk or a WebSocket message passes from the connection's reader to its
+// handler and back without waking another thread (the echo's round trip halves).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), plugd_runtime::Error> {
     Plugin::new("stream", env!("CARGO_PKG_VERSION"))
         .with_state(Chat(broadcast::channel(CHAT_BACKLOG).0))

@@ -10,7 +10,7 @@ pub mod settings;
 
 pub use limits::{
     validate_limits, Limits, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS, DEFAULT_MAX_WS_MESSAGE,
-    DEFAULT_MEMORY, DEFAULT_OPEN_FILES, DEFAULT_STREAM_IDLE, DEFAULT_TASKS,
+    DEFAULT_MEMORY, DEFAULT_OPEN_FILES, DEFAULT_STREAM_IDLE, DEFAULT_STREAM_WINDOW, DEFAULT_TASKS,
 };
 pub use policy::{HealthPolicy, RestartPolicy};
 pub use settings::{SettingSpec, SettingsSchema};

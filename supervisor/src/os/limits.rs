@@ -86,7 +86,7 @@ impl EffectiveLimits {
                 .unwrap_or(manifest::DEFAULT_STREAM_IDLE),
             stream_window: l
                 .stream_window
-                .map_or(plugd_protocol::stream::DEFAULT_WINDOW, |w| {
+                .map_or(manifest::DEFAULT_STREAM_WINDOW, |w| {
                     u32::try_from(w.as_u64()).unwrap_or(u32::MAX)
                 }),
             max_stream_body: l.max_stream_body.map(|b| b.as_u64()),

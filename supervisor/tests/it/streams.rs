@@ -390,7 +390,10 @@ async fn a_websocket_message_bigger_than_the_window_goes_in_pieces() {
         .expect("send");
     assert_eq!(next_message(&mut socket).await, Message::binary(big));
     let text = "plugd ".repeat(30_000);
-    socket.send(Message::text(text.clone())).await.expect("send");
+    socket
+        .send(Message::text(text.clone()))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut socket).await, Message::text(text));
 }
 

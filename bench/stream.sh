@@ -81,7 +81,9 @@ for setup in a b c; do
 done
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.2f", x / y }'; }
 echo
-echo "plugd against nginx (c/b): download $(ratio "$(col c 3)" "$(col b 3)")x, upload $(ratio "$(col c 4)" "$(col b 4)")x (goal >= 1.00)"
+# The median of the per-round ratios c/b of column $1.
+per_round() { awk -v c="$1" '{ r[$1, $2] = $c } END { for (k = 1; (k, "a") in r; k++) print r[k, "c"] / r[k, "b"] }' "$work/rounds" | median; }
+echo "plugd against nginx (c/b): download $(ratio "$(col c 3)" "$(col b 3)")x, upload $(ratio "$(col c 4)" "$(col b 4)")x (goal >= 1.00; per round, median: $(per_round 3 | xargs printf %.2f)x, $(per_round 4 | xargs printf %.2f)x)"
 minus() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.0f", x - y }'; }
 echo "SSE p99 added by plugd over the direct server (c - a): $(minus "$(col c 6)" "$(col a 6)") us (goal < 1000 us); nginx adds $(minus "$(col b 6)" "$(col a 6)") us"
 echo "WebSocket round trip p50 against nginx (c/b): $(ratio "$(col c 7)" "$(col b 7)")x (goal <= 1.50); messages/s $(ratio "$(col c 9)" "$(col b 9)")x"

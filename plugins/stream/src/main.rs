@@ -22,6 +22,9 @@ use tokio::sync::broadcast;
 /// Chunk size of generated downloads.
 const CHUNK: usize = 64 * 1024;
 
+/// Chunks the upload's reader may be ahead of its hasher.
+const HASH_QUEUE: usize = 8;
+
 /// Messages the chat keeps for a reader that is behind; past that it skips ahead.
 const CHAT_BACKLOG: usize = 64;
 
@@ -60,17 +63,31 @@ async fn sha256(req: Request) -> Result<Json<serde_json::Value>, HttpError> {
     let mut body = req
         .body_stream()
         .ok_or_else(|| HttpError::internal("the route streams, so its body is a stream"))?;
-    let mut hash = Sha256::new();
+    // Hashing is CPU work: it runs on a thread of its own, so the plugin's one event-loop
+    // thread goes on reading the next chunks meanwhile (at most HASH_QUEUE chunks ahead).
+    let (chunks, mut queued) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut hash = Sha256::new();
+        while let Some(chunk) = queued.blocking_recv() {
+            hash.update(&chunk);
+        }
+        hex::encode(hash.finalize())
+    });
     let mut bytes = 0u64;
     while let Some(chunk) = body.chunk().await {
         let chunk = chunk?;
         bytes += chunk.len() as u64;
-        hash.update(&chunk);
+        if chunks.send(chunk).await.is_err() {
+            break;
+        }
     }
-    Ok(Json(serde_json::json!({
-        "bytes": bytes,
-        "sha256": hex::encode(hash.finalize()),
-    })))
+    drop(chunks);
+    let sha256 = hasher
+        .await
+        .map_err(|e| HttpError::internal(format!("the hasher failed: {e}")))?;
+    Ok(Json(
+        serde_json::json!({ "bytes": bytes, "sha256": sha256 }),
+    ))
 }
 
 fn ticks(req: Request) -> Result<Response, HttpError> {

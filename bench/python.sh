@@ -32,15 +32,7 @@ if ! cmp -s bench/python/requirements.txt "$venv/requirements.txt"; then
   cp bench/python/requirements.txt "$venv/requirements.txt"
 fi
 
-work=$(mktemp -d /tmp/plugd-bench-py.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir plugd-bench-py
 
 
 port_u=$(free_port); port_n=$(free_port); port_p=$(free_port)

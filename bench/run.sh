@@ -24,15 +24,7 @@ install_packages "${need[@]}"
 
 cargo build --release -q -p plugd -p plugd-bench -p plugd-example-hello
 
-work=$(mktemp -d /tmp/plugd-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir plugd-bench
 
 
 port_a=$(free_port); port_b=$(free_port); port_c=$(free_port)

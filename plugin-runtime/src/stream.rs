@@ -180,25 +180,36 @@ impl Link {
     }
 
     /// Sends `data` as chunks within the credit.
-    pub(crate) async fn data(&self, mut data: Bytes) -> Result<(), StreamClosed> {
+    pub(crate) async fn data(&self, data: Bytes) -> Result<(), StreamClosed> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let id = self.id;
+        self.pieces::<StreamData>(data, |data, _| DataParams { id, data })
+            .await
+    }
+
+    /// Sends `data` in pieces of at most a chunk (at least one piece), each within credit;
+    /// `params` builds a piece's message, told whether more pieces follow.
+    pub(crate) async fn pieces<N: NotificationKind>(
+        &self,
+        mut data: Bytes,
+        params: impl Fn(Bytes, bool) -> N::Params,
+    ) -> Result<(), StreamClosed> {
         let chunk = chunk_limit(self.window, self.max_frame);
-        while !data.is_empty() {
+        loop {
             let piece = data.split_to(data.len().min(chunk));
+            let len = piece.len();
             self.credit
-                .take(cost(piece.len()))
+                .take(cost(len))
                 .await
                 .map_err(|_| StreamClosed)?;
-            let len = piece.len();
-            self.send::<StreamData>(
-                &DataParams {
-                    id: self.id,
-                    data: piece,
-                },
-                len,
-            )
-            .await?;
+            self.send::<N>(&params(piece, !data.is_empty()), len)
+                .await?;
+            if data.is_empty() {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     pub(crate) async fn end(&self) -> Result<(), StreamClosed> {
@@ -452,27 +463,15 @@ impl WebSocket {
             return Err(StreamClosed);
         }
         // A message bigger than a chunk goes in pieces, each within the credit.
-        let chunk = chunk_limit(self.link.window, self.link.max_frame);
-        let mut data = data;
-        loop {
-            let piece = data.split_to(data.len().min(chunk));
-            self.link
-                .credit
-                .take(cost(piece.len()))
-                .await
-                .map_err(|_| StreamClosed)?;
-            let len = piece.len();
-            let params = WsMessageParams {
-                id: self.link.id,
+        let id = self.link.id;
+        self.link
+            .pieces::<WsMessageKind>(data, |data, more| WsMessageParams {
+                id,
                 kind,
-                data: piece,
-                more: !data.is_empty(),
-            };
-            self.link.send::<WsMessageKind>(&params, len).await?;
-            if data.is_empty() {
-                return Ok(());
-            }
-        }
+                data,
+                more,
+            })
+            .await
     }
 
     /// Closes the socket with `code` (such as 1000) and `reason` (at most 123 bytes).

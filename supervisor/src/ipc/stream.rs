@@ -312,21 +312,36 @@ pub struct StreamEnded;
 
 impl StreamSender {
     /// Sends `data` as one or more `stream.data` chunks, waiting for credit as needed.
-    pub async fn data(&self, mut data: Bytes) -> Result<(), StreamEnded> {
-        while !data.is_empty() {
+    pub async fn data(&self, data: Bytes) -> Result<(), StreamEnded> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let id = self.shared.id;
+        self.pieces::<StreamData>(data, |data, _| DataParams { id, data })
+            .await
+    }
+
+    /// Sends `data` in pieces of at most a chunk (at least one piece), each within credit;
+    /// `params` builds a piece's message, told whether more pieces follow.
+    async fn pieces<N: NotificationKind>(
+        &self,
+        mut data: Bytes,
+        params: impl Fn(Bytes, bool) -> N::Params,
+    ) -> Result<(), StreamEnded> {
+        loop {
             let piece = data.split_to(data.len().min(self.shared.chunk));
+            let len = piece.len();
             self.shared
                 .credit
-                .take(cost(piece.len()))
+                .take(cost(len))
                 .await
                 .map_err(|_| StreamEnded)?;
-            let params = DataParams {
-                id: self.shared.id,
-                data: piece,
-            };
-            self.send::<StreamData>(&params, params.data.len()).await?;
+            self.send::<N>(&params(piece, !data.is_empty()), len)
+                .await?;
+            if data.is_empty() {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Ends the request body.
@@ -346,25 +361,15 @@ impl StreamSender {
 
     /// Sends one WebSocket message, waiting for credit; one bigger than a chunk goes in
     /// pieces.
-    pub async fn ws(&self, kind: WsKind, mut data: Bytes) -> Result<(), StreamEnded> {
-        loop {
-            let piece = data.split_to(data.len().min(self.shared.chunk));
-            self.shared
-                .credit
-                .take(cost(piece.len()))
-                .await
-                .map_err(|_| StreamEnded)?;
-            let params = WsMessageParams {
-                id: self.shared.id,
-                kind,
-                data: piece,
-                more: !data.is_empty(),
-            };
-            self.send::<WsMessage>(&params, params.data.len()).await?;
-            if data.is_empty() {
-                return Ok(());
-            }
-        }
+    pub async fn ws(&self, kind: WsKind, data: Bytes) -> Result<(), StreamEnded> {
+        let id = self.shared.id;
+        self.pieces::<WsMessage>(data, |data, more| WsMessageParams {
+            id,
+            kind,
+            data,
+            more,
+        })
+        .await
     }
 
     /// Closes the WebSocket towards the plugin.

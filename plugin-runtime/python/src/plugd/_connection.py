@@ -32,7 +32,7 @@ from ._plugin import (
     SettingsChanged,
     _Handler,
 )
-from ._stream import DEFAULT_WINDOW, BodyWriter, Stream, StreamClosed, WebSocket, pump
+from ._stream import DEFAULT_WINDOW, BodyWriter, Stream, StreamClosed, WebSocket, cost, pump
 from .protocol import ErrorObject
 
 log = logging.getLogger("plugd")
@@ -343,12 +343,12 @@ class Connection(asyncio.Protocol):
         if method in ("stream.data", "ws.message") and not isinstance(data, bytes):
             raise protocol.ProtocolError(f"{method} needs data: bin")
         if method == "stream.data":
-            stream.push(("data", data), len(data) + 64)
+            stream.push(("data", data), cost(len(data)))
         elif method == "ws.message":
             kind = params.get("kind")
             if kind not in ("text", "binary", "ping", "pong"):
                 raise protocol.ProtocolError(f"ws.message of unknown kind {kind!r}")
-            stream.push(("ws", kind, data, bool(params.get("more"))), len(data) + 64)
+            stream.push(("ws", kind, data, bool(params.get("more"))), cost(len(data)))
         elif method == "stream.end":
             stream.push(("end",))
         elif method == "stream.abort":

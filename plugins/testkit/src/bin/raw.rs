@@ -15,8 +15,8 @@
 //! - `max-frame-zero`: announces a frame limit of 0 in its handshake;
 //! - `deep`: handshakes, then sends a request whose params nest 70 levels deep;
 //! - `overrun`: declares the streaming route `/x`, answers each request to it with a streamed
-//!   head and then sends 1 MiB of body at once, past the credit plugd gave (answering pings
-//!   all the while);
+//!   head and then one 2 MiB chunk of body, past the credit plugd gave (answering pings all
+//!   the while);
 //! - `spew`: handshakes, then writes `RAW_SPEW_MB` MiB (default 256) of lines to stderr as fast
 //!   as it can, answering pings all the while.
 
@@ -188,13 +188,14 @@ fn overrun(stream: &mut UnixStream) {
                 stream: true,
             };
             frames.push(encode_response(request.id, &head, 1024).expect("encode"));
-            for _ in 0..16 {
-                let data = DataParams {
-                    id: request.id,
-                    data: vec![b'o'; 64 * 1024].into(),
-                };
-                frames.push(encode_notification::<StreamData>(&data, 1 << 20).expect("encode"));
-            }
+            // One chunk costing more than a whole default window: past the credit however
+            // fast the client reads (chunks within the window could be covered by credit
+            // plugd grants back meanwhile).
+            let data = DataParams {
+                id: request.id,
+                data: vec![b'o'; 2 << 20].into(),
+            };
+            frames.push(encode_notification::<StreamData>(&data, 4 << 20).expect("encode"));
         }
         for frame in frames {
             if stream.write_all(&frame).is_err() {

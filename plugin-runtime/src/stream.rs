@@ -11,14 +11,14 @@
 //! [`Response::channel`]: crate::Response::channel
 //! [`Response::sse`]: crate::Response::sse
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use plugd_protocol::envelope::encode_notification_sized;
 use plugd_protocol::message::stream::{
     cost, AbortParams, CreditParams, DataParams, EndParams, StreamAbort, StreamCredit, StreamData,
     StreamEnd, WsClose, WsCloseParams, WsKind, WsMessage as WsMessageKind, WsMessageParams,
 };
 use plugd_protocol::message::NotificationKind;
-use plugd_protocol::stream::{chunk_limit, Consumption, RecvWindow, SendCredit};
+use plugd_protocol::stream::{chunk_limit, Consumption, Pieces, RecvWindow, SendCredit};
 use plugd_protocol::Notification;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -373,6 +373,8 @@ pub enum WsMessage {
 pub struct WebSocket {
     rx: mpsc::UnboundedReceiver<Inbound>,
     consumed: Consumption,
+    /// A message arriving in pieces, kept across receives.
+    pieces: Pieces,
     link: Arc<Link>,
     closed: bool,
 }
@@ -391,6 +393,7 @@ impl WebSocket {
         WebSocket {
             rx,
             consumed: Consumption::new(link.window),
+            pieces: Pieces::default(),
             link,
             closed: false,
         }
@@ -402,8 +405,7 @@ impl WebSocket {
         if self.closed {
             return None;
         }
-        let mut partial = BytesMut::new();
-        match loop {
+        let inbound = loop {
             match self.rx.recv().await {
                 Some(Inbound::Ws(kind, data, more)) => {
                     if let Some(bytes) = self.consumed.consume(cost(data.len())) {
@@ -411,19 +413,14 @@ impl WebSocket {
                     }
                     // plugd sends no message over the plugin's `max_ws_message` (it closes the
                     // socket with 1009 instead), so the pieces gathered here are bounded.
-                    if more {
-                        partial.extend_from_slice(&data);
-                        continue;
+                    if let Some(whole) = self.pieces.add(data, more) {
+                        break Some(Inbound::Ws(kind, whole, false));
                     }
-                    if partial.is_empty() {
-                        break Some(Inbound::Ws(kind, data, false));
-                    }
-                    partial.extend_from_slice(&data);
-                    break Some(Inbound::Ws(kind, partial.freeze(), false));
                 }
                 other => break other,
             }
-        } {
+        };
+        match inbound {
             Some(Inbound::Ws(kind, data, _)) => Some(match kind {
                 WsKind::Text => WsMessage::Text(String::from_utf8_lossy(&data).into_owned()),
                 WsKind::Binary => WsMessage::Binary(data),

@@ -3,6 +3,7 @@
 //! so the rules are the same on both sides.
 
 use crate::message::stream::CHUNK_OVERHEAD;
+use bytes::{Bytes, BytesMut};
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
@@ -179,6 +180,30 @@ impl Consumption {
     }
 }
 
+/// Gathers a WebSocket message sent in pieces (`ws.message` with `more`): keep one per socket,
+/// not per receive, so a receive that is dropped halfway loses nothing.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    partial: BytesMut,
+}
+
+impl Pieces {
+    /// Adds a piece; the whole message once its last piece (`more == false`) arrived. A message
+    /// in one piece passes through without a copy.
+    pub fn add(&mut self, data: Bytes, more: bool) -> Option<Bytes> {
+        if !more && self.partial.is_empty() {
+            return Some(data);
+        }
+        self.partial.extend_from_slice(&data);
+        (!more).then(|| self.partial.split().freeze())
+    }
+
+    /// Bytes gathered so far of a message whose last piece has not arrived.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +253,22 @@ mod tests {
         assert_eq!(chunk_limit(DEFAULT_WINDOW, 16 << 20), MAX_CHUNK);
         assert_eq!(chunk_limit(4096, 16 << 20), 4096 - 64);
         assert_eq!(chunk_limit(DEFAULT_WINDOW, 10_000), 10_000 - 64);
+    }
+
+    #[test]
+    fn pieces_make_one_message_and_a_whole_one_passes_through() {
+        let mut pieces = Pieces::default();
+        assert_eq!(pieces.add(Bytes::from_static(b"ab"), true), None);
+        assert_eq!(pieces.add(Bytes::from_static(b"cd"), true), None);
+        assert_eq!(pieces.pending(), 4);
+        assert_eq!(
+            pieces.add(Bytes::from_static(b"e"), false),
+            Some(Bytes::from_static(b"abcde"))
+        );
+        assert_eq!(pieces.pending(), 0);
+        assert_eq!(
+            pieces.add(Bytes::from_static(b"whole"), false),
+            Some(Bytes::from_static(b"whole"))
+        );
     }
 }

@@ -25,10 +25,11 @@ use axum::http::header::{CONNECTION, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use plugd_protocol::message::http::{Http, HttpRequest, HttpResponse};
 use plugd_protocol::message::stream::WsKind;
+use plugd_protocol::stream::Pieces;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
@@ -369,22 +370,17 @@ impl Bridge {
                 Ending::ClientGone
             };
             let down = async {
-                // The pieces of a message that came in parts, until its last.
-                let mut partial = BytesMut::new();
+                let mut pieces = Pieces::default();
                 while let Some(inbound) = receiver.next().await {
                     activity.notify_one();
                     let inbound = match inbound {
-                        Inbound::Ws(_, data, _) if partial.len() + data.len() > max => {
-                            return Ending::PluginTooBig(partial.len() + data.len())
+                        Inbound::Ws(_, data, _) if pieces.pending() + data.len() > max => {
+                            return Ending::PluginTooBig(pieces.pending() + data.len())
                         }
-                        Inbound::Ws(_, data, true) => {
-                            partial.extend_from_slice(&data);
-                            continue;
-                        }
-                        Inbound::Ws(kind, data, false) if !partial.is_empty() => {
-                            partial.extend_from_slice(&data);
-                            Inbound::Ws(kind, partial.split().freeze(), false)
-                        }
+                        Inbound::Ws(kind, data, more) => match pieces.add(data, more) {
+                            Some(whole) => Inbound::Ws(kind, whole, false),
+                            None => continue,
+                        },
                         other => other,
                     };
                     let message = match inbound {

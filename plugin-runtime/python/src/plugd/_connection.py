@@ -187,6 +187,12 @@ class Connection(asyncio.Protocol):
             self._resume.append(waiter)
             await waiter
 
+    def _write_now(self, frame: bytes) -> None:
+        """Writes a small frame without waiting for the socket to drain."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
     async def answer(self, id: int, result: Any) -> None:
         try:
             frame = protocol.encode_response(id, result, self.max_frame)
@@ -360,7 +366,7 @@ class Connection(asyncio.Protocol):
             )
 
     def _open_stream(self, id: int) -> Stream:
-        stream = Stream(id, self.window, self.max_frame, self.send)
+        stream = Stream(id, self.window, self.max_frame, self.send, self._write_now)
         self.streams[id] = stream
         return stream
 

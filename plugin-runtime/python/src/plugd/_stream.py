@@ -51,16 +51,21 @@ class StreamClosed(Exception):
 
 
 Send = Callable[[bytes], Awaitable[None]]
+#: Writes a frame at once, without waiting for the socket to drain (for small frames).
+WriteNow = Callable[[bytes], None]
 
 
 class Stream:
     """One open stream: what plugd sent on it, and the credit for what the plugin sends."""
 
-    def __init__(self, id: int, window: int, max_frame: int, send: Send) -> None:
+    def __init__(
+        self, id: int, window: int, max_frame: int, send: Send, write_now: WriteNow
+    ) -> None:
         self.id = id
         self.window = window
         self.max_frame = max_frame
         self._send = send
+        self._write_now = write_now
         #: Credit for what this side sends.
         self.credit = window
         #: Credit plugd still has for what it sends here.
@@ -112,13 +117,15 @@ class Stream:
             await self._arrived
         return self._inbox.popleft()
 
-    async def consumed(self, charge: int) -> None:
-        """Counts what the handler took; gives plugd credit back past half the window."""
+    def consumed(self, charge: int) -> None:
+        """Counts what the handler took; gives plugd credit back past half the window. It
+        does not wait, so a read cancelled right after taking a chunk cannot lose it."""
         self._consumed += charge
         if self._consumed * 2 >= self.window and not self.closed:
             bytes, self._consumed = self._consumed, 0
             self.outstanding += bytes
-            await self.notify("stream.credit", {"id": self.id, "bytes": bytes})
+            params = {"id": self.id, "bytes": bytes}
+            self._write_now(protocol.encode_notification("stream.credit", params, self.max_frame))
 
     async def take(self, charge: int) -> None:
         """Takes credit for a message, waiting until plugd grants enough."""
@@ -136,25 +143,26 @@ class Stream:
 
     async def data(self, data: bytes) -> None:
         """Sends ``data`` as ``stream.data`` chunks within the credit."""
-        limit = chunk_limit(self.window, self.max_frame)
-        view = memoryview(data)
-        for start in range(0, len(view), limit):
-            piece = view[start : start + limit]
-            await self.take(cost(len(piece)))
-            await self.notify("stream.data", {"id": self.id, "data": bytes(piece)})
+        if data:
+            await self._pieces("stream.data", data, {})
 
     async def ws(self, kind: str, data: bytes) -> None:
         """Sends one WebSocket message, in pieces when it is bigger than a chunk."""
+        await self._pieces("ws.message", data, {"kind": kind})
+
+    async def _pieces(self, method: str, data: bytes, extra: dict[str, Any]) -> None:
+        """Sends ``data`` in pieces of at most a chunk (at least one), each within credit;
+        all but the last carry ``more`` (which a ``stream.data`` receiver ignores)."""
         limit = chunk_limit(self.window, self.max_frame)
         start = 0
         while True:
             piece = data[start : start + limit]
             start += len(piece)
             await self.take(cost(len(piece)))
-            params: dict[str, Any] = {"id": self.id, "kind": kind, "data": piece}
-            if start < len(data):
+            params: dict[str, Any] = {"id": self.id, **extra, "data": piece}
+            if start < len(data) and method == "ws.message":
                 params["more"] = True
-            await self.notify("ws.message", params)
+            await self.notify(method, params)
             if start >= len(data):
                 return
 
@@ -190,7 +198,7 @@ class BodyStream:
         kind = item[0]
         if kind == "data":
             data: bytes = item[1]
-            await self._stream.consumed(cost(len(data)))
+            self._stream.consumed(cost(len(data)))
             return data
         self._done = True
         if kind == "end":
@@ -399,25 +407,26 @@ class WebSocket:
         self.close_code: int | None = None
         self.close_reason = ""
         self._closed = False
+        # A message arriving in pieces, kept across receives (one may be cancelled halfway).
+        self._partial = bytearray()
 
     async def receive(self) -> WsMessage | None:
         """The next message; a close from the client arrives as ``kind == "close"``, then
         ``None``."""
         if self._closed:
             return None
-        partial = bytearray()
         while True:
             item = await self._stream.next()
             if item[0] != "ws":
                 break
             _, kind, data, more = item
-            await self._stream.consumed(cost(len(data)))
+            self._stream.consumed(cost(len(data)))
             if more:
-                partial += data
+                self._partial += data
                 continue
-            if partial:
-                partial += data
-                data = bytes(partial)
+            if self._partial:
+                self._partial += data
+                data, self._partial = bytes(self._partial), bytearray()
             return WsMessage(kind, data)
         self._closed = True
         if item[0] == "close":

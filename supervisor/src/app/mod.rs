@@ -20,6 +20,7 @@ use crate::supervise::instance::StartContext;
 use crate::supervise::peers::RegistryPeers;
 use crate::supervise::reconcile::readiness::announce;
 use crate::supervise::reconcile::Processes;
+use crate::supervise::spare::Spares;
 use crate::supervise::{Event, Handle, Reconciler, Registry};
 use anyhow::Context;
 use std::future::Future;
@@ -110,6 +111,14 @@ impl Application {
             Cgroups::Unavailable("turned off by the cgroups setting".into())
         });
         let peers = Arc::new(RegistryPeers::new(registry.clone()));
+        let stub = crate::os::stub::stub_program();
+        if stub.is_none() && !matches!(*cgroups, Cgroups::Unavailable(_)) {
+            tracing::info!(
+                "{} is not next to plugd's binary: plugin restarts are not prepared ahead of time",
+                crate::os::stub::STUB_PROGRAM
+            );
+        }
+        let spares = Arc::new(Spares::new(stub));
         let ctx = StartContext {
             socket_dir: socket_dir.clone(),
             handshake_timeout: settings.handshake_timeout,
@@ -119,6 +128,7 @@ impl Application {
             cgroups: cgroups.clone(),
             monitor_interval: settings.monitor_interval,
             calls: Some(Arc::new(Calls::new(store.clone(), peers))),
+            spares: spares.clone(),
         };
         let (reconciler, handle) = Reconciler::new(
             settings.plugins_dir.clone(),
@@ -207,6 +217,7 @@ impl Application {
         if subreaper {
             let _ = tokio::task::spawn_blocking(|| orphans::kill(orphans::Whose::All)).await;
         }
+        spares.close().await;
         cgroups.cleanup().await;
         let _ = std::fs::remove_dir_all(&socket_dir);
         tracing::info!("stopped");

@@ -21,7 +21,7 @@ pub use plugd_api::BuildReport;
 pub async fn run(m: &Manifest, logs: &Arc<LogRing>) -> BuildReport {
     let started = Instant::now();
     let started_ms = plugd_protocol::time::now_unix_ms();
-    let (ok, status, pid) = match spawn_build(m, logs, Rlimits::for_build()) {
+    let (ok, status, pid) = match spawn_build(m, logs, Rlimits::for_build()).await {
         Err(e) => (false, e.message, 0),
         Ok(Spawned { mut child, output }) => {
             let pid = child.id().unwrap_or(0);

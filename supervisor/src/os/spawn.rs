@@ -18,7 +18,7 @@ use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_
 use std::ffi::CString;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -57,11 +57,12 @@ pub struct Spawned {
 
 /// Starts the plugin's process and begins logging its output. A missing or non-executable
 /// command is a fatal failure: restarting cannot mend it.
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
+pub async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
     let m = spec.manifest;
     let program = m.program();
     let mut cmd = Command::new(&program);
     cmd.args(&m.args)
+        .stdin(Stdio::null())
         .env(ENV_SOCKET, spec.socket)
         .env(ENV_TOKEN, spec.token)
         .env(ENV_EPOCH, spec.epoch.to_string())
@@ -75,11 +76,67 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
         &spec.logs,
         None,
     )
+    .await
+}
+
+/// Starts a stub for the plugin's next instance (see [`super::stub`]): everything of a plugin
+/// start but the program and the instance's own variables, which [`order_stub`] hands it
+/// later. Its stdin is the pipe the order goes through.
+pub async fn spawn_stub(
+    stub: &Path,
+    m: &Manifest,
+    rlimits: Rlimits,
+    cgroup_procs: Vec<CString>,
+    logs: &Arc<LogRing>,
+) -> Result<Spawned, Failure> {
+    let mut cmd = Command::new(stub);
+    cmd.stdin(Stdio::piped());
+    let spawned = start(cmd, m, stub, rlimits, cgroup_procs, logs, None).await?;
+    if spawned.child.stdin.is_none() {
+        return Err(Failure::later("the start stub has no stdin"));
+    }
+    Ok(spawned)
+}
+
+/// Tells a stub to become the plugin: its program, arguments and the instance's variables
+/// (socket, one-time token, epoch, frame limit). `None` when the manifest's program or
+/// arguments are not UTF-8 (the caller starts the plugin the usual way).
+pub fn stub_order(spec: &SpawnSpec<'_>) -> Option<super::stub::StubOrder> {
+    let program = spec
+        .manifest
+        .program()
+        .into_os_string()
+        .into_string()
+        .ok()?;
+    let socket = spec.socket.to_str()?.to_owned();
+    Some(super::stub::StubOrder {
+        program,
+        args: spec.manifest.args.clone(),
+        env: vec![
+            (ENV_SOCKET.into(), socket),
+            (ENV_TOKEN.into(), spec.token.to_owned()),
+            (ENV_EPOCH.into(), spec.epoch.to_string()),
+            (ENV_MAX_FRAME.into(), spec.max_frame.to_string()),
+        ],
+    })
+}
+
+/// Writes `order` to a stub started by [`spawn_stub`] and closes its stdin, so it becomes
+/// the plugin.
+pub async fn order_stub(child: &mut Child, order: &super::stub::StubOrder) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("the start stub's stdin is gone"))?;
+    let bytes = serde_json::to_vec(order).map_err(std::io::Error::other)?;
+    stdin.write_all(&bytes).await?;
+    stdin.shutdown().await
 }
 
 /// Starts the plugin's build command (`build` in its manifest) in its directory, in a process
 /// group of its own with `rlimits`; its output goes to the plugin's log as stream `build`.
-pub fn spawn_build(
+pub async fn spawn_build(
     m: &Manifest,
     logs: &Arc<LogRing>,
     rlimits: Rlimits,
@@ -93,14 +150,15 @@ pub fn spawn_build(
         first.into()
     };
     let mut cmd = Command::new(&program);
-    cmd.args(args);
-    start(cmd, m, &program, rlimits, Vec::new(), logs, Some("build"))
+    cmd.args(args).stdin(Stdio::null());
+    start(cmd, m, &program, rlimits, Vec::new(), logs, Some("build")).await
 }
 
 /// What every process started for a plugin shares: its directory and environment (plugd's own
 /// `PLUGD_*` variables removed: they hold tokens, keys and the database's address), its own
 /// process group, the death signal, rlimits and cgroup before `exec`, and its output logged.
-fn start(
+/// Its stdin is the caller's to set.
+async fn start(
     mut cmd: Command,
     m: &Manifest,
     program: &Path,
@@ -118,7 +176,6 @@ fn start(
     cmd.current_dir(&m.dir)
         .envs(&m.env)
         .env(ENV_PLUGIN_NAME, &m.name)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -142,9 +199,7 @@ fn start(
             Ok(())
         });
     }
-    // Registered before anyone can see the child as a leftover (see `orphans`).
-    let mut spawned = super::orphans::spawned();
-    let mut child = cmd.spawn().map_err(|e| {
+    let mut child = on_spawner(cmd).await.map_err(|e| {
         let (what, fatal) = match e.kind() {
             std::io::ErrorKind::NotFound => ("command not found".to_string(), true),
             std::io::ErrorKind::PermissionDenied => ("command is not executable".to_string(), true),
@@ -160,8 +215,6 @@ fn start(
     let pid = child
         .id()
         .ok_or_else(|| Failure::later("the process exited at once"))?;
-    spawned.insert(pid);
-    drop(spawned);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let (name, logs) = (m.name.clone(), logs.clone());
@@ -179,6 +232,54 @@ fn start(
         tokio::join!(out, err);
     });
     Ok(Spawned { child, output })
+}
+
+/// Spawns `cmd` on plugd's spawner thread and registers the child (see `orphans`).
+///
+/// `fork` returns at once, but the spawn returns only once the child has run its `pre_exec`
+/// (joining a cgroup there waits for an RCU grace period on cgroup v1, several milliseconds)
+/// and executed: that wait must not hold one of the runtime's workers. The thread is plugd's
+/// for its whole life, since a child's death signal (`PR_SET_PDEATHSIG`) fires when the
+/// *thread* that forked it ends, which rules out the runtime's blocking pool.
+async fn on_spawner(mut cmd: Command) -> std::io::Result<Child> {
+    use std::sync::mpsc;
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("plugd-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    // A panic here must not end the thread: its children would die with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!("cannot start the spawner thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        // The child is reaped by this runtime's process driver.
+        let _runtime = handle.enter();
+        // Registered before anyone can see the child as a leftover (see `orphans`).
+        let mut spawned = super::orphans::spawned();
+        let child = cmd.spawn();
+        if let Some(pid) = child.as_ref().ok().and_then(Child::id) {
+            spawned.insert(pid);
+        }
+        drop(spawned);
+        let _ = tx.send(child);
+    });
+    let sent = spawner.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the spawner thread is gone"));
+    }
+    rx.await
+        .map_err(|_| std::io::Error::other("the spawner thread dropped a spawn"))?
 }
 
 /// Why a process ended, in words: `exited with code 1`, `killed by signal SIGKILL`.

@@ -9,6 +9,7 @@
 
 use super::router::RouteTable;
 use super::settings::{to_wire, Applied};
+use super::spare::Spares;
 use crate::error::Failure;
 use crate::ipc::{self, CallError, Calls, Connection, Expected};
 use crate::manifest::Manifest;
@@ -121,6 +122,8 @@ pub struct StartContext {
     pub monitor_interval: Duration,
     /// Answers plugins' own calls (the key-value store, services, hooks).
     pub calls: Option<Arc<Calls>>,
+    /// Each plugin's next start, prepared ahead of time.
+    pub spares: Arc<Spares>,
 }
 
 /// A number that is new at every start, also across supervisor restarts: the time in
@@ -175,13 +178,33 @@ pub async fn start_instance(
 ) -> Result<Arc<Instance>, Failure> {
     let token = new_token();
     let limits = EffectiveLimits::resolve(&manifest.limits, ctx.request_timeout, ctx.max_body);
-    let leaf = ctx.cgroups.create_leaf(&manifest.name, epoch, &limits);
+    let (leaf, stub) = match ctx.spares.take(&manifest, &limits) {
+        Some(spare) => (Some(spare.leaf), Some(spare.spawned)),
+        None => (
+            ctx.cgroups.create_leaf(&manifest.name, epoch, &limits),
+            None,
+        ),
+    };
     let result = start_in(
-        manifest, epoch, ctx, logs, on_spawned, token, limits, &leaf, settings,
+        manifest.clone(),
+        epoch,
+        ctx,
+        logs.clone(),
+        on_spawned,
+        token,
+        limits.clone(),
+        (&leaf, stub),
+        settings,
     )
     .await;
     match result {
-        Ok(parts) => Ok(Arc::new(Instance { leaf, ..parts })),
+        Ok(parts) => {
+            if leaf.is_some() {
+                ctx.spares
+                    .prepare(&ctx.cgroups, manifest, limits, logs, epoch);
+            }
+            Ok(Arc::new(Instance { leaf, ..parts }))
+        }
         Err(e) => {
             if let Some(leaf) = &leaf {
                 leaf.remove().await;
@@ -200,7 +223,7 @@ async fn start_in(
     on_spawned: impl FnOnce(u32),
     token: String,
     limits: EffectiveLimits,
-    leaf: &Option<Leaf>,
+    (leaf, stub): (&Option<Leaf>, Option<spawn::Spawned>),
     settings: Applied,
 ) -> Result<Instance, Failure> {
     let socket = ctx.socket_dir.join(format!("{epoch}.sock"));
@@ -220,7 +243,11 @@ async fn start_in(
         rlimits: Rlimits::for_limits(&limits),
         cgroup_procs: leaf.as_ref().map(Leaf::procs_files).unwrap_or_default(),
     };
-    let spawn::Spawned { mut child, output } = match spawn::spawn(&spec) {
+    let spawned = match stub {
+        Some(stub) => from_stub(stub, &spec).await,
+        None => spawn::spawn(&spec).await,
+    };
+    let spawn::Spawned { mut child, output } = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
@@ -305,6 +332,31 @@ async fn start_in(
         settings: tokio::sync::Mutex::new(settings),
         exited,
     })
+}
+
+/// Starts the instance from a prepared stub (see [`Spares`]); when the stub cannot take the
+/// order (it died meanwhile), ends it and starts the usual way, in the same leaf.
+async fn from_stub(
+    mut stub: spawn::Spawned,
+    spec: &SpawnSpec<'_>,
+) -> Result<spawn::Spawned, Failure> {
+    let ordered = match spawn::stub_order(spec) {
+        Some(order) => spawn::order_stub(&mut stub.child, &order).await,
+        None => Err(std::io::Error::other(
+            "the program or socket path is not UTF-8",
+        )),
+    };
+    match ordered {
+        Ok(()) => Ok(stub),
+        Err(e) => {
+            tracing::debug!(plugin = %spec.manifest.name, "prepared start unusable ({e}); starting it the usual way");
+            let pid = stub.child.id().unwrap_or(0);
+            spawn::signal_group(pid, Signal::SIGKILL);
+            let _ = stub.child.wait().await;
+            orphans::exited(pid);
+            spawn::spawn(spec).await
+        }
+    }
 }
 
 /// How long a plugin that closed its connection has to exit on its own before it is killed.
@@ -413,13 +465,15 @@ pub async fn follow_instance(
         _ => exit,
     };
     instance.conn.close(&reason);
-    // Children it left in its group go with it, and so does its cgroup.
+    // Children it left in its group go with it, and so does its cgroup. The exit is reported
+    // first: the restart need not wait for the kernel to let go of the old cgroup, and the
+    // leftovers are this instance's only (by epoch and leaf).
     spawn::signal_group(instance.pid, Signal::SIGKILL);
+    report(InstanceEvent::Exited(reason));
     if let Some(leaf) = &instance.leaf {
         leaf.remove().await;
     }
     end_leftovers(&instance.manifest.name, instance.epoch).await;
-    report(InstanceEvent::Exited(reason));
 }
 
 /// Kills the instance's whole process group now.

@@ -5,7 +5,7 @@
 //! plugin's route table from its handshake; [`watcher`] turns file changes into rescans;
 //! [`cluster`] heartbeats and follows other workers' changes; [`hooks`] dispatches hooks and
 //! [`peers`] answers plugins' calls that reach other plugins; [`settings`] delivers settings
-//! to a running instance.
+//! to a running instance; [`spare`] prepares each plugin's next start ahead of time.
 
 pub mod canary;
 pub mod cluster;
@@ -16,6 +16,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod router;
 pub mod settings;
+pub mod spare;
 pub mod watcher;
 
 pub use instance::Instance;

@@ -7,6 +7,7 @@ use std::path::Path;
 /// before it, and never another module of the same rank.
 const LAYERS: &[(&str, u8)] = &[
     ("main", 0),
+    ("bin", 0),
     ("cli", 1),
     ("app", 2),
     ("client", 2),

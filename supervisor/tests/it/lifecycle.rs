@@ -287,3 +287,93 @@ async fn a_second_worker_on_the_same_sqlite_data_directory_is_refused() {
         200
     );
 }
+
+/// Children of `parent` running the start stub (`plugd-start-stub`).
+fn stubs_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(parent)
+                && String::from_utf8_lossy(&cmdline).contains("plugd-start-stub")
+                && !process_gone(*pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_crashed_plugin_restarts_from_the_start_prepared_in_its_cgroup() {
+    use crate::admin::{admin_sup, ADMIN};
+    let sup = admin_sup(&[PluginDef::echo("echo", "[limits]\ntasks = 32\n")]).await;
+    let first = sup.plugin_status("echo").await["pid"].clone();
+    if sup.logged(&["cgroups unavailable"]) {
+        eprintln!("no writable cgroups here: starts are not prepared");
+        assert!(stubs_of(sup.pid()).is_empty());
+        return;
+    }
+    sup.wait_until("the next start is prepared", || async {
+        !stubs_of(sup.pid()).is_empty()
+    })
+    .await;
+    let stub = stubs_of(sup.pid())[0];
+    // It waits in a cgroup of its own, under the plugin's task limit.
+    let cgroups = std::fs::read_to_string(format!("/proc/{stub}/cgroup")).expect("its cgroups");
+    let pids = cgroups
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(|c: char| c.is_ascii_digit())?
+                .strip_prefix(":pids:")
+        })
+        .or_else(|| cgroups.lines().find_map(|l| l.strip_prefix("0::")))
+        .expect("a pids cgroup");
+    assert!(pids.contains("plugd-p"), "{cgroups}");
+    let max = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}{pids}/pids.max")).ok())
+        .expect("its pids.max");
+    assert_eq!(max.trim(), "32");
+
+    // The crash is restarted from it: the stub's process becomes the plugin.
+    let old = first.as_u64().expect("pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), Signal::SIGKILL).expect("kill");
+    sup.wait_until("the stub became the plugin", || async {
+        let s = sup.plugin_status("echo").await;
+        s["state"] == "ready" && s["pid"] == stub
+    })
+    .await;
+    assert_eq!(
+        sup.get("/plugins/echo/echo/1")
+            .await
+            .expect("echo")
+            .status(),
+        200
+    );
+    sup.wait_until("another start is prepared", || async {
+        stubs_of(sup.pid()).iter().any(|p| *p != stub)
+    })
+    .await;
+    let next = stubs_of(sup.pid())[0];
+
+    // Disabled on purpose: the prepared start goes too.
+    let r = sup
+        .client
+        .post(sup.url("/admin/plugins/echo/disable"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), 200);
+    sup.wait_until("the prepared start is discarded", || async {
+        process_gone(next)
+    })
+    .await;
+    assert!(stubs_of(sup.pid()).is_empty());
+}

@@ -82,6 +82,10 @@ impl Launcher for Processes {
     }
 
     fn stop(&self, instance: Arc<Instance>, grace: Duration) -> BoxFuture<'static, String> {
+        // Stopped on purpose: no restart will take the start prepared after it.
+        self.ctx
+            .spares
+            .discard_after(&instance.manifest.dir, instance.epoch);
         Box::pin(async move { stop_instance(&instance, grace).await })
     }
 

@@ -15,8 +15,8 @@ pub mod stream;
 pub use cluster::{AuditEvent, Events, EventsQuery, HostInfo, Stats, WhoAmI, WorkerInfo, Workers};
 pub use plugins::{
     Accepted, Convergence, Hook, Installed, Limits, LogLine, Logs, LogsQuery, Permission,
-    Permissions, Plugin, PluginList, PluginRecord, Route, State, ToggleAnswer, ToggleQuery,
-    Uninstalled, Usage, WorkerPluginState,
+    Permissions, Plugin, PluginList, PluginRecord, Route, Standby, State, ToggleAnswer,
+    ToggleQuery, Uninstalled, Usage, WorkerPluginState,
 };
 pub use releases::{
     BuildReport, BundleQuery, BundleVersion, CanaryFigures, CanaryInfo, CanaryReport,

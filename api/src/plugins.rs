@@ -222,9 +222,27 @@ pub struct Plugin {
     /// How its last build went on this worker, if its manifest names a build command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<crate::releases::BuildReport>,
+    /// Its warm standby on this worker, when its manifest asks for one (`standby = true` in
+    /// `[restart]`) and one runs or starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
     /// Its state on every live worker, by worker id (only on `GET /admin/plugins/{name}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<BTreeMap<String, WorkerPluginState>>,
+}
+
+/// A plugin's warm standby: a second, handshaked instance that takes over when the serving
+/// one dies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Standby {
+    /// `starting` or `ready`.
+    pub state: State,
+    /// Its process, when ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its latest resource sample, when ready and sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// `GET /admin/plugins`.

@@ -37,6 +37,10 @@ pub async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
                 - instance.in_flight.available_permits())
             .into();
         }
+        if let Some(standby) = slot.standby() {
+            entry["standby"] = serde_json::to_value(super::admin::plugins::standby_view(&standby))
+                .unwrap_or_default();
+        }
         plugins.insert(name.clone(), entry);
     }
     let store = match edge.store.ping().await {

@@ -22,6 +22,8 @@ pub struct RestartPolicy {
     /// Uptime after which the backoff starts over.
     #[serde(with = "humantime_serde")]
     pub stable_after: Duration,
+    /// Keep a second, handshaked instance that takes over at once when the serving one dies.
+    pub standby: bool,
 }
 
 impl Default for RestartPolicy {
@@ -32,6 +34,7 @@ impl Default for RestartPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             stable_after: Duration::from_secs(60),
+            standby: false,
         }
     }
 }

@@ -20,4 +20,6 @@ pub mod spare;
 pub mod watcher;
 
 pub use instance::Instance;
-pub use reconcile::{Event, Handle, PluginMap, PluginSlot, PluginState, Reconciler, Registry};
+pub use reconcile::{
+    Event, Handle, PluginMap, PluginSlot, PluginState, Reconciler, Registry, StandbyView,
+};

@@ -288,6 +288,22 @@ async fn a_second_worker_on_the_same_sqlite_data_directory_is_refused() {
     );
 }
 
+/// The task limit of the plugin cgroup process `pid` is in (`None` outside a plugin's leaf).
+fn task_limit(pid: u32) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let pids = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, p)| p))
+        .or_else(|| cgroups.lines().find_map(|l| l.strip_prefix("0::")))?;
+    if !pids.contains("plugd-p") {
+        return None;
+    }
+    ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}{pids}/pids.max")).ok())
+        .map(|max| max.trim().to_owned())
+}
+
 /// Children of `parent` running the start stub (`plugd-start-stub`).
 fn stubs_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -325,21 +341,7 @@ async fn a_crashed_plugin_restarts_from_the_start_prepared_in_its_cgroup() {
     .await;
     let stub = stubs_of(sup.pid())[0];
     // It waits in a cgroup of its own, under the plugin's task limit.
-    let cgroups = std::fs::read_to_string(format!("/proc/{stub}/cgroup")).expect("its cgroups");
-    let pids = cgroups
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(|c: char| c.is_ascii_digit())?
-                .strip_prefix(":pids:")
-        })
-        .or_else(|| cgroups.lines().find_map(|l| l.strip_prefix("0::")))
-        .expect("a pids cgroup");
-    assert!(pids.contains("plugd-p"), "{cgroups}");
-    let max = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-        .iter()
-        .find_map(|root| std::fs::read_to_string(format!("{root}{pids}/pids.max")).ok())
-        .expect("its pids.max");
-    assert_eq!(max.trim(), "32");
+    assert_eq!(task_limit(stub).as_deref(), Some("32"));
 
     // The crash is restarted from it: the stub's process becomes the plugin.
     let old = first.as_u64().expect("pid") as i32;
@@ -376,4 +378,92 @@ async fn a_crashed_plugin_restarts_from_the_start_prepared_in_its_cgroup() {
     })
     .await;
     assert!(stubs_of(sup.pid()).is_empty());
+}
+
+/// The pid of the echo plugin's process that answers a request.
+async fn answering_pid(sup: &TestSupervisor) -> u64 {
+    let r = sup.get("/plugins/echo/pid").await.expect("pid");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("text").trim().parse().expect("a pid")
+}
+
+#[tokio::test]
+async fn a_warm_standby_takes_over_when_the_plugin_dies_and_another_follows() {
+    use crate::admin::{admin_sup, ADMIN};
+    let sup = admin_sup(&[PluginDef::echo(
+        "echo",
+        "[limits]\ntasks = 24\n[restart]\nstandby = true\n",
+    )])
+    .await;
+    let standby_of = |status: serde_json::Value| {
+        (status["standby"]["state"] == "ready")
+            .then(|| status["standby"]["pid"].as_u64())
+            .flatten()
+    };
+    sup.wait_until("a standby is ready", || async {
+        standby_of(sup.plugin_status("echo").await).is_some()
+    })
+    .await;
+    let status = sup.plugin_status("echo").await;
+    let serving = status["pid"].as_u64().expect("pid");
+    let standby = standby_of(status).expect("standby");
+    assert_ne!(serving, standby);
+    // The admin API shows it too, and it runs under the plugin's limits.
+    let view: serde_json::Value = sup
+        .client
+        .get(sup.url("/admin/plugins/echo"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("plugin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["standby"]["pid"], standby, "{view}");
+    assert_eq!(view["pid"], serving, "{view}");
+    if !sup.logged(&["cgroups unavailable"]) {
+        assert_eq!(task_limit(standby as u32).as_deref(), Some("24"));
+    }
+    // It serves nothing while the other lives.
+    assert_eq!(answering_pid(&sup).await, serving);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(serving as i32), Signal::SIGKILL)
+        .expect("kill");
+    sup.wait_until("the standby took over", || async {
+        let s = sup.plugin_status("echo").await;
+        s["state"] == "ready" && s["pid"] == standby
+    })
+    .await;
+    assert_eq!(answering_pid(&sup).await, standby);
+    assert!(sup.logged(&["the standby took over"]));
+    assert_eq!(sup.plugin_status("echo").await["restarts"], 1);
+    sup.wait_until("another standby is ready", || async {
+        standby_of(sup.plugin_status("echo").await).is_some_and(|p| p != standby && p != serving)
+    })
+    .await;
+    let next = standby_of(sup.plugin_status("echo").await).expect("next standby");
+
+    // A standby that dies is replaced; the serving instance is untouched.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(next as i32), Signal::SIGKILL).expect("kill");
+    sup.wait_until("the dead standby is replaced", || async {
+        standby_of(sup.plugin_status("echo").await).is_some_and(|p| p != next)
+    })
+    .await;
+    assert_eq!(sup.plugin_status("echo").await["pid"], standby);
+    let last = standby_of(sup.plugin_status("echo").await).expect("last standby");
+
+    // Disabled: both go.
+    let r = sup
+        .client
+        .post(sup.url("/admin/plugins/echo/disable"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), 200);
+    sup.wait_until("both instances are stopped", || async {
+        process_gone(standby as u32) && process_gone(last as u32)
+    })
+    .await;
+    assert!(sup.plugin_status("echo").await.get("standby").is_none());
 }

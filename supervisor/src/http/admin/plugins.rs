@@ -8,7 +8,7 @@ use crate::http::error::{ApiError, Path, Query};
 use crate::http::Edge;
 use crate::os::output::MAX_LINES;
 use crate::store::{PluginRecord, SetOutcome};
-use crate::supervise::{cluster, Event, PluginState};
+use crate::supervise::{cluster, Event, PluginState, StandbyView};
 use axum::extract::State;
 use axum::http::header::IF_MATCH;
 use axum::http::{HeaderMap, StatusCode};
@@ -66,6 +66,7 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
         limits: None,
         usage: None,
         build: slot.and_then(|s| s.build()).map(|b| (*b).clone()),
+        standby: slot.and_then(|s| s.standby()).map(|s| standby_view(&s)),
         workers: None,
     };
     if let Some(PluginState::Ready(instance)) = state.as_deref() {
@@ -85,6 +86,22 @@ fn describe(edge: &Edge, record: &PluginRecord) -> Plugin {
         view.usage = instance.usage_now();
     }
     view
+}
+
+/// A standby as the admin API and `/readyz` show it.
+pub fn standby_view(standby: &StandbyView) -> plugd_api::Standby {
+    match standby {
+        StandbyView::Starting => plugd_api::Standby {
+            state: plugd_api::State::Starting,
+            pid: None,
+            usage: None,
+        },
+        StandbyView::Ready(instance) => plugd_api::Standby {
+            state: plugd_api::State::Ready,
+            pid: Some(instance.pid),
+            usage: instance.usage_now(),
+        },
+    }
 }
 
 /// Every registered plugin with its state on this worker.

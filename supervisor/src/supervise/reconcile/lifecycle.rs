@@ -221,6 +221,10 @@ impl Reconciler {
             self.on_canary_started(name, epoch, result);
             return;
         }
+        if self.is_standby_start(name, epoch) {
+            self.on_standby_started(name, epoch, result);
+            return;
+        }
         let grace = self.grace;
         let Some(entry) = self
             .entries
@@ -334,7 +338,9 @@ impl Reconciler {
     }
 
     pub(super) fn on_instance(&mut self, name: &str, epoch: u64, event: InstanceEvent) {
-        if self.on_canary_instance(name, epoch, &event) {
+        if self.on_canary_instance(name, epoch, &event)
+            || self.on_standby_instance(name, epoch, &event)
+        {
             return;
         }
         let Some(entry) = self.entries.get_mut(name) else {
@@ -381,6 +387,9 @@ impl Reconciler {
                     return;
                 }
                 let up_for = instance.ready_at.elapsed();
+                if self.take_over(name, &reason, up_for) {
+                    return;
+                }
                 self.on_down(name, reason, false, Some(up_for));
             }
         }
@@ -519,6 +528,9 @@ impl Reconciler {
         };
         let mut stopping = tokio::task::JoinSet::new();
         for e in self.entries.values_mut() {
+            if let Some(standby) = e.standby.take() {
+                stopping.spawn(self.launcher.stop(standby, grace()).map(|_| ()));
+            }
             if let Some(canary) = e.canary.take().and_then(|c| c.current) {
                 e.slot.set_canary(None);
                 stopping.spawn(self.launcher.stop(canary, grace()).map(|_| ()));

@@ -21,12 +21,13 @@ mod lifecycle;
 pub mod readiness;
 pub mod seams;
 mod settings;
+mod standby;
 pub mod state;
 #[cfg(test)]
 mod tests;
 
 pub use seams::{Launcher, Processes, StateStore};
-pub use state::{PluginMap, PluginSlot, PluginState, Registry};
+pub use state::{PluginMap, PluginSlot, PluginState, Registry, StandbyView};
 
 use crate::error::Failure;
 use crate::feed::Feed;
@@ -70,6 +71,11 @@ pub enum Event {
         epoch: u64,
         /// What happened.
         event: InstanceEvent,
+    },
+    /// A plugin's standby may be started again (its retry delay ended).
+    StandbyDue {
+        /// Plugin name.
+        name: String,
     },
     /// A backoff delay ended.
     RetryDue {
@@ -195,6 +201,8 @@ struct Entry {
     build_failed: Option<u64>,
     /// Its canary on this worker, if the store names one.
     canary: Option<canary::CanaryRun>,
+    /// Its warm standby, when its manifest asks for one.
+    standby: standby::StandbyRun,
 }
 
 impl Entry {
@@ -217,6 +225,7 @@ impl Entry {
             built: None,
             build_failed: None,
             canary: None,
+            standby: standby::StandbyRun::default(),
         }
     }
 
@@ -356,6 +365,7 @@ impl Reconciler {
         self.sync_all_bundles().await;
         self.rescan(false).await;
         self.sync_all_canaries().await;
+        self.align_standbys();
         let watchdog = sd_notify::watchdog_enabled();
         let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
         loop {
@@ -366,7 +376,10 @@ impl Reconciler {
                         let _ = done.send(());
                         return;
                     }
-                    Some(event) => self.handle(event).await,
+                    Some(event) => {
+                        self.handle(event).await;
+                        self.align_standbys();
+                    }
                     None => return,
                 },
                 _ = tick.tick() => {
@@ -464,11 +477,16 @@ impl Reconciler {
                     self.start(&name);
                 }
             }
+            // The loop aligns every standby after each event.
+            Event::StandbyDue { .. } => {}
             Event::Shutdown { .. } => unreachable!("handled by run"),
         }
     }
 
     fn forget(&mut self, name: &str) {
+        if let Some(standby) = self.entries.get_mut(name).and_then(|e| e.standby.take()) {
+            lifecycle::stop_later(&self.launcher, standby, self.grace);
+        }
         self.entries.remove(name);
         self.publish_map();
     }

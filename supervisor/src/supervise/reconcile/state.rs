@@ -77,6 +77,15 @@ impl PluginState {
     }
 }
 
+/// A plugin's warm standby as admins see it.
+#[derive(Debug)]
+pub enum StandbyView {
+    /// Being started.
+    Starting,
+    /// Handshaked, waiting to take over.
+    Ready(Arc<Instance>),
+}
+
 /// One plugin's visible state and counters. Written only by the reconcile loop.
 #[derive(Debug)]
 pub struct PluginSlot {
@@ -95,6 +104,8 @@ pub struct PluginSlot {
     schema: ArcSwap<SettingsSchema>,
     /// Its canary on this worker, while one serves.
     canary: ArcSwapOption<Canary>,
+    /// Its warm standby, when it has one.
+    standby: ArcSwapOption<StandbyView>,
     /// How its last build went, if it has a build command.
     build: ArcSwapOption<plugd_api::BuildReport>,
 }
@@ -112,6 +123,7 @@ impl PluginSlot {
             permissions: ArcSwap::from_pointee(Vec::new()),
             schema: ArcSwap::from_pointee(SettingsSchema::new()),
             canary: ArcSwapOption::empty(),
+            standby: ArcSwapOption::empty(),
             build: ArcSwapOption::empty(),
         })
     }
@@ -124,6 +136,23 @@ impl PluginSlot {
     /// Starts or ends routing a share of its requests to a canary.
     pub(in crate::supervise::reconcile) fn set_canary(&self, canary: Option<Arc<Canary>>) {
         self.canary.store(canary);
+    }
+
+    /// Its warm standby, when it has one.
+    pub fn standby(&self) -> Option<Arc<StandbyView>> {
+        self.standby.load_full()
+    }
+
+    /// Publishes its standby (unchanged when it is the same).
+    pub(in crate::supervise::reconcile) fn set_standby(&self, standby: Option<StandbyView>) {
+        let same = match (self.standby.load().as_deref(), &standby) {
+            (None, None) | (Some(StandbyView::Starting), Some(StandbyView::Starting)) => true,
+            (Some(StandbyView::Ready(a)), Some(StandbyView::Ready(b))) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            self.standby.store(standby.map(Arc::new));
+        }
     }
 
     /// How its last build went.

@@ -1,7 +1,8 @@
 //! Crash → first successful request, through plugd.
 //!
-//! `plugd-bench-restart BASE_URL PLUGIN PATH ROUNDS SPACING_MS`: each round reads the plugin's
-//! pid from `/readyz`, sends it SIGKILL, and polls `PATH` over one keep-alive connection until
+//! `plugd-bench-restart BASE_URL PLUGIN PATH ROUNDS SPACING_MS [standby]`: each round reads the
+//! plugin's pid from `/readyz` (with `standby`, once its warm standby is ready too), sends it
+//! SIGKILL, and polls `PATH` over one keep-alive connection until
 //! it answers 2xx from a new process; it prints each round's time in µs, one per line. Rounds
 //! are `SPACING_MS` apart, which should be beyond the plugin's restart `window` and
 //! `stable_after`, so every crash is a first one (restarted at once, no backoff).
@@ -10,7 +11,12 @@ use std::time::{Duration, Instant};
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-async fn pid_of(client: &reqwest::Client, base: &str, plugin: &str) -> Result<u64, Failure> {
+async fn pid_of(
+    client: &reqwest::Client,
+    base: &str,
+    plugin: &str,
+    standby: bool,
+) -> Result<u64, Failure> {
     let ready: serde_json::Value = client
         .get(format!("{base}/readyz"))
         .send()
@@ -18,6 +24,9 @@ async fn pid_of(client: &reqwest::Client, base: &str, plugin: &str) -> Result<u6
         .json()
         .await?;
     let status = &ready["plugins"][plugin];
+    if standby && status["standby"]["state"] != "ready" {
+        return Err(format!("{plugin} has no standby ready: {status}").into());
+    }
     match (status["state"].as_str(), status["pid"].as_u64()) {
         (Some("ready"), Some(pid)) => Ok(pid),
         _ => Err(format!("{plugin} is not ready: {status}").into()),
@@ -29,11 +38,12 @@ async fn round(
     base: &str,
     plugin: &str,
     url: &str,
+    standby: bool,
 ) -> Result<u128, Failure> {
     // The instance must be ready (and this connection warm) before the crash.
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
-        match pid_of(client, base, plugin).await {
+        match pid_of(client, base, plugin, standby).await {
             Ok(pid) => break pid,
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -60,8 +70,14 @@ async fn round(
 }
 
 async fn run(args: &[String]) -> Result<(), Failure> {
+    let (args, standby) = match args {
+        [rest @ .., last] if last == "standby" => (rest, true),
+        _ => (args, false),
+    };
     let [base, plugin, path, rounds, spacing] = args else {
-        return Err("usage: plugd-bench-restart BASE_URL PLUGIN PATH ROUNDS SPACING_MS".into());
+        return Err(
+            "usage: plugd-bench-restart BASE_URL PLUGIN PATH ROUNDS SPACING_MS [standby]".into(),
+        );
     };
     let (rounds, spacing): (u32, u64) = (rounds.parse()?, spacing.parse()?);
     let client = reqwest::Client::builder()
@@ -70,7 +86,7 @@ async fn run(args: &[String]) -> Result<(), Failure> {
     let url = format!("{base}{path}");
     for _ in 0..rounds {
         tokio::time::sleep(Duration::from_millis(spacing)).await;
-        println!("{}", round(&client, base, plugin, &url).await?);
+        println!("{}", round(&client, base, plugin, &url, standby).await?);
     }
     Ok(())
 }

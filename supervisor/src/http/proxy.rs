@@ -18,7 +18,7 @@ use crate::ipc::CallError;
 use crate::settings::AdminToken;
 use crate::supervise::canary::{Served, Side};
 use crate::supervise::router::{normalize, Lookup};
-use crate::supervise::PluginState;
+use crate::supervise::{PluginState, StandbyView};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, SET_COOKIE};
@@ -111,6 +111,13 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
                 format!("plugin {name:?} is {}{why}", other.name()),
             ));
         }
+    };
+    // The serving instance is dying (its connection closed) and a warm standby is ready: the
+    // standby serves already, before the reconcile loop makes it the current instance.
+    let standby = slot.standby().filter(|_| stable.conn.is_closed());
+    let stable = match standby.as_deref() {
+        Some(StandbyView::Ready(standby)) => standby,
+        _ => stable,
     };
     // During a canary its share of the requests goes to it (hooks and services never do).
     let served = slot.canary().map(|canary| {
@@ -282,20 +289,26 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
             .call::<Http>(&wire, serving.limits.request_timeout)
             .await;
         // During a reload the old instance may refuse (draining) or be gone before the request
-        // was sent; then the new one takes it, once. (A canary is not reloaded: its refusal
-        // stands.)
+        // was sent; then the new one takes it, once. A safe request (GET, HEAD, OPTIONS) that
+        // an instance died with is sent once to the warm standby taking over. (A canary is not
+        // reloaded: its refusal stands.)
         let refused = match &answer {
             Err(CallError::NotSent(_)) => true,
             Err(CallError::Remote(e)) => e.code == codes::SHUTTING_DOWN,
+            Err(CallError::Closed(_)) => parts.method.is_safe(),
             _ => false,
         };
         if refused && !retried && served.as_ref().is_none_or(|s| s.side == Side::Stable) {
-            if let PluginState::Ready(newer) = &*slot.state() {
-                if newer.epoch != serving.epoch {
-                    serving = newer.clone();
-                    retried = true;
-                    continue;
-                }
+            let died = matches!(answer, Err(CallError::Closed(_)));
+            let newer = match (&*slot.state(), slot.standby().as_deref()) {
+                (_, Some(StandbyView::Ready(standby))) if died => Some(standby.clone()),
+                (PluginState::Ready(newer), _) => Some(newer.clone()),
+                _ => None,
+            };
+            if let Some(newer) = newer.filter(|n| n.epoch != serving.epoch) {
+                serving = newer;
+                retried = true;
+                continue;
             }
         }
         break answer;

@@ -279,6 +279,11 @@ impl Connection {
         self.cut_off.load(Ordering::SeqCst)
     }
 
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
     /// Resolves once the connection has closed.
     pub async fn closed(&self) {
         self.closed.cancelled().await

@@ -371,6 +371,9 @@ pub enum InstanceEvent {
     Unresponsive(String),
     /// The plugin went past a hard limit the kernel does not enforce; not killed yet.
     LimitBreach(String),
+    /// Its connection closed before the process was seen to exit (a process that dies closes
+    /// it first): it can serve nothing more. `Exited` follows.
+    Disconnected,
 }
 
 /// Follows a ready instance until its process is gone, reporting each event through `report`.
@@ -443,6 +446,7 @@ pub async fn follow_instance(
             reason
         }
         _ = instance.conn.closed() => {
+            report(InstanceEvent::Disconnected);
             let grace = if instance.conn.was_cut_off() { Duration::ZERO } else { EXIT_AFTER_CLOSE };
             match tokio::time::timeout(grace, wait_exit(&mut exited)).await {
                 Ok(reason) => reason,

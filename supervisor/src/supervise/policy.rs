@@ -90,6 +90,7 @@ mod tests {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(4),
             stable_after: Duration::from_secs(30),
+            standby: false,
         }
     }
 

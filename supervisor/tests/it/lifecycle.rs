@@ -427,8 +427,22 @@ async fn a_warm_standby_takes_over_when_the_plugin_dies_and_another_follows() {
     // It serves nothing while the other lives.
     assert_eq!(answering_pid(&sup).await, serving);
 
+    // A safe request in flight when the serving instance dies is answered by the standby.
+    let in_flight = tokio::spawn({
+        let (client, url) = (sup.client.clone(), sup.url("/plugins/echo/slow?ms=300"));
+        async move {
+            let r = client.get(url).send().await.expect("slow request");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    });
+    sup.wait_until("the slow request is in flight", || async {
+        sup.get_json("/plugins/echo/counters", 200).await["in_flight"] == 1
+    })
+    .await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(serving as i32), Signal::SIGKILL)
         .expect("kill");
+    let (status, text) = in_flight.await.expect("the slow request");
+    assert_eq!((status, text.as_str()), (200, "slept 300 ms"));
     sup.wait_until("the standby took over", || async {
         let s = sup.plugin_status("echo").await;
         s["state"] == "ready" && s["pid"] == standby

@@ -297,6 +297,7 @@ impl Reconciler {
             InstanceEvent::Exited(reason) => {
                 self.roll_back_canary(name, format!("the canary exited: {reason}"))
             }
+            InstanceEvent::Disconnected => {}
         }
         true
     }

@@ -355,12 +355,27 @@ impl Reconciler {
                 let reason = match event {
                     InstanceEvent::Unresponsive(detail) => format!("unresponsive: {detail}"),
                     InstanceEvent::LimitBreach(why) => why,
-                    InstanceEvent::Exited(_) => unreachable!(),
+                    InstanceEvent::Exited(_) | InstanceEvent::Disconnected => unreachable!(),
                 };
                 tracing::warn!(plugin = name, %reason, "killing the plugin");
                 entry.kill_reason = Some((epoch, reason));
                 if let Some(instance) = &entry.current {
                     self.launcher.kill(instance);
+                }
+            }
+            InstanceEvent::Disconnected => {
+                // With a standby ready, it takes over now rather than when the exit is seen;
+                // the old instance's exit is then no longer the current one's.
+                let Some(instance) = entry.current.clone() else {
+                    return;
+                };
+                if !entry.standby.is_ready() || entry.removed || !entry.enabled {
+                    return;
+                }
+                let payload = serde_json::json!({ "plugin": name, "pid": instance.pid, "reason": "its connection closed" });
+                let up_for = instance.ready_at.elapsed();
+                if self.take_over(name, "its connection closed", up_for) {
+                    self.lifecycle_hook("plugd.plugin.unloaded", payload);
                 }
             }
             InstanceEvent::Exited(reason) => {

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 /// How long after a failed or exited standby the next one is started.
 pub(super) const STANDBY_RETRY: Duration = Duration::from_secs(2);
 
+/// How long after a takeover the next standby is started.
+pub(super) const STANDBY_AFTER_TAKEOVER: Duration = Duration::from_millis(50);
+
 /// The loop's record of one plugin's standby.
 #[derive(Debug, Default)]
 pub(super) struct StandbyRun {
@@ -34,6 +37,11 @@ pub(super) struct StandbyRun {
 }
 
 impl StandbyRun {
+    /// Whether a standby is ready to take over.
+    pub(super) fn is_ready(&self) -> bool {
+        self.current.is_some()
+    }
+
     /// The ready standby, taken out (plugd is stopping, or the plugin is forgotten).
     pub(super) fn take(&mut self) -> Option<Arc<Instance>> {
         self.starting = None;
@@ -161,19 +169,19 @@ impl Reconciler {
                     plugin = name, reason = %e.message,
                     "the standby did not start; trying again in {STANDBY_RETRY:?}"
                 );
-                self.standby_later(name);
+                self.standby_later(name, STANDBY_RETRY);
             }
         }
     }
 
-    /// No standby for `name` before [`STANDBY_RETRY`]; the loop looks again then.
-    fn standby_later(&mut self, name: &str) {
+    /// No standby for `name` before `delay`; the loop looks again then.
+    fn standby_later(&mut self, name: &str, delay: Duration) {
         if let Some(entry) = self.entries.get_mut(name) {
-            entry.standby.not_before = Some(Instant::now() + STANDBY_RETRY);
+            entry.standby.not_before = Some(Instant::now() + delay);
         }
         let (tx, name) = (self.tx.clone(), name.to_owned());
         tokio::spawn(async move {
-            tokio::time::sleep(STANDBY_RETRY).await;
+            tokio::time::sleep(delay).await;
             let _ = tx.send(Event::StandbyDue { name });
         });
     }
@@ -199,8 +207,9 @@ impl Reconciler {
             InstanceEvent::Exited(reason) => {
                 tracing::warn!(plugin = name, pid = standby.pid, %reason, "the standby exited; starting another in {STANDBY_RETRY:?}");
                 entry.standby.current = None;
-                self.standby_later(name);
+                self.standby_later(name, STANDBY_RETRY);
             }
+            InstanceEvent::Disconnected => {}
         }
         true
     }
@@ -234,6 +243,9 @@ impl Reconciler {
         entry.current = Some(standby.clone());
         entry.slot.set(PluginState::Ready(standby.clone()));
         entry.slot.count_restart();
+        // The next standby starts a moment later: on a small machine its start would compete
+        // with the first requests the new instance serves.
+        self.standby_later(name, STANDBY_AFTER_TAKEOVER);
         self.lifecycle_hook(
             "plugd.plugin.loaded",
             serde_json::json!({ "plugin": name, "version": standby.version, "pid": standby.pid }),

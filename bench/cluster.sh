@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Propagation across workers: three plugd workers on one throwaway PostgreSQL cluster (started
-# here from the machine's server binaries, as the postgres user when run as root). Prints p50
-# and p99 of the time from an admin change on worker A to the change being live on B and C,
-# and the sustained admin writes per second through all three. Then an outage: wrk drives the
-# three workers' plugin route while PostgreSQL is stopped for OUTAGE_SECONDS (5), and the script
-# prints the requests served and failed meanwhile and the time from PostgreSQL's return to an
-# admin change being live on every worker. Settings: ROUNDS (100), WRITE_SECONDS (5),
-# OUTAGE_SECONDS (5). Installs postgresql and wrk when absent.
+# Propagation across workers: WORKERS plugd workers (10) on one throwaway PostgreSQL cluster
+# (started here from the machine's server binaries, as the postgres user when run as root).
+# Prints p50 and p99 of the time from an admin change on the first worker to the change being
+# live on all the others, and the sustained admin writes per second through all of them. Then
+# an outage: wrk drives every worker's plugin route while PostgreSQL is stopped for
+# OUTAGE_SECONDS (5), and the script prints the requests served and failed meanwhile and the
+# time from PostgreSQL's return to an admin change being live on every worker. Settings:
+# WORKERS (10), ROUNDS (100), WRITE_SECONDS (5), OUTAGE_SECONDS (5). Installs postgresql and
+# wrk when absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,8 +43,10 @@ pg_start
 url="postgres://postgres@127.0.0.1:$pgport/postgres"
 token="bench-token-0123456789abcdef"
 
+WORKERS=${WORKERS:-10}
 urls=()
-for w in a b c; do
+echo "$WORKERS workers, $(nproc) cores"
+for w in $(seq "$WORKERS"); do
   # echo: toggled by the propagation benchmark, then serves the load during the outage.
   # flip: toggled after the outage, so the load on echo is untouched.
   for p in echo flip; do

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Cost of supervision and limits, measured in one run:
-#   1. plugd's own CPU and memory while it supervises N idle plugins (default 50), with health
-#      pings and resource monitoring at their defaults;
+#   1. the time plugd takes from its start to every one of N idle plugins ready (default 200),
+#      then plugd's own CPU and memory while it supervises them, with health pings and resource
+#      monitoring at their defaults, per plugin; and the memory of the start stubs it keeps
+#      (one per plugin where it uses cgroups);
 #   2. GET /plugins/hello/hello through plugd with limits and monitoring on (a cgroup per
 #      plugin, samples every 2 s) against the same with them off; prints the ratio.
-# Installs wrk when absent. Settings: PLUGINS (50), IDLE_SECONDS (20), DURATION (10s),
+# Installs wrk when absent. Settings: PLUGINS (200), IDLE_SECONDS (20), DURATION (10s),
 # CONNECTIONS (64), THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PLUGINS=${PLUGINS:-50}
+PLUGINS=${PLUGINS:-200}
 IDLE_SECONDS=${IDLE_SECONDS:-20}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -33,9 +35,9 @@ start_plugd() {
   PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port" --plugins-dir "$dir" \
     --data-dir "$work/data" --runtime-dir "$work/run" "$@" >"$work/plugd.out" 2>"$work/plugd.err" &
   plugd_pid=$!
-  for _ in $(seq 600); do
+  for _ in $(seq 3000); do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
-    sleep 0.1
+    sleep 0.02
   done
   echo "plugd did not become ready" >&2; cat "$work/plugd.err" >&2; return 1
 }
@@ -50,17 +52,37 @@ for i in $(seq "$PLUGINS"); do
   mkdir -p "$work/idle/p$i"
   printf 'name = "p%s"\nversion = "1"\ncommand = "%s"\n' "$i" "$echo_bin" >"$work/idle/p$i/plugin.toml"
 done
+s0=$(date +%s.%N)
 start_plugd "$work/idle"
+s1=$(date +%s.%N)
 sleep 3   # let start-up work finish before measuring the steady state
 c0=$(cpu_seconds "$plugd_pid"); t0=$(date +%s.%N)
 sleep "$IDLE_SECONDS"
 c1=$(cpu_seconds "$plugd_pid"); t1=$(date +%s.%N)
 rss=$(rss_kib "$plugd_pid")
+# The start stubs: plugd's children that are not plugins (their proportional share of memory).
+stubs=0; stub_pss=0
+for child in $(cat /proc/"$plugd_pid"/task/*/children 2>/dev/null); do
+  if grep -q plugd-start-stub "/proc/$child/cmdline" 2>/dev/null; then
+    stubs=$((stubs + 1))
+    stub_pss=$((stub_pss + $(awk '/^Pss:/ { print $2 }' "/proc/$child/smaps_rollup" 2>/dev/null || echo 0)))
+  fi
+done
 ready=$(curl -s "http://127.0.0.1:$port/readyz" | grep -o '"state":"ready"' | wc -l || true)
 stop_plugd
-awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v rss="$rss" -v n="$PLUGINS" -v ready="$ready" 'BEGIN {
-  printf "idle: %d plugins (%d ready) for %.1f s: plugd used %.2f%% of one core, RSS %.1f MiB\n",
-    n, ready, t1 - t0, 100 * (c1 - c0) / (t1 - t0), rss / 1024 }'
+# plugd alone, for the per-plugin figures.
+mkdir -p "$work/none"
+start_plugd "$work/none"
+sleep 3
+base_rss=$(rss_kib "$plugd_pid")
+stop_plugd
+awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v rss="$rss" -v base="$base_rss" -v n="$PLUGINS" \
+    -v ready="$ready" -v s0="$s0" -v s1="$s1" -v stubs="$stubs" -v stub_pss="$stub_pss" 'BEGIN {
+  printf "start-up: %d plugins ready %.2f s after plugd started\n", ready, s1 - s0
+  printf "idle: %d plugins (%d ready) for %.1f s: plugd used %.3f%% of one core (%.4f%% per plugin)\n",
+    n, ready, t1 - t0, 100 * (c1 - c0) / (t1 - t0), 100 * (c1 - c0) / (t1 - t0) / n
+  printf "plugd RSS %.1f MiB, %.1f MiB with no plugin: %.0f KiB per plugin\n", rss / 1024, base / 1024, (rss - base) / n
+  if (stubs > 0) printf "start stubs: %d, %.0f KiB each (proportional set size)\n", stubs, stub_pss / stubs }'
 
 # 2. Per-request overhead of limits and monitoring.
 mkdir -p "$work/one/hello"

@@ -193,9 +193,11 @@ async fn start(
                     "the supervisor exited during the spawn",
                 ));
             }
-            rlimits.apply()?;
             // Into the plugin's cgroup before exec: nothing it forks can start outside it.
+            // Before the rlimits: until exec the child holds every descriptor plugd has open,
+            // and under a lower open-files limit opening `cgroup.procs` would fail.
             join_cgroups(&cgroup_procs)?;
+            rlimits.apply()?;
             Ok(())
         });
     }

@@ -259,3 +259,25 @@ async fn limits_and_usage_are_visible() {
         "cpu seconds are typed as a counter"
     );
 }
+
+#[tokio::test]
+async fn a_low_open_files_limit_does_not_keep_the_plugin_out_of_its_cgroup() {
+    // Until exec the child holds every descriptor plugd has open; joining the cgroup must not
+    // need a descriptor under the plugin's own open-files limit.
+    let sup = TestSupervisor::start(
+        &[PluginDef::echo("few", "[limits]\nopen_files = 16\n")],
+        &[],
+    )
+    .await;
+    let held = std::fs::read_dir(format!("/proc/{}/fd", sup.pid()))
+        .expect("plugd's descriptors")
+        .count();
+    assert!(held > 16, "plugd holds {held} descriptors");
+    let status = sup.plugin_status("few").await;
+    assert_eq!(status["state"], "ready", "{status}");
+    assert_eq!(status["limits"]["open_files"], 16, "{status}");
+    assert_eq!(
+        sup.get("/plugins/few/echo/1").await.expect("echo").status(),
+        200
+    );
+}

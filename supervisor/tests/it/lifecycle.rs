@@ -327,8 +327,7 @@ fn stubs_of(parent: u32) -> Vec<u32> {
 
 #[tokio::test]
 async fn a_crashed_plugin_restarts_from_the_start_prepared_in_its_cgroup() {
-    use crate::admin::{admin_sup, ADMIN};
-    let sup = admin_sup(&[PluginDef::echo("echo", "[limits]\ntasks = 32\n")]).await;
+    let sup = crate::admin::admin_sup(&[PluginDef::echo("echo", "[limits]\ntasks = 32\n")]).await;
     let first = sup.plugin_status("echo").await["pid"].clone();
     if sup.logged(&["cgroups unavailable"]) {
         eprintln!("no writable cgroups here: starts are not prepared");
@@ -365,14 +364,7 @@ async fn a_crashed_plugin_restarts_from_the_start_prepared_in_its_cgroup() {
     let next = stubs_of(sup.pid())[0];
 
     // Disabled on purpose: the prepared start goes too.
-    let r = sup
-        .client
-        .post(sup.url("/admin/plugins/echo/disable"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("disable");
-    assert_eq!(r.status(), 200);
+    disable_echo(&sup).await;
     sup.wait_until("the prepared start is discarded", || async {
         process_gone(next)
     })
@@ -467,17 +459,22 @@ async fn a_warm_standby_takes_over_when_the_plugin_dies_and_another_follows() {
     let last = standby_of(sup.plugin_status("echo").await).expect("last standby");
 
     // Disabled: both go.
-    let r = sup
-        .client
-        .post(sup.url("/admin/plugins/echo/disable"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("disable");
-    assert_eq!(r.status(), 200);
+    disable_echo(&sup).await;
     sup.wait_until("both instances are stopped", || async {
         process_gone(standby as u32) && process_gone(last as u32)
     })
     .await;
     assert!(sup.plugin_status("echo").await.get("standby").is_none());
+}
+
+/// Disables the echo plugin through the admin API.
+async fn disable_echo(sup: &TestSupervisor) {
+    let r = sup
+        .client
+        .post(sup.url("/admin/plugins/echo/disable"))
+        .bearer_auth(crate::admin::ADMIN)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), 200);
 }

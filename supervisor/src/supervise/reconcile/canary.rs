@@ -217,12 +217,7 @@ impl Reconciler {
         }
     }
 
-    pub(super) fn on_canary_started(
-        &mut self,
-        name: &str,
-        epoch: u64,
-        result: Result<Arc<Instance>, Failure>,
-    ) {
+    pub(super) fn on_canary_started(&mut self, name: &str, result: Result<Arc<Instance>, Failure>) {
         let policy = self.canary_policy.clone();
         let Some(entry) = self.entries.get_mut(name) else {
             return;
@@ -245,15 +240,7 @@ impl Reconciler {
                     plugin = name, version = %instance.version, percent = run.info.percent,
                     "canary serving"
                 );
-                let (tx, follow_name) = (self.tx.clone(), name.to_owned());
-                let report = Box::new(move |event| {
-                    let _ = tx.send(Event::Instance {
-                        name: follow_name.clone(),
-                        epoch,
-                        event,
-                    });
-                });
-                tokio::spawn(self.launcher.follow(instance, report));
+                self.follow(name, instance);
                 let handle = Handle {
                     tx: self.tx.clone(),
                 };

@@ -218,11 +218,11 @@ impl Reconciler {
         result: Result<Arc<Instance>, Failure>,
     ) {
         if self.is_canary_start(name, epoch) {
-            self.on_canary_started(name, epoch, result);
+            self.on_canary_started(name, result);
             return;
         }
         if self.is_standby_start(name, epoch) {
-            self.on_standby_started(name, epoch, result);
+            self.on_standby_started(name, result);
             return;
         }
         let grace = self.grace;
@@ -261,16 +261,7 @@ impl Reconciler {
                 }
                 // A change of settings made while it started is delivered now.
                 self.follow_settings(instance.clone(), None);
-                let tx = self.tx.clone();
-                let follow_name = name.to_owned();
-                let report = Box::new(move |event| {
-                    let _ = tx.send(Event::Instance {
-                        name: follow_name.clone(),
-                        epoch,
-                        event,
-                    });
-                });
-                tokio::spawn(self.launcher.follow(instance.clone(), report));
+                self.follow(name, instance.clone());
                 if let Some(old) = old {
                     tracing::info!(
                         plugin = name, from = %old.version, to = %instance.version,
@@ -321,6 +312,20 @@ impl Reconciler {
                 self.on_down(name, e.message, fatal, None)
             }
         }
+    }
+
+    /// Follows `instance` of `name` in a task of its own, reporting its exit, failed health
+    /// checks and limit breaches to the loop.
+    pub(super) fn follow(&self, name: &str, instance: Arc<Instance>) {
+        let (tx, name, epoch) = (self.tx.clone(), name.to_owned(), instance.epoch);
+        let report = Box::new(move |event| {
+            let _ = tx.send(Event::Instance {
+                name: name.clone(),
+                epoch,
+                event,
+            });
+        });
+        tokio::spawn(self.launcher.follow(instance, report));
     }
 
     /// Starts `name` again after `delay`, unless something else started or stopped it first.

@@ -130,7 +130,6 @@ impl Reconciler {
     pub(super) fn on_standby_started(
         &mut self,
         name: &str,
-        epoch: u64,
         result: Result<Arc<Instance>, Failure>,
     ) {
         let grace = self.grace;
@@ -154,15 +153,7 @@ impl Reconciler {
                 tracing::info!(plugin = name, pid = instance.pid, "standby ready");
                 entry.standby.current = Some(instance.clone());
                 self.follow_settings(instance.clone(), None);
-                let (tx, follow_name) = (self.tx.clone(), name.to_owned());
-                let report = Box::new(move |event| {
-                    let _ = tx.send(Event::Instance {
-                        name: follow_name.clone(),
-                        epoch,
-                        event,
-                    });
-                });
-                tokio::spawn(self.launcher.follow(instance, report));
+                self.follow(name, instance);
             }
             Err(e) => {
                 tracing::warn!(

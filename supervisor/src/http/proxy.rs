@@ -114,7 +114,7 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     };
     // The serving instance is dying (its connection closed) and a warm standby is ready: the
     // standby serves already, before the reconcile loop makes it the current instance.
-    let standby = slot.standby().filter(|_| stable.conn.is_closed());
+    let standby = stable.conn.is_closed().then(|| slot.standby()).flatten();
     let stable = match standby.as_deref() {
         Some(StandbyView::Ready(standby)) => standby,
         _ => stable,

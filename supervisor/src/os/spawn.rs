@@ -18,7 +18,7 @@ use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_
 use std::ffi::CString;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -246,7 +246,7 @@ async fn start(
 async fn on_spawner(mut cmd: Command) -> std::io::Result<Child> {
     use std::sync::mpsc;
     type Job = Box<dyn FnOnce() + Send>;
-    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    static SPAWNER: std::sync::OnceLock<mpsc::Sender<Job>> = std::sync::OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let started = std::thread::Builder::new()
@@ -260,7 +260,7 @@ async fn on_spawner(mut cmd: Command) -> std::io::Result<Child> {
         if let Err(e) = started {
             tracing::error!("cannot start the spawner thread: {e}");
         }
-        Mutex::new(tx)
+        tx
     });
     let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -276,8 +276,7 @@ async fn on_spawner(mut cmd: Command) -> std::io::Result<Child> {
         drop(spawned);
         let _ = tx.send(child);
     });
-    let sent = spawner.lock().unwrap_or_else(|e| e.into_inner()).send(job);
-    if sent.is_err() {
+    if spawner.send(job).is_err() {
         return Err(std::io::Error::other("the spawner thread is gone"));
     }
     rx.await

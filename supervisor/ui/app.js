@@ -416,9 +416,10 @@ async function resetSetting(name, key) {
   try {
     const answer = await api("DELETE", `/plugins/${encodeURIComponent(name)}/settings/${encodeURIComponent(key)}`,
       undefined, { "If-Match": `"${settingsForm.generation}"` });
+    // As for a save: the answer is shown once the form shows the stored settings again.
+    await showSettings(name);
     result.className = "";
     result.textContent = answer.detail;
-    await showSettings(name);
   } catch (e) {
     result.className = "error";
     result.textContent = e.message;

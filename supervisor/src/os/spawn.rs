@@ -299,6 +299,15 @@ pub fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String 
     }
 }
 
+/// Kills a process started here (its whole group) and reaps it, so it leaves the register of
+/// spawned processes (see `orphans`): for a start stub that will not be used.
+pub async fn kill_and_reap(child: &mut Child) {
+    let pid = child.id().unwrap_or(0);
+    signal_group(pid, Signal::SIGKILL);
+    let _ = child.wait().await;
+    super::orphans::exited(pid);
+}
+
 /// Sends `signal` to the whole process group led by `pid`. Pid 0 (no process) is ignored:
 /// `killpg(0)` would signal plugd's own group.
 pub fn signal_group(pid: u32, signal: Signal) {

@@ -350,10 +350,7 @@ async fn from_stub(
         Ok(()) => Ok(stub),
         Err(e) => {
             tracing::debug!(plugin = %spec.manifest.name, "prepared start unusable ({e}); starting it the usual way");
-            let pid = stub.child.id().unwrap_or(0);
-            spawn::signal_group(pid, Signal::SIGKILL);
-            let _ = stub.child.wait().await;
-            orphans::exited(pid);
+            spawn::kill_and_reap(&mut stub.child).await;
             spawn::spawn(spec).await
         }
     }

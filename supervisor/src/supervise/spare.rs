@@ -204,16 +204,13 @@ impl Spares {
 }
 
 /// Ends a stub that will not be used, and its leaf.
-pub async fn discard(spare: Spare) {
+async fn discard(spare: Spare) {
     let Spare {
         spawned: Spawned { mut child, output },
         leaf,
         ..
     } = spare;
-    let pid = child.id().unwrap_or(0);
-    spawn::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = child.wait().await;
-    crate::os::orphans::exited(pid);
+    spawn::kill_and_reap(&mut child).await;
     let _ = tokio::time::timeout(Duration::from_millis(500), output).await;
     leaf.remove().await;
 }

@@ -1,8 +1,11 @@
 //! The connection loop: handshake, then dispatch every incoming message until shutdown.
 //!
-//! One reader (this loop) decodes frames and starts a task per HTTP request; one writer task
-//! sends the frames those tasks produce. Requests in flight are tracked by id so a `cancel` can
-//! abort one and a `shutdown` can wait for all of them.
+//! One reader (this loop) decodes frames and runs each request's handler. A handler that
+//! finishes on its first poll (most do: they compute an answer without waiting) is answered
+//! right there, with no task spawned; the others become a task each, tracked by id so a
+//! `cancel` can abort one and a `shutdown` can wait for all of them. Answers go through the
+//! connection's [`Outbox`]: while the reader works through frames that arrived together it
+//! keeps the outbox corked, so their answers leave in one write.
 
 use crate::hook::{HookEvent, ServiceEvent};
 use crate::kv::{Caller, Host};
@@ -24,6 +27,7 @@ use plugd_protocol::message::http::Http;
 use plugd_protocol::message::service::{ServiceCall, ServiceOutput};
 use plugd_protocol::message::settings::{Settings as SettingsMethod, SettingsParams};
 use plugd_protocol::message::{Method, NotificationKind};
+use plugd_protocol::outbox::Outbox;
 use plugd_protocol::{
     codes, ErrorObject, FrameCodec, Message, Notification, ProtocolVersion, Request as WireRequest,
     DEFAULT_MAX_FRAME_LEN, ENV_EPOCH, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
@@ -32,14 +36,16 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
-/// How many outgoing frames may queue before handlers wait for the writer.
-const OUTGOING_QUEUE: usize = 1024;
+/// Bytes of frames that may wait to be written to the supervisor before handlers wait (a
+/// larger single frame still goes, once the queue is empty).
+const OUTGOING_LIMIT: usize = 8 * 1024 * 1024;
 
 /// What the supervisor put in the plugin's environment.
 pub(crate) struct Env {
@@ -84,12 +90,14 @@ struct Shared<S> {
     hooks: Vec<HookRoute<S>>,
     services: Vec<(String, ServiceHandler<S>)>,
     state: Arc<S>,
-    out: mpsc::Sender<Bytes>,
+    out: Arc<Outbox>,
     max_frame: AtomicUsize,
     draining: AtomicBool,
     in_flight: Mutex<HashMap<u64, AbortHandle>>,
-    /// Number of requests in flight, so shutdown can wait for zero.
-    count: watch::Sender<usize>,
+    /// Number of tracked requests in flight, so shutdown can wait for zero ...
+    count: AtomicUsize,
+    /// ... told when it gets there.
+    idle: Notify,
     on_unload: Mutex<Option<Callback<S>>>,
     on_settings: Option<SettingsCallback<S>>,
     /// The plugin's own calls to the supervisor.
@@ -121,8 +129,8 @@ impl<S: Send + Sync + 'static> Shared<S> {
     /// Forgets request `id`; whoever removes it from the map lowers the count.
     fn finish(&self, id: u64) -> Option<AbortHandle> {
         let handle = self.lock_in_flight().remove(&id);
-        if handle.is_some() {
-            self.count.send_modify(|n| *n -= 1);
+        if handle.is_some() && self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
         }
         handle
     }
@@ -154,8 +162,8 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
 ) -> Result<(), Error> {
     let (rd, wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, FrameCodec::new(env.max_frame));
-    let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
-    let writer = tokio::spawn(plugd_protocol::frame::write_frames(out_rx, wr));
+    let out = Outbox::new(wr, OUTGOING_LIMIT);
+    let writer = tokio::spawn(out.flusher());
 
     let hello = Hello {
         protocol: ProtocolVersion::CURRENT,
@@ -211,7 +219,6 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
     tracing::debug!(supervisor = %welcome.supervisor, "handshake accepted");
 
-    let (count, _) = watch::channel(0usize);
     let shared = Arc::new(Shared {
         routes: plugin.routes,
         hooks: plugin.hooks,
@@ -227,7 +234,8 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         max_frame: AtomicUsize::new(max_frame),
         draining: AtomicBool::new(false),
         in_flight: Mutex::new(HashMap::new()),
-        count,
+        count: AtomicUsize::new(0),
+        idle: Notify::new(),
         on_unload: Mutex::new(plugin.on_unload),
         on_settings: plugin.on_settings,
         streams: Arc::default(),
@@ -240,24 +248,32 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     let mut stopped_tx = Some(stopped_tx);
     let result = loop {
         tokio::select! {
-            message = frames.next() => match message {
-                Some(Ok(Message::Request(req))) => {
-                    dispatch_request(&shared, req, &mut stopped_tx).await;
-                }
-                Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
-                Some(Ok(Message::Response(resp))) => {
-                    let id = resp.id;
-                    if !shared.caller.answer(resp) {
-                        tracing::debug!(id, "late answer to a call that already ended");
+            message = frames.next() => {
+                // Answers to frames that arrived together are written together: the outbox
+                // stays corked until no whole frame is left in the read buffer.
+                shared.out.cork();
+                match message {
+                    Some(Ok(Message::Request(req))) => {
+                        dispatch_request(&shared, req, &mut stopped_tx).await;
+                    }
+                    Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
+                    Some(Ok(Message::Response(resp))) => {
+                        let id = resp.id;
+                        if !shared.caller.answer(resp) {
+                            tracing::debug!(id, "late answer to a call that already ended");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!("closing the connection after a bad frame from the supervisor: {e}");
+                        break Err(Error::Protocol(e));
+                    }
+                    None => {
+                        tracing::info!("the supervisor closed the connection; stopping");
+                        break Ok(());
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::error!("closing the connection after a bad frame from the supervisor: {e}");
-                    break Err(Error::Protocol(e));
-                }
-                None => {
-                    tracing::info!("the supervisor closed the connection; stopping");
-                    break Ok(());
+                if !plugd_protocol::frame::frame_buffered(frames.read_buffer()) {
+                    shared.out.uncork();
                 }
             },
             _ = &mut stopped => break Ok(()),
@@ -270,6 +286,8 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         handle.abort();
     }
     shared.run_unload().await;
+    // What is queued is written, then the socket's sending side is shut.
+    shared.out.finish();
     drop(shared);
     drop(frames);
     let _ = writer.await;
@@ -359,14 +377,22 @@ async fn drain_and_stop<S: Send + Sync + 'static>(
     grace: Duration,
     stopped: oneshot::Sender<()>,
 ) {
-    let mut count = shared.count.subscribe();
-    let drained = tokio::time::timeout(grace, count.wait_for(|n| *n == 0))
-        .await
-        .is_ok();
+    let idle = async {
+        loop {
+            let notified = shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let drained = tokio::time::timeout(grace, idle).await.is_ok();
     if !drained {
         tracing::warn!(
             "shutting down with {} requests still in flight after {grace:?}",
-            *count.borrow()
+            shared.count.load(Ordering::SeqCst)
         );
     }
     shared.run_unload().await;
@@ -441,38 +467,27 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 }
                 link
             });
-            let future = handler(request, shared.state.clone());
+            let mut future =
+                AssertUnwindSafe(handler(request, shared.state.clone())).catch_unwind();
+            // Most handlers answer without waiting: then the answer goes out from here, with no
+            // task (a streaming route always gets one: its body flows after the head).
+            if link.is_none() {
+                if let Poll::Ready(outcome) = poll_once(&mut future) {
+                    let (frame, _) =
+                        http_answer(id, &route_name, outcome, false, shared.max_frame());
+                    if let Some(frame) = frame {
+                        shared.send(frame).await;
+                    }
+                    return;
+                }
+            }
             let task_shared = shared.clone();
             track(shared, id, async move {
                 let _open = link.as_ref().map(|_| OpenStream(&task_shared, id));
-                let response = match AssertUnwindSafe(future).catch_unwind().await {
-                    Ok(response) => response,
-                    Err(panic) => {
-                        let what = panic_message(&panic);
-                        tracing::error!(route = %route_name, "handler panicked: {what}");
-                        HttpError::internal(format!("handler panicked: {what}")).into_response()
-                    }
-                };
-                let (mut head, body) = response.into_wire();
-                let body = match (body, &link) {
-                    (Some(_), None) => {
-                        tracing::error!(route = %route_name, "a streamed response on a route not declared with .stream()");
-                        head = HttpError::internal(format!(
-                            "route {route_name} answered with a streamed body but is not declared as streaming (.stream())"
-                        ))
-                        .into_response()
-                        .into_wire()
-                        .0;
-                        None
-                    }
-                    (body, _) => body,
-                };
+                let outcome = future.await;
                 let max = task_shared.max_frame();
-                let frame = encode_response(id, &head, max).or_else(|e| {
-                    tracing::error!(id, "cannot send the answer: {e}");
-                    encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
-                });
-                if let Ok(frame) = frame {
+                let (frame, body) = http_answer(id, &route_name, outcome, link.is_some(), max);
+                if let Some(frame) = frame {
                     task_shared.send(frame).await;
                 }
                 if let (Some(body), Some(link)) = (body, link) {
@@ -486,6 +501,52 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
             shared.reply_error(id, codes::NO_ROUTE, message).await;
         }
     }
+}
+
+/// Polls `future` once, without a task: `Ready` when it needs no waiting. (The waker is a
+/// no-op: a future that is not ready is spawned, and its task polls it again at once with its
+/// own waker.)
+fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    future.poll_unpin(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// A handler's outcome as the answer frame for request `id`, and the streamed body that
+/// follows it (only on a route with a stream link, `streaming`). A panic answers 500, as does a
+/// streamed body on a route not declared to stream.
+fn http_answer(
+    id: u64,
+    route_name: &str,
+    outcome: Result<crate::response::Response, Box<dyn std::any::Any + Send>>,
+    streaming: bool,
+    max: usize,
+) -> (Option<Bytes>, Option<BodySource>) {
+    let response = match outcome {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic_message(&panic);
+            tracing::error!(route = %route_name, "handler panicked: {what}");
+            HttpError::internal(format!("handler panicked: {what}")).into_response()
+        }
+    };
+    let (mut head, body) = response.into_wire();
+    let body = match body {
+        Some(_) if !streaming => {
+            tracing::error!(route = %route_name, "a streamed response on a route not declared with .stream()");
+            head = HttpError::internal(format!(
+                "route {route_name} answered with a streamed body but is not declared as streaming (.stream())"
+            ))
+            .into_response()
+            .into_wire()
+            .0;
+            None
+        }
+        body => body,
+    };
+    let frame = encode_response(id, &head, max).or_else(|e| {
+        tracing::error!(id, "cannot send the answer: {e}");
+        encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
+    });
+    (frame.ok(), body)
 }
 
 /// Removes a stream's registration when its task ends (or is aborted by a cancel).
@@ -562,7 +623,7 @@ async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
         host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = (route.handler)(event, shared.state.clone());
-    spawn_tracked(shared, id, async move {
+    run_tracked(shared, id, async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(reply) => Ok(reply.into_wire()),
             Err(panic) => Err(ErrorObject::new(
@@ -570,7 +631,8 @@ async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 format!("hook handler panicked: {}", panic_message(&panic)),
             )),
         }
-    });
+    })
+    .await;
 }
 
 async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
@@ -593,7 +655,7 @@ async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: W
         host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = handler(event, shared.state.clone());
-    spawn_tracked(shared, id, async move {
+    run_tracked(shared, id, async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(Ok(value)) => Ok(ServiceOutput {
                 value: rmpv::ext::to_value(&value).unwrap_or(rmpv::Value::Nil),
@@ -604,7 +666,8 @@ async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: W
                 format!("service handler panicked: {}", panic_message(&panic)),
             )),
         }
-    });
+    })
+    .await;
 }
 
 /// Runs `task` tracked: a `cancel` aborts it, and shutdown waits for it.
@@ -616,7 +679,7 @@ fn track<S: Send + Sync + 'static>(
     let task_shared = shared.clone();
     let mut in_flight = shared.lock_in_flight();
     // The task cannot finish before it is registered and counted: finish() needs this lock.
-    shared.count.send_modify(|n| *n += 1);
+    shared.count.fetch_add(1, Ordering::SeqCst);
     let task = tokio::spawn(async move {
         task.await;
         task_shared.finish(id);
@@ -624,8 +687,9 @@ fn track<S: Send + Sync + 'static>(
     in_flight.insert(id, task.abort_handle());
 }
 
-/// Runs `work` as a tracked task (cancellable, awaited by shutdown) and sends its answer.
-fn spawn_tracked<S, T>(
+/// Runs `work` and sends its answer: from here when it finishes on its first poll, otherwise
+/// as a tracked task (cancellable, awaited by shutdown).
+async fn run_tracked<S, T>(
     shared: &Arc<Shared<S>>,
     id: u64,
     work: impl std::future::Future<Output = Result<T, ErrorObject>> + Send + 'static,
@@ -633,17 +697,31 @@ fn spawn_tracked<S, T>(
     S: Send + Sync + 'static,
     T: serde::Serialize + Send + 'static,
 {
-    let task_shared = shared.clone();
-    track(shared, id, async move {
-        let max = task_shared.max_frame();
-        let frame = match work.await {
+    fn answer<T: serde::Serialize>(
+        id: u64,
+        outcome: Result<T, ErrorObject>,
+        max: usize,
+    ) -> Option<Bytes> {
+        let frame = match outcome {
             Ok(value) => encode_response(id, &value, max).or_else(|e| {
                 tracing::error!(id, "cannot send the answer: {e}");
                 encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
             }),
             Err(error) => encode_error(id, &error, max),
         };
-        if let Ok(frame) = frame {
+        frame.ok()
+    }
+    let mut work = Box::pin(work);
+    if let Poll::Ready(outcome) = poll_once(&mut work) {
+        if let Some(frame) = answer(id, outcome, shared.max_frame()) {
+            shared.send(frame).await;
+        }
+        return;
+    }
+    let task_shared = shared.clone();
+    track(shared, id, async move {
+        let outcome = work.await;
+        if let Some(frame) = answer(id, outcome, task_shared.max_frame()) {
             task_shared.send(frame).await;
         }
     });

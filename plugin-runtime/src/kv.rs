@@ -10,11 +10,11 @@ use plugd_protocol::message::kv::{
 };
 use plugd_protocol::message::service::{ServiceCall, ServiceInput};
 use plugd_protocol::message::Method;
+use plugd_protocol::outbox::Outbox;
 use plugd_protocol::pending::Pending;
 use plugd_protocol::{ErrorObject, Response as WireResponse};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// How long a call to the supervisor may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +45,7 @@ impl From<HostError> for HttpError {
 /// Sends requests to the supervisor and matches their answers.
 #[derive(Debug)]
 pub(crate) struct Caller {
-    out: mpsc::Sender<Bytes>,
+    out: Arc<Outbox>,
     pending: Pending<WireResponse>,
     max_frame: usize,
     /// The plugin's settings, as last delivered.
@@ -53,11 +53,7 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    pub(crate) fn new(
-        out: mpsc::Sender<Bytes>,
-        max_frame: usize,
-        settings: Settings,
-    ) -> Arc<Caller> {
+    pub(crate) fn new(out: Arc<Outbox>, max_frame: usize, settings: Settings) -> Arc<Caller> {
         let current = Current::default();
         current.set(settings);
         Arc::new(Caller {

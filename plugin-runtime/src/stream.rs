@@ -151,7 +151,7 @@ impl Streams {
 /// Sends one stream's messages to plugd.
 pub(crate) struct Link {
     pub(crate) id: u64,
-    pub(crate) out: mpsc::Sender<Bytes>,
+    pub(crate) out: Arc<plugd_protocol::outbox::Outbox>,
     pub(crate) max_frame: usize,
     pub(crate) credit: Arc<SendCredit>,
     pub(crate) window: u32,

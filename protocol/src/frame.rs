@@ -92,25 +92,14 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
-/// Writes the frames received on `frames` to `writer` until the channel closes, flushing whenever
-/// no more frames are queued, so a burst of responses costs one system call rather than one each.
-pub async fn write_frames<W>(
-    mut frames: tokio::sync::mpsc::Receiver<Bytes>,
-    writer: W,
-) -> std::io::Result<()>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::AsyncWriteExt;
-    let mut writer = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
-    while let Some(frame) = frames.recv().await {
-        writer.write_all(&frame).await?;
-        while let Ok(frame) = frames.try_recv() {
-            writer.write_all(&frame).await?;
-        }
-        writer.flush().await?;
+/// Whether `src` holds a whole frame, so the next one can be decoded without reading the
+/// socket again.
+pub fn frame_buffered(src: &[u8]) -> bool {
+    if src.len() < HEADER_LEN {
+        return false;
     }
-    writer.shutdown().await
+    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    src.len() - HEADER_LEN >= len
 }
 
 #[cfg(test)]

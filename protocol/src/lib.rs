@@ -3,8 +3,9 @@
 //! Everything that crosses the process boundary is defined here and nowhere else: the frame layout
 //! ([`frame`]), the request/response/notification envelope ([`envelope`]), the structured error
 //! ([`error`]), the protocol version ([`version`]) and the typed messages of each family
-//! ([`message`]). The crate holds no task, socket or process logic, so a plugin written against it
-//! and the supervisor agree on bytes and nothing more. `PROTOCOL.md` beside this crate describes the
+//! ([`message`]). Beyond bytes it holds only what both ends need alike to move them: the
+//! [`outbox`] that writes queued frames to the socket, and the table of calls awaiting answers
+//! ([`pending`]). `PROTOCOL.md` beside this crate describes the
 //! same bytes for people writing a plugin in another language.
 
 pub mod depth;
@@ -12,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod outbox;
 pub mod pending;
 pub mod stream;
 pub mod time;

@@ -2,7 +2,9 @@
 //!
 //! After the handshake, a [`Connection`] lets many callers have requests in flight at once:
 //! each call registers under a fresh id in the shared pending map, a reader task routes each
-//! response to its caller, and a writer task batches outgoing frames. When the plugin sends a
+//! response to its caller, and the connection's [`Outbox`] writes each frame from the task that
+//! sends it when the socket has room (a flusher task writes, in one go, whatever had to wait
+//! while it had none). When the plugin sends a
 //! bad frame or the socket closes, every waiting caller is told at once why; nobody waits for a
 //! timeout on a dead plugin. Requests the plugin makes to plugd are answered by [`Calls`].
 //!
@@ -22,18 +24,16 @@ use plugd_protocol::envelope::{
 };
 use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdown};
 use plugd_protocol::message::Method;
+use plugd_protocol::outbox::{self, Outbox};
 use plugd_protocol::pending::{Call, Pending};
 use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, Response};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-
-/// Outgoing frames that may queue before callers wait for the writer.
-const OUTGOING_QUEUE: usize = 1024;
 
 /// Calls from one plugin that plugd works on at once (key-value, services, hooks); more are
 /// answered with a `BUSY` error straight away.
@@ -99,20 +99,18 @@ pub enum CallError {
 #[derive(Debug)]
 pub struct Connection {
     plugin: String,
-    out: mpsc::Sender<Bytes>,
+    out: Arc<Outbox>,
     pending: Pending<Result<Response, String>>,
     max_frame: usize,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     cut_off: AtomicBool,
-    /// Set when plugd queues its shutdown request, under this lock with the queueing itself:
-    /// no request is queued behind the shutdown (see [`Connection::send`]).
-    stopping: Mutex<bool>,
+    /// Set when plugd queues its shutdown request, under the outbox's lock with the queueing
+    /// itself: no request is queued behind the shutdown (see [`Connection::send`]).
+    stopping: AtomicBool,
     calls: Option<Arc<Calls>>,
     /// Permits for the plugin's own calls in flight.
     working: Arc<Semaphore>,
-    /// Permits for bytes waiting in the outgoing queue, one per byte.
-    queue_room: Arc<Semaphore>,
     /// Calls plugd gave up on and cancelled: each may still get one late answer.
     cancelled: AtomicU64,
     /// Frames dropped because the plugin was not reading.
@@ -132,7 +130,8 @@ impl Connection {
         max_frame: usize,
         calls: Option<Arc<Calls>>,
     ) -> Arc<Connection> {
-        let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let out = Outbox::new(wr, MAX_QUEUED_BYTES);
+        tokio::spawn(out.flusher());
         let conn = Arc::new(Connection {
             plugin,
             out,
@@ -142,22 +141,13 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             cut_off: AtomicBool::new(false),
-            stopping: Mutex::new(false),
+            stopping: AtomicBool::new(false),
             calls,
             working: Arc::new(Semaphore::new(MAX_PLUGIN_CALLS)),
-            queue_room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
             cancelled: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             streams: Streams::default(),
             answers_dropped: AtomicU64::new(0),
-        });
-        let token = conn.closed.clone();
-        let room = conn.queue_room.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = write_frames(out_rx, wr, room) => {}
-                _ = token.cancelled() => {}
-            }
         });
         tokio::spawn(read_loop(conn.clone(), frames));
         conn
@@ -258,8 +248,8 @@ impl Connection {
             *slot = Some(reason.to_owned());
         }
         self.closed.cancel();
-        // Nobody waits for queue room that the stopped writer will never give back.
-        self.queue_room.close();
+        // Nobody waits for room in the outbox any more, and the plugin reads the end.
+        self.out.close();
         for tx in self.pending.drain() {
             let _ = tx.send(Err(reason.to_owned()));
         }
@@ -338,43 +328,36 @@ impl Connection {
         }
     }
 
-    /// Queues `frame`, waiting while the queue holds [`MAX_QUEUED_BYTES`] already.
-    /// Queues `frame`, waiting for room. Nothing but answers is queued after the shutdown
-    /// request: the check and the queueing happen under one lock, so a request either goes
-    /// before the shutdown (and the plugin finishes it while draining) or is refused here
-    /// (`Stopping`, which the caller may retry on another instance). A request queued behind
-    /// the shutdown could reach a plugin that already stopped reading, and its caller would see
-    /// the plugin exit instead.
+    /// Queues `frame`, waiting while the outbox holds [`MAX_QUEUED_BYTES`] already. Nothing
+    /// but answers is queued after the shutdown request: the check and the queueing happen
+    /// under the outbox's lock, so a request either goes before the shutdown (and the plugin
+    /// finishes it while draining) or is refused here (`Stopping`, which the caller may retry
+    /// on another instance). A request queued behind the shutdown could reach a plugin that
+    /// already stopped reading, and its caller would see the plugin exit instead.
     async fn send(&self, frame: Bytes, what: Outgoing) -> Result<(), Unsent> {
-        let stopped = || Unsent::Closed("the writer stopped".to_string());
-        let permit = self
-            .queue_room
-            .acquire_many(weight(&frame))
-            .await
-            .map_err(|_| stopped())?;
-        let slot = self.out.reserve().await.map_err(|_| stopped())?;
-        {
-            let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
-            match what {
-                Outgoing::Request if *stopping => return Err(Unsent::Stopping),
-                Outgoing::Shutdown => *stopping = true,
-                Outgoing::Request | Outgoing::Answer | Outgoing::Stream => {}
+        let gate = || match what {
+            Outgoing::Request if self.stopping.load(Ordering::SeqCst) => Err(()),
+            Outgoing::Shutdown => {
+                self.stopping.store(true, Ordering::SeqCst);
+                Ok(())
             }
-            slot.send(frame);
+            Outgoing::Request | Outgoing::Answer | Outgoing::Stream => Ok(()),
+        };
+        match self.out.send_gated(frame, gate).await {
+            Ok(()) => Ok(()),
+            Err(outbox::Unsent::Gated(())) => Err(Unsent::Stopping),
+            Err(outbox::Unsent::Closed) => Err(Unsent::Closed(
+                self.close_reason()
+                    .unwrap_or_else(|| "the connection is closed".into()),
+            )),
         }
-        // The writer gives the room back once the frame is written.
-        permit.forget();
-        Ok(())
     }
 
     /// Queues `frame` if there is room now; otherwise drops it (the plugin is not reading) and
     /// says so.
     fn try_send(&self, frame: Bytes) -> bool {
-        if let Ok(permit) = self.queue_room.try_acquire_many(weight(&frame)) {
-            if self.out.try_send(frame).is_ok() {
-                permit.forget();
-                return true;
-            }
+        if self.out.try_send(frame).is_ok() {
+            return true;
         }
         // Logged at 1, 2, 4, 8, … drops: a plugin that never reads must not flood the log.
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -398,33 +381,6 @@ impl Connection {
     fn refuse(&self, id: u64, error: &ErrorObject) {
         self.answer_now(encode_error(id, error, self.max_frame));
     }
-}
-
-/// The queue room a frame takes: its length, capped so one frame larger than the whole queue
-/// can still be sent once the queue is empty.
-fn weight(frame: &Bytes) -> u32 {
-    u32::try_from(frame.len().min(MAX_QUEUED_BYTES)).unwrap_or(u32::MAX)
-}
-
-/// Writes queued frames to the plugin, batching those queued together into one write, and
-/// gives each frame's queue room back once it is written.
-async fn write_frames(
-    mut frames: mpsc::Receiver<Bytes>,
-    writer: OwnedWriteHalf,
-    room: Arc<Semaphore>,
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut writer = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
-    while let Some(frame) = frames.recv().await {
-        writer.write_all(&frame).await?;
-        room.add_permits(weight(&frame) as usize);
-        while let Ok(frame) = frames.try_recv() {
-            writer.write_all(&frame).await?;
-            room.add_permits(weight(&frame) as usize);
-        }
-        writer.flush().await?;
-    }
-    writer.shutdown().await
 }
 
 /// Tells the plugin to stop working on a call that ends without an answer: on timeout, or

@@ -6,7 +6,10 @@
 //! the queue as soon as the socket is writable again, so frames that queued together leave in
 //! one vectored write. A reader
 //! that handles a batch of frames may *cork* the outbox ([`Outbox::cork`]): the answers produced
-//! meanwhile are collected and written together, in one system call, when it uncorks.
+//! meanwhile are collected and written together, in one system call, when it uncorks. A
+//! [deferred](Outbox::deferred) outbox leaves all writing to the flusher, which first lets
+//! the tasks that are ready queue their frames: the side where many tasks send one frame each
+//! (plugd) then writes many per system call under load, and wakes its peer once for them.
 //!
 //! The queue is bounded by the `limit` given to [`Outbox::new`], in bytes: [`Outbox::send`]
 //! waits while a frame does not fit, [`Outbox::try_send`] refuses it. A frame larger than the
@@ -38,6 +41,8 @@ pub struct Outbox {
     /// Wakes senders waiting for room when bytes have been written or the outbox closed.
     room: Notify,
     limit: usize,
+    /// Frames always wait for the flusher (see [`Outbox::deferred`]).
+    defer: bool,
 }
 
 #[derive(Debug, Default)]
@@ -80,14 +85,28 @@ pub enum Unsent<E> {
 pub struct Closed;
 
 impl Outbox {
-    /// An outbox writing to `writer` that holds at most `limit` bytes waiting.
+    /// An outbox writing to `writer` that holds at most `limit` bytes waiting; a frame is
+    /// written by its sender when nothing is ahead of it.
     pub fn new(writer: OwnedWriteHalf, limit: usize) -> Arc<Outbox> {
+        Outbox::build(writer, limit, false)
+    }
+
+    /// An outbox whose frames are all written by the flusher, which first lets every task that
+    /// is ready to run queue its own: for a side where many tasks each send one frame (plugd,
+    /// one per HTTP request), so that under load one write carries many frames and wakes the
+    /// peer once, not once per frame.
+    pub fn deferred(writer: OwnedWriteHalf, limit: usize) -> Arc<Outbox> {
+        Outbox::build(writer, limit, true)
+    }
+
+    fn build(writer: OwnedWriteHalf, limit: usize, defer: bool) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             writer,
             flush: Notify::new(),
             room: Notify::new(),
             limit,
+            defer,
         })
     }
 
@@ -119,6 +138,10 @@ impl Outbox {
                     }
                 }
                 notified.await;
+            }
+            if self.defer {
+                // The tasks that are ready now queue their frames before this write.
+                tokio::task::yield_now().await;
             }
             if let Err(e) = self.writer.writable().await {
                 self.fail();
@@ -260,6 +283,15 @@ impl Outbox {
 
     /// Writes `frame` now if nothing is ahead of it, else queues it.
     fn take(&self, state: &mut State, mut frame: Bytes) -> io::Result<()> {
+        if self.defer {
+            state.queued += frame.len();
+            state.queue.push_back(frame);
+            if !state.flushing {
+                state.flushing = true;
+                self.flush.notify_one();
+            }
+            return Ok(());
+        }
         let hold = state.corked && state.queued + frame.len() < CORK_MAX;
         if state.queue.is_empty() && !state.flushing && !hold {
             let written = match write_some(&self.writer, &frame) {
@@ -420,6 +452,31 @@ mod tests {
         peer.read_exact(&mut got).await.expect("everything arrives");
         assert!(got.iter().all(|b| *b == 7));
         waiting.await.expect("joined").expect("sent");
+        outbox.close();
+        flusher
+            .await
+            .expect("joined")
+            .expect("flusher ended cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_deferred_outbox_writes_what_tasks_queued_together_in_one_go() {
+        let (ours, mut peer) = UnixStream::pair().expect("a socket pair");
+        let (_rd, wr) = ours.into_split();
+        let outbox = Outbox::deferred(wr, 1024);
+        // On this single-threaded runtime the flusher runs only once this task waits.
+        let flusher = tokio::spawn(outbox.flusher());
+        for frame in [&b"one,"[..], b"two,", b"three"] {
+            outbox
+                .send(Bytes::from_static(frame))
+                .await
+                .expect("queued");
+        }
+        assert_eq!(outbox.buffered(), 13, "nothing written by the senders");
+        let mut got = [0u8; 13];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"one,two,three");
+        assert_eq!(outbox.buffered(), 0);
         outbox.close();
         flusher
             .await

@@ -114,6 +114,10 @@ struct ServeArgs {
     /// connection [default: 10s].
     #[arg(long)]
     header_read_timeout: Option<String>,
+    /// Threads running plugd's HTTP server and plugin connections [default: half the CPUs,
+    /// at least 1].
+    #[arg(long)]
+    worker_threads: Option<String>,
 }
 
 impl ServeArgs {
@@ -135,6 +139,7 @@ impl ServeArgs {
             ("access_log", &self.access_log),
             ("max_connections", &self.max_connections),
             ("header_read_timeout", &self.header_read_timeout),
+            ("worker_threads", &self.worker_threads),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -178,8 +183,9 @@ fn load_settings(args: &ServeArgs) -> Result<Settings, ExitCode> {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .map_err(|e| {
@@ -198,7 +204,7 @@ where
         Ok(s) => s,
         Err(code) => return code,
     };
-    let runtime = match runtime() {
+    let runtime = match runtime(settings.workers()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

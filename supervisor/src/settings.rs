@@ -74,6 +74,10 @@ pub struct Settings {
     /// How far above the stable p99 a canary's may be whatever the factor.
     #[serde(with = "humantime_serde")]
     pub canary_latency_floor: Duration,
+    /// Threads that run plugd's HTTP server and plugin connections; none means half the CPUs
+    /// (at least one), since the plugins, separate processes, do the work and need the rest.
+    /// Blocking work (unpacking bundles, killing process trees) runs on threads of its own.
+    pub worker_threads: Option<usize>,
     /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
     pub admin_tokens: Vec<AdminToken>,
 }
@@ -135,6 +139,7 @@ impl Default for Settings {
             canary_min_error_ratio: 0.01,
             canary_latency_factor: 2.0,
             canary_latency_floor: Duration::from_millis(10),
+            worker_threads: None,
             admin_tokens: Vec::new(),
         }
     }
@@ -178,6 +183,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("canary_min_error_ratio", "PLUGD_CANARY_MIN_ERROR_RATIO"),
     ("canary_latency_factor", "PLUGD_CANARY_LATENCY_FACTOR"),
     ("canary_latency_floor", "PLUGD_CANARY_LATENCY_FLOOR"),
+    ("worker_threads", "PLUGD_WORKER_THREADS"),
 ];
 
 /// The environment variable holding an admin token (named `env`, role `admin`).
@@ -191,6 +197,14 @@ pub const ENV_HOST_TOKEN: &str = "PLUGD_HOST_TOKEN";
 pub const ENV_CONFIG: &str = "PLUGD_CONFIG";
 
 impl Settings {
+    /// The runtime's worker threads: `worker_threads`, or half the CPUs (at least one).
+    pub fn workers(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            (cpus / 2).max(1)
+        })
+    }
+
     /// Layers the config file (if any), the environment and the flags over the defaults.
     ///
     /// `flags` are `(key, value)` pairs from the command line, keys as in [`KEYS`].
@@ -259,6 +273,9 @@ impl Settings {
         }
         if settings.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        if settings.worker_threads == Some(0) {
+            bail!("worker_threads must be at least 1 (leave it out for half the CPUs)");
         }
         if settings.header_read_timeout.is_zero() {
             bail!("header_read_timeout must be longer than 0s");

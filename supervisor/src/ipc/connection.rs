@@ -2,9 +2,8 @@
 //!
 //! After the handshake, a [`Connection`] lets many callers have requests in flight at once:
 //! each call registers under a fresh id in the shared pending map, a reader task routes each
-//! response to its caller, and the connection's [`Outbox`] writes each frame from the task that
-//! sends it when the socket has room (a flusher task writes, in one go, whatever had to wait
-//! while it had none). When the plugin sends a
+//! response to its caller, and the connection's [deferred](Outbox::deferred) outbox writes
+//! the frames that callers queued together in one go. When the plugin sends a
 //! bad frame or the socket closes, every waiting caller is told at once why; nobody waits for a
 //! timeout on a dead plugin. Requests the plugin makes to plugd are answered by [`Calls`].
 //!
@@ -130,7 +129,9 @@ impl Connection {
         max_frame: usize,
         calls: Option<Arc<Calls>>,
     ) -> Arc<Connection> {
-        let out = Outbox::new(wr, MAX_QUEUED_BYTES);
+        // Deferred: each HTTP request's task sends one frame, and under load many are ready
+        // together; one write carries them and wakes the plugin once.
+        let out = Outbox::deferred(wr, MAX_QUEUED_BYTES);
         tokio::spawn(out.flusher());
         let conn = Arc::new(Connection {
             plugin,

@@ -155,7 +155,7 @@ impl Application {
             )),
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = http::router(edge.clone(), settings.access_log);
+        let app = http::App::new(edge.clone(), settings.access_log);
         let limits = http::serve::Limits {
             max_connections: setup::connection_cap(settings.max_connections),
             header_read_timeout: settings.header_read_timeout,

@@ -3,7 +3,8 @@
 //! [`router`] assembles the routes under tower-http layers (request ids set or propagated,
 //! with the `access_log` setting an access-log line per request under the `plugd::access`
 //! log target, a timeout on admin
-//! routes). [`proxy`] forwards `/plugins/{name}/…` to plugins; [`hooks`] fires hooks for host
+//! routes); [`App`] is what the server runs: it sends plugin routes straight to the proxy
+//! (doing what the request-id layers do itself) and the rest through the router. [`proxy`] forwards `/plugins/{name}/…` to plugins; [`hooks`] fires hooks for host
 //! applications; [`admin`] is the admin API, one file per resource; [`health`] and [`metrics`]
 //! report on plugd itself; [`ui`] is the dashboard, a page that drives the admin API;
 //! [`auth`] decides who may do what; every failure is an
@@ -101,6 +102,61 @@ impl MakeRequestId for RequestIds {
         HeaderValue::from_str(&self.next_id())
             .ok()
             .map(RequestId::new)
+    }
+}
+
+/// What the server runs for each request: `/plugins/…` goes straight to [`proxy`], which is
+/// most of the traffic, without the router's matching and layers; everything else goes
+/// through [`router`]. (With `access_log` on, every request goes through the router, whose
+/// layer writes the log line.)
+#[derive(Clone)]
+pub struct App {
+    router: hyper_util::service::TowerToHyperService<Router>,
+    /// Set when plugin routes take the short way.
+    plugins: Option<Arc<Edge>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("plugins_direct", &self.plugins.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Every route plugd serves; with `access_log`, one log line per request.
+    pub fn new(edge: Arc<Edge>, access_log: bool) -> App {
+        App {
+            router: hyper_util::service::TowerToHyperService::new(router(edge.clone(), access_log)),
+            plugins: (!access_log).then_some(edge),
+        }
+    }
+}
+
+type RouterFuture = <hyper_util::service::TowerToHyperService<Router> as hyper::service::Service<
+    Request<hyper::body::Incoming>,
+>>::Future;
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>,
+        RouterFuture,
+    >;
+
+    fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        match &self.plugins {
+            Some(edge) if request.uri().path().starts_with("/plugins/") => {
+                let edge = edge.clone();
+                let request = request.map(axum::body::Body::new);
+                futures_util::future::Either::Left(Box::pin(async move {
+                    Ok(proxy::with_request_id(edge, request).await)
+                }))
+            }
+            _ => futures_util::future::Either::Right(self.router.call(request)),
+        }
     }
 }
 

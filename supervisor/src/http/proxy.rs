@@ -47,6 +47,27 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// Forwards one request to a plugin, doing what the router's request-id layers do for other
+/// routes: a request without an `x-request-id` gets a fresh one, and the answer carries it.
+pub async fn with_request_id(edge: Arc<Edge>, mut request: axum::extract::Request) -> Response {
+    let id = match request.headers().get(X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let fresh = HeaderValue::from_str(&edge.request_ids.next_id())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"));
+            request.headers_mut().insert(X_REQUEST_ID, fresh.clone());
+            fresh
+        }
+    };
+    let mut response = proxy(State(edge), request).await;
+    if !response.headers().contains_key(X_REQUEST_ID) {
+        response.headers_mut().insert(X_REQUEST_ID, id);
+    }
+    response
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Forwards one request to a plugin.
 pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();

@@ -12,9 +12,8 @@
 //! On shutdown the loop stops accepting and waits for the requests in flight; the caller bounds
 //! that wait.
 
-use axum::Router;
+use super::App;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +46,7 @@ const OVERLOADED: &str = "{\"error\":\"too many connections\",\"detail\":\"plugd
 /// Serves `app` on `listener` until `stop` resolves, then waits for the requests in flight.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
@@ -60,7 +59,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let service = TowerToHyperService::new(app);
+    let service = app;
     let mut warned_full = false;
     tokio::pin!(stop);
     loop {

@@ -86,6 +86,38 @@ async fn example_plugins_answer_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn a_request_without_an_id_gets_one_that_the_plugin_and_the_client_both_see() {
+    let sup = TestSupervisor::start(&examples(), &[]).await;
+    let r = sup
+        .client
+        .post(sup.url("/plugins/echo/echo/x"))
+        .body("payload")
+        .send()
+        .await
+        .expect("echo");
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(!id.is_empty());
+    let echoed: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(echoed["request_id"], id.as_str());
+
+    // Answers plugd gives itself carry one too, and ids are not reused.
+    let missing = sup
+        .client
+        .get(sup.url("/plugins/nobody/here"))
+        .send()
+        .await
+        .expect("unknown plugin");
+    assert_eq!(missing.status(), 404);
+    let other = missing.headers()["x-request-id"].to_str().expect("text");
+    assert!(!other.is_empty());
+    assert_ne!(other, id);
+}
+
+#[tokio::test]
 async fn request_and_response_parts_travel_both_ways() {
     let sup = TestSupervisor::start(&examples(), &[]).await;
 

@@ -1,9 +1,11 @@
 //! The connection loop: handshake, then dispatch every incoming message until shutdown.
 //!
-//! One reader (this loop) decodes frames and runs each request's handler. A handler that
-//! finishes on its first poll (most do: they compute an answer without waiting) is answered
-//! right there, with no task spawned; the others become a task each, tracked by id so a
-//! `cancel` can abort one and a `shutdown` can wait for all of them. Answers go through the
+//! One reader (this loop) decodes frames and runs each request's handler. On a single-threaded
+//! runtime, a handler that finishes on its first poll (most do: they compute an answer without
+//! waiting) is answered right there, with no task spawned: a task would run on the same thread
+//! anyway. The others, and every handler on a multi-threaded runtime (where other threads run
+//! them while the reader goes on), become a task each, tracked by id so a `cancel` can abort
+//! one and a `shutdown` can wait for all of them. Answers go through the
 //! connection's [`Outbox`]: while the reader works through frames that arrived together it
 //! keeps the outbox corked, so their answers leave in one write.
 
@@ -106,6 +108,8 @@ struct Shared<S> {
     streams: Arc<Streams>,
     /// Each side's credit per stream, from the welcome.
     window: u32,
+    /// Handlers are first polled by the reader itself (a single-threaded runtime).
+    inline: bool,
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
@@ -242,6 +246,8 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         window: welcome
             .stream_window
             .unwrap_or(plugd_protocol::stream::DEFAULT_WINDOW),
+        inline: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread,
     });
 
     let (stopped_tx, mut stopped) = oneshot::channel::<()>();
@@ -471,7 +477,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 AssertUnwindSafe(handler(request, shared.state.clone())).catch_unwind();
             // Most handlers answer without waiting: then the answer goes out from here, with no
             // task (a streaming route always gets one: its body flows after the head).
-            if link.is_none() {
+            if link.is_none() && shared.inline {
                 if let Poll::Ready(outcome) = poll_once(&mut future) {
                     let (frame, _) =
                         http_answer(id, &route_name, outcome, false, shared.max_frame());
@@ -712,11 +718,13 @@ async fn run_tracked<S, T>(
         frame.ok()
     }
     let mut work = Box::pin(work);
-    if let Poll::Ready(outcome) = poll_once(&mut work) {
-        if let Some(frame) = answer(id, outcome, shared.max_frame()) {
-            shared.send(frame).await;
+    if shared.inline {
+        if let Poll::Ready(outcome) = poll_once(&mut work) {
+            if let Some(frame) = answer(id, outcome, shared.max_frame()) {
+                shared.send(frame).await;
+            }
+            return;
         }
-        return;
     }
     let task_shared = shared.clone();
     track(shared, id, async move {

@@ -34,8 +34,10 @@
 //!
 //! Handlers run concurrently on whatever tokio runtime `main` builds. For handlers that only
 //! compute a little, `#[tokio::main(flavor = "current_thread")]` is fastest: a request is read,
-//! handled and answered without waking another thread. Keep the multi-threaded default when
-//! handlers do heavy work.
+//! handled and answered without waking another thread, and a handler that needs no waiting
+//! runs without a task of its own; the answers to requests that arrived together leave in one
+//! write. Keep the multi-threaded default when handlers do heavy work: each request is then a
+//! task, and other threads run them while the connection goes on reading.
 //!
 //! Run it under `plugd serve` with a `plugin.toml` beside it whose `command` names the binary; run
 //! on its own it exits with an error saying it must be started by plugd.

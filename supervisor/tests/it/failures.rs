@@ -196,6 +196,45 @@ async fn crash_panic_and_hang_during_requests() {
 }
 
 #[tokio::test]
+async fn a_single_threaded_plugin_answers_panics_hangs_and_bursts_alike() {
+    // On a single-threaded runtime the plugin answers a handler that needs no waiting from its
+    // reader, without a task, and writes the answers to a burst of requests together.
+    let sup = TestSupervisor::start(
+        &[PluginDef::echo(
+            "echo",
+            "[limits]\nrequest_timeout = \"500ms\"\n[env]\nECHO_RUNTIME = \"current_thread\"\n",
+        )],
+        &[],
+    )
+    .await;
+    let r = sup.get("/plugins/echo/panic").await.expect("panic");
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(body["error"].as_str().expect("error").contains("boom"));
+
+    let detail = error_detail(&sup, "/plugins/echo/hang", 504).await;
+    assert!(detail.contains("did not answer within 500ms"), "{detail}");
+    sup.wait_until("the plugin saw the cancel", || async {
+        let counters = sup.get_json("/plugins/echo/counters", 200).await;
+        counters["cancelled"] == 1 && counters["in_flight"] == 0
+    })
+    .await;
+
+    // A burst: every answer reaches its own request.
+    let answers = futures_util::future::join_all((0..64).map(|i| {
+        let sup = &sup;
+        async move {
+            let echoed = sup.get_json(&format!("/plugins/echo/echo/{i}"), 200).await;
+            (i, echoed["id"].as_str().map(str::to_owned))
+        }
+    }))
+    .await;
+    for (i, id) in answers {
+        assert_eq!(id, Some(i.to_string()));
+    }
+}
+
+#[tokio::test]
 async fn malformed_and_oversized_frames_cut_the_plugin_off() {
     let sup = TestSupervisor::start(
         &[

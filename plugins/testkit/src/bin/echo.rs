@@ -205,8 +205,21 @@ fn with_services(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
     plugin
 }
 
-#[tokio::main]
-async fn main() -> Result<(), plugd_runtime::Error> {
+/// `ECHO_RUNTIME=current_thread` runs the plugin on a single-threaded runtime (where the
+/// runtime answers handlers that need no waiting without a task); otherwise multi-threaded.
+fn main() -> Result<(), plugd_runtime::Error> {
+    let mut builder = match std::env::var("ECHO_RUNTIME").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(plugd_runtime::Error::Io)?
+        .block_on(serve())
+}
+
+async fn serve() -> Result<(), plugd_runtime::Error> {
     let name = std::env::var("PLUGD_PLUGIN_NAME").unwrap_or_else(|_| "echo".into());
     let plugin = with_services(with_hooks(
         Plugin::new(

@@ -144,7 +144,7 @@ impl Outbox {
                 tokio::task::yield_now().await;
             }
             if let Err(e) = self.writer.writable().await {
-                self.fail();
+                self.close();
                 return Err(e);
             }
             let mut state = self.lock();
@@ -153,7 +153,7 @@ impl Outbox {
             }
             if let Err(e) = self.write_buffered(&mut state) {
                 drop(state);
-                self.fail();
+                self.close();
                 return Err(e);
             }
         }
@@ -215,11 +215,14 @@ impl Outbox {
     pub fn uncork(&self) {
         let mut state = self.lock();
         state.corked = false;
-        if !state.flushing && !state.queue.is_empty() && !state.closed {
-            if self.write_buffered(&mut state).is_err() {
-                drop(state);
-                self.fail();
-            }
+        if !state.flushing
+            && !state.queue.is_empty()
+            && !state.closed
+            && self.write_buffered(&mut state).is_err()
+        {
+            // A write failed: the connection is broken.
+            drop(state);
+            self.close();
         }
     }
 
@@ -264,11 +267,6 @@ impl Outbox {
     /// Bytes waiting to be written.
     pub fn buffered(&self) -> usize {
         self.lock().queued
-    }
-
-    /// A write failed: the connection is broken.
-    fn fail(&self) {
-        self.close();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

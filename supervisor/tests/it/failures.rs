@@ -134,18 +134,9 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
     assert_eq!(r.status(), 200);
 }
 
-#[tokio::test]
-async fn crash_panic_and_hang_during_requests() {
-    let sup = TestSupervisor::start(
-        &[
-            PluginDef::echo("echo", "[limits]\nrequest_timeout = \"500ms\"\n"),
-            PluginDef::echo("crashy", ""),
-        ],
-        &[],
-    )
-    .await;
-
-    // A panicking handler answers 500 for that request only.
+/// Plugin `echo` (request timeout 500 ms): a panicking handler answers 500 for that request
+/// only; a hung one 504 after the timeout, and the plugin is told to cancel it.
+async fn panic_and_hang(sup: &TestSupervisor) {
     let r = sup.get("/plugins/echo/panic").await.expect("panic");
     assert_eq!(r.status(), 500);
     let body: serde_json::Value = r.json().await.expect("json");
@@ -158,14 +149,27 @@ async fn crash_panic_and_hang_during_requests() {
         200
     );
 
-    // A hung handler: 504 after the plugin's timeout, and the plugin is told to cancel it.
-    let detail = error_detail(&sup, "/plugins/echo/hang", 504).await;
+    let detail = error_detail(sup, "/plugins/echo/hang", 504).await;
     assert!(detail.contains("did not answer within 500ms"), "{detail}");
     sup.wait_until("the plugin saw the cancel", || async {
         let counters = sup.get_json("/plugins/echo/counters", 200).await;
         counters["cancelled"] == 1 && counters["in_flight"] == 0
     })
     .await;
+}
+
+#[tokio::test]
+async fn crash_panic_and_hang_during_requests() {
+    let sup = TestSupervisor::start(
+        &[
+            PluginDef::echo("echo", "[limits]\nrequest_timeout = \"500ms\"\n"),
+            PluginDef::echo("crashy", ""),
+        ],
+        &[],
+    )
+    .await;
+
+    panic_and_hang(&sup).await;
 
     // A plugin that dies in the middle of a request: 502 at once, then it is restarted.
     let old_pid = sup.plugin_status("crashy").await["pid"].clone();
@@ -207,18 +211,7 @@ async fn a_single_threaded_plugin_answers_panics_hangs_and_bursts_alike() {
         &[],
     )
     .await;
-    let r = sup.get("/plugins/echo/panic").await.expect("panic");
-    assert_eq!(r.status(), 500);
-    let body: serde_json::Value = r.json().await.expect("json");
-    assert!(body["error"].as_str().expect("error").contains("boom"));
-
-    let detail = error_detail(&sup, "/plugins/echo/hang", 504).await;
-    assert!(detail.contains("did not answer within 500ms"), "{detail}");
-    sup.wait_until("the plugin saw the cancel", || async {
-        let counters = sup.get_json("/plugins/echo/counters", 200).await;
-        counters["cancelled"] == 1 && counters["in_flight"] == 0
-    })
-    .await;
+    panic_and_hang(&sup).await;
 
     // A burst: every answer reaches its own request.
     let answers = futures_util::future::join_all((0..64).map(|i| {

@@ -9,14 +9,13 @@
 //! connection's [`Outbox`]: while the reader works through frames that arrived together it
 //! keeps the outbox corked, so their answers leave in one write.
 
+use crate::answer::{http_answer, panic_message, poll_once, send_body};
 use crate::hook::{HookEvent, ServiceEvent};
 use crate::kv::{Caller, Host};
 use crate::plugin::{
     Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
 };
 use crate::request::Request;
-use crate::response::BodySource;
-use crate::response::{HttpError, IntoResponse};
 use crate::settings::Settings;
 use crate::stream::{BodyStream, Link, Streams, WebSocket};
 use bytes::Bytes;
@@ -509,52 +508,6 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
     }
 }
 
-/// Polls `future` once, without a task: `Ready` when it needs no waiting. (The waker is a
-/// no-op: a future that is not ready is spawned, and its task polls it again at once with its
-/// own waker.)
-fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-    future.poll_unpin(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-}
-
-/// A handler's outcome as the answer frame for request `id`, and the streamed body that
-/// follows it (only on a route with a stream link, `streaming`). A panic answers 500, as does a
-/// streamed body on a route not declared to stream.
-fn http_answer(
-    id: u64,
-    route_name: &str,
-    outcome: Result<crate::response::Response, Box<dyn std::any::Any + Send>>,
-    streaming: bool,
-    max: usize,
-) -> (Option<Bytes>, Option<BodySource>) {
-    let response = match outcome {
-        Ok(response) => response,
-        Err(panic) => {
-            let what = panic_message(&panic);
-            tracing::error!(route = %route_name, "handler panicked: {what}");
-            HttpError::internal(format!("handler panicked: {what}")).into_response()
-        }
-    };
-    let (mut head, body) = response.into_wire();
-    let body = match body {
-        Some(_) if !streaming => {
-            tracing::error!(route = %route_name, "a streamed response on a route not declared with .stream()");
-            head = HttpError::internal(format!(
-                "route {route_name} answered with a streamed body but is not declared as streaming (.stream())"
-            ))
-            .into_response()
-            .into_wire()
-            .0;
-            None
-        }
-        body => body,
-    };
-    let frame = encode_response(id, &head, max).or_else(|e| {
-        tracing::error!(id, "cannot send the answer: {e}");
-        encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
-    });
-    (frame.ok(), body)
-}
-
 /// Removes a stream's registration when its task ends (or is aborted by a cancel).
 struct OpenStream<'a, S: Send + Sync + 'static>(&'a Arc<Shared<S>>, u64);
 
@@ -562,27 +515,6 @@ impl<S: Send + Sync + 'static> Drop for OpenStream<'_, S> {
     fn drop(&mut self) {
         self.0.streams.remove(self.1);
     }
-}
-
-/// Sends a streamed response body within plugd's credit, then its end (or an abort when the
-/// handler's stream failed).
-async fn send_body(route: &str, mut body: BodySource, link: &Link) {
-    while let Some(item) = body.next().await {
-        match item {
-            Ok(data) => {
-                if link.data(data).await.is_err() {
-                    // The client went away; the cancel that follows stops this task.
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(route, "streamed response failed: {e}");
-                let _ = link.abort(e.to_string()).await;
-                return;
-            }
-        }
-    }
-    let _ = link.end().await;
 }
 
 /// Decodes a request's parameters as method `M`'s and checks that the plugin still takes
@@ -751,15 +683,5 @@ fn handle_notification<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, note: 
             }
         }
         Err(e) => tracing::warn!("bad cancel notification: {e}"),
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -42,6 +42,7 @@
 //! Run it under `plugd serve` with a `plugin.toml` beside it whose `command` names the binary; run
 //! on its own it exits with an error saying it must be started by plugd.
 
+mod answer;
 mod connection;
 mod hook;
 mod kv;

@@ -49,11 +49,24 @@ pub(crate) fn http_answer(
         }
         body => body,
     };
-    let frame = encode_response(id, &head, max).or_else(|e| {
-        tracing::error!(id, "cannot send the answer: {e}");
-        encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
-    });
-    (frame.ok(), body)
+    (result_frame(id, Ok(head), max), body)
+}
+
+/// The answer frame to request `id`: its result, or its error; a result too large to encode
+/// answers an internal error instead.
+pub(crate) fn result_frame<T: serde::Serialize>(
+    id: u64,
+    outcome: Result<T, ErrorObject>,
+    max: usize,
+) -> Option<Bytes> {
+    let frame = match outcome {
+        Ok(value) => encode_response(id, &value, max).or_else(|e| {
+            tracing::error!(id, "cannot send the answer: {e}");
+            encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
+        }),
+        Err(error) => encode_error(id, &error, max),
+    };
+    frame.ok()
 }
 
 /// Sends a streamed response body within plugd's credit, then its end (or an abort when the

@@ -9,7 +9,7 @@
 //! connection's [`Outbox`]: while the reader works through frames that arrived together it
 //! keeps the outbox corked, so their answers leave in one write.
 
-use crate::answer::{http_answer, panic_message, poll_once, send_body};
+use crate::answer::{http_answer, panic_message, poll_once, result_frame, send_body};
 use crate::hook::{HookEvent, ServiceEvent};
 use crate::kv::{Caller, Host};
 use crate::plugin::{
@@ -251,12 +251,16 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
 
     let (stopped_tx, mut stopped) = oneshot::channel::<()>();
     let mut stopped_tx = Some(stopped_tx);
+    let mut corked = false;
     let result = loop {
         tokio::select! {
             message = frames.next() => {
                 // Answers to frames that arrived together are written together: the outbox
                 // stays corked until no whole frame is left in the read buffer.
-                shared.out.cork();
+                if !corked {
+                    shared.out.cork();
+                    corked = true;
+                }
                 match message {
                     Some(Ok(Message::Request(req))) => {
                         dispatch_request(&shared, req, &mut stopped_tx).await;
@@ -279,6 +283,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                 }
                 if !plugd_protocol::frame::frame_buffered(frames.read_buffer()) {
                     shared.out.uncork();
+                    corked = false;
                 }
             },
             _ = &mut stopped => break Ok(()),
@@ -635,33 +640,33 @@ async fn run_tracked<S, T>(
     S: Send + Sync + 'static,
     T: serde::Serialize + Send + 'static,
 {
-    fn answer<T: serde::Serialize>(
-        id: u64,
-        outcome: Result<T, ErrorObject>,
-        max: usize,
-    ) -> Option<Bytes> {
-        let frame = match outcome {
-            Ok(value) => encode_response(id, &value, max).or_else(|e| {
-                tracing::error!(id, "cannot send the answer: {e}");
-                encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
-            }),
-            Err(error) => encode_error(id, &error, max),
-        };
-        frame.ok()
+    if !shared.inline {
+        return answer_later(shared, id, work);
     }
     let mut work = Box::pin(work);
-    if shared.inline {
-        if let Poll::Ready(outcome) = poll_once(&mut work) {
-            if let Some(frame) = answer(id, outcome, shared.max_frame()) {
+    match poll_once(&mut work) {
+        Poll::Ready(outcome) => {
+            if let Some(frame) = result_frame(id, outcome, shared.max_frame()) {
                 shared.send(frame).await;
             }
-            return;
         }
+        Poll::Pending => answer_later(shared, id, work),
     }
+}
+
+/// Runs `work` as a tracked task (cancellable, awaited by shutdown) that sends its answer.
+fn answer_later<S, T>(
+    shared: &Arc<Shared<S>>,
+    id: u64,
+    work: impl std::future::Future<Output = Result<T, ErrorObject>> + Send + 'static,
+) where
+    S: Send + Sync + 'static,
+    T: serde::Serialize + Send + 'static,
+{
     let task_shared = shared.clone();
     track(shared, id, async move {
         let outcome = work.await;
-        if let Some(frame) = answer(id, outcome, task_shared.max_frame()) {
+        if let Some(frame) = result_frame(id, outcome, task_shared.max_frame()) {
             task_shared.send(frame).await;
         }
     });

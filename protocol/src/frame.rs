@@ -43,10 +43,9 @@ impl Default for FrameCodec {
 /// Returns `Ok(None)` when more bytes are needed (after reserving room for exactly the announced
 /// frame), and an error for an oversized or empty frame without touching the body.
 pub fn split_frame(src: &mut BytesMut, max_len: usize) -> Result<Option<Bytes>, DecodeError> {
-    if src.len() < HEADER_LEN {
+    let Some(len) = announced_len(src) else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    };
     if len > max_len {
         return Err(DecodeError::FrameTooLarge { len, max: max_len });
     }
@@ -95,11 +94,13 @@ impl Encoder<Bytes> for FrameCodec {
 /// Whether `src` holds a whole frame, so the next one can be decoded without reading the
 /// socket again.
 pub fn frame_buffered(src: &[u8]) -> bool {
-    if src.len() < HEADER_LEN {
-        return false;
-    }
-    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-    src.len() - HEADER_LEN >= len
+    announced_len(src).is_some_and(|len| src.len() - HEADER_LEN >= len)
+}
+
+/// The body length the frame at the front of `src` announces, once its header is buffered.
+fn announced_len(src: &[u8]) -> Option<usize> {
+    let header: [u8; HEADER_LEN] = src.get(..HEADER_LEN)?.try_into().ok()?;
+    Some(u32::from_be_bytes(header) as usize)
 }
 
 #[cfg(test)]

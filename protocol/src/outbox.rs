@@ -60,6 +60,8 @@ struct State {
     closed: bool,
     /// [`Outbox::finish`]: write what is buffered, then end the flusher.
     finishing: bool,
+    /// A sender waits for room: tell it when bytes are written.
+    starved: bool,
 }
 
 /// Why [`Outbox::try_send`] did not take a frame.
@@ -147,15 +149,11 @@ impl Outbox {
                 self.close();
                 return Err(e);
             }
-            let mut state = self.lock();
+            let state = self.lock();
             if state.closed {
                 return Ok(());
             }
-            if let Err(e) = self.write_buffered(&mut state) {
-                drop(state);
-                self.close();
-                return Err(e);
-            }
+            self.write_now(state)?;
         }
     }
 
@@ -176,19 +174,23 @@ impl Outbox {
         mut gate: impl FnMut() -> Result<(), E>,
     ) -> Result<(), Unsent<E>> {
         loop {
+            // Registered only once a first look found no room (the usual case has room and
+            // needs none), and before the look that decides to wait, so no room is missed.
             let notified = self.room.notified();
             tokio::pin!(notified);
-            // Registered before the check, so room made after it is not missed.
-            notified.as_mut().enable();
-            {
+            for registered in [false, true] {
+                if registered {
+                    notified.as_mut().enable();
+                }
                 let mut state = self.lock();
                 if state.closed || state.finishing {
                     return Err(Unsent::Closed);
                 }
                 if self.fits(&state, frame.len()) {
                     gate().map_err(Unsent::Gated)?;
-                    return self.take(&mut state, frame).map_err(|_| Unsent::Closed);
+                    return self.take(state, frame).map_err(|_| Unsent::Closed);
                 }
+                state.starved = true;
             }
             notified.await;
         }
@@ -196,14 +198,14 @@ impl Outbox {
 
     /// Queues `frame` if it fits now; otherwise says why not.
     pub fn try_send(&self, frame: Bytes) -> Result<(), Refused> {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.closed || state.finishing {
             return Err(Refused::Closed);
         }
         if !self.fits(&state, frame.len()) {
             return Err(Refused::Full);
         }
-        self.take(&mut state, frame).map_err(|_| Refused::Closed)
+        self.take(state, frame).map_err(|_| Refused::Closed)
     }
 
     /// Holds small frames back until [`Outbox::uncork`], to write them together.
@@ -215,14 +217,8 @@ impl Outbox {
     pub fn uncork(&self) {
         let mut state = self.lock();
         state.corked = false;
-        if !state.flushing
-            && !state.queue.is_empty()
-            && !state.closed
-            && self.write_buffered(&mut state).is_err()
-        {
-            // A write failed: the connection is broken.
-            drop(state);
-            self.close();
+        if !state.flushing && !state.queue.is_empty() && !state.closed {
+            let _ = self.write_now(state);
         }
     }
 
@@ -259,11 +255,6 @@ impl Outbox {
         self.flush.notify_one();
     }
 
-    /// Whether the outbox is closed.
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     /// Bytes waiting to be written.
     pub fn buffered(&self) -> usize {
         self.lock().queued
@@ -279,43 +270,31 @@ impl Outbox {
         state.queue.is_empty() || state.queued + len <= self.limit
     }
 
-    /// Writes `frame` now if nothing is ahead of it, else queues it.
-    fn take(&self, state: &mut State, mut frame: Bytes) -> io::Result<()> {
-        if self.defer {
-            state.queued += frame.len();
-            state.queue.push_back(frame);
-            if !state.flushing {
-                state.flushing = true;
-                self.flush.notify_one();
-            }
+    /// Queues `frame` and writes the queue now unless the flusher owns the writing (deferred,
+    /// or the socket was full) or the outbox is corked and holds little yet.
+    fn take(&self, mut state: MutexGuard<'_, State>, frame: Bytes) -> io::Result<()> {
+        state.queued += frame.len();
+        state.queue.push_back(frame);
+        if state.flushing || (state.corked && state.queued < CORK_MAX) {
             return Ok(());
         }
-        let hold = state.corked && state.queued + frame.len() < CORK_MAX;
-        if state.queue.is_empty() && !state.flushing && !hold {
-            let written = match write_some(&self.writer, &frame) {
-                Ok(n) => n,
-                Err(e) => {
-                    state.closed = true;
-                    self.room.notify_waiters();
-                    return Err(e);
-                }
-            };
-            if written == frame.len() {
-                return Ok(());
-            }
-            frame.advance(written);
-            state.queued += frame.len();
-            state.queue.push_back(frame);
+        if self.defer {
             state.flushing = true;
             self.flush.notify_one();
             return Ok(());
         }
-        state.queued += frame.len();
-        state.queue.push_back(frame);
-        if !state.flushing && !hold {
-            self.write_buffered(state)?;
+        self.write_now(state)
+    }
+
+    /// Writes the queue as far as the socket takes it; a failed write closes the outbox (the
+    /// connection is broken).
+    fn write_now(&self, mut state: MutexGuard<'_, State>) -> io::Result<()> {
+        let written = self.write_buffered(&mut state);
+        if written.is_err() {
+            drop(state);
+            self.close();
         }
-        Ok(())
+        written
     }
 
     /// Writes as much of the queue as the socket takes; the flusher takes over the rest.
@@ -354,26 +333,11 @@ impl Outbox {
         if state.flushing {
             self.flush.notify_one();
         }
-        if written_any {
+        if written_any && std::mem::take(&mut state.starved) {
             self.room.notify_waiters();
         }
         Ok(())
     }
-}
-
-/// Writes as much of `bytes` as the socket takes without waiting.
-fn write_some(writer: &OwnedWriteHalf, bytes: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < bytes.len() {
-        match writer.try_write(&bytes[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }
 
 #[cfg(test)]
@@ -382,11 +346,16 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::UnixStream;
 
-    fn pair() -> (Arc<Outbox>, UnixStream) {
+    /// An outbox of 1 KiB built by `make`, and the peer's end of its socket.
+    fn pair_with(make: fn(OwnedWriteHalf, usize) -> Arc<Outbox>) -> (Arc<Outbox>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().expect("a socket pair");
         let (_rd, wr) = ours.into_split();
         // The read half is dropped: this side only writes.
-        (Outbox::new(wr, 1024), theirs)
+        (make(wr, 1024), theirs)
+    }
+
+    fn pair() -> (Arc<Outbox>, UnixStream) {
+        pair_with(Outbox::new)
     }
 
     #[tokio::test]
@@ -459,9 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deferred_outbox_writes_what_tasks_queued_together_in_one_go() {
-        let (ours, mut peer) = UnixStream::pair().expect("a socket pair");
-        let (_rd, wr) = ours.into_split();
-        let outbox = Outbox::deferred(wr, 1024);
+        let (outbox, mut peer) = pair_with(Outbox::deferred);
         // On this single-threaded runtime the flusher runs only once this task waits.
         let flusher = tokio::spawn(outbox.flusher());
         for frame in [&b"one,"[..], b"two,", b"three"] {

@@ -95,13 +95,17 @@ impl RequestIds {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.prefix)
     }
+
+    /// A fresh id as a header value.
+    pub fn next_value(&self) -> HeaderValue {
+        // A hex prefix, a dash and hex digits: always a valid value.
+        HeaderValue::from_str(&self.next_id()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
 }
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&self.next_id())
-            .ok()
-            .map(RequestId::new)
+        Some(RequestId::new(self.next_value()))
     }
 }
 

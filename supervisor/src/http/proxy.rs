@@ -53,8 +53,7 @@ pub async fn with_request_id(edge: Arc<Edge>, mut request: axum::extract::Reques
     let id = match request.headers().get(X_REQUEST_ID) {
         Some(id) => id.clone(),
         None => {
-            let fresh = HeaderValue::from_str(&edge.request_ids.next_id())
-                .unwrap_or_else(|_| HeaderValue::from_static("-"));
+            let fresh = edge.request_ids.next_value();
             request.headers_mut().insert(X_REQUEST_ID, fresh.clone());
             fresh
         }

@@ -22,12 +22,13 @@ cargo build --release -q -p plugd -p plugd-testkit -p plugd-bench
 work=$(mktemp -d /tmp/plugd-cluster.XXXXXX)
 chmod 755 "$work"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+run=$(runtime_tmpfs "$work")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
+  rm -rf "$work" "$run"
 }
 trap cleanup EXIT
 
@@ -55,10 +56,10 @@ for w in $(seq "$WORKERS"); do
       "$p" "$PWD/target/release/plugd-testkit-echo" >"$work/$w/plugins/$p/plugin.toml"
   done
   port=$(free_port)
-  PLUGD_LOG=warn PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" \
+  PLUGD_CGROUPS=${CG:-true} PLUGD_LOG=warn PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" \
     PLUGD_SECRET_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= target/release/plugd serve \
     --listen "127.0.0.1:$port" --plugins-dir "$work/$w/plugins" --data-dir "$work/$w/data" \
-    --runtime-dir "$work/$w/run" >"$work/$w/out" 2>"$work/$w/err" &
+    --runtime-dir "$run/$w" >"$work/$w/out" 2>"$work/$w/err" &
   pids+=($!)
   for _ in $(seq 300); do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break

@@ -98,6 +98,14 @@ bench_cleanup() {
   rm -rf "$work"
 }
 
+# bench/: prints a new directory for plugd's sockets on tmpfs (/dev/shm), where a systemd
+# deployment has its runtime directory (/run), else under DIR. Socket files created and
+# removed at every plugin start cost a disk file system far more (ext4 searches its inode
+# bitmap past recently deleted inodes) than a start under systemd pays.
+runtime_tmpfs() {
+  mktemp -d /dev/shm/plugd-run.XXXXXX 2>/dev/null || mktemp -d "$1/run.XXXXXX"
+}
+
 # bench/: the median of the numbers on stdin.
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 

@@ -104,6 +104,7 @@ async fn main() {
         .expect("client");
 
     let mut latencies = Vec::with_capacity(rounds);
+    let (mut enables, mut disables) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let enable = round % 2 == 1;
         let want = if enable { "ready" } else { "disabled" };
@@ -115,12 +116,24 @@ async fn main() {
         let seen = |client: reqwest::Client, base: String| async move {
             state(&client, &base).await == want
         };
-        latencies.push(slowest(&client, others, start, seen).await);
+        let took = slowest(&client, others, start, seen).await;
+        latencies.push(took);
+        if enable { &mut enables } else { &mut disables }.push(took);
     }
     report(
         &format!("propagation A -> {} other workers", others.len()),
         rounds,
         &mut latencies,
+    );
+    report(
+        "  of which enable (start on every worker)",
+        enables.len(),
+        &mut enables,
+    );
+    report(
+        "  of which disable (stop on every worker)",
+        disables.len(),
+        &mut disables,
     );
 
     // Settings: an admin change on A until the plugin's handler sees it on every worker.

@@ -64,18 +64,8 @@ struct Leftover {
 fn leftovers() -> Vec<Leftover> {
     let me = std::process::id();
     let spawned = spawned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in children().unwrap_or_else(every_process) {
         if spawned.contains(&pid) {
             continue;
         }
@@ -99,6 +89,45 @@ fn leftovers() -> Vec<Leftover> {
         });
     }
     found
+}
+
+/// plugd's children, from each of its threads' `children` file (a child's parent is the
+/// thread that forked it, or any thread for one re-parented to plugd). A few reads instead of
+/// one per process on the machine, which the scan after every instance's end and the periodic
+/// reap would otherwise cost. `None` where the kernel has no such file
+/// (`CONFIG_PROC_CHILDREN`).
+fn children() -> Option<Vec<u32>> {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*AVAILABLE.get_or_init(|| std::path::Path::new("/proc/thread-self/children").exists()) {
+        return None;
+    }
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let mut path = task.path();
+        path.push("children");
+        // A thread that ended meanwhile has no file any more, and forked nothing left.
+        if let Ok(list) = std::fs::read_to_string(&path) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    // A file read in more than one piece may repeat a child that others' exits moved.
+    pids.sort_unstable();
+    pids.dedup();
+    Some(pids)
+}
+
+/// Every process id on the machine (the fallback of [`children`]).
+fn every_process() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .collect()
 }
 
 /// The plugin and epoch in a process's environment, if it has both.
@@ -155,5 +184,25 @@ pub fn kill(whose: Whose<'_>) -> usize {
 pub fn reap() {
     for leftover in leftovers().into_iter().filter(|l| l.zombie) {
         let _ = waitpid(Pid::from_raw(leftover.pid), Some(WaitPidFlag::WNOHANG));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_children_found_include_a_process_this_one_started() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let found = super::children().unwrap_or_else(super::every_process);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&pid), "{pid} not among {found:?}");
+        assert!(
+            !found.contains(&std::process::id()),
+            "plugd is not its own child"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! Prepared starts: with cgroups, each running plugin has at most one start stub (see
 //! [`crate::os::stub`]) waiting in a fresh leaf of its own, prepared in the background once an
-//! instance became ready. The next start of the same manifest with the same limits takes it
-//! and skips the fork, the cgroup migration (an RCU grace period on cgroup v1) and the
-//! rlimits; anything else discards it.
+//! instance has been ready for [`PREPARE_AFTER`]. The next start of the same manifest with the
+//! same limits takes it and skips the fork, the cgroup migration (an RCU grace period on
+//! cgroup v1) and the rlimits; anything else discards it.
 //!
 //! A spare belongs to the instance it was prepared after (`for_epoch`): stopping that
 //! instance (disable, removal, shutdown) discards it, while a crash keeps it for the restart.
@@ -19,6 +19,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How long an instance is ready before its spare is prepared.
+pub const PREPARE_AFTER: Duration = Duration::from_millis(250);
 
 /// A prepared start: the stub's process and its leaf.
 #[derive(Debug)]
@@ -121,6 +124,12 @@ impl Spares {
         }
         let (spares, cgroups) = (self.clone(), cgroups.clone());
         tokio::spawn(async move {
+            // An instance stopped soon after it became ready (a flapping enable, a quick
+            // upgrade) needs no spare: the wait keeps that work off the starts around it.
+            tokio::time::sleep(PREPARE_AFTER).await;
+            if !spares.preparing(&manifest.dir, for_epoch) {
+                return;
+            }
             let epoch = super::instance::next_epoch();
             let Some(leaf) = cgroups.create_leaf(&manifest.name, epoch, &limits) else {
                 spares.forget(&manifest.dir, for_epoch);
@@ -147,9 +156,7 @@ impl Spares {
             };
             let unwanted = {
                 let mut slots = spares.slots();
-                let wanted = matches!(slots.get(&dir), Some(Slot::Preparing { for_epoch: e }) if *e == for_epoch)
-                    && !spares.closed.load(std::sync::atomic::Ordering::Acquire);
-                if wanted {
+                if spares.preparing_in(&slots, &dir, for_epoch) {
                     slots.insert(
                         dir,
                         Slot::Ready {
@@ -166,6 +173,16 @@ impl Spares {
                 discard(spare).await;
             }
         });
+    }
+
+    /// Whether the spare for instance `for_epoch` is still wanted and not yet made.
+    fn preparing(&self, dir: &Path, for_epoch: u64) -> bool {
+        self.preparing_in(&self.slots(), dir, for_epoch)
+    }
+
+    fn preparing_in(&self, slots: &HashMap<PathBuf, Slot>, dir: &Path, for_epoch: u64) -> bool {
+        matches!(slots.get(dir), Some(Slot::Preparing { for_epoch: e }) if *e == for_epoch)
+            && !self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn forget(&self, dir: &Path, for_epoch: u64) {

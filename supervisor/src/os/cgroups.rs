@@ -162,22 +162,37 @@ impl Cgroups {
         }
     }
 
-    /// Creates the leaf for one instance and writes its limits.
-    pub fn create_leaf(&self, plugin: &str, epoch: u64, limits: &EffectiveLimits) -> Option<Leaf> {
+    /// Creates the leaf for one instance and writes its limits, on a blocking thread: a
+    /// `mkdir` waits for the kernel's cgroup lock, which another process's migration into a
+    /// cgroup holds for an RCU grace period (about 11 ms here), and that wait must not hold a
+    /// runtime worker.
+    pub async fn create_leaf(
+        &self,
+        plugin: &str,
+        epoch: u64,
+        limits: &EffectiveLimits,
+    ) -> Option<Leaf> {
         let name = format!("plugd-p{}-{plugin}-{epoch}", std::process::id());
-        let result = match self {
+        let limits = limits.clone();
+        let create: Box<dyn FnOnce() -> std::io::Result<Leaf> + Send> = match self {
             Cgroups::Unavailable(_) => return None,
-            Cgroups::V2 { base } => Leaf::create_v2(base.join(&name), limits),
+            Cgroups::V2 { base } => {
+                let dir = base.join(&name);
+                Box::new(move || Leaf::create_v2(dir, &limits))
+            }
             Cgroups::V1 {
                 memory,
                 cpu,
                 pids,
                 freezer,
-            } => Leaf::create_v1(
-                [memory, cpu, pids, freezer].map(|d| d.as_ref().map(|d| d.join(&name))),
-                limits,
-            ),
+            } => {
+                let dirs = [memory, cpu, pids, freezer].map(|d| d.as_ref().map(|d| d.join(&name)));
+                Box::new(move || Leaf::create_v1(dirs, &limits))
+            }
         };
+        let result = tokio::task::spawn_blocking(create)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match result {
             Ok(leaf) => Some(leaf),
             Err(e) => {

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// Time between heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The shortest time between two heartbeats written for changes of state.
+pub const CHANGE_GAP: Duration = Duration::from_millis(50);
 /// A worker not seen for this long is gone.
 pub const EXPIRY: Duration = Duration::from_secs(10);
 /// Time between polls of the `changes` table, the fallback for a missed notification.
@@ -98,10 +100,13 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
             }
             Err(_) => {}
         }
-        // Report a change of state at once; otherwise every HEARTBEAT.
+        // Report a change of state soon; otherwise every HEARTBEAT. At most one write per
+        // CHANGE_GAP: a start's three states, or a plugin flapping, cost the store one write,
+        // and the one after the gap holds the latest states.
+        let written = tokio::time::Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
-            _ = registry.changed() => {}
+            _ = registry.changed() => tokio::time::sleep_until(written + CHANGE_GAP).await,
         }
     }
 }

@@ -181,7 +181,9 @@ pub async fn start_instance(
     let (leaf, stub) = match ctx.spares.take(&manifest, &limits) {
         Some(spare) => (Some(spare.leaf), Some(spare.spawned)),
         None => (
-            ctx.cgroups.create_leaf(&manifest.name, epoch, &limits),
+            ctx.cgroups
+                .create_leaf(&manifest.name, epoch, &limits)
+                .await,
             None,
         ),
     };

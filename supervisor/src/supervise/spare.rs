@@ -131,7 +131,7 @@ impl Spares {
                 return;
             }
             let epoch = super::instance::next_epoch();
-            let Some(leaf) = cgroups.create_leaf(&manifest.name, epoch, &limits) else {
+            let Some(leaf) = cgroups.create_leaf(&manifest.name, epoch, &limits).await else {
                 spares.forget(&manifest.dir, for_epoch);
                 return;
             };

@@ -239,7 +239,7 @@ async fn start(
 /// Spawns `cmd` on plugd's spawner thread and registers the child (see `orphans`).
 ///
 /// `fork` returns at once, but the spawn returns only once the child has run its `pre_exec`
-/// (joining a cgroup there waits for an RCU grace period on cgroup v1, several milliseconds)
+/// (joining a cgroup there can wait for an RCU grace period on cgroup v2, several milliseconds)
 /// and executed: that wait must not hold one of the runtime's workers. The thread is plugd's
 /// for its whole life, since a child's death signal (`PR_SET_PDEATHSIG`) fires when the
 /// *thread* that forked it ends, which rules out the runtime's blocking pool.

@@ -2,7 +2,7 @@
 //! [`crate::os::stub`]) waiting in a fresh leaf of its own, prepared in the background once an
 //! instance has been ready for [`PREPARE_AFTER`]. The next start of the same manifest with the
 //! same limits takes it and skips the fork, the cgroup migration (an RCU grace period on
-//! cgroup v1) and the rlimits; anything else discards it.
+//! cgroup v2, see [`crate::os::cgroups`]) and the rlimits; anything else discards it.
 //!
 //! A spare belongs to the instance it was prepared after (`for_epoch`): stopping that
 //! instance (disable, removal, shutdown) discards it, while a crash keeps it for the restart.

@@ -192,24 +192,28 @@ impl Store {
 
     /// A plugin's stored settings, secrets opened.
     pub async fn settings(&self, plugin: &str) -> anyhow::Result<StoredSettings> {
-        let generation: Option<i64> =
-            sqlx::query_scalar("SELECT settings_generation FROM plugins WHERE name = $1")
-                .bind(plugin)
-                .fetch_optional(&self.pool)
-                .await?;
+        // One statement, so the generation and the values are of the same moment.
         let rows = sqlx::query(
-            "SELECT key, value, secret, key_id, updated_ms, updated_by FROM plugin_settings
-             WHERE plugin = $1 ORDER BY key",
+            "SELECT p.settings_generation AS generation, s.key, s.value, s.secret, s.key_id,
+                    s.updated_ms, s.updated_by
+             FROM plugins p LEFT JOIN plugin_settings s ON s.plugin = p.name
+             WHERE p.name = $1 ORDER BY s.key",
         )
         .bind(plugin)
         .fetch_all(&self.pool)
         .await?;
         let mut out = StoredSettings {
-            generation: generation.unwrap_or(0),
+            generation: match rows.first() {
+                Some(r) => r.try_get("generation")?,
+                None => 0,
+            },
             values: BTreeMap::new(),
         };
         for r in rows {
-            let key: String = r.try_get("key")?;
+            // The plugin's row alone: it has no settings stored.
+            let Some(key) = r.try_get::<Option<String>, _>("key")? else {
+                continue;
+            };
             let text: String = r.try_get("value")?;
             let secret = r.try_get::<i64, _>("secret")? != 0;
             let value = if secret {

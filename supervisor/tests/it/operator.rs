@@ -183,6 +183,14 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
 #[tokio::test]
 async fn the_cli_reads_steers_and_exits_with_codes_scripts_can_rely_on() {
     let sup = operator_sup(&[PluginDef::echo("echo", "")]).await;
+    // The workers column comes from heartbeats, written within 50 ms of a change of state.
+    sup.wait_until("the heartbeat counts echo ready on its worker", || async {
+        let out = cli(&sup, Some(ADMIN), &["plugins"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("echo") && l.contains("1/1"))
+    })
+    .await;
 
     // A table for people, the server's JSON for scripts.
     let out = cli(&sup, Some(ADMIN), &["plugins"]);

@@ -6,8 +6,9 @@
 # an outage: wrk drives every worker's plugin route while PostgreSQL is stopped for
 # OUTAGE_SECONDS (5), and the script prints the requests served and failed meanwhile and the
 # time from PostgreSQL's return to an admin change being live on every worker. Settings:
-# WORKERS (10), ROUNDS (100), WRITE_SECONDS (5), OUTAGE_SECONDS (5). Installs postgresql and
-# wrk when absent.
+# WORKERS (10), ROUNDS (100), WRITE_SECONDS (5), OUTAGE_SECONDS (5), CG (true: a cgroup per
+# plugin instance where the machine allows it; false: none). Sockets go on tmpfs, as under
+# systemd's RuntimeDirectory. Installs postgresql and wrk when absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -193,6 +193,23 @@ pub fn encode_request<M: Method>(
     w.finish(max_len)
 }
 
+/// Encodes a request for method `M` whose params `pack` writes straight into the frame, for a
+/// hot path that packs borrowed parts by hand instead of building `M::Params` (see
+/// [`crate::message::http::HttpRequestView`]). `capacity` is the frame's first allocation.
+pub fn encode_request_packed<M: Method>(
+    id: u64,
+    capacity: usize,
+    max_len: usize,
+    pack: impl FnOnce(&mut BytesMut),
+) -> Result<Bytes, EncodeError> {
+    let mut w = FrameWriter::with_capacity(capacity);
+    w.header(4, TYPE_REQUEST);
+    w.uint(id);
+    w.str(M::NAME);
+    pack(w.buf.get_mut());
+    w.finish(max_len)
+}
+
 /// Encodes a successful response carrying `result` as a complete frame.
 pub fn encode_response<T: Serialize + ?Sized>(
     id: u64,

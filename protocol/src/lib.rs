@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod outbox;
+mod pack;
 pub mod pending;
 pub mod stream;
 pub mod time;

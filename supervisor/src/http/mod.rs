@@ -93,7 +93,16 @@ impl RequestIds {
     /// A fresh id.
     pub fn next_id(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.prefix)
+        // `{prefix}-{n:x}`, written without the formatting machinery (once per request).
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        let mut id = String::with_capacity(self.prefix.len() + 1 + digits as usize);
+        id.push_str(&self.prefix);
+        id.push('-');
+        for i in (0..digits).rev() {
+            let nibble = ((n >> (4 * i)) & 0xf) as u32;
+            id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+        }
+        id
     }
 
     /// A fresh id as a header value.
@@ -214,4 +223,20 @@ pub fn router(edge: Arc<Edge>, access_log: bool) -> Router {
         routes
     };
     routes.layer(SetRequestIdLayer::x_request_id(edge.request_ids.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_id_is_the_prefix_a_dash_and_the_counter_in_hex() {
+        for n in [0u64, 1, 0xf, 0x10, 0xabc, 0x1234_5678_9abc, u64::MAX] {
+            let ids = RequestIds {
+                prefix: "0badcafe".into(),
+                next: Arc::new(AtomicU64::new(n)),
+            };
+            assert_eq!(ids.next_id(), format!("0badcafe-{n:x}"));
+        }
+    }
 }

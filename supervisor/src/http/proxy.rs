@@ -20,6 +20,7 @@ use crate::supervise::canary::{Served, Side};
 use crate::supervise::router::{normalize, Lookup};
 use crate::supervise::{PluginState, StandbyView};
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::extract::State;
 use axum::http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
@@ -27,7 +28,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use plugd_protocol::codes;
-use plugd_protocol::message::http::{Http, HttpRequest, HttpResponse};
+use plugd_protocol::message::http::{Http, HttpRequest, HttpRequestView, HttpResponse};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Headers that describe one hop, not the message, and are never forwarded (RFC 9110 §7.6.1).
@@ -205,22 +207,27 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     };
 
     let request_id = request_id(edge, &parts.headers);
+    let headers = forward_headers(&parts.headers, caller);
+    let empty = Bytes::new();
     // The body (unless it streams) and the deadline are filled in once the body is read.
-    let head = HttpRequest {
-        request_id: request_id.clone(),
-        method: method.to_owned(),
-        path: path.to_owned(),
-        route: route.clone(),
-        params,
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: forward_headers(&parts.headers, caller),
-        body: Bytes::new(),
-        deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
+    let head = HttpRequestView {
+        request_id: &request_id,
+        method,
+        path,
+        route: &route,
+        params: &params,
+        query: parts.uri.query().unwrap_or_default(),
+        headers: &headers,
+        body: &empty,
+        deadline_unix_ms: 0,
         stream: kind.stream,
         websocket: kind.websocket,
     };
     if kind.stream || kind.websocket {
-        let wire = head;
+        let wire = HttpRequest {
+            deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
+            ..head.to_owned_request()
+        };
         let answer = if kind.websocket {
             // The upgrade needs the request's parts, which `name` borrows.
             let name = name.to_owned();
@@ -272,32 +279,37 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     if declared.is_some_and(|len| len > max_body as u64) {
         return Err(too_large());
     }
-    // A client that sends its body slowly gets the request timeout for it, no more.
-    let reading = Limited::new(body, max_body).collect();
-    let Ok(read) = tokio::time::timeout(instance.limits.request_timeout, reading).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body too slow",
-            format!(
-                "the request body did not arrive within {:?}",
-                instance.limits.request_timeout
-            ),
-        )
-        .with_header(CONNECTION, HeaderValue::from_static("close")));
-    };
-    let body = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "cannot read request body",
-                e.to_string(),
-            ))
+    let body = if body.is_end_stream() {
+        // Nothing to read (a GET, most often): no timer to arm.
+        Bytes::new()
+    } else {
+        // A client that sends its body slowly gets the request timeout for it, no more.
+        let reading = Limited::new(body, max_body).collect();
+        let Ok(read) = tokio::time::timeout(instance.limits.request_timeout, reading).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body too slow",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    instance.limits.request_timeout
+                ),
+            )
+            .with_header(CONNECTION, HeaderValue::from_static("close")));
+        };
+        match read {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "cannot read request body",
+                    e.to_string(),
+                ))
+            }
         }
     };
 
-    let wire = HttpRequest {
-        body,
+    let wire = HttpRequestView {
+        body: &body,
         deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
         ..head
     };
@@ -306,7 +318,10 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
     let answer = loop {
         let answer = serving
             .conn
-            .call::<Http>(&wire, serving.limits.request_timeout)
+            .call_with::<Http>(
+                |id, max| wire.encode(id, max),
+                serving.limits.request_timeout,
+            )
             .await;
         // During a reload the old instance may refuse (draining) or be gone before the request
         // was sent; then the new one takes it, once. A safe request (GET, HEAD, OPTIONS) that
@@ -448,7 +463,10 @@ fn remote_status(code: i32) -> (StatusCode, &'static str) {
 
 /// The headers a plugin gets: hop-by-hop ones removed, `x-plugd-*` only as plugd sets them
 /// (a client cannot claim an identity), and a token plugd verified kept from the plugin.
-fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(String, String)> {
+fn forward_headers<'a>(
+    headers: &'a HeaderMap,
+    caller: Option<&AdminToken>,
+) -> Vec<(&'a str, Cow<'a, str>)> {
     // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
     // Borrowed names compared without case, not lower-cased copies (this is the proxy path).
     let named: Vec<&str> = headers
@@ -459,22 +477,27 @@ fn forward_headers(headers: &HeaderMap, caller: Option<&AdminToken>) -> Vec<(Str
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .collect();
-    let mut out: Vec<(String, String)> = headers
-        .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !k.as_str().starts_with("x-plugd-"))
-        .filter(|(k, _)| !named.iter().any(|n| n.eq_ignore_ascii_case(k.as_str())))
-        .filter(|(k, _)| caller.is_none() || *k != axum::http::header::AUTHORIZATION)
-        .map(|(k, v)| {
-            let value = match v.to_str() {
-                Ok(s) => s.to_owned(),
-                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            };
-            (k.as_str().to_owned(), value)
-        })
-        .collect();
+    let mut out: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(headers.len() + 2);
+    out.extend(
+        headers
+            .iter()
+            .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !k.as_str().starts_with("x-plugd-"))
+            .filter(|(k, _)| !named.iter().any(|n| n.eq_ignore_ascii_case(k.as_str())))
+            .filter(|(k, _)| caller.is_none() || *k != axum::http::header::AUTHORIZATION)
+            .map(|(k, v)| {
+                let value = match v.to_str() {
+                    Ok(s) => Cow::Borrowed(s),
+                    Err(_) => String::from_utf8_lossy(v.as_bytes()),
+                };
+                (k.as_str(), value)
+            }),
+    );
     if let Some(token) = caller {
-        out.push(("x-plugd-caller".into(), token.name.clone()));
-        out.push(("x-plugd-permissions".into(), token.permissions.join(",")));
+        out.push(("x-plugd-caller", Cow::Owned(token.name.clone())));
+        out.push((
+            "x-plugd-permissions",
+            Cow::Owned(token.permissions.join(",")),
+        ));
     }
     out
 }

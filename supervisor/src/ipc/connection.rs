@@ -25,7 +25,7 @@ use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdo
 use plugd_protocol::message::Method;
 use plugd_protocol::outbox::{self, Outbox};
 use plugd_protocol::pending::{Call, Pending};
-use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, Response};
+use plugd_protocol::{codes, EncodeError, ErrorObject, FrameCodec, Message, Response};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -173,6 +173,17 @@ impl Connection {
         params: &M::Params,
         timeout: Duration,
     ) -> Result<M::Result, CallError> {
+        self.call_with::<M>(|id, max| encode_request::<M>(id, params, max), timeout)
+            .await
+    }
+
+    /// [`Connection::call`] with the request's frame built by `encode` from the call's id and
+    /// the largest frame allowed: the proxy path packs borrowed parts straight into it.
+    pub async fn call_with<M: Method>(
+        &self,
+        encode: impl FnOnce(u64, usize) -> Result<Bytes, EncodeError>,
+        timeout: Duration,
+    ) -> Result<M::Result, CallError> {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
         }
@@ -183,7 +194,7 @@ impl Connection {
         let Some(call) = guard.call.as_mut() else {
             return Err(CallError::Protocol("no call registered".into()));
         };
-        let frame = match encode_request::<M>(call.id(), params, self.max_frame) {
+        let frame = match encode(call.id(), self.max_frame) {
             Ok(frame) => frame,
             Err(e) => {
                 guard.forget();
@@ -370,7 +381,7 @@ impl Connection {
 
     /// Queues an answer to the plugin's own request `id` without waiting; one that cannot be
     /// queued counts towards [`MAX_DROPPED_ANSWERS`].
-    fn answer_now(&self, frame: Result<Bytes, plugd_protocol::EncodeError>) {
+    fn answer_now(&self, frame: Result<Bytes, EncodeError>) {
         if let Ok(frame) = frame {
             if !self.try_send(frame) {
                 self.answers_dropped.fetch_add(1, Ordering::Relaxed);

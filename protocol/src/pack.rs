@@ -1,0 +1,152 @@
+//! MessagePack written by hand into a frame's buffer, for the hot paths that encode borrowed
+//! parts rather than build an owned message first. Each function writes the smallest form, as
+//! `rmp` does, so a value packed here is byte for byte what `rmp_serde` writes for the same
+//! message (the tests of [`crate::message::http`] check that).
+
+use bytes::{BufMut, BytesMut};
+
+/// A string: its marker, its length and its bytes.
+pub(crate) fn str(buf: &mut BytesMut, s: &str) {
+    let len = s.len();
+    if len < 32 {
+        buf.put_u8(0xa0 | len as u8);
+    } else if len <= 0xff {
+        buf.put_slice(&[0xd9, len as u8]);
+    } else if len <= 0xffff {
+        buf.put_u8(0xda);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(0xdb);
+        buf.put_u32(len as u32);
+    }
+    buf.put_slice(s.as_bytes());
+}
+
+/// A binary value: its marker, its length and its bytes.
+pub(crate) fn bin(buf: &mut BytesMut, b: &[u8]) {
+    let len = b.len();
+    if len <= 0xff {
+        buf.put_slice(&[0xc4, len as u8]);
+    } else if len <= 0xffff {
+        buf.put_u8(0xc5);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(0xc6);
+        buf.put_u32(len as u32);
+    }
+    buf.put_slice(b);
+}
+
+/// The head of an array of `len` elements.
+pub(crate) fn array_len(buf: &mut BytesMut, len: usize) {
+    container_len(buf, len, 0x90, 0xdc);
+}
+
+/// The head of a map of `len` pairs.
+pub(crate) fn map_len(buf: &mut BytesMut, len: usize) {
+    container_len(buf, len, 0x80, 0xde);
+}
+
+fn container_len(buf: &mut BytesMut, len: usize, fix: u8, wide: u8) {
+    if len < 16 {
+        buf.put_u8(fix | len as u8);
+    } else if len <= 0xffff {
+        buf.put_u8(wide);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(wide + 1);
+        buf.put_u32(len as u32);
+    }
+}
+
+/// An unsigned integer in its smallest form.
+pub(crate) fn uint(buf: &mut BytesMut, v: u64) {
+    if v < 128 {
+        buf.put_u8(v as u8);
+    } else if v <= 0xff {
+        buf.put_slice(&[0xcc, v as u8]);
+    } else if v <= 0xffff {
+        buf.put_u8(0xcd);
+        buf.put_u16(v as u16);
+    } else if v <= 0xffff_ffff {
+        buf.put_u8(0xce);
+        buf.put_u32(v as u32);
+    } else {
+        buf.put_u8(0xcf);
+        buf.put_u64(v);
+    }
+}
+
+/// `true` or `false`.
+pub(crate) fn bool(buf: &mut BytesMut, v: bool) {
+    buf.put_u8(if v { 0xc3 } else { 0xc2 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        f(&mut buf);
+        buf.to_vec()
+    }
+
+    fn rmp(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn every_width_matches_what_rmp_writes() {
+        for len in [0usize, 31, 32, 255, 256, 65_535, 65_536] {
+            let s = "x".repeat(len);
+            assert_eq!(
+                packed(|b| str(b, &s)),
+                rmp(|b| rmp::encode::write_str(b, &s).unwrap()),
+                "str of {len}"
+            );
+            assert_eq!(
+                packed(|b| bin(b, s.as_bytes())),
+                rmp(|b| rmp::encode::write_bin(b, s.as_bytes()).unwrap()),
+                "bin of {len}"
+            );
+            assert_eq!(
+                packed(|b| array_len(b, len)),
+                rmp(|b| {
+                    rmp::encode::write_array_len(b, len as u32).unwrap();
+                }),
+                "array of {len}"
+            );
+            assert_eq!(
+                packed(|b| map_len(b, len)),
+                rmp(|b| {
+                    rmp::encode::write_map_len(b, len as u32).unwrap();
+                }),
+                "map of {len}"
+            );
+        }
+        for v in [
+            0u64,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                packed(|b| uint(b, v)),
+                rmp(|b| {
+                    rmp::encode::write_uint(b, v).unwrap();
+                }),
+                "uint {v}"
+            );
+        }
+        assert_eq!(packed(|b| bool(b, true)), [0xc3]);
+        assert_eq!(packed(|b| bool(b, false)), [0xc2]);
+    }
+}

@@ -65,6 +65,9 @@ pub struct Notification {
 impl Request {
     /// Decodes the parameters as method `M`'s.
     pub fn decode_params<M: Method>(&self) -> Result<M::Params, DecodeError> {
+        if let Some(params) = M::read_params(&self.params) {
+            return Ok(params);
+        }
         decode_payload(&self.params, M::NAME)
     }
 }

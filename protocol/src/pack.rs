@@ -82,6 +82,134 @@ pub(crate) fn bool(buf: &mut BytesMut, v: bool) {
     buf.put_u8(if v { 0xc3 } else { 0xc2 });
 }
 
+/// A reader for the usual shape of a hot message, in place: each read returns `None` on
+/// anything unexpected, and the caller then decodes the message with `rmp_serde`, which
+/// accepts every form and names what is wrong. So this reader only has to be right about what
+/// it accepts, never about errors.
+pub(crate) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    /// Whether every byte has been read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn be(&mut self, n: usize) -> Option<usize> {
+        let bytes = self.buf.get(self.pos..self.pos + n)?;
+        self.pos += n;
+        Some(
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+        )
+    }
+
+    fn bytes(&mut self, len: usize) -> Option<(usize, usize)> {
+        let start = self.pos;
+        let end = start.checked_add(len).filter(|&e| e <= self.buf.len())?;
+        self.pos = end;
+        Some((start, end))
+    }
+
+    /// Takes a nil if one is next.
+    pub(crate) fn nil(&mut self) -> bool {
+        let nil = self.buf.get(self.pos) == Some(&0xc0);
+        self.pos += usize::from(nil);
+        nil
+    }
+
+    pub(crate) fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            b @ 0x80..=0x8f => Some(usize::from(b & 0x0f)),
+            0xde => self.be(2),
+            0xdf => self.be(4),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn array_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            b @ 0x90..=0x9f => Some(usize::from(b & 0x0f)),
+            0xdc => self.be(2),
+            0xdd => self.be(4),
+            _ => None,
+        }
+    }
+
+    /// A string's byte range in the buffer (its UTF-8 not checked).
+    pub(crate) fn str_range(&mut self) -> Option<(usize, usize)> {
+        let len = match self.byte()? {
+            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
+            0xd9 => self.be(1)?,
+            0xda => self.be(2)?,
+            0xdb => self.be(4)?,
+            _ => return None,
+        };
+        self.bytes(len)
+    }
+
+    pub(crate) fn str(&mut self) -> Option<&'a str> {
+        let (start, end) = self.str_range()?;
+        std::str::from_utf8(&self.buf[start..end]).ok()
+    }
+
+    /// A binary value's (or a string's) byte range in the buffer.
+    pub(crate) fn bin_range(&mut self) -> Option<(usize, usize)> {
+        let len = match self.buf.get(self.pos)? {
+            0xc4 => {
+                self.pos += 1;
+                self.be(1)?
+            }
+            0xc5 => {
+                self.pos += 1;
+                self.be(2)?
+            }
+            0xc6 => {
+                self.pos += 1;
+                self.be(4)?
+            }
+            _ => return self.str_range(),
+        };
+        self.bytes(len)
+    }
+
+    pub(crate) fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            b @ 0x00..=0x7f => Some(u64::from(b)),
+            0xcc => self.be(1).map(|v| v as u64),
+            0xcd => self.be(2).map(|v| v as u64),
+            0xce => self.be(4).map(|v| v as u64),
+            0xcf => {
+                let bytes = self.buf.get(self.pos..self.pos + 8)?;
+                self.pos += 8;
+                Some(u64::from_be_bytes(bytes.try_into().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn bool(&mut self) -> Option<bool> {
+        match self.byte()? {
+            0xc2 => Some(false),
+            0xc3 => Some(true),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

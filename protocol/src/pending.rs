@@ -5,7 +5,8 @@
 //! caller waiting for it. A [`Call`] removes its own entry when it is dropped unanswered (the
 //! caller timed out or went away), so an abandoned call never leaks its slot.
 
-use std::collections::HashMap;
+// Ids are ours, not the peer's: a fast hash without flood resistance is enough.
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
@@ -21,7 +22,7 @@ impl<T> Pending<T> {
     /// An empty map whose first call gets id `first_id` (the handshake used the ids before it).
     pub fn new(first_id: u64) -> Pending<T> {
         Pending {
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::default()),
             next_id: AtomicU64::new(first_id),
         }
     }

@@ -18,6 +18,10 @@ impl Method for Http {
     const NAME: &'static str = "http";
     type Params = HttpRequest;
     type Result = HttpResponse;
+
+    fn read_params(raw: &Bytes) -> Option<HttpRequest> {
+        HttpRequest::read_in_place(raw)
+    }
 }
 
 /// An HTTP request for one of the plugin's routes.
@@ -50,6 +54,87 @@ pub struct HttpRequest {
     /// accept it, any other status to refuse.
     #[serde(default, skip_serializing_if = "is_false")]
     pub websocket: bool,
+}
+
+impl HttpRequest {
+    /// Reads a request in its usual shape (a map of the known fields, each once) from its raw
+    /// MessagePack, the body a slice of it (no copy). `None` means another shape: `serde`
+    /// decodes it then, and names what is wrong.
+    pub fn read_in_place(raw: &Bytes) -> Option<HttpRequest> {
+        let mut r = pack::Cursor::new(raw);
+        let mut request_id = None;
+        let mut method = None;
+        let mut path = None;
+        let mut route = None;
+        let mut params = None;
+        let mut query = None;
+        let mut headers = None;
+        let mut body = None;
+        let mut deadline_unix_ms = None;
+        let mut stream = None;
+        let mut websocket = None;
+        fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+            match slot {
+                Some(_) => None,
+                None => {
+                    *slot = Some(value?);
+                    Some(())
+                }
+            }
+        }
+        for _ in 0..r.map_len()? {
+            match r.str()? {
+                "request_id" => once(&mut request_id, r.str().map(str::to_owned))?,
+                "method" => once(&mut method, r.str().map(str::to_owned))?,
+                "path" => once(&mut path, r.str().map(str::to_owned))?,
+                "route" => once(&mut route, r.str().map(str::to_owned))?,
+                "query" => once(&mut query, r.str().map(str::to_owned))?,
+                "params" => {
+                    let mut map = BTreeMap::new();
+                    for _ in 0..r.map_len()? {
+                        map.insert(r.str()?.to_owned(), r.str()?.to_owned());
+                    }
+                    once(&mut params, Some(map))?;
+                }
+                "headers" => {
+                    let n = r.array_len()?;
+                    // Each pair takes at least three bytes: a count beyond that is a lie.
+                    let mut list = Vec::with_capacity(n.min(raw.len() / 3));
+                    for _ in 0..n {
+                        if r.array_len()? != 2 {
+                            return None;
+                        }
+                        list.push((r.str()?.to_owned(), r.str()?.to_owned()));
+                    }
+                    once(&mut headers, Some(list))?;
+                }
+                "body" => {
+                    let slice = r.bin_range().map(|(start, end)| raw.slice(start..end));
+                    once(&mut body, slice)?;
+                }
+                "deadline_unix_ms" => once(&mut deadline_unix_ms, r.uint())?,
+                "stream" => once(&mut stream, r.bool())?,
+                "websocket" => once(&mut websocket, r.bool())?,
+                _ => return None,
+            }
+        }
+        if !r.at_end() {
+            return None;
+        }
+        Some(HttpRequest {
+            request_id: request_id?,
+            method: method?,
+            path: path?,
+            route: route?,
+            params: params?,
+            query: query?,
+            headers: headers?,
+            body: body?,
+            deadline_unix_ms: deadline_unix_ms?,
+            stream: stream.unwrap_or(false),
+            websocket: websocket.unwrap_or(false),
+        })
+    }
 }
 
 /// An [`HttpRequest`] made of borrowed parts, packed straight into its frame: the proxy path
@@ -174,6 +259,74 @@ pub struct HttpResponse {
     pub stream: bool,
 }
 
+/// An [`HttpResponse`] read in place from its raw MessagePack: header names and values borrowed
+/// from it, the body a slice of it (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponseRef<'a> {
+    /// See [`HttpResponse::status`].
+    pub status: u16,
+    /// See [`HttpResponse::headers`].
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// See [`HttpResponse::body`].
+    pub body: Bytes,
+    /// See [`HttpResponse::stream`].
+    pub stream: bool,
+}
+
+impl HttpResponse {
+    /// Reads a response in its usual shape (a map of the known fields, each at most once) in
+    /// place. `None` means another shape: decode `raw` as an [`HttpResponse`] then, which
+    /// accepts every form the protocol allows and names what is wrong.
+    pub fn read_in_place(raw: &Bytes) -> Option<HttpResponseRef<'_>> {
+        let mut r = pack::Cursor::new(raw);
+        let mut status = None;
+        let mut headers = None;
+        let mut body = None;
+        let mut stream = None;
+        for _ in 0..r.map_len()? {
+            match r.str()? {
+                "status" if status.is_none() => {
+                    status = Some(u16::try_from(r.uint()?).ok()?);
+                }
+                "headers" if headers.is_none() => {
+                    let mut list = Vec::new();
+                    if !r.nil() {
+                        let n = r.array_len()?;
+                        // Each pair takes at least three bytes: a count beyond that is a lie.
+                        list.reserve(n.min(raw.len() / 3));
+                        for _ in 0..n {
+                            if r.array_len()? != 2 {
+                                return None;
+                            }
+                            list.push((r.str()?, r.str()?));
+                        }
+                    }
+                    headers = Some(list);
+                }
+                "body" if body.is_none() => {
+                    body = Some(if r.nil() {
+                        Bytes::new()
+                    } else {
+                        let (start, end) = r.bin_range()?;
+                        raw.slice(start..end)
+                    });
+                }
+                "stream" if stream.is_none() => stream = Some(r.bool()?),
+                _ => return None,
+            }
+        }
+        if !r.at_end() {
+            return None;
+        }
+        Some(HttpResponseRef {
+            status: status?,
+            headers: headers.unwrap_or_default(),
+            body: body.unwrap_or_default(),
+            stream: stream.unwrap_or(false),
+        })
+    }
+}
+
 /// Reads nil as the field's default, as if it had been omitted.
 fn nil_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -243,7 +396,160 @@ mod tests {
             let owned = view.to_owned_request();
             let expected = encode_request::<Http>(77, &owned, usize::MAX).unwrap();
             assert_eq!(view.encode(77, usize::MAX).unwrap(), expected);
+            let params = Bytes::from(rmp_serde::to_vec_named(&owned).unwrap());
+            assert_eq!(HttpRequest::read_in_place(&params).as_ref(), Some(&owned));
         }
+    }
+
+    /// What `rmp_serde` decodes, in the borrowed form, to compare with the reader's.
+    fn by_serde(raw: &Bytes) -> Option<(u16, Vec<(String, String)>, Bytes, bool)> {
+        let r: HttpResponse = rmp_serde::from_slice(raw).ok()?;
+        Some((r.status, r.headers, r.body, r.stream))
+    }
+
+    fn in_place(raw: &Bytes) -> Option<(u16, Vec<(String, String)>, Bytes, bool)> {
+        let r = HttpResponse::read_in_place(raw)?;
+        let headers = r
+            .headers
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Some((r.status, headers, r.body, r.stream))
+    }
+
+    #[test]
+    fn a_response_read_in_place_is_what_serde_decodes() {
+        let full = HttpResponse {
+            status: 201,
+            headers: vec![
+                ("content-type".into(), "text/plain".into()),
+                ("x-long".into(), "v".repeat(300)),
+            ],
+            body: Bytes::from(vec![9u8; 70_000]),
+            stream: true,
+        };
+        let plain = HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from_static(b"hi"),
+            stream: false,
+        };
+        for response in [full, plain] {
+            let raw = Bytes::from(rmp_serde::to_vec_named(&response).unwrap());
+            assert_eq!(in_place(&raw), by_serde(&raw));
+            assert!(in_place(&raw).is_some());
+        }
+        // Other shapes serde accepts, each read in place alike or left to serde.
+        let maps: Vec<Vec<(&str, rmpv::Value)>> = vec![
+            vec![("status", 204.into())],
+            vec![
+                ("status", 200.into()),
+                ("headers", rmpv::Value::Nil),
+                ("body", rmpv::Value::Nil),
+            ],
+            vec![("body", "as a string".into()), ("status", 200.into())],
+            vec![("status", 200.into()), ("extra", 1.into())],
+            vec![("status", 200.into()), ("status", 201.into())],
+            vec![("status", 70_000.into())],
+            vec![("status", (-1).into())],
+            vec![
+                ("headers", rmpv::Value::Array(vec![])),
+                ("status", 200.into()),
+            ],
+            vec![(
+                "headers",
+                rmpv::Value::Array(vec![rmpv::Value::Array(vec!["a".into()])]),
+            )],
+        ];
+        for map in maps {
+            let value = rmpv::Value::Map(map.into_iter().map(|(k, v)| (k.into(), v)).collect());
+            let mut raw = Vec::new();
+            rmpv::encode::write_value(&mut raw, &value).unwrap();
+            let raw = Bytes::from(raw);
+            if let Some(read) = in_place(&raw) {
+                assert_eq!(Some(read), by_serde(&raw), "{value}");
+            }
+        }
+        // The array form, and bytes that are not a response at all, go to serde.
+        let array = Bytes::from(
+            rmp_serde::to_vec(&(200u16, Vec::<(String, String)>::new(), Bytes::new(), false))
+                .unwrap(),
+        );
+        assert!(in_place(&array).is_none());
+        assert!(by_serde(&array).is_some());
+        for junk in [
+            &b""[..],
+            b"\x81",
+            b"\x81\xa6status",
+            b"\x81\xa6status\xcd\x01",
+            b"\xc1",
+        ] {
+            assert!(
+                in_place(&Bytes::copy_from_slice(junk)).is_none(),
+                "{junk:?}"
+            );
+        }
+        // Trailing bytes after the map.
+        let mut raw = rmp_serde::to_vec_named(&HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: Bytes::new(),
+            stream: false,
+        })
+        .unwrap();
+        raw.push(0xc0);
+        assert!(in_place(&Bytes::from(raw)).is_none());
+    }
+
+    #[test]
+    fn a_request_in_another_shape_is_left_to_serde() {
+        let owned = HttpRequest {
+            request_id: "r".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            route: "/".into(),
+            params: BTreeMap::new(),
+            query: String::new(),
+            headers: vec![],
+            body: Bytes::new(),
+            deadline_unix_ms: 5,
+            stream: false,
+            websocket: false,
+        };
+        let named = rmp_serde::to_vec_named(&owned).unwrap();
+        let mut value: rmpv::Value = rmpv::decode::read_value(&mut &named[..]).unwrap();
+        let mut variants = vec![Bytes::from(rmp_serde::to_vec(&owned).unwrap())];
+        let rmpv::Value::Map(fields) = &mut value else {
+            panic!("a map")
+        };
+        let encode = |v: &rmpv::Value| {
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, v).unwrap();
+            Bytes::from(out)
+        };
+        // An unknown field, a field twice, a missing field, a nil body, a body as a list.
+        let mut with = fields.clone();
+        with.push(("future".into(), 1.into()));
+        variants.push(encode(&rmpv::Value::Map(with)));
+        let mut twice = fields.clone();
+        twice.push(("path".into(), "/other".into()));
+        variants.push(encode(&rmpv::Value::Map(twice)));
+        variants.push(encode(&rmpv::Value::Map(fields[1..].to_vec())));
+        for replacement in [rmpv::Value::Nil, rmpv::Value::Array(vec![1.into()])] {
+            let mut odd = fields.clone();
+            for (k, v) in &mut odd {
+                if k.as_str() == Some("body") {
+                    *v = replacement.clone();
+                }
+            }
+            variants.push(encode(&rmpv::Value::Map(odd)));
+        }
+        for raw in variants {
+            assert!(HttpRequest::read_in_place(&raw).is_none(), "{raw:?}");
+        }
+        // In place, the fields may come in any order.
+        fields.reverse();
+        assert_eq!(HttpRequest::read_in_place(&encode(&value)), Some(owned));
     }
 
     #[test]

@@ -73,11 +73,11 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();
     let name = plugin_name(request.uri().path()).to_owned();
-    let mut response = forward(&edge, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    // During a canary, each side's answers are what it is judged by.
-    if let Some(served) = response.extensions_mut().remove::<Served>() {
+    let (mut response, route, served) = match forward(&edge, request).await {
+        Ok(f) => (f.response, Some(f.route), f.served),
+        Err(e) => (e.into_response(), None, None),
+    };
+    if let Some(served) = served {
         served
             .canary
             .record(served.side, response.status().as_u16(), started.elapsed());
@@ -87,28 +87,28 @@ pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Reques
             }
         }
     }
-    // Only plugins plugd knows are counted: arbitrary names in URLs must not grow the metrics.
     if edge.registry.plugins().contains_key(&name) {
-        let route = response
-            .extensions()
-            .get::<MatchedRoute>()
-            .map_or("(none)", |r| r.0.as_str());
+        let route = route.as_deref().unwrap_or("(none)");
         edge.metrics
             .record(&name, route, response.status().as_u16(), started.elapsed());
     }
     response
 }
 
-/// The route pattern a request matched, passed from the handler to the metrics.
-#[derive(Debug, Clone)]
-struct MatchedRoute(String);
+/// A request a plugin's route took: the answer, the route pattern that matched (for the
+/// metrics) and, during a canary, the side that served it.
+struct Forwarded {
+    response: Response,
+    route: String,
+    served: Option<Served>,
+}
 
 fn plugin_name(path: &str) -> &str {
     let rest = path.strip_prefix("/plugins/").unwrap_or_default();
     rest.split('/').next().unwrap_or_default()
 }
 
-async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Response, ApiError> {
+async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Forwarded, ApiError> {
     let (parts, body) = request.into_parts();
     let full_path = parts.uri.path();
     let rest = full_path.strip_prefix("/plugins/").unwrap_or_default();
@@ -348,8 +348,8 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Respons
         }
         break answer;
     };
-    let response = match answer {
-        Ok(answer) => match build_response(answer) {
+    let response = match answer.and_then(answer_response) {
+        Ok(built) => match built {
             Ok(response) => response,
             Err(detail) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -388,22 +388,22 @@ fn request_id(edge: &Edge, headers: &HeaderMap) -> String {
     }
 }
 
-/// Adds what every proxied answer carries: its request id, and for the metrics and the canary
-/// the route and side that served it.
+/// Adds what every proxied answer carries, its request id, and keeps the route and side that
+/// served it for the metrics and the canary.
 fn finish(
     mut response: Response,
     request_id: &str,
     route: String,
     served: Option<Served>,
-) -> Response {
+) -> Forwarded {
     if let Ok(value) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(X_REQUEST_ID, value);
     }
-    response.extensions_mut().insert(MatchedRoute(route));
-    if let Some(served) = served {
-        response.extensions_mut().insert(served);
+    Forwarded {
+        response,
+        route,
+        served,
     }
-    response
 }
 
 /// The client's answer when a call to plugin `name` failed.
@@ -502,6 +502,29 @@ fn forward_headers<'a>(
     out
 }
 
+/// The client's response from a plugin's answer to an `http` request, read in place when it
+/// has the usual shape (no owned copies of its headers, the body a slice of the frame). The
+/// inner error says why the answer cannot be a response.
+fn answer_response(
+    answer: plugd_protocol::Response,
+) -> Result<Result<Response, String>, CallError> {
+    if let Ok(raw) = &answer.outcome {
+        if let Some(read) = HttpResponse::read_in_place(raw) {
+            return Ok(response_with(
+                read.status,
+                read.headers,
+                Body::from(read.body),
+                false,
+            ));
+        }
+    }
+    match answer.decode_result::<Http>() {
+        Ok(Ok(owned)) => Ok(build_response(owned)),
+        Ok(Err(error)) => Err(CallError::Remote(error)),
+        Err(e) => Err(CallError::Protocol(e.to_string())),
+    }
+}
+
 pub(super) fn build_response(answer: HttpResponse) -> Result<Response, String> {
     response_with(
         answer.status,
@@ -513,9 +536,9 @@ pub(super) fn build_response(answer: HttpResponse) -> Result<Response, String> {
 
 /// A response with the plugin's status and headers (hop-by-hop ones dropped; `content-length`
 /// kept only with `keep_length`, for a streamed body whose length the plugin knows) and `body`.
-pub(super) fn response_with(
+pub(super) fn response_with<N: AsRef<str>, V: AsRef<str>>(
     status: u16,
-    plugin_headers: Vec<(String, String)>,
+    plugin_headers: impl IntoIterator<Item = (N, V)>,
     body: Body,
     keep_length: bool,
 ) -> Result<Response, String> {
@@ -527,13 +550,14 @@ pub(super) fn response_with(
     *response.status_mut() = code;
     let headers = response.headers_mut();
     for (name, value) in plugin_headers {
-        let lower = name.to_ascii_lowercase();
-        if is_hop_by_hop(&lower) && !(keep_length && lower == "content-length") {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        // Parsing lower-cases the name, without a copy when it is lower case already.
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        if is_hop_by_hop(header.as_str()) && !(keep_length && header == CONTENT_LENGTH) {
             continue;
         }
-        let header = HeaderName::from_bytes(lower.as_bytes())
-            .map_err(|_| format!("header name {name:?} is not valid"))?;
-        let value = HeaderValue::from_str(&value)
+        let value = HeaderValue::from_str(value)
             .map_err(|_| format!("value of header {name:?} is not valid"))?;
         headers.append(header, value);
     }

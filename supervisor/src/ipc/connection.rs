@@ -173,17 +173,25 @@ impl Connection {
         params: &M::Params,
         timeout: Duration,
     ) -> Result<M::Result, CallError> {
-        self.call_with::<M>(|id, max| encode_request::<M>(id, params, max), timeout)
-            .await
+        let response = self
+            .call_with::<M>(|id, max| encode_request::<M>(id, params, max), timeout)
+            .await?;
+        match response.decode_result::<M>() {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(CallError::Remote(error)),
+            Err(e) => Err(CallError::Protocol(e.to_string())),
+        }
     }
 
     /// [`Connection::call`] with the request's frame built by `encode` from the call's id and
-    /// the largest frame allowed: the proxy path packs borrowed parts straight into it.
+    /// the largest frame allowed, and the answer left undecoded: the proxy path packs borrowed
+    /// parts straight into the frame and reads the answer in place. The response returned is
+    /// a result; an error answer is [`CallError::Remote`].
     pub async fn call_with<M: Method>(
         &self,
         encode: impl FnOnce(u64, usize) -> Result<Bytes, EncodeError>,
         timeout: Duration,
-    ) -> Result<M::Result, CallError> {
+    ) -> Result<Response, CallError> {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
         }
@@ -230,10 +238,9 @@ impl Connection {
         match answer {
             Ok(Ok(response)) => {
                 guard.forget();
-                match response.decode_result::<M>() {
-                    Ok(Ok(result)) => Ok(result),
-                    Ok(Err(error)) => Err(CallError::Remote(error)),
-                    Err(e) => Err(CallError::Protocol(e.to_string())),
+                match response.outcome {
+                    Err(error) => Err(CallError::Remote(error)),
+                    Ok(_) => Ok(response),
                 }
             }
             Ok(Err(e)) => {

@@ -14,7 +14,6 @@ use crate::supervise::instance::Instance;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use plugd_api::StreamEvent;
 use plugd_protocol::message::handshake::{HookDecl, PermissionDecl};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,7 +253,8 @@ impl PluginSlot {
 }
 
 /// Every known plugin's slot, by name, as the reconcile loop last published them.
-pub type PluginMap = HashMap<String, Arc<PluginSlot>>;
+/// (Names come from the plugins directory, not clients: a fast hash without flood resistance.)
+pub type PluginMap = foldhash::HashMap<String, Arc<PluginSlot>>;
 
 /// The plugins plugd knows and whether start-up is over; written by the reconcile loop only.
 #[derive(Debug)]
@@ -271,7 +271,7 @@ impl Registry {
     /// changes and output go to `feed`.
     pub fn new(hook_timeout: Duration, feed: Arc<Feed>) -> Arc<Registry> {
         Arc::new(Registry {
-            plugins: ArcSwap::from_pointee(HashMap::new()),
+            plugins: ArcSwap::from_pointee(PluginMap::default()),
             ready: AtomicBool::new(false),
             changed: Notify::new(),
             hook_timeout,

@@ -7,7 +7,7 @@ use crate::stream::Link;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use plugd_protocol::envelope::{encode_error, encode_response};
-use plugd_protocol::{codes, ErrorObject};
+use plugd_protocol::{codes, EncodeError, ErrorObject};
 use std::task::Poll;
 
 /// Polls `future` once, without a task: `Ready` when it needs no waiting. (The waker is a
@@ -49,7 +49,7 @@ pub(crate) fn http_answer(
         }
         body => body,
     };
-    (result_frame(id, Ok(head), max), body)
+    (or_internal(id, head.encode_answer(id, max), max), body)
 }
 
 /// The answer frame to request `id`: its result, or its error; a result too large to encode
@@ -59,14 +59,20 @@ pub(crate) fn result_frame<T: serde::Serialize>(
     outcome: Result<T, ErrorObject>,
     max: usize,
 ) -> Option<Bytes> {
-    let frame = match outcome {
-        Ok(value) => encode_response(id, &value, max).or_else(|e| {
+    match outcome {
+        Ok(value) => or_internal(id, encode_response(id, &value, max), max),
+        Err(error) => encode_error(id, &error, max).ok(),
+    }
+}
+
+/// The encoded answer to request `id`, or an internal error when it could not be encoded.
+fn or_internal(id: u64, answer: Result<Bytes, EncodeError>, max: usize) -> Option<Bytes> {
+    answer
+        .or_else(|e| {
             tracing::error!(id, "cannot send the answer: {e}");
             encode_error(id, &ErrorObject::new(codes::INTERNAL, e.to_string()), max)
-        }),
-        Err(error) => encode_error(id, &error, max),
-    };
-    frame.ok()
+        })
+        .ok()
 }
 
 /// Sends a streamed response body within plugd's credit, then its end (or an abort when the

@@ -227,6 +227,22 @@ pub fn encode_response<T: Serialize + ?Sized>(
     w.finish(max_len)
 }
 
+/// Encodes a successful response whose result `pack` writes straight into the frame (see
+/// [`encode_request_packed`]).
+pub fn encode_response_packed(
+    id: u64,
+    capacity: usize,
+    max_len: usize,
+    pack: impl FnOnce(&mut BytesMut),
+) -> Result<Bytes, EncodeError> {
+    let mut w = FrameWriter::with_capacity(capacity);
+    w.header(4, TYPE_RESPONSE);
+    w.uint(id);
+    w.nil();
+    pack(w.buf.get_mut());
+    w.finish(max_len)
+}
+
 /// Encodes an error response as a complete frame.
 pub fn encode_error(id: u64, error: &ErrorObject, max_len: usize) -> Result<Bytes, EncodeError> {
     let mut w = FrameWriter::new();

@@ -19,7 +19,7 @@ use super::stream::{Routed, Streams};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use plugd_protocol::envelope::{
-    encode_error, encode_notification, encode_request, encode_response,
+    encode_error, encode_notification, encode_request, encode_request_packed, encode_response,
 };
 use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdown};
 use plugd_protocol::message::Method;
@@ -176,11 +176,23 @@ impl Connection {
         let response = self
             .call_with::<M>(|id, max| encode_request::<M>(id, params, max), timeout)
             .await?;
-        match response.decode_result::<M>() {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(error)) => Err(CallError::Remote(error)),
-            Err(e) => Err(CallError::Protocol(e.to_string())),
-        }
+        decode_answer::<M>(&response)
+    }
+
+    /// [`Connection::call`] with parameters encoded already (`rmp_serde`, named fields): a
+    /// hook fanned out to many plugins encodes its parameters once for all of them.
+    pub async fn call_encoded<M: Method>(
+        &self,
+        params: &[u8],
+        timeout: Duration,
+    ) -> Result<M::Result, CallError> {
+        let pack = |id, max| {
+            encode_request_packed::<M>(id, 32 + params.len(), max, |buf| {
+                buf.extend_from_slice(params)
+            })
+        };
+        let response = self.call_with::<M>(pack, timeout).await?;
+        decode_answer::<M>(&response)
     }
 
     /// [`Connection::call`] with the request's frame built by `encode` from the call's id and
@@ -399,6 +411,15 @@ impl Connection {
     /// Answers the plugin's request `id` with `error`, without waiting.
     fn refuse(&self, id: u64, error: &ErrorObject) {
         self.answer_now(encode_error(id, error, self.max_frame));
+    }
+}
+
+/// A response's result decoded as method `M`'s.
+fn decode_answer<M: Method>(response: &Response) -> Result<M::Result, CallError> {
+    match response.decode_result::<M>() {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(error)) => Err(CallError::Remote(error)),
+        Err(e) => Err(CallError::Protocol(e.to_string())),
     }
 }
 

@@ -74,18 +74,30 @@ async fn call(
     depth: u32,
     timeout: Duration,
 ) -> Result<HookOutput, String> {
-    let Some(instance) = &handler.instance else {
-        return Err(format!("plugin {:?} is down", handler.plugin));
-    };
     let input = HookInput {
         hook: hook.to_owned(),
         payload: payload.clone(),
         depth,
         deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
     };
+    let params =
+        rmp_serde::to_vec_named(&input).map_err(|e| format!("cannot encode the call: {e}"))?;
+    call_encoded(handler, &params, timeout).await
+}
+
+/// Calls one handler with the hook's parameters encoded already: a `collect` hook encodes
+/// them once for all its handlers, which it calls at the same time.
+async fn call_encoded(
+    handler: &Handler,
+    params: &[u8],
+    timeout: Duration,
+) -> Result<HookOutput, String> {
+    let Some(instance) = &handler.instance else {
+        return Err(format!("plugin {:?} is down", handler.plugin));
+    };
     let output = instance
         .conn
-        .call::<HookCall>(&input, timeout)
+        .call_encoded::<HookCall>(params, timeout)
         .await
         .map_err(|e| match e {
             CallError::Timeout(after) => format!("no answer within {after:?}"),
@@ -139,9 +151,22 @@ pub async fn fire(
     let depth = depth + 1;
     let outcome = match mode {
         HookMode::Collect => {
-            let calls = handlers
-                .iter()
-                .map(|h| call(h, hook, &payload, depth, timeout));
+            let input = HookInput {
+                hook: hook.to_owned(),
+                payload,
+                depth,
+                deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
+            };
+            let params = rmp_serde::to_vec_named(&input).map_err(|e| e.to_string());
+            let calls = handlers.iter().map(|h| {
+                let params = &params;
+                async move {
+                    match params {
+                        Ok(params) => call_encoded(h, params, timeout).await,
+                        Err(e) => Err(format!("cannot encode the call: {e}")),
+                    }
+                }
+            });
             let answers = futures_util::future::join_all(calls).await;
             let results: Vec<Value> = handlers
                 .iter()

@@ -6,6 +6,7 @@
 # each process's instructions are divided by the number of requests. Three workloads:
 #   proxy    GET /plugins/hello/hello          (plugd + the hello example plugin)
 #   hook     POST /hooks/bench, a collect hook  (plugd + one handler plugin)
+#   hook10   POST /hooks/fan, a collect hook    (plugd + ten handler plugins, one of them h)
 #   service  POST /plugins/a/call/text.upper    (plugd + plugin a + plugin b)
 # Installs valgrind when absent. Settings: REQUESTS (default 2000), WARMUP (default 300),
 # PROFILE=DIR keeps each workload's callgrind dumps in DIR/<workload>/ for callgrind_annotate.
@@ -50,7 +51,8 @@ TOML
 plugin hello "$PWD/target/release/plugd-example-hello" "" ""
 plugin a "$echo_bin" "" ""
 plugin b "$echo_bin" "text.upper:upper" ""
-plugin h "$echo_bin" "" "bench:collect:0:echo"
+plugin h "$echo_bin" "" "bench:collect:0:echo;fan:collect:0:echo"
+for i in 1 2 3 4 5 6 7 8 9; do plugin "h$i" "$echo_bin" "" "fan:collect:0:echo"; done
 
 port=$(free_port)
 PLUGD_HOST_TOKEN="$host_token" PLUGD_LOG=warn valgrind --tool=callgrind \
@@ -102,12 +104,16 @@ measure() {
   send "$method" "$path" "$REQUESTS"
   dump "$name" | awk -v n="$REQUESTS" -v w="$name" '
     # Plugins that took part (idle ones answer only pings: left out of the names).
-    { if ($1 == "plugd") p += $2; else { q += $2; if ($2 / n > 1000) names = names (names ? " + " : "") $1 } }
-    END { printf "%-10s %14.0f %14.0f %14.0f   %s\n", w, p / n, q / n, (p + q) / n, names }'
+    { if ($1 == "plugd") p += $2; else { q += $2; if ($2 / n > 1000) took[$1]++ } }
+    END {
+      for (c in took) names = names (names ? " + " : "") (took[c] > 1 ? took[c] " x " : "") c
+      printf "%-10s %14.0f %14.0f %14.0f   %s\n", w, p / n, q / n, (p + q) / n, names
+    }'
 }
 
 echo "instructions per request (callgrind, $REQUESTS requests after $WARMUP to warm up)"
 printf '%-10s %14s %14s %14s   %s\n' "workload" "plugd" "plugins" "total" "plugins taking part"
 measure proxy GET /plugins/hello/hello
 measure hook POST /hooks/bench
+measure hook10 POST /hooks/fan
 measure service POST /plugins/a/call/text.upper

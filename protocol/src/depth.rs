@@ -17,6 +17,10 @@ pub const MAX_PAYLOAD_DEPTH: usize = 48;
 /// How deeply `value` nests: 0 for a scalar, 1 for a flat array or map, and so on. Walks the
 /// value without recursion, so a hostile value cannot exhaust the stack.
 pub fn value_depth(value: &rmpv::Value) -> usize {
+    if !matches!(value, rmpv::Value::Array(_) | rmpv::Value::Map(_)) {
+        // A scalar, the usual hook answer: no stack to allocate.
+        return 0;
+    }
     let mut deepest = 0;
     let mut stack = vec![(value, 0usize)];
     while let Some((v, depth)) = stack.pop() {

@@ -181,17 +181,21 @@ impl Connection {
 
     /// [`Connection::call`] with parameters encoded already (`rmp_serde`, named fields): a
     /// hook fanned out to many plugins encodes its parameters once for all of them.
+    ///
+    /// With no `timeout` the call has no deadline of its own: its caller gives up on it by
+    /// dropping it, which cancels it (a hook's handlers called together share one deadline,
+    /// and one timer).
     pub async fn call_encoded<M: Method>(
         &self,
         params: &[u8],
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<M::Result, CallError> {
         let pack = |id, max| {
             encode_request_packed::<M>(id, 32 + params.len(), max, |buf| {
                 buf.extend_from_slice(params)
             })
         };
-        let response = self.call_with::<M>(pack, timeout).await?;
+        let response = self.call_inner::<M>(pack, timeout).await?;
         decode_answer::<M>(&response)
     }
 
@@ -203,6 +207,14 @@ impl Connection {
         &self,
         encode: impl FnOnce(u64, usize) -> Result<Bytes, EncodeError>,
         timeout: Duration,
+    ) -> Result<Response, CallError> {
+        self.call_inner::<M>(encode, Some(timeout)).await
+    }
+
+    async fn call_inner<M: Method>(
+        &self,
+        encode: impl FnOnce(u64, usize) -> Result<Bytes, EncodeError>,
+        timeout: Option<Duration>,
     ) -> Result<Response, CallError> {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
@@ -233,7 +245,7 @@ impl Connection {
         } else {
             Outgoing::Request
         };
-        let answer = tokio::time::timeout(timeout, async {
+        let exchange = async {
             match self.send(frame, what).await {
                 Ok(()) => {}
                 Err(Unsent::Stopping) => {
@@ -245,8 +257,11 @@ impl Connection {
                 .await
                 .unwrap_or_else(|| Err("connection dropped".into()))
                 .map_err(CallError::Closed)
-        })
-        .await;
+        };
+        let answer = match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, exchange).await,
+            None => Ok(exchange.await),
+        };
         match answer {
             Ok(Ok(response)) => {
                 guard.forget();
@@ -260,7 +275,7 @@ impl Connection {
                 Err(e)
             }
             // The guard removes the pending entry and sends the cancel.
-            Err(_) => Err(CallError::Timeout(timeout)),
+            Err(_) => Err(CallError::Timeout(timeout.unwrap_or_default())),
         }
     }
 

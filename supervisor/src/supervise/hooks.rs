@@ -19,7 +19,7 @@
 use super::instance::Instance;
 use super::reconcile::{PluginMap, PluginState};
 use crate::ipc::CallError;
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use plugd_protocol::depth::{value_depth, MAX_PAYLOAD_DEPTH};
 use plugd_protocol::message::handshake::{HookDecl, HookMode};
 use plugd_protocol::message::hook::{HookCall, HookInput, HookOutput};
@@ -83,7 +83,7 @@ async fn call(
     };
     let params =
         rmp_serde::to_vec_named(&input).map_err(|e| format!("cannot encode the call: {e}"))?;
-    call_encoded(handler, &params, timeout).await
+    call_encoded(handler, &params, Some(timeout)).await
 }
 
 /// Calls one handler with the hook's parameters encoded already: a `collect` hook encodes
@@ -91,7 +91,7 @@ async fn call(
 async fn call_encoded(
     handler: &Handler,
     params: &[u8],
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<HookOutput, String> {
     let Some(instance) = &handler.instance else {
         return Err(format!("plugin {:?} is down", handler.plugin));
@@ -111,6 +111,48 @@ async fn call_encoded(
         ));
     }
     Ok(output)
+}
+
+/// Calls every handler at once with the same encoded parameters and gathers their answers in
+/// the handlers' order. They share one deadline (one timer, not one per handler): a handler
+/// that has not answered by then gets an error, and its call is dropped, which cancels it.
+async fn collect_answers(
+    handlers: &[Handler],
+    params: &Result<Vec<u8>, String>,
+    timeout: Duration,
+) -> Vec<Result<HookOutput, String>> {
+    let mut answers: Vec<Option<Result<HookOutput, String>>> =
+        handlers.iter().map(|_| None).collect();
+    {
+        // Each call is polled only when it was woken (`join_all` polls every call whenever
+        // one is woken: ten answers would cost a hundred polls).
+        let mut calls: FuturesUnordered<_> = handlers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| async move {
+                let answer = match params {
+                    Ok(params) => call_encoded(h, params, None).await,
+                    Err(e) => Err(format!("cannot encode the call: {e}")),
+                };
+                (i, answer)
+            })
+            .collect();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = calls.next() => match next {
+                    Some((i, answer)) => answers[i] = Some(answer),
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(format!("no answer within {timeout:?}"))))
+        .collect()
 }
 
 fn to_json(v: &rmpv::Value) -> Value {
@@ -159,18 +201,7 @@ pub async fn fire(
                 deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
             };
             let params = rmp_serde::to_vec_named(&input).map_err(|e| e.to_string());
-            let calls = handlers.iter().map(|h| {
-                let params = &params;
-                async move {
-                    match params {
-                        Ok(params) => call_encoded(h, params, timeout).await,
-                        Err(e) => Err(format!("cannot encode the call: {e}")),
-                    }
-                }
-            });
-            // In order, and each call polled only when it was woken: `join_all` polls every
-            // call again whenever one is woken, ten answers cost a hundred polls.
-            let answers: Vec<_> = calls.collect::<FuturesOrdered<_>>().collect().await;
+            let answers = collect_answers(&handlers, &params, timeout).await;
             let results: Vec<Value> = handlers
                 .iter()
                 .zip(answers)

@@ -161,6 +161,12 @@ impl<'a> Cursor<'a> {
         self.bytes(len)
     }
 
+    /// A string's bytes, its UTF-8 not checked: for a field name compared with known ones.
+    pub(crate) fn key(&mut self) -> Option<&'a [u8]> {
+        let (start, end) = self.str_range()?;
+        Some(&self.buf[start..end])
+    }
+
     pub(crate) fn str(&mut self) -> Option<&'a str> {
         let (start, end) = self.str_range()?;
         std::str::from_utf8(&self.buf[start..end]).ok()

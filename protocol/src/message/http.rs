@@ -83,20 +83,20 @@ impl HttpRequest {
             }
         }
         for _ in 0..r.map_len()? {
-            match r.str()? {
-                "request_id" => once(&mut request_id, r.str().map(str::to_owned))?,
-                "method" => once(&mut method, r.str().map(str::to_owned))?,
-                "path" => once(&mut path, r.str().map(str::to_owned))?,
-                "route" => once(&mut route, r.str().map(str::to_owned))?,
-                "query" => once(&mut query, r.str().map(str::to_owned))?,
-                "params" => {
+            match r.key()? {
+                b"request_id" => once(&mut request_id, r.str().map(str::to_owned))?,
+                b"method" => once(&mut method, r.str().map(str::to_owned))?,
+                b"path" => once(&mut path, r.str().map(str::to_owned))?,
+                b"route" => once(&mut route, r.str().map(str::to_owned))?,
+                b"query" => once(&mut query, r.str().map(str::to_owned))?,
+                b"params" => {
                     let mut map = BTreeMap::new();
                     for _ in 0..r.map_len()? {
                         map.insert(r.str()?.to_owned(), r.str()?.to_owned());
                     }
                     once(&mut params, Some(map))?;
                 }
-                "headers" => {
+                b"headers" => {
                     let n = r.array_len()?;
                     // Each pair takes at least three bytes: a count beyond that is a lie.
                     let mut list = Vec::with_capacity(n.min(raw.len() / 3));
@@ -108,13 +108,13 @@ impl HttpRequest {
                     }
                     once(&mut headers, Some(list))?;
                 }
-                "body" => {
+                b"body" => {
                     let slice = r.bin_range().map(|(start, end)| raw.slice(start..end));
                     once(&mut body, slice)?;
                 }
-                "deadline_unix_ms" => once(&mut deadline_unix_ms, r.uint())?,
-                "stream" => once(&mut stream, r.bool())?,
-                "websocket" => once(&mut websocket, r.bool())?,
+                b"deadline_unix_ms" => once(&mut deadline_unix_ms, r.uint())?,
+                b"stream" => once(&mut stream, r.bool())?,
+                b"websocket" => once(&mut websocket, r.bool())?,
                 _ => return None,
             }
         }
@@ -311,11 +311,11 @@ impl HttpResponse {
         let mut body = None;
         let mut stream = None;
         for _ in 0..r.map_len()? {
-            match r.str()? {
-                "status" if status.is_none() => {
+            match r.key()? {
+                b"status" if status.is_none() => {
                     status = Some(u16::try_from(r.uint()?).ok()?);
                 }
-                "headers" if headers.is_none() => {
+                b"headers" if headers.is_none() => {
                     let mut list = Vec::new();
                     if !r.nil() {
                         let n = r.array_len()?;
@@ -330,7 +330,7 @@ impl HttpResponse {
                     }
                     headers = Some(list);
                 }
-                "body" if body.is_none() => {
+                b"body" if body.is_none() => {
                     body = Some(if r.nil() {
                         Bytes::new()
                     } else {
@@ -338,7 +338,7 @@ impl HttpResponse {
                         raw.slice(start..end)
                     });
                 }
-                "stream" if stream.is_none() => stream = Some(r.bool()?),
+                b"stream" if stream.is_none() => stream = Some(r.bool()?),
                 _ => return None,
             }
         }

@@ -77,6 +77,7 @@ pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Reques
         Ok(f) => (f.response, Some(f.route), f.served),
         Err(e) => (e.into_response(), None, None),
     };
+    // During a canary, each side's answers are what it is judged by.
     if let Some(served) = served {
         served
             .canary
@@ -87,6 +88,7 @@ pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Reques
             }
         }
     }
+    // Only plugins plugd knows are counted: arbitrary names in URLs must not grow the metrics.
     if edge.registry.plugins().contains_key(&name) {
         let route = route.as_deref().unwrap_or("(none)");
         edge.metrics

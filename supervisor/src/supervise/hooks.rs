@@ -75,15 +75,24 @@ async fn call(
     depth: u32,
     timeout: Duration,
 ) -> Result<HookOutput, String> {
+    let params = encode_input(hook, payload.clone(), depth, timeout)?;
+    call_encoded(handler, &params, Some(timeout)).await
+}
+
+/// A hook call's parameters, encoded.
+fn encode_input(
+    hook: &str,
+    payload: rmpv::Value,
+    depth: u32,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let input = HookInput {
         hook: hook.to_owned(),
-        payload: payload.clone(),
+        payload,
         depth,
         deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
     };
-    let params =
-        rmp_serde::to_vec_named(&input).map_err(|e| format!("cannot encode the call: {e}"))?;
-    call_encoded(handler, &params, Some(timeout)).await
+    rmp_serde::to_vec_named(&input).map_err(|e| format!("cannot encode the call: {e}"))
 }
 
 /// Calls one handler with the hook's parameters encoded already: a `collect` hook encodes
@@ -132,7 +141,7 @@ async fn collect_answers(
             .map(|(i, h)| async move {
                 let answer = match params {
                     Ok(params) => call_encoded(h, params, None).await,
-                    Err(e) => Err(format!("cannot encode the call: {e}")),
+                    Err(e) => Err(e.clone()),
                 };
                 (i, answer)
             })
@@ -194,13 +203,7 @@ pub async fn fire(
     let depth = depth + 1;
     let outcome = match mode {
         HookMode::Collect => {
-            let input = HookInput {
-                hook: hook.to_owned(),
-                payload,
-                depth,
-                deadline_unix_ms: plugd_protocol::time::deadline_after(timeout),
-            };
-            let params = rmp_serde::to_vec_named(&input).map_err(|e| e.to_string());
+            let params = encode_input(hook, payload, depth, timeout);
             let answers = collect_answers(&handlers, &params, timeout).await;
             let results: Vec<Value> = handlers
                 .iter()

@@ -188,12 +188,7 @@ pub fn encode_request<M: Method>(
     params: &M::Params,
     max_len: usize,
 ) -> Result<Bytes, EncodeError> {
-    let mut w = FrameWriter::new();
-    w.header(4, TYPE_REQUEST);
-    w.uint(id);
-    w.str(M::NAME);
-    w.value(params)?;
-    w.finish(max_len)
+    request_frame::<M>(id, 256, max_len, |w| w.value(params))
 }
 
 /// Encodes a request for method `M` whose params `pack` writes straight into the frame, for a
@@ -205,11 +200,24 @@ pub fn encode_request_packed<M: Method>(
     max_len: usize,
     pack: impl FnOnce(&mut BytesMut),
 ) -> Result<Bytes, EncodeError> {
+    request_frame::<M>(id, capacity, max_len, |w| {
+        pack(w.buf.get_mut());
+        Ok(())
+    })
+}
+
+/// A request frame for method `M` whose params `params` writes.
+fn request_frame<M: Method>(
+    id: u64,
+    capacity: usize,
+    max_len: usize,
+    params: impl FnOnce(&mut FrameWriter) -> Result<(), EncodeError>,
+) -> Result<Bytes, EncodeError> {
     let mut w = FrameWriter::with_capacity(capacity);
     w.header(4, TYPE_REQUEST);
     w.uint(id);
     w.str(M::NAME);
-    pack(w.buf.get_mut());
+    params(&mut w)?;
     w.finish(max_len)
 }
 
@@ -219,12 +227,7 @@ pub fn encode_response<T: Serialize + ?Sized>(
     result: &T,
     max_len: usize,
 ) -> Result<Bytes, EncodeError> {
-    let mut w = FrameWriter::new();
-    w.header(4, TYPE_RESPONSE);
-    w.uint(id);
-    w.nil();
-    w.value(result)?;
-    w.finish(max_len)
+    result_frame(id, 256, max_len, |w| w.value(result))
 }
 
 /// Encodes a successful response whose result `pack` writes straight into the frame (see
@@ -235,11 +238,24 @@ pub fn encode_response_packed(
     max_len: usize,
     pack: impl FnOnce(&mut BytesMut),
 ) -> Result<Bytes, EncodeError> {
+    result_frame(id, capacity, max_len, |w| {
+        pack(w.buf.get_mut());
+        Ok(())
+    })
+}
+
+/// A successful response frame whose result `result` writes.
+fn result_frame(
+    id: u64,
+    capacity: usize,
+    max_len: usize,
+    result: impl FnOnce(&mut FrameWriter) -> Result<(), EncodeError>,
+) -> Result<Bytes, EncodeError> {
     let mut w = FrameWriter::with_capacity(capacity);
     w.header(4, TYPE_RESPONSE);
     w.uint(id);
     w.nil();
-    pack(w.buf.get_mut());
+    result(&mut w)?;
     w.finish(max_len)
 }
 

@@ -57,7 +57,7 @@ for w in $(seq "$WORKERS"); do
       "$p" "$PWD/target/release/plugd-testkit-echo" >"$work/$w/plugins/$p/plugin.toml"
   done
   port=$(free_port)
-  PLUGD_CGROUPS=${CG:-true} PLUGD_LOG=warn PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" \
+  PLUGD_CGROUPS=${CG:-true} PLUGD_LOG=${PLUGD_LOG:-warn} PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" \
     PLUGD_SECRET_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= target/release/plugd serve \
     --listen "127.0.0.1:$port" --plugins-dir "$work/$w/plugins" --data-dir "$work/$w/data" \
     --runtime-dir "$run/$w" >"$work/$w/out" 2>"$work/$w/err" &

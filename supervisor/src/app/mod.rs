@@ -142,6 +142,7 @@ impl Application {
             metrics: http::metrics::Metrics::new(registry.clone()),
             registry: registry.clone(),
             store: store.clone(),
+            store_probe: http::health::StoreProbe::default(),
             admin_tokens: settings.admin_tokens.clone(),
             reconciler: handle.clone(),
             plugins_dir: settings.plugins_dir.clone(),

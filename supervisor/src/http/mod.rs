@@ -50,6 +50,8 @@ pub struct Edge {
     pub registry: Arc<Registry>,
     /// The state store.
     pub store: Store,
+    /// Whether the store answers, as `/readyz` reports it.
+    pub store_probe: health::StoreProbe,
     /// Tokens for the admin API and for plugin routes that require a permission.
     pub admin_tokens: Vec<AdminToken>,
     /// The reconcile loop, which admin actions are sent to.

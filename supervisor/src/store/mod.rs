@@ -144,6 +144,12 @@ impl Store {
         result.context("cannot apply the store's schema migrations")
     }
 
+    /// Closes the pool: every later call fails.
+    #[cfg(test)]
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Checks the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
         // Bounded well below the pool's acquire timeout: a probe must answer quickly.

@@ -57,7 +57,18 @@ impl Default for Worker {
 /// Writes this worker's heartbeat, with each plugin's state and generation, forever.
 pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
     let mut failing = false;
+    // The host's figures are read once per HEARTBEAT, not at every change of state.
+    let mut system: Option<(tokio::time::Instant, HostInfo)> = None;
     loop {
+        if system
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= HEARTBEAT)
+        {
+            system = tokio::task::spawn_blocking(host_info)
+                .await
+                .ok()
+                .map(|info| (tokio::time::Instant::now(), info));
+        }
         let plugins = registry
             .plugins()
             .iter()
@@ -84,7 +95,7 @@ pub async fn heartbeat(worker: Worker, registry: Arc<Registry>, store: Store) {
             started_ms: worker.started_ms,
             seen_ms: 0,
             plugins,
-            system: tokio::task::spawn_blocking(host_info).await.ok(),
+            system: system.as_ref().map(|(_, info)| info.clone()),
         };
         match store::bounded(STORE_CALL, store.heartbeat(&record)).await {
             Ok(()) if failing => {

@@ -39,7 +39,7 @@ pgport=$(free_port)
 as_pg "$pgbin/initdb" -D "$work/pg/data" -A trust -U postgres --no-sync >/dev/null
 pg_start() {
   as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
-    -o "-p $pgport -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null
+    -o "-p $pgport -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off ${PG_OPTIONS:-}" start >/dev/null
 }
 pg_start
 url="postgres://postgres@127.0.0.1:$pgport/postgres"

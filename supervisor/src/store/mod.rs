@@ -21,7 +21,7 @@ pub mod workers;
 
 pub use audit::EventRecord;
 pub use kv::KvItem;
-pub use plugins::{PluginRecord, SetOutcome, CHANNEL};
+pub use plugins::{Changed, PluginRecord, SetOutcome, CHANNEL};
 pub use releases::{KeptBundle, Release, VersionRow};
 pub use settings::{SettingWrite, SettingsOutcome, StoredSettings};
 pub use workers::WorkerRecord;

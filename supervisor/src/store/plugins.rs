@@ -216,25 +216,59 @@ impl Store {
         Ok(true)
     }
 
-    /// The newest change version, and the plugins changed after `since`.
-    pub async fn changes_since(&self, since: i64) -> anyhow::Result<(i64, Vec<String>)> {
-        let rows =
-            sqlx::query("SELECT version, plugin FROM changes WHERE version > $1 ORDER BY version")
-                .bind(since)
-                .fetch_all(&self.pool)
-                .await?;
+    /// The newest change version.
+    pub async fn newest_change(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS newest FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("newest")?)
+    }
+
+    /// The newest change version, and each plugin changed after `since` with its record as
+    /// it is now (none when it is no longer registered), in the order of their first change.
+    /// One query: a worker that hears of a change needs both.
+    pub async fn changes_since(&self, since: i64) -> anyhow::Result<(i64, Vec<Changed>)> {
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            let columns: Vec<String> = PLUGIN_COLUMNS
+                .split(',')
+                .map(|c| format!("p.{}", c.trim()))
+                .collect();
+            format!(
+                "SELECT c.version AS change, c.plugin AS changed, {} \
+                 FROM changes c LEFT JOIN plugins p ON p.name = c.plugin \
+                 WHERE c.version > $1 ORDER BY c.version",
+                columns.join(", ")
+            )
+        });
+        let rows = sqlx::query(sql).bind(since).fetch_all(&self.pool).await?;
         let mut last = since;
-        let mut plugins = Vec::new();
+        let mut plugins: Vec<Changed> = Vec::new();
         for r in rows {
-            last = last.max(r.try_get::<i64, _>("version")?);
-            if let Some(p) = r.try_get::<Option<String>, _>("plugin")? {
-                if !plugins.contains(&p) {
-                    plugins.push(p);
-                }
+            last = last.max(r.try_get::<i64, _>("change")?);
+            let Some(name) = r.try_get::<Option<String>, _>("changed")? else {
+                continue;
+            };
+            if plugins.iter().any(|c| c.name == name) {
+                continue;
             }
+            let record = match r.try_get::<Option<String>, _>("name")? {
+                Some(_) => Some(plugin_from_row(&r)?),
+                None => None,
+            };
+            plugins.push(Changed { name, record });
         }
         Ok((last, plugins))
     }
+}
+
+/// A plugin named by a change, with its record as read with the change.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    /// The plugin's name.
+    pub name: String,
+    /// Its record (none when it is no longer registered).
+    pub record: Option<PluginRecord>,
 }
 
 /// The channel on which PostgreSQL workers hear of changes.

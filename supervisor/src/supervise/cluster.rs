@@ -5,8 +5,9 @@
 //! The rules, from what went wrong for others: NOTIFY carries plugin names only, the tables are
 //! the truth; on every (re)connect the listener first LISTENs, then resyncs from the last
 //! change version it saw; a poll every [`POLL`] catches anything missed. Changes reach the
-//! reconcile loop as `Desired` events, and a change arriving during a reconcile is simply
-//! another event, applied after it.
+//! reconcile loop as `DesiredKnown` events, each with the plugin's record read in the same
+//! query as the change (one round trip per change, not two), and a change arriving during a
+//! reconcile is simply another event, applied after it.
 
 use super::reconcile::{Event, Handle, PluginState, Registry};
 use crate::feed::{Baseline, Feed};
@@ -360,7 +361,7 @@ async fn alive(listener: &mut sqlx::postgres::PgListener) -> anyhow::Result<()> 
 }
 
 async fn newest(store: &Store) -> Option<i64> {
-    store.changes_since(0).await.ok().map(|(v, _)| v)
+    store.newest_change().await.ok()
 }
 
 /// How far this worker has read the `changes` table.
@@ -382,8 +383,11 @@ async fn resync(store: &Store, handle: &Handle, cursor: &mut Cursor) {
                 );
             }
             cursor.last = version;
-            for name in plugins {
-                handle.send(Event::Desired { name });
+            for changed in plugins {
+                handle.send(Event::DesiredKnown {
+                    name: changed.name,
+                    record: changed.record,
+                });
             }
         }
         Err(e) if !cursor.failing => {

@@ -67,6 +67,9 @@ pub struct Instance {
     pub settings: tokio::sync::Mutex<Applied>,
     /// Set to the exit reason once the process has exited.
     exited: watch::Receiver<Option<String>>,
+    /// Set once its cgroup and leftovers are gone: a stop and the follower both get there,
+    /// and the second waits for the first instead of doing it again.
+    cleaned: tokio::sync::OnceCell<()>,
 }
 
 impl Instance {
@@ -94,7 +97,21 @@ impl Instance {
             ready_at: Instant::now(),
             settings: Default::default(),
             exited,
+            cleaned: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Removes its cgroup (killing what is left in it) and ends what it left outside its
+    /// process group; done once, whoever asks first.
+    async fn clean_up(&self) {
+        self.cleaned
+            .get_or_init(|| async {
+                if let Some(leaf) = &self.leaf {
+                    leaf.remove().await;
+                }
+                end_leftovers(&self.manifest.name, self.epoch).await;
+            })
+            .await;
     }
 
     /// The latest resource sample, if one was taken.
@@ -333,6 +350,7 @@ async fn start_in(
         ready_at: Instant::now(),
         settings: tokio::sync::Mutex::new(settings),
         exited,
+        cleaned: tokio::sync::OnceCell::new(),
     })
 }
 
@@ -473,10 +491,7 @@ pub async fn follow_instance(
     // leftovers are this instance's only (by epoch and leaf).
     spawn::signal_group(instance.pid, Signal::SIGKILL);
     report(InstanceEvent::Exited(reason));
-    if let Some(leaf) = &instance.leaf {
-        leaf.remove().await;
-    }
-    end_leftovers(&instance.manifest.name, instance.epoch).await;
+    instance.clean_up().await;
 }
 
 /// Kills the instance's whole process group now.
@@ -511,10 +526,7 @@ pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
     spawn::signal_group(instance.pid, Signal::SIGKILL);
     read_the_rest(&instance.conn).await;
     instance.conn.close("the plugin was stopped");
-    if let Some(leaf) = &instance.leaf {
-        leaf.remove().await;
-    }
-    end_leftovers(&instance.manifest.name, instance.epoch).await;
+    instance.clean_up().await;
     exit
 }
 

@@ -98,6 +98,15 @@ pub enum Event {
         /// The plugin's record (none when it is not registered), or why it could not be read.
         result: Result<Option<PluginRecord>, String>,
     },
+    /// A plugin's desired state, read with the change that named it (see
+    /// `cluster::follow_changes`): applied unless a read of it is out, which is then done
+    /// once more.
+    DesiredKnown {
+        /// Plugin name.
+        name: String,
+        /// The plugin's record (none when it is not registered).
+        record: Option<PluginRecord>,
+    },
     /// The store answers again after a rescan found it unreachable: rescan.
     StoreBack,
     /// Re-read the plugins directory: start new plugins, reload changed ones, stop removed ones.
@@ -440,6 +449,11 @@ impl Reconciler {
                 }
             }
             Event::DesiredRead { name, result } => self.on_desired_read(&name, result).await,
+            Event::DesiredKnown { name, record } => match self.desired_reads.get_mut(&name) {
+                // That read may have started before the change: read once more after it.
+                Some(again) => *again = true,
+                None => self.on_desired_read(&name, Ok(record)).await,
+            },
             Event::StoreBack => {
                 self.rescan_waiting = false;
                 tracing::info!("the store answers again; rescanning the plugins directory");

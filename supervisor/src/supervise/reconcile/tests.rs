@@ -467,6 +467,24 @@ async fn the_desired_state_stops_and_starts_the_plugin() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_record_read_with_its_change_is_applied_without_another_read() {
+    let h = Harness::start(MemoryStore::default());
+    let first = h.ready().await;
+
+    // The store is away: only the record that came with the change can stop the plugin.
+    h.store.away.store(true, Ordering::SeqCst);
+    let mut record = h.store.records.lock().expect("records")["a"].clone();
+    record.enabled = false;
+    h.handle.send(Event::DesiredKnown {
+        name: "a".into(),
+        record: Some(record),
+    });
+    h.until("disabled", |s| matches!(s, PluginState::Disabled))
+        .await;
+    assert!(h.launcher.script().stopped.contains(&first));
+}
+
+#[tokio::test(start_paused = true)]
 async fn starts_that_fail_for_want_of_plugds_resources_do_not_count_as_crashes() {
     let h = Harness::start(MemoryStore::default());
     let emfile = std::io::Error::from_raw_os_error(nix::libc::EMFILE);

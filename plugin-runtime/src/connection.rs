@@ -122,6 +122,13 @@ impl<S: Send + Sync + 'static> Shared<S> {
         let _ = self.out.send(frame).await;
     }
 
+    /// Sends the answer to request `id`: its result, or its error.
+    async fn answer<T: serde::Serialize>(&self, id: u64, outcome: Result<T, ErrorObject>) {
+        if let Some(frame) = result_frame(id, outcome, self.max_frame()) {
+            self.send(frame).await;
+        }
+    }
+
     async fn reply_error(&self, id: u64, code: i32, message: String) {
         let error = ErrorObject::new(code, message);
         if let Ok(frame) = encode_error(id, &error, self.max_frame()) {
@@ -645,11 +652,7 @@ async fn run_tracked<S, T>(
     }
     let mut work = Box::pin(work);
     match poll_once(&mut work) {
-        Poll::Ready(outcome) => {
-            if let Some(frame) = result_frame(id, outcome, shared.max_frame()) {
-                shared.send(frame).await;
-            }
-        }
+        Poll::Ready(outcome) => shared.answer(id, outcome).await,
         Poll::Pending => answer_later(shared, id, work),
     }
 }
@@ -665,10 +668,7 @@ fn answer_later<S, T>(
 {
     let task_shared = shared.clone();
     track(shared, id, async move {
-        let outcome = work.await;
-        if let Some(frame) = result_frame(id, outcome, task_shared.max_frame()) {
-            task_shared.send(frame).await;
-        }
+        task_shared.answer(id, work.await).await;
     });
 }
 

@@ -39,8 +39,18 @@
 //! write. Keep the multi-threaded default when handlers do heavy work: each request is then a
 //! task, and other threads run them while the connection goes on reading.
 //!
+//! The runtime makes mimalloc the plugin's global allocator (the default feature `mimalloc`):
+//! a request's strings and frames are allocated and freed in about half the instructions of
+//! the system allocator. A plugin that wants its own `#[global_allocator]` depends on
+//! `plugd-runtime` with `default-features = false`.
+//!
 //! Run it under `plugd serve` with a `plugin.toml` beside it whose `command` names the binary; run
 //! on its own it exits with an error saying it must be started by plugd.
+
+/// See the crate documentation: the allocator every plugin linking the runtime gets by default.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod answer;
 mod connection;

@@ -102,7 +102,7 @@ pub async fn post_hook(
     let plugins = edge.registry.snapshot();
     let timeout = edge.registry.hook_timeout();
     match hooks::fire(&plugins, &hook, payload, 0, timeout).await {
-        Ok(answer) if msgpack => match rmp_serde::to_vec_named(&answer) {
+        Ok(fired) if msgpack => match rmp_serde::to_vec_named(&fired.to_value()) {
             Ok(bytes) => Ok((
                 [(
                     CONTENT_TYPE,
@@ -117,7 +117,7 @@ pub async fn post_hook(
                 e.to_string(),
             )),
         },
-        Ok(answer) => Ok(axum::Json(answer).into_response()),
+        Ok(fired) => Ok(axum::Json(fired).into_response()),
         Err(e @ FireError::PayloadTooDeep(_)) => {
             Err(ApiError::bad_request("invalid payload", e.to_string()))
         }

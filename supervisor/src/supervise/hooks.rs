@@ -21,8 +21,10 @@ use super::reconcile::{PluginMap, PluginState};
 use crate::ipc::CallError;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use plugd_protocol::depth::{value_depth, MAX_PAYLOAD_DEPTH};
-use plugd_protocol::message::handshake::{HookDecl, HookMode};
+use plugd_protocol::message::handshake::HookMode;
 use plugd_protocol::message::hook::{HookCall, HookInput, HookOutput};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,34 +44,41 @@ pub enum FireError {
 }
 
 /// One plugin's handler for a hook: the plugin, its declaration, its instance if running.
-struct Handler {
-    plugin: String,
-    decl: HookDecl,
+struct Handler<'a> {
+    plugin: &'a str,
+    mode: HookMode,
+    priority: i32,
+    fail_closed: bool,
     instance: Option<Arc<Instance>>,
 }
 
-fn handlers(plugins: &PluginMap, hook: &str) -> Vec<Handler> {
-    let mut found: Vec<Handler> = plugins
+fn handlers<'a>(plugins: &'a PluginMap, hook: &str) -> Vec<Handler<'a>> {
+    let mut found: Vec<Handler<'a>> = plugins
         .iter()
         .filter_map(|(name, slot)| {
-            let decl = slot.hooks().iter().find(|d| d.name == hook)?.clone();
+            let (mode, priority, fail_closed) = slot.with_hooks(|hooks| {
+                let d = hooks.iter().find(|d| d.name == hook)?;
+                Some((d.mode, d.priority, d.fail_closed))
+            })?;
             let instance = match &*slot.state() {
                 PluginState::Ready(i) => Some(i.clone()),
                 _ => None,
             };
             Some(Handler {
-                plugin: name.clone(),
-                decl,
+                plugin: name,
+                mode,
+                priority,
+                fail_closed,
                 instance,
             })
         })
         .collect();
-    found.sort_by(|a, b| (a.decl.priority, &a.plugin).cmp(&(b.decl.priority, &b.plugin)));
+    found.sort_by(|a, b| (a.priority, a.plugin).cmp(&(b.priority, b.plugin)));
     found
 }
 
 async fn call(
-    handler: &Handler,
+    handler: &Handler<'_>,
     hook: &str,
     payload: &rmpv::Value,
     depth: u32,
@@ -98,7 +107,7 @@ fn encode_input(
 /// Calls one handler with the hook's parameters encoded already: a `collect` hook encodes
 /// them once for all its handlers, which it calls at the same time.
 async fn call_encoded(
-    handler: &Handler,
+    handler: &Handler<'_>,
     params: &[u8],
     timeout: Option<Duration>,
 ) -> Result<HookOutput, String> {
@@ -126,7 +135,7 @@ async fn call_encoded(
 /// the handlers' order. They share one deadline (one timer, not one per handler): a handler
 /// that has not answered by then gets an error, and its call is dropped, which cancels it.
 async fn collect_answers(
-    handlers: &[Handler],
+    handlers: &[Handler<'_>],
     params: &Result<Vec<u8>, String>,
     timeout: Duration,
 ) -> Vec<Result<HookOutput, String>> {
@@ -168,6 +177,91 @@ fn to_json(v: &rmpv::Value) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// A hook's combined answer: `hook`, `mode`, `handlers` (how many were called), `skipped`, and
+/// the mode's own fields (`results` for `collect`). It serializes to the JSON the API answers
+/// with; a `collect` hook's results are written from the handlers' values straight to JSON
+/// text, with no `serde_json::Value` tree built and dropped for each.
+#[derive(Debug)]
+pub struct Fired {
+    hook: String,
+    mode: Option<HookMode>,
+    handlers: usize,
+    skipped: Vec<Value>,
+    outcome: Outcome,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    /// Each handler's result, in the handlers' order.
+    Collect(Vec<Collected>),
+    /// The fields of a `filter`, `first` or `veto` answer.
+    Fields(serde_json::Map<String, Value>),
+}
+
+/// One `collect` handler's entry: its value as JSON text (`null` when it answered none, or one
+/// JSON cannot carry), or its error.
+#[derive(Debug, serde::Serialize)]
+struct Collected {
+    plugin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Collected {
+    fn new(plugin: &str, answer: Result<HookOutput, String>) -> Collected {
+        let (value, error) = match answer {
+            Ok(out) => {
+                let json = out
+                    .value
+                    .as_ref()
+                    .and_then(|v| serde_json::value::to_raw_value(v).ok());
+                (Some(json.unwrap_or_else(json_null)), None)
+            }
+            Err(e) => (None, Some(e)),
+        };
+        Collected {
+            plugin: plugin.to_owned(),
+            value,
+            error,
+        }
+    }
+}
+
+fn json_null() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
+impl Fired {
+    /// The answer as a JSON value (for a MessagePack answer, or a plugin that fired the hook).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+impl Serialize for Fired {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("hook", &self.hook)?;
+        map.serialize_entry("handlers", &self.handlers)?;
+        // A hook nobody handles has no mode, and so nothing skipped.
+        if let Some(mode) = &self.mode {
+            map.serialize_entry("mode", mode)?;
+            map.serialize_entry("skipped", &self.skipped)?;
+        }
+        match &self.outcome {
+            Outcome::Collect(results) => map.serialize_entry("results", results)?,
+            Outcome::Fields(fields) => {
+                for (k, v) in fields {
+                    map.serialize_entry(k, v)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
 /// Fires `hook` with `payload` and combines the answers by the hook's mode.
 pub async fn fire(
     plugins: &PluginMap,
@@ -175,7 +269,7 @@ pub async fn fire(
     payload: rmpv::Value,
     depth: u32,
     timeout: Duration,
-) -> Result<Value, FireError> {
+) -> Result<Fired, FireError> {
     if depth > MAX_DEPTH {
         return Err(FireError::ChainTooDeep);
     }
@@ -184,18 +278,24 @@ pub async fn fire(
         return Err(FireError::PayloadTooDeep(deep));
     }
     let all = handlers(plugins, hook);
-    let Some(mode) = all.first().map(|h| h.decl.mode) else {
-        return Ok(json!({ "hook": hook, "handlers": 0, "results": [] }));
+    let Some(mode) = all.first().map(|h| h.mode) else {
+        return Ok(Fired {
+            hook: hook.to_owned(),
+            mode: None,
+            handlers: 0,
+            skipped: Vec::new(),
+            outcome: Outcome::Collect(Vec::new()),
+        });
     };
     let mut skipped: Vec<Value> = Vec::new();
     let mut handlers = Vec::new();
     for h in all {
-        if h.decl.mode == mode {
+        if h.mode == mode {
             handlers.push(h);
         } else {
             skipped.push(json!({
                 "plugin": h.plugin,
-                "error": format!("declares mode {:?} but the hook's mode is {:?}", h.decl.mode, mode),
+                "error": format!("declares mode {:?} but the hook's mode is {:?}", h.mode, mode),
             }));
         }
     }
@@ -205,17 +305,12 @@ pub async fn fire(
         HookMode::Collect => {
             let params = encode_input(hook, payload, depth, timeout);
             let answers = collect_answers(&handlers, &params, timeout).await;
-            let results: Vec<Value> = handlers
+            let results = handlers
                 .iter()
                 .zip(answers)
-                .map(|(h, answer)| match answer {
-                    Ok(out) => {
-                        json!({ "plugin": h.plugin, "value": out.value.as_ref().map(to_json) })
-                    }
-                    Err(e) => json!({ "plugin": h.plugin, "error": e }),
-                })
+                .map(|(h, answer)| Collected::new(&h.plugin, answer))
                 .collect();
-            json!({ "results": results })
+            Outcome::Collect(results)
         }
         HookMode::Filter => {
             let mut value = payload;
@@ -226,12 +321,12 @@ pub async fn fire(
                         if let Some(v) = out.value {
                             value = v;
                         }
-                        applied.push(h.plugin.clone());
+                        applied.push(h.plugin);
                     }
                     Err(e) => skipped.push(json!({ "plugin": h.plugin, "error": e })),
                 }
             }
-            json!({ "value": to_json(&value), "applied": applied })
+            fields(json!({ "value": to_json(&value), "applied": applied }))
         }
         HookMode::First => {
             let mut winner = json!({ "value": null, "plugin": null });
@@ -245,14 +340,14 @@ pub async fn fire(
                     Err(e) => skipped.push(json!({ "plugin": h.plugin, "error": e })),
                 }
             }
-            winner
+            fields(winner)
         }
         HookMode::Veto => {
             let mut verdict = json!({ "allowed": true, "rejected_by": null });
             for h in &handlers {
                 let rejection = match call(h, hook, &payload, depth, timeout).await {
                     Ok(out) => out.reject,
-                    Err(e) if h.decl.fail_closed => {
+                    Err(e) if h.fail_closed => {
                         Some(format!("failed, and its veto fails closed: {e}"))
                     }
                     Err(e) => {
@@ -268,19 +363,24 @@ pub async fn fire(
                     break;
                 }
             }
-            verdict
+            fields(verdict)
         }
     };
-    let mut answer = json!({
-        "hook": hook,
-        "mode": mode,
-        "handlers": count,
-        "skipped": skipped,
-    });
-    if let (Some(a), Value::Object(o)) = (answer.as_object_mut(), outcome) {
-        a.extend(o);
+    Ok(Fired {
+        hook: hook.to_owned(),
+        mode: Some(mode),
+        handlers: count,
+        skipped,
+        outcome,
+    })
+}
+
+/// A `filter`, `first` or `veto` answer's fields (each is built as a JSON object).
+fn fields(object: Value) -> Outcome {
+    match object {
+        Value::Object(fields) => Outcome::Fields(fields),
+        _ => Outcome::Fields(serde_json::Map::new()),
     }
-    Ok(answer)
 }
 
 /// Fires one of the supervisor's own hooks at the plugins that handle it, without waiting for
@@ -294,4 +394,50 @@ pub fn fire_lifecycle(registry: &crate::supervise::Registry, hook: &'static str,
             tracing::warn!(hook, "lifecycle hook: {e}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collected_values_are_written_as_json_and_what_json_cannot_carry_is_null() {
+        let ok = |value| {
+            Ok(HookOutput {
+                value,
+                reject: None,
+            })
+        };
+        let nested = rmpv::Value::Map(vec![(
+            "n".into(),
+            rmpv::Value::Array(vec![1.into(), "two".into(), rmpv::Value::Nil]),
+        )]);
+        // A map keyed by an array has no JSON form.
+        let unkeyable = rmpv::Value::Map(vec![(rmpv::Value::Array(vec![]), 1.into())]);
+        let fired = Fired {
+            hook: "h".into(),
+            mode: Some(HookMode::Collect),
+            handlers: 4,
+            skipped: Vec::new(),
+            outcome: Outcome::Collect(vec![
+                Collected::new("a", ok(Some(nested))),
+                Collected::new("b", ok(None)),
+                Collected::new("c", ok(Some(unkeyable))),
+                Collected::new("d", Err("no answer within 1s".into())),
+            ]),
+        };
+        let text: Value =
+            serde_json::from_slice(&serde_json::to_vec(&fired).expect("json")).expect("valid JSON");
+        let expected = json!({
+            "hook": "h", "mode": "collect", "handlers": 4, "skipped": [],
+            "results": [
+                { "plugin": "a", "value": { "n": [1, "two", null] } },
+                { "plugin": "b", "value": null },
+                { "plugin": "c", "value": null },
+                { "plugin": "d", "error": "no answer within 1s" },
+            ],
+        });
+        assert_eq!(text, expected);
+        assert_eq!(fired.to_value(), expected, "the value form says the same");
+    }
 }

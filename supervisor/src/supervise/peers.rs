@@ -87,7 +87,7 @@ impl Peers for RegistryPeers {
         Box::pin(async move {
             let plugins = registry.snapshot();
             match hooks::fire(&plugins, &hook, payload, depth, registry.hook_timeout()).await {
-                Ok(answer) => Ok(rmpv::ext::to_value(&answer).unwrap_or(rmpv::Value::Nil)),
+                Ok(fired) => Ok(rmpv::ext::to_value(fired.to_value()).unwrap_or(rmpv::Value::Nil)),
                 Err(e @ hooks::FireError::ChainTooDeep) => {
                     Err(ErrorObject::new(codes::DEPTH_EXCEEDED, e.to_string()))
                 }

@@ -186,6 +186,12 @@ impl PluginSlot {
         self.hooks.load_full()
     }
 
+    /// Runs `f` over the plugin's hook declarations without taking a reference to them (the
+    /// hook dispatcher looks at every plugin on every call).
+    pub fn with_hooks<R>(&self, f: impl FnOnce(&[HookDecl]) -> R) -> R {
+        f(&self.hooks.load())
+    }
+
     /// The plugin's recent output, across all its instances.
     pub fn logs(&self) -> &Arc<LogRing> {
         &self.logs

@@ -308,7 +308,7 @@ pub async fn fire(
             let results = handlers
                 .iter()
                 .zip(answers)
-                .map(|(h, answer)| Collected::new(&h.plugin, answer))
+                .map(|(h, answer)| Collected::new(h.plugin, answer))
                 .collect();
             Outcome::Collect(results)
         }

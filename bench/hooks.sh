@@ -8,7 +8,8 @@
 # The measurements run in interleaved rounds (1, 5, 10 plugins, route, service, 1, 5, …) against
 # one plugd, so a burst of other load on the machine falls on each alike; medians are printed.
 # Installs wrk when absent. Settings: DURATION (5s), ROUNDS (3), CONNECTIONS (32), THREADS (2),
-# RUNTIMES ("multi_thread current_thread").
+# RUNTIMES ("multi_thread current_thread"), PLUGD_BIN (the plugd to measure, by default this
+# checkout's release build: set it to compare builds in the same period).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ host_token="bench-host-token-$RANDOM$RANDOM"
 
 start_plugd() {
   port=$(free_port)
-  PLUGD_HOST_TOKEN="$host_token" PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port" --plugins-dir "$1" \
+  PLUGD_HOST_TOKEN="$host_token" PLUGD_LOG=warn "${PLUGD_BIN:-target/release/plugd}" serve --listen "127.0.0.1:$port" --plugins-dir "$1" \
     --data-dir "$work/data" --runtime-dir "$work/run" >"$work/out" 2>"$work/err" &
   plugd_pid=$!
   for _ in $(seq 300); do

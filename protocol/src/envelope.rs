@@ -307,22 +307,23 @@ impl FrameWriter {
         FrameWriter { buf: buf.writer() }
     }
 
-    fn header(&mut self, len: u32, kind: u8) {
-        // Writing into a BytesMut cannot fail.
-        let _ = rmp::encode::write_array_len(&mut self.buf, len);
-        let _ = rmp::encode::write_uint(&mut self.buf, u64::from(kind));
+    // The envelope's fields are packed by `pack`, the hot paths' encoder, which writes what
+    // `rmp` writes (its tests check every width) without going through `io::Write`.
+    fn header(&mut self, len: usize, kind: u8) {
+        crate::pack::array_len(self.buf.get_mut(), len);
+        crate::pack::uint(self.buf.get_mut(), u64::from(kind));
     }
 
     fn uint(&mut self, v: u64) {
-        let _ = rmp::encode::write_uint(&mut self.buf, v);
+        crate::pack::uint(self.buf.get_mut(), v);
     }
 
     fn str(&mut self, s: &str) {
-        let _ = rmp::encode::write_str(&mut self.buf, s);
+        crate::pack::str(self.buf.get_mut(), s);
     }
 
     fn nil(&mut self) {
-        let _ = rmp::encode::write_nil(&mut self.buf);
+        self.buf.get_mut().put_u8(0xc0);
     }
 
     fn raw(&mut self, raw: &[u8]) {

@@ -217,7 +217,10 @@ impl Collected {
                     .value
                     .as_ref()
                     .and_then(|v| serde_json::value::to_raw_value(v).ok());
-                (Some(json.unwrap_or_else(json_null)), None)
+                (
+                    Some(json.unwrap_or_else(|| RawValue::NULL.to_owned())),
+                    None,
+                )
             }
             Err(e) => (None, Some(e)),
         };
@@ -227,10 +230,6 @@ impl Collected {
             error,
         }
     }
-}
-
-fn json_null() -> Box<RawValue> {
-    RawValue::from_string("null".to_owned()).expect("null is JSON")
 }
 
 impl Fired {

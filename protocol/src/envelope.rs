@@ -115,7 +115,7 @@ impl Message {
                     Ok(r.rest_as_one_value(&body, "result")?)
                 } else {
                     let start = r.pos;
-                    r.skip_value(0)?;
+                    r.skip_value()?;
                     let error: ErrorObject = rmp_serde::from_slice(&body[start..r.pos])
                         .map_err(|e| DecodeError::Malformed(format!("bad error object: {e}")))?;
                     if !r.take_nil() {
@@ -448,20 +448,67 @@ impl Reader<'_> {
         if start == self.buf.len() {
             return Err(DecodeError::Malformed(format!("message has no {what}")));
         }
-        self.skip_value(0)?;
+        self.skip_value()?;
         self.expect_end()?;
         Ok(body.slice(start..self.pos))
     }
 
-    /// Moves past one MessagePack value, checking lengths against the buffer (never allocating).
-    fn skip_value(&mut self, depth: usize) -> Result<(), DecodeError> {
-        if depth > MAX_DEPTH {
-            return Err(DecodeError::Malformed(format!(
-                "values nest deeper than {MAX_DEPTH} levels"
-            )));
+    /// Moves past one MessagePack value, checking lengths against the buffer and the nesting
+    /// against [`MAX_DEPTH`]. It never allocates and never recurses: the containers still open
+    /// are counted in a fixed array, so a hostile value cannot exhaust the stack. Every message
+    /// crosses this once, so the one-byte forms (small integers, short strings, small arrays
+    /// and maps, nil and booleans) are read without the general marker table.
+    fn skip_value(&mut self) -> Result<(), DecodeError> {
+        // `open[d]`: elements still to skip inside the container open at depth `d`.
+        let mut open = [0usize; MAX_DEPTH + 1];
+        let mut depth = 0usize;
+        loop {
+            if depth > MAX_DEPTH {
+                return Err(DecodeError::Malformed(format!(
+                    "values nest deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            let marker = self.byte("a value")?;
+            let (skip, children) = match marker {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+                0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+                0x90..=0x9f => (0, usize::from(marker & 0x0f)),
+                0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
+                _ => self.wide_marker(marker)?,
+            };
+            self.need(skip, "a value")?;
+            self.pos += skip;
+            // Every element takes at least one byte, so a count beyond the bytes left is a lie.
+            if children > self.buf.len() - self.pos {
+                return Err(DecodeError::Malformed(format!(
+                    "container announces {children} elements but only {} bytes remain",
+                    self.buf.len() - self.pos
+                )));
+            }
+            if children > 0 {
+                open[depth] = children;
+                depth += 1;
+                continue;
+            }
+            // A value ended: so does every container whose last element it was.
+            loop {
+                let Some(parent) = depth.checked_sub(1) else {
+                    return Ok(());
+                };
+                open[parent] -= 1;
+                if open[parent] > 0 {
+                    break;
+                }
+                depth = parent;
+            }
         }
+    }
+
+    /// The bytes to skip and the elements that follow for a marker other than the one-byte
+    /// forms [`Reader::skip_value`] reads itself.
+    fn wide_marker(&mut self, marker: u8) -> Result<(usize, usize), DecodeError> {
         let what = "a value";
-        let (skip, children) = match Marker::from_u8(self.byte(what)?) {
+        Ok(match Marker::from_u8(marker) {
             Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
                 (0, 0)
             }
@@ -492,19 +539,122 @@ impl Reader<'_> {
                     "reserved MessagePack marker 0xc1".into(),
                 ))
             }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value;
+
+    /// A request frame body whose params are the raw bytes `params`.
+    fn request_body(params: &[u8]) -> Bytes {
+        let mut body = vec![0x94, 0x00, 0x07, 0xa1, b'm'];
+        body.extend_from_slice(params);
+        Bytes::from(body)
+    }
+
+    fn packed(value: &Value) -> Vec<u8> {
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, value).expect("encodes");
+        buf
+    }
+
+    /// One value of every marker width, alone and nested.
+    fn every_form() -> Vec<Value> {
+        let mut values: Vec<Value> = vec![
+            Value::Nil,
+            Value::Boolean(true),
+            Value::Boolean(false),
+            Value::from(5u8),
+            Value::from(-3i8),
+            Value::from(200u8),
+            Value::from(-100i8),
+            Value::from(60_000u16),
+            Value::from(-30_000i16),
+            Value::from(4_000_000_000u32),
+            Value::from(-2_000_000_000i32),
+            Value::from(u64::MAX),
+            Value::from(i64::MIN),
+            Value::F32(1.5),
+            Value::F64(-2.25),
+        ];
+        for len in [0usize, 31, 32, 255, 256, 65_535, 65_536] {
+            values.push(Value::from("x".repeat(len)));
+            values.push(Value::Binary(vec![7; len]));
+        }
+        for len in [1usize, 2, 4, 8, 16, 3, 300, 70_000] {
+            values.push(Value::Ext(5, vec![1; len]));
+        }
+        for len in [0usize, 15, 16, 65_536] {
+            values.push(Value::Array(vec![Value::from(1u8); len]));
+            values.push(Value::Map(
+                (0..len)
+                    .map(|i| (Value::from(i as u64), Value::Nil))
+                    .collect(),
+            ));
+        }
+        let nested = Value::Array(values.clone());
+        values.push(Value::Map(vec![(nested.clone(), nested)]));
+        values
+    }
+
+    #[test]
+    fn params_of_every_form_are_measured_exactly_and_a_cut_one_is_refused() {
+        for value in every_form() {
+            let raw = packed(&value);
+            let decoded = Message::decode(request_body(&raw)).expect("decodes");
+            let Message::Request(request) = decoded else {
+                panic!("not a request");
+            };
+            assert_eq!(
+                &request.params[..],
+                &raw[..],
+                "params of {:.60}",
+                value.to_string()
+            );
+            // Cut short anywhere, the value is refused; one byte too many is a trailing byte.
+            for cut in [raw.len() - 1, raw.len() / 2] {
+                if cut == 0 {
+                    continue;
+                }
+                let error = Message::decode(request_body(&raw[..cut])).expect_err("cut short");
+                assert!(matches!(error, DecodeError::Malformed(_)), "{error}");
+            }
+            let mut longer = raw.clone();
+            longer.push(0xc0);
+            let error = Message::decode(request_body(&longer)).expect_err("trailing byte");
+            assert!(error.to_string().contains("trailing"), "{error}");
+        }
+    }
+
+    #[test]
+    fn values_nest_at_most_max_depth_levels() {
+        let nested = |levels: usize| {
+            let mut value = Value::Nil;
+            for _ in 0..levels {
+                value = Value::Array(vec![value]);
+            }
+            packed(&value)
         };
-        self.need(skip, what)?;
-        self.pos += skip;
-        // Every element takes at least one byte, so a count beyond the bytes left is a lie.
-        if children > self.buf.len() - self.pos {
-            return Err(DecodeError::Malformed(format!(
-                "container announces {children} elements but only {} bytes remain",
-                self.buf.len() - self.pos
-            )));
+        // MAX_DEPTH arrays put the innermost nil at depth MAX_DEPTH: the deepest allowed.
+        assert!(Message::decode(request_body(&nested(MAX_DEPTH))).is_ok());
+        let error = Message::decode(request_body(&nested(MAX_DEPTH + 1))).expect_err("too deep");
+        assert!(error.to_string().contains("nest deeper than 64"), "{error}");
+        // Maps count the same way, and so does an error object in a response.
+        let mut map = Value::Nil;
+        for _ in 0..=MAX_DEPTH {
+            map = Value::Map(vec![(Value::Nil, map)]);
         }
-        for _ in 0..children {
-            self.skip_value(depth + 1)?;
-        }
-        Ok(())
+        let error = Message::decode(request_body(&packed(&map))).expect_err("too deep");
+        assert!(error.to_string().contains("nest deeper"), "{error}");
+    }
+
+    #[test]
+    fn a_container_announcing_more_elements_than_bytes_is_refused() {
+        let error = Message::decode(request_body(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]))
+            .expect_err("a lie");
+        assert!(error.to_string().contains("announces"), "{error}");
     }
 }

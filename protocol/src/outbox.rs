@@ -7,9 +7,11 @@
 //! one vectored write. A reader
 //! that handles a batch of frames may *cork* the outbox ([`Outbox::cork`]): the answers produced
 //! meanwhile are collected and written together, in one system call, when it uncorks. A
-//! [deferred](Outbox::deferred) outbox leaves all writing to the flusher, which first lets
+//! [deferred](Outbox::deferred) outbox leaves the writing to the flusher, which first lets
 //! the tasks that are ready queue their frames: the side where many tasks send one frame each
-//! (plugd) then writes many per system call under load, and wakes its peer once for them.
+//! (plugd) then writes many per system call under load, and wakes its peer once for them. A
+//! sender that knows no other frame is coming ([`Outbox::send_gated_at_once`]) still writes
+//! its own when nothing is queued ahead.
 //!
 //! The queue is bounded by the `limit` given to [`Outbox::new`], in bytes: [`Outbox::send`]
 //! waits while a frame does not fit, [`Outbox::try_send`] refuses it. A frame larger than the
@@ -171,7 +173,28 @@ impl Outbox {
     pub async fn send_gated<E>(
         &self,
         frame: Bytes,
+        gate: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), Unsent<E>> {
+        self.send_inner(frame, gate, false).await
+    }
+
+    /// [`Outbox::send_gated`], but on a [deferred](Outbox::deferred) outbox too the frame is
+    /// written at once by the caller when nothing is queued ahead of it: for a sender that
+    /// knows no other frame is coming to share the write (the only call in flight on an idle
+    /// connection), which then saves the hop through the flusher.
+    pub async fn send_gated_at_once<E>(
+        &self,
+        frame: Bytes,
+        gate: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), Unsent<E>> {
+        self.send_inner(frame, gate, true).await
+    }
+
+    async fn send_inner<E>(
+        &self,
+        frame: Bytes,
         mut gate: impl FnMut() -> Result<(), E>,
+        at_once: bool,
     ) -> Result<(), Unsent<E>> {
         loop {
             // Registered only once a first look found no room (the usual case has room and
@@ -188,7 +211,7 @@ impl Outbox {
                 }
                 if self.fits(&state, frame.len()) {
                     gate().map_err(Unsent::Gated)?;
-                    return self.take(state, frame).map_err(|_| Unsent::Closed);
+                    return self.take(state, frame, at_once).map_err(|_| Unsent::Closed);
                 }
                 state.starved = true;
             }
@@ -205,7 +228,7 @@ impl Outbox {
         if !self.fits(&state, frame.len()) {
             return Err(Refused::Full);
         }
-        self.take(state, frame).map_err(|_| Refused::Closed)
+        self.take(state, frame, false).map_err(|_| Refused::Closed)
     }
 
     /// Holds small frames back until [`Outbox::uncork`], to write them together.
@@ -270,15 +293,20 @@ impl Outbox {
         state.queue.is_empty() || state.queued + len <= self.limit
     }
 
-    /// Queues `frame` and writes the queue now unless the flusher owns the writing (deferred,
-    /// or the socket was full) or the outbox is corked and holds little yet.
-    fn take(&self, mut state: MutexGuard<'_, State>, frame: Bytes) -> io::Result<()> {
+    /// Queues `frame` and writes the queue now unless the flusher owns the writing (deferred
+    /// and not `at_once`, or the socket was full) or the outbox is corked and holds little yet.
+    fn take(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        frame: Bytes,
+        at_once: bool,
+    ) -> io::Result<()> {
         state.queued += frame.len();
         state.queue.push_back(frame);
         if state.flushing || (state.corked && state.queued < CORK_MAX) {
             return Ok(());
         }
-        if self.defer {
+        if self.defer && !at_once {
             state.flushing = true;
             self.flush.notify_one();
             return Ok(());
@@ -442,6 +470,40 @@ mod tests {
         peer.read_exact(&mut got).await.expect("read");
         assert_eq!(&got, b"one,two,three");
         assert_eq!(outbox.buffered(), 0);
+        outbox.close();
+        flusher
+            .await
+            .expect("joined")
+            .expect("flusher ended cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_sender_alone_writes_its_own_frame_on_a_deferred_outbox_unless_one_is_ahead() {
+        let (outbox, mut peer) = pair_with(Outbox::deferred);
+        let open = || Ok::<(), ()>(());
+        // No flusher runs: what the peer reads was written by the sender.
+        outbox
+            .send_gated_at_once(Bytes::from_static(b"alone"), open)
+            .await
+            .expect("sent");
+        assert_eq!(outbox.buffered(), 0, "written by the sender itself");
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"alone");
+        // A frame queued for the flusher stays ahead: the next one waits behind it, in order.
+        outbox
+            .send(Bytes::from_static(b"first,"))
+            .await
+            .expect("queued");
+        outbox
+            .send_gated_at_once(Bytes::from_static(b"second"), open)
+            .await
+            .expect("queued");
+        assert_eq!(outbox.buffered(), 12, "both wait for the flusher");
+        let flusher = tokio::spawn(outbox.flusher());
+        let mut got = [0u8; 12];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"first,second");
         outbox.close();
         flusher
             .await

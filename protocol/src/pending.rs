@@ -31,12 +31,16 @@ impl<T> Pending<T> {
     pub fn register(&self) -> Call<'_, T> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(id, tx);
+        let mut waiting = self.lock();
+        waiting.insert(id, tx);
+        let alone = waiting.len() == 1;
+        drop(waiting);
         Call {
             owner: self,
             id,
             rx,
             settled: false,
+            alone,
         }
     }
 
@@ -96,12 +100,20 @@ pub struct Call<'a, T> {
     id: u64,
     rx: oneshot::Receiver<T>,
     settled: bool,
+    /// No other call was waiting when this one was registered.
+    alone: bool,
 }
 
 impl<T> Call<'_, T> {
     /// The request id to send.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether no other call was waiting when this one was registered: the connection is
+    /// idle, so nothing would share a write with this call's request.
+    pub fn alone(&self) -> bool {
+        self.alone
     }
 
     /// Waits for the answer; `None` when the entry was drained without one (the connection
@@ -138,6 +150,7 @@ mod tests {
         let mut first = pending.register();
         let second = pending.register();
         assert_eq!((first.id(), second.id()), (1, 2));
+        assert!(first.alone() && !second.alone(), "the second had company");
         assert_eq!(pending.len(), 2);
         assert!(pending.answer(1, "one"));
         assert_eq!(first.answer().await, Some("one"));

@@ -3,7 +3,8 @@
 //! After the handshake, a [`Connection`] lets many callers have requests in flight at once:
 //! each call registers under a fresh id in the shared pending map, a reader task routes each
 //! response to its caller, and the connection's [deferred](Outbox::deferred) outbox writes
-//! the frames that callers queued together in one go. When the plugin sends a
+//! the frames that callers queued together in one go (a call alone on an idle connection
+//! writes its own frame: nothing could share the write). When the plugin sends a
 //! bad frame or the socket closes, every waiting caller is told at once why; nobody waits for a
 //! timeout on a dead plugin. Requests the plugin makes to plugd are answered by [`Calls`].
 //!
@@ -62,6 +63,17 @@ pub(super) enum Outgoing {
     Answer,
     /// A message on an open stream (it may go on while the plugin drains).
     Stream,
+}
+
+/// Who writes a call's request frame.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    /// The connection's flusher, after letting every ready task queue its frame, so that
+    /// frames queued together leave in one write.
+    Flusher,
+    /// The caller itself when it is the only call in flight and nothing is queued: with no
+    /// other frame to share the write, the hop through the flusher task is pure cost.
+    AtOnceWhenAlone,
 }
 
 /// Why a frame was not queued.
@@ -195,7 +207,15 @@ impl Connection {
                 buf.extend_from_slice(params)
             })
         };
-        let response = self.call_inner::<M>(pack, timeout).await?;
+        // Calls fanned out together (no deadline of their own) leave their writes to each
+        // connection's flusher: the firing task does not write to ten sockets in turn, and the
+        // flushers run on whichever threads are free.
+        let write = if timeout.is_some() {
+            Write::AtOnceWhenAlone
+        } else {
+            Write::Flusher
+        };
+        let response = self.call_inner::<M>(pack, timeout, write).await?;
         decode_answer::<M>(&response)
     }
 
@@ -208,13 +228,15 @@ impl Connection {
         encode: impl FnOnce(u64, usize) -> Result<Bytes, EncodeError>,
         timeout: Duration,
     ) -> Result<Response, CallError> {
-        self.call_inner::<M>(encode, Some(timeout)).await
+        self.call_inner::<M>(encode, Some(timeout), Write::AtOnceWhenAlone)
+            .await
     }
 
     async fn call_inner<M: Method>(
         &self,
         encode: impl FnOnce(u64, usize) -> Result<Bytes, EncodeError>,
         timeout: Option<Duration>,
+        write: Write,
     ) -> Result<Response, CallError> {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
@@ -245,8 +267,9 @@ impl Connection {
         } else {
             Outgoing::Request
         };
+        let at_once = matches!(write, Write::AtOnceWhenAlone) && call.alone();
         let exchange = async {
-            match self.send(frame, what).await {
+            match self.send(frame, what, at_once).await {
                 Ok(()) => {}
                 Err(Unsent::Stopping) => {
                     return Err(CallError::NotSent("the plugin is being stopped".into()))
@@ -359,7 +382,7 @@ impl Connection {
 
     /// Queues `frame`, waiting for room; an error says why it was not sent.
     pub(super) async fn queue(&self, frame: Bytes, what: Outgoing) -> Result<(), CallError> {
-        match self.send(frame, what).await {
+        match self.send(frame, what, false).await {
             Ok(()) => Ok(()),
             Err(Unsent::Stopping) => Err(CallError::NotSent("the plugin is being stopped".into())),
             Err(Unsent::Closed(reason)) => Err(CallError::NotSent(reason)),
@@ -380,7 +403,10 @@ impl Connection {
     /// finishes it while draining) or is refused here (`Stopping`, which the caller may retry
     /// on another instance). A request queued behind the shutdown could reach a plugin that
     /// already stopped reading, and its caller would see the plugin exit instead.
-    async fn send(&self, frame: Bytes, what: Outgoing) -> Result<(), Unsent> {
+    ///
+    /// With `at_once` the caller writes the frame itself when nothing is queued ahead of it
+    /// (see [`Outbox::send_gated_at_once`]).
+    async fn send(&self, frame: Bytes, what: Outgoing, at_once: bool) -> Result<(), Unsent> {
         let gate = || match what {
             Outgoing::Request if self.stopping.load(Ordering::SeqCst) => Err(()),
             Outgoing::Shutdown => {
@@ -389,7 +415,12 @@ impl Connection {
             }
             Outgoing::Request | Outgoing::Answer | Outgoing::Stream => Ok(()),
         };
-        match self.out.send_gated(frame, gate).await {
+        let sent = if at_once {
+            self.out.send_gated_at_once(frame, gate).await
+        } else {
+            self.out.send_gated(frame, gate).await
+        };
+        match sent {
             Ok(()) => Ok(()),
             Err(outbox::Unsent::Gated(())) => Err(Unsent::Stopping),
             Err(outbox::Unsent::Closed) => Err(Unsent::Closed(
@@ -570,7 +601,7 @@ fn on_request(conn: &Arc<Connection>, request: plugd_protocol::Request) {
     tokio::spawn(async move {
         let answer = async {
             let frame = calls.answer(&conn.plugin, &request, conn.max_frame).await;
-            let _ = conn.send(frame, Outgoing::Answer).await;
+            let _ = conn.send(frame, Outgoing::Answer, false).await;
         };
         tokio::select! {
             _ = answer => {}

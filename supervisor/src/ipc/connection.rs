@@ -196,7 +196,9 @@ impl Connection {
     ///
     /// With no `timeout` the call has no deadline of its own: its caller gives up on it by
     /// dropping it, which cancels it (a hook's handlers called together share one deadline,
-    /// and one timer).
+    /// and one timer). Such a call is one of several made together, so its frame is always
+    /// left to the connection's flusher; a call with a deadline of its own writes its frame
+    /// itself when it is alone on the connection.
     pub async fn call_encoded<M: Method>(
         &self,
         params: &[u8],

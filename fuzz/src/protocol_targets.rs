@@ -26,7 +26,7 @@ pub const FRAME_MAX_LEN: usize = 4096;
 pub struct FrameOutcome {
     /// Frames split off the input.
     pub frames: usize,
-    /// Frames whose body decoded as a message.
+    /// Frames whose body decoded as a message with a well-formed payload.
     pub messages: usize,
     /// The framing error that stopped the split (oversized or empty frame), if any.
     pub error: Option<String>,
@@ -52,7 +52,7 @@ pub fn frame(data: &[u8]) -> FrameOutcome {
                     "split_frame consumed something other than one frame"
                 );
                 out.frames += 1;
-                if Message::decode(body).is_ok() {
+                if decode_checked(body).is_ok() {
                     out.messages += 1;
                 }
             }
@@ -111,11 +111,19 @@ fn codec_run(data: &[u8], chunk: usize) -> Vec<Result<Bytes, String>> {
     }
 }
 
-/// `envelope`: decodes `data` as one frame body. A message that decodes must re-encode
+/// A frame body decoded and its payload checked, as a receiver that decodes the payload sees it.
+fn decode_checked(body: Bytes) -> Result<Message, DecodeError> {
+    let message = Message::decode(body)?;
+    message.check_payload()?;
+    Ok(message)
+}
+
+/// `envelope`: decodes `data` as one frame body and checks its payload
+/// ([`Message::check_payload`]). A message that decodes must re-encode
 /// ([`Message::to_frame`]) to a frame that decodes to the same message, and re-encoding that
 /// one must give the same bytes again.
 pub fn envelope(data: &[u8]) -> Result<Message, DecodeError> {
-    let result = Message::decode(Bytes::copy_from_slice(data));
+    let result = decode_checked(Bytes::copy_from_slice(data));
     if let Ok(message) = &result {
         let frame = message.to_frame();
         let prefix = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);

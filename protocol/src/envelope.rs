@@ -6,7 +6,11 @@
 //!
 //! Incoming messages keep their `params` and `result` as raw MessagePack (a zero-copy slice of the
 //! frame), so the envelope can be read before anyone knows which type the payload has; the typed
-//! `decode_*` methods turn them into a message family's structs. Outgoing messages are encoded
+//! `decode_*` methods turn them into a message family's structs. A payload is checked when it is
+//! decoded, not before: a reader that takes the whole payload apart itself (`http`'s) checks it
+//! as it goes, and everything else is first walked to make sure it is exactly one well-formed
+//! value within [`MAX_DEPTH`] before serde sees it. So a malformed payload costs its own call (an
+//! error answer naming what is wrong), not the connection, and a well-formed one is read once. Outgoing messages are encoded
 //! straight into a complete frame, length prefix included, by the `encode_*` functions.
 
 use crate::error::{DecodeError, EncodeError, ErrorObject};
@@ -40,7 +44,8 @@ pub struct Request {
     pub id: u64,
     /// The method name, such as `http` or `ping`.
     pub method: String,
-    /// The parameters, as one raw MessagePack value.
+    /// The parameters: the raw MessagePack after the method name, not yet checked (see
+    /// [`Request::decode_params`]).
     pub params: Bytes,
 }
 
@@ -49,7 +54,8 @@ pub struct Request {
 pub struct Response {
     /// The id of the request this answers.
     pub id: u64,
-    /// The raw MessagePack result, or the error.
+    /// The raw MessagePack result (not yet checked; see [`Response::decode_result`]), or the
+    /// error.
     pub outcome: Result<Bytes, ErrorObject>,
 }
 
@@ -58,12 +64,14 @@ pub struct Response {
 pub struct Notification {
     /// The notification name, such as `cancel`.
     pub method: String,
-    /// The parameters, as one raw MessagePack value.
+    /// The parameters: the raw MessagePack after the method name, not yet checked (see
+    /// [`Notification::decode_params`]).
     pub params: Bytes,
 }
 
 impl Request {
-    /// Decodes the parameters as method `M`'s.
+    /// Decodes the parameters as method `M`'s; an error names what is wrong with them, whether
+    /// their MessagePack is malformed or they are not `M`'s.
     pub fn decode_params<M: Method>(&self) -> Result<M::Params, DecodeError> {
         if let Some(params) = M::read_params(&self.params) {
             return Ok(params);
@@ -73,7 +81,8 @@ impl Request {
 }
 
 impl Response {
-    /// Decodes the result as method `M`'s, or returns the peer's error.
+    /// Decodes the result as method `M`'s, or returns the peer's error. A malformed result is a
+    /// [`DecodeError`].
     pub fn decode_result<M: Method>(&self) -> Result<Result<M::Result, ErrorObject>, DecodeError> {
         match &self.outcome {
             Ok(raw) => decode_payload(raw, M::NAME).map(Ok),
@@ -89,11 +98,22 @@ impl Notification {
     }
 }
 
+/// Checks that `raw` is exactly one well-formed value within [`MAX_DEPTH`] (so serde's recursion
+/// stays bounded, and trailing bytes are refused), then decodes it.
 fn decode_payload<T: DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, DecodeError> {
+    check_one_value(raw)?;
     rmp_serde::from_slice(raw).map_err(|source| DecodeError::Payload {
         what: what.to_owned(),
         source,
     })
+}
+
+/// Checks that `raw` is exactly one well-formed MessagePack value, nested at most
+/// [`MAX_DEPTH`] levels, with nothing after it. It never allocates and never recurses.
+pub fn check_one_value(raw: &[u8]) -> Result<(), DecodeError> {
+    let mut r = Reader { buf: raw, pos: 0 };
+    r.skip_value()?;
+    r.expect_end()
 }
 
 impl Message {
@@ -106,13 +126,13 @@ impl Message {
             (k, 4) if k == u64::from(TYPE_REQUEST) => {
                 let id = r.uint("request id")?;
                 let method = r.string("method")?;
-                let params = r.rest_as_one_value(&body, "params")?;
+                let params = r.rest(&body, "params")?;
                 Message::Request(Request { id, method, params })
             }
             (k, 4) if k == u64::from(TYPE_RESPONSE) => {
                 let id = r.uint("response id")?;
                 let outcome = if r.take_nil() {
-                    Ok(r.rest_as_one_value(&body, "result")?)
+                    Ok(r.rest(&body, "result")?)
                 } else {
                     let start = r.pos;
                     r.skip_value()?;
@@ -130,7 +150,7 @@ impl Message {
             }
             (k, 3) if k == u64::from(TYPE_NOTIFICATION) => {
                 let method = r.string("notification method")?;
-                let params = r.rest_as_one_value(&body, "params")?;
+                let params = r.rest(&body, "params")?;
                 Message::Notification(Notification { method, params })
             }
             (k @ 0..=2, n) => {
@@ -148,7 +168,23 @@ impl Message {
         Ok(message)
     }
 
-    /// Encodes this message as a complete frame, copying the raw payloads as they are.
+    /// Checks the raw payload (a request's or notification's params, a response's result) the
+    /// way decoding it would: exactly one well-formed value within [`MAX_DEPTH`]. For a
+    /// message relayed without being decoded.
+    pub fn check_payload(&self) -> Result<(), DecodeError> {
+        match self {
+            Message::Request(Request { params, .. })
+            | Message::Notification(Notification { params, .. })
+            | Message::Response(Response {
+                outcome: Ok(params),
+                ..
+            }) => check_one_value(params),
+            Message::Response(_) => Ok(()),
+        }
+    }
+
+    /// Encodes this message as a complete frame, copying the raw payloads as they are (unchecked:
+    /// see [`Message::check_payload`]).
     pub fn to_frame(&self) -> Bytes {
         let mut w = FrameWriter::new();
         match self {
@@ -442,15 +478,15 @@ impl Reader<'_> {
         }
     }
 
-    /// Checks that the rest of the body is exactly one well-formed value and returns it.
-    fn rest_as_one_value(&mut self, body: &Bytes, what: &str) -> Result<Bytes, DecodeError> {
+    /// The rest of the body, the message's payload, which must not be empty. It is checked when
+    /// it is decoded ([`check_one_value`]).
+    fn rest(&mut self, body: &Bytes, what: &str) -> Result<Bytes, DecodeError> {
         let start = self.pos;
         if start == self.buf.len() {
             return Err(DecodeError::Malformed(format!("message has no {what}")));
         }
-        self.skip_value()?;
-        self.expect_end()?;
-        Ok(body.slice(start..self.pos))
+        self.pos = self.buf.len();
+        Ok(body.slice(start..))
     }
 
     /// Moves past one MessagePack value, checking lengths against the buffer and the nesting
@@ -600,33 +636,58 @@ mod tests {
         values
     }
 
+    /// The params of a request whose body carries `params`, after the envelope is read.
+    fn params_of(params: &[u8]) -> Bytes {
+        match Message::decode(request_body(params)).expect("the envelope decodes") {
+            Message::Request(request) => request.params,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
     #[test]
     fn params_of_every_form_are_measured_exactly_and_a_cut_one_is_refused() {
         for value in every_form() {
             let raw = packed(&value);
-            let decoded = Message::decode(request_body(&raw)).expect("decodes");
-            let Message::Request(request) = decoded else {
-                panic!("not a request");
-            };
-            assert_eq!(
-                &request.params[..],
-                &raw[..],
-                "params of {:.60}",
-                value.to_string()
-            );
+            let params = params_of(&raw);
+            assert_eq!(&params[..], &raw[..], "params of {:.60}", value.to_string());
+            check_one_value(&params).expect("one value");
             // Cut short anywhere, the value is refused; one byte too many is a trailing byte.
             for cut in [raw.len() - 1, raw.len() / 2] {
                 if cut == 0 {
                     continue;
                 }
-                let error = Message::decode(request_body(&raw[..cut])).expect_err("cut short");
+                let error = check_one_value(&params_of(&raw[..cut])).expect_err("cut short");
                 assert!(matches!(error, DecodeError::Malformed(_)), "{error}");
             }
             let mut longer = raw.clone();
             longer.push(0xc0);
-            let error = Message::decode(request_body(&longer)).expect_err("trailing byte");
+            let error = check_one_value(&params_of(&longer)).expect_err("trailing byte");
             assert!(error.to_string().contains("trailing"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_malformed_payload_is_refused_when_decoded_and_the_envelope_still_reads() {
+        use crate::message::control::Ping;
+        // A request whose params are cut short: the envelope (and so the request id, to
+        // answer) reads; decoding the params names what is wrong.
+        let Message::Request(request) = Message::decode(request_body(&[0x92, 0x01])).unwrap()
+        else {
+            panic!("not a request");
+        };
+        assert_eq!(request.id, 7);
+        let error = request.decode_params::<Ping>().expect_err("cut short");
+        assert!(matches!(error, DecodeError::Malformed(_)), "{error}");
+        // The same for a result, and a frame with nothing after the method is still refused.
+        let response = Bytes::from_static(&[0x94, 0x01, 0x07, 0xc0, 0x91]);
+        let Message::Response(response) = Message::decode(response).unwrap() else {
+            panic!("not a response");
+        };
+        let error = response.decode_result::<Ping>().expect_err("cut short");
+        assert!(matches!(error, DecodeError::Malformed(_)), "{error}");
+        let error = Message::decode(Bytes::from_static(&[0x94, 0x00, 0x07, 0xa1, b'm']))
+            .expect_err("no params");
+        assert!(error.to_string().contains("has no params"), "{error}");
     }
 
     #[test]
@@ -639,22 +700,27 @@ mod tests {
             packed(&value)
         };
         // MAX_DEPTH arrays put the innermost nil at depth MAX_DEPTH: the deepest allowed.
-        assert!(Message::decode(request_body(&nested(MAX_DEPTH))).is_ok());
-        let error = Message::decode(request_body(&nested(MAX_DEPTH + 1))).expect_err("too deep");
+        assert!(check_one_value(&nested(MAX_DEPTH)).is_ok());
+        let error = check_one_value(&nested(MAX_DEPTH + 1)).expect_err("too deep");
         assert!(error.to_string().contains("nest deeper than 64"), "{error}");
-        // Maps count the same way, and so does an error object in a response.
+        // Maps count the same way.
         let mut map = Value::Nil;
         for _ in 0..=MAX_DEPTH {
             map = Value::Map(vec![(Value::Nil, map)]);
         }
-        let error = Message::decode(request_body(&packed(&map))).expect_err("too deep");
+        let error = check_one_value(&packed(&map)).expect_err("too deep");
+        assert!(error.to_string().contains("nest deeper"), "{error}");
+        // An error object in a response is measured by the same walk, at decode.
+        let mut body = vec![0x94, 0x01, 0x07];
+        body.extend(packed(&map));
+        body.push(0xc0);
+        let error = Message::decode(Bytes::from(body)).expect_err("too deep");
         assert!(error.to_string().contains("nest deeper"), "{error}");
     }
 
     #[test]
     fn a_container_announcing_more_elements_than_bytes_is_refused() {
-        let error = Message::decode(request_body(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]))
-            .expect_err("a lie");
+        let error = check_one_value(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]).expect_err("a lie");
         assert!(error.to_string().contains("announces"), "{error}");
     }
 }

@@ -13,7 +13,8 @@
 //! - `stray-ids`: handshakes, then sends answers to calls plugd never made;
 //! - `routes`: declares `RAW_ROUTES` routes (default 100,000) `/r{i}/{a}/x` in its handshake;
 //! - `max-frame-zero`: announces a frame limit of 0 in its handshake;
-//! - `deep`: handshakes, then sends a request whose params nest 70 levels deep;
+//! - `deep`: handshakes, then sends a request whose params nest 70 levels deep, writes plugd's
+//!   answer to stderr and exits with code 1;
 //! - `overrun`: declares the streaming route `/x`, answers each request to it with a streamed
 //!   head and then one 2 MiB chunk of body, past the credit plugd gave (answering pings all
 //!   the while);
@@ -136,6 +137,24 @@ fn main() {
             let mut frame = (body.len() as u32).to_be_bytes().to_vec();
             frame.extend(body);
             let _ = stream.write_all(&frame);
+            // The call is refused, not the connection: the answer names the bound, and this
+            // plugin says what it got and exits (a failure with the answer in its log).
+            while let Ok(body) = read_frame(&mut stream) {
+                match Message::decode(body.into()) {
+                    Ok(Message::Response(response)) if response.id == 7 => {
+                        match response.outcome {
+                            Err(error) => eprintln!("plugd refused the deep call: {error}"),
+                            Ok(_) => eprintln!("plugd answered the deep call with a result"),
+                        }
+                        std::process::exit(1);
+                    }
+                    Ok(Message::Request(request)) if request.method == Ping::NAME => {
+                        let frame = encode_response(request.id, &Empty {}, 1024).expect("encode");
+                        let _ = stream.write_all(&frame);
+                    }
+                    _ => {}
+                }
+            }
         }
         "overrun" => overrun(&mut stream),
         "spew" => {

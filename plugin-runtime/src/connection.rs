@@ -24,7 +24,7 @@ use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
 use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
 use plugd_protocol::message::hook::HookCall;
-use plugd_protocol::message::http::Http;
+use plugd_protocol::message::http::{Http, HttpRequestBuf};
 use plugd_protocol::message::service::{ServiceCall, ServiceOutput};
 use plugd_protocol::message::settings::{Settings as SettingsMethod, SettingsParams};
 use plugd_protocol::message::{Method, NotificationKind};
@@ -421,18 +421,23 @@ async fn drain_and_stop<S: Send + Sync + 'static>(
 
 async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
     let id = req.id;
-    let Some(params) = admit::<S, Http>(shared, &req).await else {
+    // Read in place, each string copied once into one buffer; any other shape through serde.
+    let read = |req: &WireRequest| match HttpRequestBuf::read_in_place(&req.params) {
+        Some(params) => Ok(params),
+        None => req.decode_params::<Http>().map(HttpRequestBuf::from),
+    };
+    let Some(params) = admit_with(shared, &req, read).await else {
         return;
     };
     let Some(route) = shared
         .routes
         .iter()
-        .find(|r| r.method == params.method && r.path == params.route)
+        .find(|r| r.method == params.method() && r.path == params.route())
     else {
-        let message = format!("no route {} {}", params.method, params.route);
+        let message = format!("no route {} {}", params.method(), params.route());
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
     };
-    let route_name = params.route.clone();
+    let route_name = route.path.as_str();
     let (streamed, websocket) = (params.stream, params.websocket);
     let mut request = Request::new(params, Host::new(shared.caller.clone(), 0));
     // Registered before the handler starts: what plugd sends next belongs to it.
@@ -456,6 +461,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
             let socket = WebSocket::new(rx, link.clone());
             let future = handler(request, socket, shared.state.clone());
             let task_shared = shared.clone();
+            let route_name = route_name.to_owned();
             track(shared, id, async move {
                 let _open = OpenStream(&task_shared, id);
                 let accept = plugd_protocol::message::http::HttpResponse {
@@ -491,7 +497,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
             if link.is_none() && shared.inline {
                 if let Poll::Ready(outcome) = poll_once(&mut future) {
                     let (frame, _) =
-                        http_answer(id, &route_name, outcome, false, shared.max_frame());
+                        http_answer(id, route_name, outcome, false, shared.max_frame());
                     if let Some(frame) = frame {
                         shared.send(frame).await;
                     }
@@ -499,6 +505,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 }
             }
             let task_shared = shared.clone();
+            let route_name = route_name.to_owned();
             track(shared, id, async move {
                 let _open = link.as_ref().map(|_| OpenStream(&task_shared, id));
                 let outcome = future.await;
@@ -535,7 +542,16 @@ async fn admit<S: Send + Sync + 'static, M: Method>(
     shared: &Arc<Shared<S>>,
     req: &WireRequest,
 ) -> Option<M::Params> {
-    let params = match req.decode_params::<M>() {
+    admit_with(shared, req, WireRequest::decode_params::<M>).await
+}
+
+/// [`admit`] with the parameters decoded by `decode`.
+async fn admit_with<S: Send + Sync + 'static, T>(
+    shared: &Arc<Shared<S>>,
+    req: &WireRequest,
+    decode: impl FnOnce(&WireRequest) -> Result<T, plugd_protocol::DecodeError>,
+) -> Option<T> {
+    let params = match decode(req) {
         Ok(p) => p,
         Err(e) => {
             shared

@@ -3,7 +3,7 @@
 use crate::kv::{Host, Kv};
 use crate::response::HttpError;
 use crate::stream::BodyStream;
-use plugd_protocol::message::http::HttpRequest;
+use plugd_protocol::message::http::HttpRequestBuf;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -11,14 +11,14 @@ use std::time::{Duration, SystemTime};
 /// An HTTP request forwarded by the supervisor to one of this plugin's routes.
 #[derive(Debug, Clone)]
 pub struct Request {
-    inner: HttpRequest,
+    inner: HttpRequestBuf,
     host: Host,
     kv: Kv,
     stream: Option<Arc<Mutex<Option<BodyStream>>>>,
 }
 
 impl Request {
-    pub(crate) fn new(inner: HttpRequest, host: Host) -> Self {
+    pub(crate) fn new(inner: HttpRequestBuf, host: Host) -> Self {
         Request {
             inner,
             kv: host.kv(),
@@ -55,32 +55,32 @@ impl Request {
 
     /// The HTTP method, in upper case.
     pub fn method(&self) -> &str {
-        &self.inner.method
+        self.inner.method()
     }
 
     /// The path below the plugin's mount point, such as `/items/42`.
     pub fn path(&self) -> &str {
-        &self.inner.path
+        self.inner.path()
     }
 
     /// The route pattern that matched, such as `/items/{id}`.
     pub fn route(&self) -> &str {
-        &self.inner.route
+        self.inner.route()
     }
 
     /// The value captured by `{name}` in the route pattern.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.inner.params.get(name).map(String::as_str)
+        self.inner.param(name)
     }
 
     /// The raw query string, without `?`.
     pub fn query_string(&self) -> &str {
-        &self.inner.query
+        self.inner.query()
     }
 
     /// The first value of query parameter `name`, percent-decoded.
     pub fn query(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.inner.query.as_bytes())
+        form_urlencoded::parse(self.inner.query().as_bytes())
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
@@ -88,15 +88,15 @@ impl Request {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.inner
-            .headers
-            .iter()
+            .headers()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
-    /// All headers, names in lower case, in the order received.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.inner.headers
+    /// All headers as (name, value) pairs, names in lower case, in the order received; a name
+    /// may repeat.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone + '_ {
+        self.inner.headers()
     }
 
     /// The body bytes.
@@ -131,7 +131,7 @@ impl Request {
 
     /// The request id the supervisor assigned (also in the `x-request-id` header).
     pub fn request_id(&self) -> &str {
-        &self.inner.request_id
+        self.inner.request_id()
     }
 
     /// Time left before the supervisor stops waiting for the answer.

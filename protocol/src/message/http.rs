@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+mod buf;
+pub use buf::HttpRequestBuf;
+
 /// `http`: supervisor → plugin, one per proxied HTTP request.
 #[derive(Debug)]
 pub struct Http;
@@ -61,79 +64,7 @@ impl HttpRequest {
     /// MessagePack, the body a slice of it (no copy). `None` means another shape: `serde`
     /// decodes it then, and names what is wrong.
     pub fn read_in_place(raw: &Bytes) -> Option<HttpRequest> {
-        let mut r = pack::Cursor::new(raw);
-        let mut request_id = None;
-        let mut method = None;
-        let mut path = None;
-        let mut route = None;
-        let mut params = None;
-        let mut query = None;
-        let mut headers = None;
-        let mut body = None;
-        let mut deadline_unix_ms = None;
-        let mut stream = None;
-        let mut websocket = None;
-        fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
-            match slot {
-                Some(_) => None,
-                None => {
-                    *slot = Some(value?);
-                    Some(())
-                }
-            }
-        }
-        for _ in 0..r.map_len()? {
-            match r.key()? {
-                b"request_id" => once(&mut request_id, r.str().map(str::to_owned))?,
-                b"method" => once(&mut method, r.str().map(str::to_owned))?,
-                b"path" => once(&mut path, r.str().map(str::to_owned))?,
-                b"route" => once(&mut route, r.str().map(str::to_owned))?,
-                b"query" => once(&mut query, r.str().map(str::to_owned))?,
-                b"params" => {
-                    let mut map = BTreeMap::new();
-                    for _ in 0..r.map_len()? {
-                        map.insert(r.str()?.to_owned(), r.str()?.to_owned());
-                    }
-                    once(&mut params, Some(map))?;
-                }
-                b"headers" => {
-                    let n = r.array_len()?;
-                    // Each pair takes at least three bytes: a count beyond that is a lie.
-                    let mut list = Vec::with_capacity(n.min(raw.len() / 3));
-                    for _ in 0..n {
-                        if r.array_len()? != 2 {
-                            return None;
-                        }
-                        list.push((r.str()?.to_owned(), r.str()?.to_owned()));
-                    }
-                    once(&mut headers, Some(list))?;
-                }
-                b"body" => {
-                    let slice = r.bin_range().map(|(start, end)| raw.slice(start..end));
-                    once(&mut body, slice)?;
-                }
-                b"deadline_unix_ms" => once(&mut deadline_unix_ms, r.uint())?,
-                b"stream" => once(&mut stream, r.bool())?,
-                b"websocket" => once(&mut websocket, r.bool())?,
-                _ => return None,
-            }
-        }
-        if !r.at_end() {
-            return None;
-        }
-        Some(HttpRequest {
-            request_id: request_id?,
-            method: method?,
-            path: path?,
-            route: route?,
-            params: params?,
-            query: query?,
-            headers: headers?,
-            body: body?,
-            deadline_unix_ms: deadline_unix_ms?,
-            stream: stream.unwrap_or(false),
-            websocket: websocket.unwrap_or(false),
-        })
+        HttpRequestBuf::read_in_place(raw).map(|buf| HttpRequest::from(&buf))
     }
 }
 

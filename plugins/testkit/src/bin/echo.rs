@@ -76,7 +76,7 @@ fn echo(req: &Request) -> Response {
         "rest": req.param("rest"),
         "query": req.query_string(),
         "q": req.query("q"),
-        "headers": req.headers(),
+        "headers": req.headers().collect::<Vec<_>>(),
         "body": String::from_utf8_lossy(req.body()),
         "request_id": req.request_id(),
     });

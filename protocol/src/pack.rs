@@ -167,6 +167,11 @@ impl<'a> Cursor<'a> {
         Some(&self.buf[start..end])
     }
 
+    /// A string's bytes, its UTF-8 not checked (the caller checks it).
+    pub(crate) fn str_bytes(&mut self) -> Option<&'a [u8]> {
+        self.key()
+    }
+
     pub(crate) fn str(&mut self) -> Option<&'a str> {
         let (start, end) = self.str_range()?;
         std::str::from_utf8(&self.buf[start..end]).ok()

@@ -39,14 +39,28 @@ pub struct HttpRequestBuf {
 }
 
 /// Builds the text buffer, a string at a time.
-struct Text(String);
+struct Text(Vec<u8>);
 
 impl Text {
-    fn push(&mut self, s: &str) -> Option<Span> {
+    fn push(&mut self, s: &[u8]) -> Option<Span> {
         let start = u32::try_from(self.0.len()).ok()?;
-        self.0.push_str(s);
+        self.0.extend_from_slice(s);
         let end = u32::try_from(self.0.len()).ok()?;
         Some(Span { start, end })
+    }
+
+    /// The text, once all of it is UTF-8 and every span starts and ends on a character
+    /// boundary: then each span is UTF-8 on its own. (Checking the whole once costs a fraction
+    /// of checking twenty short strings one by one; the boundaries catch two invalid strings
+    /// that happen to make a valid one together.)
+    fn finish<'a>(self, spans: impl IntoIterator<Item = &'a Span>) -> Option<String> {
+        let text = String::from_utf8(self.0).ok()?;
+        spans
+            .into_iter()
+            .all(|s| {
+                text.is_char_boundary(s.start as usize) && text.is_char_boundary(s.end as usize)
+            })
+            .then_some(text)
     }
 }
 
@@ -109,7 +123,7 @@ impl HttpRequestBuf {
     /// names what is wrong, and turn it into this type with `From`.
     pub fn read_in_place(raw: &Bytes) -> Option<HttpRequestBuf> {
         let mut r = pack::Cursor::new(raw);
-        let mut text = Text(String::with_capacity(raw.len().min(1024)));
+        let mut text = Text(Vec::with_capacity(raw.len().min(1024)));
         let mut request_id = None;
         let mut method = None;
         let mut path = None;
@@ -135,16 +149,16 @@ impl HttpRequestBuf {
         let most = raw.len() / 3;
         for _ in 0..r.map_len()? {
             match r.key()? {
-                b"request_id" => once(&mut request_id, text.push(r.str()?))?,
-                b"method" => once(&mut method, text.push(r.str()?))?,
-                b"path" => once(&mut path, text.push(r.str()?))?,
-                b"route" => once(&mut route, text.push(r.str()?))?,
-                b"query" => once(&mut query, text.push(r.str()?))?,
+                b"request_id" => once(&mut request_id, text.push(r.str_bytes()?))?,
+                b"method" => once(&mut method, text.push(r.str_bytes()?))?,
+                b"path" => once(&mut path, text.push(r.str_bytes()?))?,
+                b"route" => once(&mut route, text.push(r.str_bytes()?))?,
+                b"query" => once(&mut query, text.push(r.str_bytes()?))?,
                 b"params" => {
                     let n = r.map_len()?;
                     let mut list = Vec::with_capacity(n.min(most));
                     for _ in 0..n {
-                        list.push((text.push(r.str()?)?, text.push(r.str()?)?));
+                        list.push((text.push(r.str_bytes()?)?, text.push(r.str_bytes()?)?));
                     }
                     once(&mut params, Some(list))?;
                 }
@@ -155,7 +169,7 @@ impl HttpRequestBuf {
                         if r.array_len()? != 2 {
                             return None;
                         }
-                        list.push((text.push(r.str()?)?, text.push(r.str()?)?));
+                        list.push((text.push(r.str_bytes()?)?, text.push(r.str_bytes()?)?));
                     }
                     once(&mut headers, Some(list))?;
                 }
@@ -172,15 +186,20 @@ impl HttpRequestBuf {
         if !r.at_end() {
             return None;
         }
+        let fields = [request_id?, method?, path?, route?, query?];
+        let (params, headers) = (params?, headers?);
+        let pairs = params.iter().chain(&headers).flat_map(|(k, v)| [k, v]);
+        let text = text.finish(fields.iter().chain(pairs))?;
+        let [request_id, method, path, route, query] = fields;
         Some(HttpRequestBuf {
-            text: text.0,
-            request_id: request_id?,
-            method: method?,
-            path: path?,
-            route: route?,
-            params: params?,
-            query: query?,
-            headers: headers?,
+            text,
+            request_id,
+            method,
+            path,
+            route,
+            params,
+            query,
+            headers,
             body: body?,
             deadline_unix_ms: deadline_unix_ms?,
             stream: stream.unwrap_or(false),
@@ -199,12 +218,26 @@ impl PartialEq for HttpRequestBuf {
                 .collect()
         };
         (self.request_id(), self.method(), self.path(), self.route())
-            == (other.request_id(), other.method(), other.path(), other.route())
+            == (
+                other.request_id(),
+                other.method(),
+                other.path(),
+                other.route(),
+            )
             && self.query() == other.query()
             && params(self) == params(other)
             && self.headers().eq(other.headers())
-            && (&self.body, self.deadline_unix_ms, self.stream, self.websocket)
-                == (&other.body, other.deadline_unix_ms, other.stream, other.websocket)
+            && (
+                &self.body,
+                self.deadline_unix_ms,
+                self.stream,
+                self.websocket,
+            ) == (
+                &other.body,
+                other.deadline_unix_ms,
+                other.stream,
+                other.websocket,
+            )
     }
 }
 
@@ -212,13 +245,16 @@ impl Eq for HttpRequestBuf {}
 
 impl From<HttpRequest> for HttpRequestBuf {
     fn from(owned: HttpRequest) -> Self {
-        let mut text = Text(String::new());
+        let mut text = String::new();
         // Only a request over 4 GiB of text fails to fit, and no frame holds one.
         let mut push = |s: &str| {
-            text.push(s).unwrap_or(Span {
-                start: u32::MAX,
-                end: u32::MAX,
-            })
+            let start = text.len();
+            text.push_str(s);
+            let span = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
+            Span {
+                start: span(start),
+                end: span(text.len()),
+            }
         };
         let request_id = push(&owned.request_id);
         let method = push(&owned.method);
@@ -236,7 +272,7 @@ impl From<HttpRequest> for HttpRequestBuf {
             .map(|(k, v)| (push(k), push(v)))
             .collect();
         HttpRequestBuf {
-            text: text.0,
+            text,
             request_id,
             method,
             path,
@@ -395,5 +431,25 @@ mod tests {
         let mut bad = raw.clone();
         bad[at] = 0xff;
         assert!(HttpRequestBuf::read_in_place(&Bytes::from(bad)).is_none());
+    }
+
+    #[test]
+    fn two_invalid_strings_that_make_valid_utf8_together_are_refused() {
+        // The id ends with the first byte of "é" and the method starts with its second: side by
+        // side in the text they are valid UTF-8, but neither string is.
+        let mut owned = owned();
+        owned.request_id = "r\u{1}".into();
+        owned.method = "\u{2}GET".into();
+        let mut raw = rmp_serde::to_vec_named(&owned).unwrap();
+        for b in &mut raw {
+            match *b {
+                1 => *b = 0xc3,
+                2 => *b = 0xa9,
+                _ => {}
+            }
+        }
+        let raw = Bytes::from(raw);
+        assert!(rmp_serde::from_slice::<HttpRequest>(&raw).is_err());
+        assert!(HttpRequestBuf::read_in_place(&raw).is_none());
     }
 }

@@ -29,6 +29,7 @@ use plugd_protocol::message::service::{ServiceCall, ServiceOutput};
 use plugd_protocol::message::settings::{Settings as SettingsMethod, SettingsParams};
 use plugd_protocol::message::{Method, NotificationKind};
 use plugd_protocol::outbox::Outbox;
+use plugd_protocol::when_woken::WhenWoken;
 use plugd_protocol::{
     codes, ErrorObject, FrameCodec, Message, Notification, ProtocolVersion, Request as WireRequest,
     DEFAULT_MAX_FRAME_LEN, ENV_EPOCH, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
@@ -256,7 +257,9 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
             == tokio::runtime::RuntimeFlavor::CurrentThread,
     });
 
-    let (stopped_tx, mut stopped) = oneshot::channel::<()>();
+    let (stopped_tx, stopped) = oneshot::channel::<()>();
+    // Polled only when the shutdown answer wakes it, not on every frame.
+    let mut stopped = WhenWoken::new(stopped);
     let mut stopped_tx = Some(stopped_tx);
     let mut corked = false;
     let result = loop {

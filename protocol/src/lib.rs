@@ -19,6 +19,7 @@ pub mod pending;
 pub mod stream;
 pub mod time;
 pub mod version;
+pub mod when_woken;
 
 pub use envelope::{Message, Notification, Request, Response};
 pub use error::{codes, DecodeError, EncodeError, ErrorObject};

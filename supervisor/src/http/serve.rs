@@ -14,6 +14,7 @@
 
 use super::App;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use plugd_protocol::when_woken::WhenWoken;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +102,7 @@ pub async fn serve(
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                () = stop.cancelled() => {
+                () = WhenWoken::new(stop.cancelled()) => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }

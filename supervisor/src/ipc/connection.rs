@@ -26,6 +26,7 @@ use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdo
 use plugd_protocol::message::Method;
 use plugd_protocol::outbox::{self, Outbox};
 use plugd_protocol::pending::{Call, Pending};
+use plugd_protocol::when_woken::WhenWoken;
 use plugd_protocol::{codes, EncodeError, ErrorObject, FrameCodec, Message, Response};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -505,9 +506,12 @@ impl Drop for CancelOnDrop<'_> {
 
 async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
     let mut stray: u64 = 0;
+    // One wait for the whole loop, polled only when the token wakes it (not one registered
+    // and dropped per frame).
+    let mut closed = WhenWoken::new(conn.closed.cancelled());
     let reason = loop {
         tokio::select! {
-            _ = conn.closed.cancelled() => return,
+            _ = &mut closed => return,
             message = frames.next() => match message {
                 Some(Ok(Message::Response(response))) => {
                     let id = response.id;

@@ -134,39 +134,39 @@ impl HttpRequestView<'_> {
             // The fields in `HttpRequest`'s order, as `rmp_serde` writes a struct: a map.
             let fields = 9 + usize::from(self.stream) + usize::from(self.websocket);
             pack::map_len(buf, fields);
-            pack::str(buf, "request_id");
+            pack::key(buf, "request_id");
             pack::str(buf, self.request_id);
-            pack::str(buf, "method");
+            pack::key(buf, "method");
             pack::str(buf, self.method);
-            pack::str(buf, "path");
+            pack::key(buf, "path");
             pack::str(buf, self.path);
-            pack::str(buf, "route");
+            pack::key(buf, "route");
             pack::str(buf, self.route);
-            pack::str(buf, "params");
+            pack::key(buf, "params");
             pack::map_len(buf, self.params.len());
             for (k, v) in self.params {
                 pack::str(buf, k);
                 pack::str(buf, v);
             }
-            pack::str(buf, "query");
+            pack::key(buf, "query");
             pack::str(buf, self.query);
-            pack::str(buf, "headers");
+            pack::key(buf, "headers");
             pack::array_len(buf, self.headers.len());
             for (k, v) in self.headers {
                 pack::array_len(buf, 2);
                 pack::str(buf, k);
                 pack::str(buf, v);
             }
-            pack::str(buf, "body");
+            pack::key(buf, "body");
             pack::bin(buf, self.body);
-            pack::str(buf, "deadline_unix_ms");
+            pack::key(buf, "deadline_unix_ms");
             pack::uint(buf, self.deadline_unix_ms);
             if self.stream {
-                pack::str(buf, "stream");
+                pack::key(buf, "stream");
                 pack::bool(buf, true);
             }
             if self.websocket {
-                pack::str(buf, "websocket");
+                pack::key(buf, "websocket");
                 pack::bool(buf, true);
             }
         })
@@ -214,19 +214,19 @@ impl HttpResponse {
         }
         encode_response_packed(id, capacity, max_len, |buf| {
             pack::map_len(buf, 3 + usize::from(self.stream));
-            pack::str(buf, "status");
+            pack::key(buf, "status");
             pack::uint(buf, u64::from(self.status));
-            pack::str(buf, "headers");
+            pack::key(buf, "headers");
             pack::array_len(buf, self.headers.len());
             for (k, v) in &self.headers {
                 pack::array_len(buf, 2);
                 pack::str(buf, k);
                 pack::str(buf, v);
             }
-            pack::str(buf, "body");
+            pack::key(buf, "body");
             pack::bin(buf, &self.body);
             if self.stream {
-                pack::str(buf, "stream");
+                pack::key(buf, "stream");
                 pack::bool(buf, true);
             }
         })

@@ -186,7 +186,7 @@ pub fn router(edge: Arc<Edge>, access_log: bool) -> Router {
         .make_span_with(|request: &Request<axum::body::Body>| {
             let id = request
                 .headers()
-                .get("x-request-id")
+                .get(proxy::X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             tracing::info_span!(

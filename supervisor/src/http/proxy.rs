@@ -67,7 +67,8 @@ pub async fn with_request_id(edge: Arc<Edge>, mut request: axum::extract::Reques
     response
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The request id header, as a name known in advance (no parsing of a string to look it up).
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Forwards one request to a plugin.
 pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
@@ -384,7 +385,7 @@ fn stream_limit(route: Option<u64>, plugin: Option<u64>) -> Option<u64> {
 
 /// The client's `x-request-id` when it sent a usable one, otherwise a fresh id.
 fn request_id(edge: &Edge, headers: &HeaderMap) -> String {
-    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    match headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
         _ => edge.request_ids.next_id(),
     }

@@ -214,7 +214,7 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Forward
     let empty = Bytes::new();
     // The body (unless it streams) and the deadline are filled in once the body is read.
     let head = HttpRequestView {
-        request_id: &request_id,
+        request_id: &request_id.id,
         method,
         path,
         route: &route,
@@ -383,11 +383,26 @@ fn stream_limit(route: Option<u64>, plugin: Option<u64>) -> Option<u64> {
     }
 }
 
-/// The client's `x-request-id` when it sent a usable one, otherwise a fresh id.
-fn request_id(edge: &Edge, headers: &HeaderMap) -> String {
+/// The request's id: the `x-request-id` it carries when that is usable (the client's, or the
+/// one plugd gave it on the way in), otherwise a fresh one.
+struct RequestIdOf {
+    id: String,
+    /// Not the request's header, so the answer must be given it here (the request's own header
+    /// is copied onto the answer by the layer that set it: [`with_request_id`], or tower-http's
+    /// `PropagateRequestIdLayer` when plugd writes an access log).
+    fresh: bool,
+}
+
+fn request_id(edge: &Edge, headers: &HeaderMap) -> RequestIdOf {
     match headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
-        _ => edge.request_ids.next_id(),
+        Some(id) if !id.is_empty() && id.len() <= 128 => RequestIdOf {
+            id: id.to_owned(),
+            fresh: false,
+        },
+        _ => RequestIdOf {
+            id: edge.request_ids.next_id(),
+            fresh: true,
+        },
     }
 }
 
@@ -395,12 +410,16 @@ fn request_id(edge: &Edge, headers: &HeaderMap) -> String {
 /// served it for the metrics and the canary.
 fn finish(
     mut response: Response,
-    request_id: &str,
+    request_id: &RequestIdOf,
     route: String,
     served: Option<Served>,
 ) -> Forwarded {
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
+    // A plugin cannot answer with an id of its own; the request's own header (the common case)
+    // is added by the layer that set it, without a copy made here.
+    if request_id.fresh || response.headers().contains_key(X_REQUEST_ID) {
+        if let Ok(value) = HeaderValue::from_str(&request_id.id) {
+            response.headers_mut().insert(X_REQUEST_ID, value);
+        }
     }
     Forwarded {
         response,

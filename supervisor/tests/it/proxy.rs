@@ -115,6 +115,36 @@ async fn a_request_without_an_id_gets_one_that_the_plugin_and_the_client_both_se
     let other = missing.headers()["x-request-id"].to_str().expect("text");
     assert!(!other.is_empty());
     assert_ne!(other, id);
+
+    // An id the client sent that cannot serve (too long) is replaced, in the request and the
+    // answer alike; a plugin cannot answer with an id of its own.
+    for (sent, answer_id) in [
+        ("x".repeat(200), None),
+        ("client-7".to_owned(), Some("mine")),
+    ] {
+        let query = answer_id
+            .map(|a| format!("?answer_id={a}"))
+            .unwrap_or_default();
+        let r = sup
+            .client
+            .post(sup.url(&format!("/plugins/echo/echo/x{query}")))
+            .header("x-request-id", &sent)
+            .body("payload")
+            .send()
+            .await
+            .expect("echo");
+        assert_eq!(r.status(), 200);
+        let answered = r.headers()["x-request-id"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        let echoed: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(echoed["request_id"], answered.as_str(), "sent {sent:.20}");
+        match answer_id {
+            None => assert_ne!(answered, sent),
+            Some(_) => assert_eq!(answered, sent),
+        }
+    }
 }
 
 #[tokio::test]

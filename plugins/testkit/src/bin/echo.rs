@@ -87,13 +87,18 @@ fn echo(req: &Request) -> Response {
         .or(std::env::var("ECHO_STATUS").ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    Response::json(&body)
+    let response = Response::json(&body)
         .with_status(status)
         .with_header("x-echo", "yes")
         .with_header(
             "x-echo-version",
             std::env::var("ECHO_VERSION").unwrap_or_else(|_| "0.0.1".into()),
-        )
+        );
+    // `?answer_id=` answers with an `x-request-id` of its own, which plugd must not pass on.
+    match req.query("answer_id") {
+        Some(id) => response.with_header("x-request-id", id),
+        None => response,
+    }
 }
 
 /// Busy-loops until this thread has used `ms` milliseconds of CPU; returns the CPU ms used.

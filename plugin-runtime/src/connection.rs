@@ -171,7 +171,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     stream: UnixStream,
     env: Env,
 ) -> Result<(), Error> {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = plugd_protocol::socket::split(stream)?;
     let mut frames = FramedRead::new(rd, FrameCodec::new(env.max_frame));
     let out = Outbox::new(wr, OUTGOING_LIMIT);
     let writer = tokio::spawn(out.flusher());

@@ -16,6 +16,7 @@ pub mod message;
 pub mod outbox;
 mod pack;
 pub mod pending;
+pub mod socket;
 pub mod stream;
 pub mod time;
 pub mod version;

@@ -18,13 +18,13 @@
 //! whole limit is taken once the queue is empty, so it is delayed, never refused for its size
 //! alone.
 
+use crate::socket::WriteHalf;
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// Most bytes a corked outbox collects before it writes anyway.
@@ -37,7 +37,7 @@ const MAX_SLICES: usize = 64;
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     /// Wakes the flusher when it has bytes to write or the outbox closes.
     flush: Notify,
     /// Wakes senders waiting for room when bytes have been written or the outbox closed.
@@ -64,6 +64,9 @@ struct State {
     finishing: bool,
     /// A sender waits for room: tell it when bytes are written.
     starved: bool,
+    /// The last write found the socket's buffer full: the flusher waits for room before it
+    /// writes again (and only then: the socket is not watched for room otherwise).
+    blocked: bool,
 }
 
 /// Why [`Outbox::try_send`] did not take a frame.
@@ -91,7 +94,7 @@ pub struct Closed;
 impl Outbox {
     /// An outbox writing to `writer` that holds at most `limit` bytes waiting; a frame is
     /// written by its sender when nothing is ahead of it.
-    pub fn new(writer: OwnedWriteHalf, limit: usize) -> Arc<Outbox> {
+    pub fn new(writer: WriteHalf, limit: usize) -> Arc<Outbox> {
         Outbox::build(writer, limit, false)
     }
 
@@ -99,11 +102,11 @@ impl Outbox {
     /// is ready to run queue its own: for a side where many tasks each send one frame (plugd,
     /// one per HTTP request), so that under load one write carries many frames and wakes the
     /// peer once, not once per frame.
-    pub fn deferred(writer: OwnedWriteHalf, limit: usize) -> Arc<Outbox> {
+    pub fn deferred(writer: WriteHalf, limit: usize) -> Arc<Outbox> {
         Outbox::build(writer, limit, true)
     }
 
-    fn build(writer: OwnedWriteHalf, limit: usize, defer: bool) -> Arc<Outbox> {
+    fn build(writer: WriteHalf, limit: usize, defer: bool) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             writer,
@@ -147,9 +150,12 @@ impl Outbox {
                 // The tasks that are ready now queue their frames before this write.
                 tokio::task::yield_now().await;
             }
-            if let Err(e) = self.writer.writable().await {
-                self.close();
-                return Err(e);
+            let blocked = std::mem::take(&mut self.lock().blocked);
+            if blocked {
+                if let Err(e) = self.writer.writable().await {
+                    self.close();
+                    return Err(e);
+                }
             }
             let state = self.lock();
             if state.closed {
@@ -269,11 +275,8 @@ impl Outbox {
             state.queue = VecDeque::new();
             state.queued = 0;
         }
-        // The write half lives as long as the outbox; shut the socket's sending side down now
-        // (through a duplicate of the descriptor, which shares the socket).
-        if let Ok(fd) = std::os::fd::AsFd::as_fd(self.writer.as_ref()).try_clone_to_owned() {
-            let _ = std::os::unix::net::UnixStream::from(fd).shutdown(std::net::Shutdown::Write);
-        }
+        // The write half lives as long as the outbox; shut the socket's sending side down now.
+        let _ = self.writer.shutdown();
         self.room.notify_waiters();
         self.flush.notify_one();
     }
@@ -338,7 +341,10 @@ impl Outbox {
             let mut written = match self.writer.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    state.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -375,9 +381,9 @@ mod tests {
     use tokio::net::UnixStream;
 
     /// An outbox of 1 KiB built by `make`, and the peer's end of its socket.
-    fn pair_with(make: fn(OwnedWriteHalf, usize) -> Arc<Outbox>) -> (Arc<Outbox>, UnixStream) {
+    fn pair_with(make: fn(WriteHalf, usize) -> Arc<Outbox>) -> (Arc<Outbox>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().expect("a socket pair");
-        let (_rd, wr) = ours.into_split();
+        let (_rd, wr) = crate::socket::split(ours).expect("split");
         // The read half is dropped: this side only writes.
         (make(wr, 1024), theirs)
     }

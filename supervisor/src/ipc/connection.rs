@@ -26,12 +26,12 @@ use plugd_protocol::message::control::{Cancel, CancelParams, Empty, Ping, Shutdo
 use plugd_protocol::message::Method;
 use plugd_protocol::outbox::{self, Outbox};
 use plugd_protocol::pending::{Call, Pending};
+use plugd_protocol::socket::{ReadHalf, WriteHalf};
 use plugd_protocol::when_woken::WhenWoken;
 use plugd_protocol::{codes, EncodeError, ErrorObject, FrameCodec, Message, Response};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -137,8 +137,8 @@ impl Connection {
     /// Starts the reader and writer tasks of a connection whose handshake is done.
     pub(super) fn start(
         plugin: String,
-        frames: FramedRead<OwnedReadHalf, FrameCodec>,
-        wr: OwnedWriteHalf,
+        frames: FramedRead<ReadHalf, FrameCodec>,
+        wr: WriteHalf,
         max_frame: usize,
         calls: Option<Arc<Calls>>,
     ) -> Arc<Connection> {
@@ -174,7 +174,7 @@ impl Connection {
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
         ours.set_nonblocking(true).expect("non-blocking");
         let stream = tokio::net::UnixStream::from_std(ours).expect("a tokio socket");
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = plugd_protocol::socket::split(stream).expect("split");
         let frames = FramedRead::new(rd, FrameCodec::new(1 << 20));
         Connection::start(plugin.to_owned(), frames, wr, 1 << 20, None)
     }
@@ -504,7 +504,7 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
+async fn read_loop(conn: Arc<Connection>, mut frames: FramedRead<ReadHalf, FrameCodec>) {
     let mut stray: u64 = 0;
     // One wait for the whole loop, polled only when the token wakes it (not one registered
     // and dropped per frame).

@@ -17,11 +17,10 @@ use plugd_protocol::envelope::{encode_error, encode_response};
 use plugd_protocol::message::handshake::{Handshake, Hello, Welcome};
 use plugd_protocol::message::settings::SettingsMap;
 use plugd_protocol::message::Method;
+use plugd_protocol::socket::{self, WriteHalf};
 use plugd_protocol::{codes, ErrorObject, FrameCodec, Message, ProtocolVersion};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
 
@@ -154,7 +153,8 @@ pub async fn handshake<T, F>(
 where
     F: std::future::Future<Output = Result<T, String>>,
 {
-    let (rd, mut wr) = stream.into_split();
+    let (rd, wr) = socket::split(stream)
+        .map_err(|e| Failure::later(format!("cannot set up the connection: {e}")))?;
     let first = MAX_HANDSHAKE_FRAME.min(expected.max_frame);
     let mut frames = FramedRead::new(rd, FrameCodec::new(first));
     let request = match frames.next().await {
@@ -184,7 +184,7 @@ where
         Err(e) => {
             let message = format!("bad handshake: {e}");
             return Err(Failure::never(
-                refuse(&mut wr, id, codes::INVALID_PARAMS, message, max).await,
+                refuse(&wr, id, codes::INVALID_PARAMS, message, max).await,
             ));
         }
     };
@@ -195,7 +195,7 @@ where
             hello.protocol
         );
         return Err(Failure::never(
-            refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
+            refuse(&wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
         ));
     }
     let token_ok: bool = hello
@@ -206,7 +206,7 @@ where
     if !token_ok {
         let message = "handshake refused: wrong token (it must be the PLUGD_TOKEN this process was started with)";
         return Err(Failure::later(
-            refuse(&mut wr, id, codes::UNAUTHORIZED, message.into(), max).await,
+            refuse(&wr, id, codes::UNAUTHORIZED, message.into(), max).await,
         ));
     }
     if hello.epoch != expected.epoch {
@@ -215,7 +215,7 @@ where
             hello.epoch, expected.epoch
         );
         return Err(Failure::later(
-            refuse(&mut wr, id, codes::UNAUTHORIZED, message, max).await,
+            refuse(&wr, id, codes::UNAUTHORIZED, message, max).await,
         ));
     }
     if hello.name != expected.name {
@@ -224,7 +224,7 @@ where
             hello.name, expected.name
         );
         return Err(Failure::never(
-            refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
+            refuse(&wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
         ));
     }
     let checked = check_declarations(&hello);
@@ -236,7 +236,7 @@ where
         Ok(accepted) => accepted,
         Err(message) => {
             return Err(Failure::never(
-                refuse(&mut wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
+                refuse(&wr, id, codes::HANDSHAKE_REFUSED, message, max).await,
             ))
         }
     };
@@ -259,17 +259,11 @@ where
 }
 
 /// Sends the plugin an error answer to its handshake, closes our side, and returns the message.
-async fn refuse(
-    wr: &mut OwnedWriteHalf,
-    id: u64,
-    code: i32,
-    message: String,
-    max: usize,
-) -> String {
+async fn refuse(wr: &WriteHalf, id: u64, code: i32, message: String, max: usize) -> String {
     let error = ErrorObject::new(code, message.clone());
     if let Ok(frame) = encode_error(id, &error, max) {
         let _ = wr.write_all(&frame).await;
-        let _ = wr.shutdown().await;
+        let _ = wr.shutdown();
     }
     message
 }

@@ -8,8 +8,8 @@
 # and the ratios c/a and c/b of the median requests/s (and the median of the per-round ratios).
 # Installs wrk and nginx when absent (Debian packages). Settings: ROUNDS (default 5),
 # DURATION of each measurement (default 5s), CONNECTIONS (default 64), THREADS (default 2),
-# PLUGD_BIN (the plugd of setup c, by default this checkout's release build: set it to compare
-# builds in the same period).
+# PLUGD_BIN (the plugd of setup c, by default this checkout's release build) and HELLO_BIN (its
+# hello plugin, likewise): set them to compare builds in the same period.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +40,8 @@ start_nginx_proxy "$work" "$port_b" "$work/upstream.sock"
 
 # (c) plugd with the hello example plugin only.
 mkdir -p "$work/plugins/hello"
-sed "s|^command = .*|command = \"$PWD/target/release/plugd-example-hello\"|" plugins/hello/plugin.toml >"$work/plugins/hello/plugin.toml"
+hello_bin=$(realpath "${HELLO_BIN:-target/release/plugd-example-hello}")
+sed "s|^command = .*|command = \"$hello_bin\"|" plugins/hello/plugin.toml >"$work/plugins/hello/plugin.toml"
 PLUGD_LOG=warn "${PLUGD_BIN:-target/release/plugd}" serve --listen "127.0.0.1:$port_c" --plugins-dir "$work/plugins" \
   --data-dir "$work/data" --runtime-dir "$work/run" >"$work/c.log" 2>&1 & pids+=($!)
 

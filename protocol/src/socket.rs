@@ -69,15 +69,24 @@ impl AsyncRead for ReadHalf {
                 let scratch = &mut this.scratch[..want];
                 ready
                     .try_io(|fd| fd.get_ref().read(scratch))
-                    .map(|read| read.map(|n| buf.put_slice(&this.scratch[..n])))
+                    .map(|read| read.inspect(|&n| buf.put_slice(&this.scratch[..n])))
             } else {
                 let into = buf.initialize_unfilled_to(want);
                 ready
                     .try_io(|fd| fd.get_ref().read(into))
-                    .map(|read| read.map(|n| buf.advance(n)))
+                    .map(|read| read.inspect(|&n| buf.advance(n)))
             };
             match read {
-                Ok(done) => return Poll::Ready(done),
+                Ok(Ok(n)) => {
+                    // A read that did not fill what it asked for emptied the socket: the next
+                    // bytes will signal readability anew, so no read is tried before then (it
+                    // would only find nothing).
+                    if n > 0 && n < want {
+                        ready.clear_ready();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Not readable after all: the readiness was cleared; wait for the next.
                 Err(_would_block) => continue,
             }

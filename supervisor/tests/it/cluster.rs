@@ -535,15 +535,20 @@ async fn a_live_stream_on_one_worker_shows_the_others_states_and_the_audit_log()
     let plugins = [PluginDef::echo("echo", "")];
     let a = worker(&url, &plugins).await;
     let b = worker(&url, &plugins).await;
-    let (_, workers) = admin(&b, reqwest::Method::GET, "/admin/workers").await;
-    let b_id = workers["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .find(|w| w["this"] == true)
-        .and_then(|w| w["id"].as_str())
-        .expect("b's id")
-        .to_owned();
+    // b lists itself once its first heartbeat is written, which may come after it is ready.
+    let own_id = || async {
+        let (_, workers) = admin(&b, reqwest::Method::GET, "/admin/workers").await;
+        workers["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["this"] == true)
+            .and_then(|w| w["id"].as_str())
+            .map(str::to_owned)
+    };
+    b.wait_until("b lists itself", || async { own_id().await.is_some() })
+        .await;
+    let b_id = own_id().await.expect("b's id");
     let mut states = raw_stream(&a, "plugin=echo&kinds=state").await;
     read_until(&mut states, "event: hello").await;
     let mut audit = raw_stream(&a, "kinds=audit").await;

@@ -424,12 +424,7 @@ async fn drain_and_stop<S: Send + Sync + 'static>(
 
 async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
     let id = req.id;
-    // Read in place, each string copied once into one buffer; any other shape through serde.
-    let read = |req: &WireRequest| match HttpRequestBuf::read_in_place(&req.params) {
-        Some(params) => Ok(params),
-        None => req.decode_params::<Http>().map(HttpRequestBuf::from),
-    };
-    let Some(params) = admit_with(shared, &req, read).await else {
+    let Some(params) = admit_with(shared, &req, HttpRequestBuf::decode).await else {
         return;
     };
     let Some(route) = shared

@@ -100,7 +100,10 @@ impl Notification {
 
 /// Checks that `raw` is exactly one well-formed value within [`MAX_DEPTH`] (so serde's recursion
 /// stays bounded, and trailing bytes are refused), then decodes it.
-fn decode_payload<T: DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, DecodeError> {
+pub(crate) fn decode_payload<T: DeserializeOwned>(
+    raw: &[u8],
+    what: &str,
+) -> Result<T, DecodeError> {
     check_one_value(raw)?;
     rmp_serde::from_slice(raw).map_err(|source| DecodeError::Payload {
         what: what.to_owned(),

@@ -173,15 +173,11 @@ impl<'a> Cursor<'a> {
         self.bytes(len)
     }
 
-    /// A string's bytes, its UTF-8 not checked: for a field name compared with known ones.
-    pub(crate) fn key(&mut self) -> Option<&'a [u8]> {
+    /// A string's bytes, its UTF-8 not checked: a field name compared with known ones, or text
+    /// its caller checks.
+    pub(crate) fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let (start, end) = self.str_range()?;
         Some(&self.buf[start..end])
-    }
-
-    /// A string's bytes, its UTF-8 not checked (the caller checks it).
-    pub(crate) fn str_bytes(&mut self) -> Option<&'a [u8]> {
-        self.key()
     }
 
     pub(crate) fn str(&mut self) -> Option<&'a str> {

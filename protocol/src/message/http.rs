@@ -242,7 +242,7 @@ impl HttpResponse {
         let mut body = None;
         let mut stream = None;
         for _ in 0..r.map_len()? {
-            match r.key()? {
+            match r.str_bytes()? {
                 b"status" if status.is_none() => {
                     status = Some(u16::try_from(r.uint()?).ok()?);
                 }

@@ -1,7 +1,10 @@
 //! [`HttpRequestBuf`]: an `http` request read in place, every string of it in one buffer.
 
-use super::HttpRequest;
+use super::{Http, HttpRequest};
+use crate::envelope::decode_payload;
+use crate::message::Method;
 use crate::pack;
+use crate::DecodeError;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
@@ -148,7 +151,7 @@ impl HttpRequestBuf {
         // lie, and no room is reserved for it.
         let most = raw.len() / 3;
         for _ in 0..r.map_len()? {
-            match r.key()? {
+            match r.str_bytes()? {
                 b"request_id" => once(&mut request_id, text.push(r.str_bytes()?))?,
                 b"method" => once(&mut method, text.push(r.str_bytes()?))?,
                 b"path" => once(&mut path, text.push(r.str_bytes()?))?,
@@ -242,6 +245,17 @@ impl PartialEq for HttpRequestBuf {
 }
 
 impl Eq for HttpRequestBuf {}
+
+impl HttpRequestBuf {
+    /// The params of an `http` request: read in place in the usual shape, decoded by `serde`
+    /// in any other (which names what is wrong with a malformed one).
+    pub fn decode(request: &crate::Request) -> Result<HttpRequestBuf, DecodeError> {
+        match HttpRequestBuf::read_in_place(&request.params) {
+            Some(buf) => Ok(buf),
+            None => decode_payload::<HttpRequest>(&request.params, Http::NAME).map(Self::from),
+        }
+    }
+}
 
 impl From<HttpRequest> for HttpRequestBuf {
     fn from(owned: HttpRequest) -> Self {
@@ -375,6 +389,30 @@ mod tests {
         // Both ways between the owned form and this one lose nothing.
         assert_eq!(HttpRequest::from(&buf), owned);
         assert_eq!(HttpRequestBuf::from(owned.clone()), buf);
+    }
+
+    #[test]
+    fn decode_reads_the_usual_shape_in_place_and_any_other_through_serde() {
+        let owned = owned();
+        let request = |params: Vec<u8>| crate::Request {
+            id: 1,
+            method: Http::NAME.into(),
+            params: Bytes::from(params),
+        };
+        // The usual shape (a map), and the array form serde also writes, decode alike.
+        let named = request(rmp_serde::to_vec_named(&owned).unwrap());
+        assert!(HttpRequestBuf::read_in_place(&named.params).is_some());
+        let positional = request(rmp_serde::to_vec(&owned).unwrap());
+        assert!(HttpRequestBuf::read_in_place(&positional.params).is_none());
+        for r in [named, positional] {
+            assert_eq!(
+                HttpRequest::from(&HttpRequestBuf::decode(&r).unwrap()),
+                owned
+            );
+        }
+        // A malformed one is an error that says what is wrong.
+        let error = HttpRequestBuf::decode(&request(vec![0x92, 0x01])).unwrap_err();
+        assert!(matches!(error, DecodeError::Malformed(_)), "{error}");
     }
 
     #[test]

@@ -176,13 +176,26 @@ impl Application {
         }
         announce(&format!("plugd listening on http://{addr}"));
 
+        // Read before the reconcile loop reads the desired state, so no change falls between.
+        let change_cursor = match settings.database_url {
+            Some(_) => Some(cluster::start_cursor(&store).await),
+            None => None,
+        };
         let reconciling = tokio::spawn(reconciler.run());
         let heartbeat = tokio::spawn(cluster::heartbeat(worker, registry, store.clone()));
         let watching = tokio::spawn(cluster::watch_cluster(store.clone(), feed.clone()));
         let following = settings
             .database_url
             .clone()
-            .map(|url| tokio::spawn(cluster::follow_changes(url, store.clone(), handle.clone())));
+            .zip(change_cursor)
+            .map(|(url, start)| {
+                tokio::spawn(cluster::follow_changes(
+                    url,
+                    store.clone(),
+                    handle.clone(),
+                    start,
+                ))
+            });
         let hangups = tokio::spawn(forward_hangups(handle.clone()));
         let reaping = subreaper.then(|| tokio::spawn(reap_leftovers()));
 

@@ -287,8 +287,17 @@ async fn read_plugin(
     Ok(row.as_ref().map(plugin_from_row).transpose()?)
 }
 
+/// The advisory lock that orders writers of `changes` (an arbitrary constant, "plugd chg").
+const CHANGES_LOCK: i64 = 0x706c_7567_6443_6867;
+
 /// Records a change of desired state; on PostgreSQL also queues a NOTIFY carrying only the
 /// plugin's name (sent when the transaction commits; the table stays the truth).
+///
+/// On PostgreSQL the writer first takes a transaction-scoped advisory lock, so change versions
+/// commit in the order they were drawn: without it, version 6 could commit before version 5
+/// and a worker that read 6 would move its cursor past 5 and never apply it. Every caller
+/// writes nothing but its audit entry after this, so the lock is held briefly and no writer
+/// waits for it while another waits for one of its rows.
 pub(super) async fn insert_change(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -296,6 +305,12 @@ pub(super) async fn insert_change(
     kind: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGES_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query("INSERT INTO changes (at_ms, plugin, kind) VALUES ($1, $2, $3)")
         .bind(now)
         .bind(plugin)

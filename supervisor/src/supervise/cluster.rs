@@ -241,10 +241,12 @@ pub async fn watch_cluster(store: Store, feed: Arc<Feed>) {
 /// Follows changes of the desired state made by any worker and hands them to the reconcile
 /// loop. PostgreSQL only: it uses LISTEN/NOTIFY, with a poll as fallback and, at every poll, a
 /// liveness query on the listener's own connection, so one that went silent is replaced.
-pub async fn follow_changes(url: String, store: Store, handle: Handle) {
-    // Start from the newest change: start-up already applied everything before it.
+///
+/// `start` is the change version read before start-up read the desired state (see
+/// [`start_cursor`]): a change committed while start-up was reading is applied here, not lost.
+pub async fn follow_changes(url: String, store: Store, handle: Handle, start: i64) {
     let mut cursor = Cursor {
-        last: newest(&store).await.unwrap_or(0),
+        last: start,
         failing: false,
     };
     let mut backoff = RECONNECT_MIN;
@@ -360,8 +362,19 @@ async fn alive(listener: &mut sqlx::postgres::PgListener) -> anyhow::Result<()> 
     .await
 }
 
-async fn newest(store: &Store) -> Option<i64> {
-    store.newest_change().await.ok()
+/// The newest change version, read before the reconcile loop first reads the desired state:
+/// the change follower starts after it. When the store does not answer, 0: the follower then
+/// reads every recorded change once, which is slower but loses none.
+pub async fn start_cursor(store: &Store) -> i64 {
+    match store::bounded(STORE_CALL, store.newest_change()).await {
+        Ok(version) => version,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the newest change: {e:#}; the change follower starts from the first"
+            );
+            0
+        }
+    }
 }
 
 /// How far this worker has read the `changes` table.

@@ -484,3 +484,47 @@ async fn a_write_naming_a_stale_generation_is_refused() {
         ));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_reading_while_writers_commit_sees_every_change() {
+    const PLUGINS: usize = 24;
+    for (store, _dir) in stores().await {
+        let b = store.backend();
+        let names: Vec<String> = (0..PLUGINS).map(|i| format!("p{i}")).collect();
+        for name in &names {
+            store
+                .register(&manifest(name, "1.0"))
+                .await
+                .expect("register");
+        }
+        let mut cursor = store.newest_change().await.expect("newest");
+        let writers: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (store, name) = (store.clone(), name.clone());
+                tokio::spawn(async move {
+                    store
+                        .set_enabled(&name, false, "ops", None)
+                        .await
+                        .expect("disable")
+                })
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        // Read as a worker's follower does, while the writers commit: a version drawn before
+        // one already read must not commit after it.
+        while writers.iter().any(|w| !w.is_finished()) {
+            let (last, changed) = store.changes_since(cursor).await.expect("changes");
+            cursor = last;
+            seen.extend(changed.into_iter().map(|c| c.name));
+            tokio::task::yield_now().await;
+        }
+        for w in writers {
+            assert_eq!(changed(w.await.expect("writer")), Some(true));
+        }
+        let (_, changed) = store.changes_since(cursor).await.expect("changes");
+        seen.extend(changed.into_iter().map(|c| c.name));
+        let missed: Vec<_> = names.iter().filter(|n| !seen.contains(*n)).collect();
+        assert!(missed.is_empty(), "{b:?}: the follower missed {missed:?}");
+    }
+}

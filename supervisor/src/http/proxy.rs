@@ -234,10 +234,18 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Forward
         let answer = if kind.websocket {
             // The upgrade needs the request's parts, which `name` borrows.
             let name = name.to_owned();
-            super::stream::websocket(&name, instance, wire, parts).await
+            Box::pin(super::stream::websocket(&name, instance, wire, parts)).await
         } else {
             let limit = stream_limit(kind.max_body, instance.limits.max_stream_body);
-            super::stream::forward(name, instance, wire, &parts.headers, body, limit).await
+            Box::pin(super::stream::forward(
+                name,
+                instance,
+                wire,
+                &parts.headers,
+                body,
+                limit,
+            ))
+            .await
         };
         return Ok(finish(
             answer.unwrap_or_else(IntoResponse::into_response),

@@ -607,7 +607,10 @@ fn on_request(conn: &Arc<Connection>, request: plugd_protocol::Request) {
     tokio::spawn(async move {
         let answer = async {
             let frame = calls.answer(&conn.plugin, &request, conn.max_frame).await;
-            let _ = conn.send(frame, Outgoing::Answer, false).await;
+            // The plugin's only call in flight (this one holds the sole permit taken): no other
+            // answer is coming to share the write, so it is written here, not by the flusher.
+            let alone = conn.working.available_permits() == MAX_PLUGIN_CALLS - 1;
+            let _ = conn.send(frame, Outgoing::Answer, alone).await;
         };
         tokio::select! {
             _ = answer => {}

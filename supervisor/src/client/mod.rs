@@ -6,6 +6,7 @@
 //! server error), 2 usage (a bad flag, or a request the server calls malformed), 3 not found,
 //! 4 conflict. Every failure is one line on stderr naming what failed.
 
+mod follow;
 mod releases;
 mod settings;
 mod sse;

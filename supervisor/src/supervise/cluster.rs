@@ -366,7 +366,9 @@ async fn alive(listener: &mut sqlx::postgres::PgListener) -> anyhow::Result<()> 
 /// the change follower starts after it. When the store does not answer, 0: the follower then
 /// reads every recorded change once, which is slower but loses none.
 pub async fn start_cursor(store: &Store) -> i64 {
-    match store::bounded(STORE_CALL, store.newest_change()).await {
+    // Bounded like a listener's connect: the store answered the migration a moment ago, and
+    // start-up must not wait long for a store that just went away.
+    match store::bounded(CONNECT_TIMEOUT, store.newest_change()).await {
         Ok(version) => version,
         Err(e) => {
             tracing::warn!(

@@ -10,7 +10,6 @@
 //! keeps the outbox corked, so their answers leave in one write.
 
 use crate::answer::{http_answer, panic_message, poll_once, result_frame, send_body};
-use crate::hook::{HookEvent, ServiceEvent};
 use crate::kv::{Caller, Host};
 use crate::plugin::{
     Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
@@ -25,7 +24,7 @@ use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
 use plugd_protocol::message::hook::HookCall;
 use plugd_protocol::message::http::{Http, HttpRequestBuf};
-use plugd_protocol::message::service::{ServiceCall, ServiceOutput};
+use plugd_protocol::message::service::ServiceCall;
 use plugd_protocol::message::settings::{Settings as SettingsMethod, SettingsParams};
 use plugd_protocol::message::{Method, NotificationKind};
 use plugd_protocol::outbox::Outbox;
@@ -44,6 +43,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
+
+mod calls;
 
 /// Bytes of frames that may wait to be written to the supervisor before handlers wait (a
 /// larger single frame still goes, once the queue is empty).
@@ -321,8 +322,8 @@ async fn dispatch_request<S: Send + Sync + 'static>(
 ) {
     match req.method.as_str() {
         Http::NAME => start_http(shared, req).await,
-        HookCall::NAME => start_hook(shared, req).await,
-        ServiceCall::NAME => start_service(shared, req).await,
+        HookCall::NAME => calls::start_hook(shared, req).await,
+        ServiceCall::NAME => calls::start_service(shared, req).await,
         SettingsMethod::NAME => {
             let params = match req.decode_params::<SettingsMethod>() {
                 Ok(p) => p,
@@ -569,69 +570,6 @@ async fn admit_with<S: Send + Sync + 'static, T>(
         return None;
     }
     Some(params)
-}
-
-async fn start_hook<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
-    let id = req.id;
-    let Some(input) = admit::<S, HookCall>(shared, &req).await else {
-        return;
-    };
-    let Some(route) = shared.hooks.iter().find(|h| h.decl.name == input.hook) else {
-        let message = format!("this plugin does not handle hook {:?}", input.hook);
-        return shared.reply_error(id, codes::NO_ROUTE, message).await;
-    };
-    let event = HookEvent {
-        payload: serde_json::to_value(&input.payload).unwrap_or(serde_json::Value::Null),
-        hook: input.hook,
-        depth: input.depth,
-        host: Host::new(shared.caller.clone(), input.depth),
-    };
-    let future = (route.handler)(event, shared.state.clone());
-    run_tracked(shared, id, async move {
-        match AssertUnwindSafe(future).catch_unwind().await {
-            Ok(reply) => Ok(reply.into_wire()),
-            Err(panic) => Err(ErrorObject::new(
-                codes::HANDLER_PANICKED,
-                format!("hook handler panicked: {}", panic_message(&panic)),
-            )),
-        }
-    })
-    .await;
-}
-
-async fn start_service<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
-    let id = req.id;
-    let Some(input) = admit::<S, ServiceCall>(shared, &req).await else {
-        return;
-    };
-    let Some((_, handler)) = shared
-        .services
-        .iter()
-        .find(|(name, _)| *name == input.service)
-    else {
-        let message = format!("this plugin does not provide service {:?}", input.service);
-        return shared.reply_error(id, codes::NOT_AVAILABLE, message).await;
-    };
-    let event = ServiceEvent {
-        payload: serde_json::to_value(&input.payload).unwrap_or(serde_json::Value::Null),
-        service: input.service,
-        depth: input.depth,
-        host: Host::new(shared.caller.clone(), input.depth),
-    };
-    let future = handler(event, shared.state.clone());
-    run_tracked(shared, id, async move {
-        match AssertUnwindSafe(future).catch_unwind().await {
-            Ok(Ok(value)) => Ok(ServiceOutput {
-                value: rmpv::ext::to_value(&value).unwrap_or(rmpv::Value::Nil),
-            }),
-            Ok(Err(message)) => Err(ErrorObject::new(codes::INTERNAL, message)),
-            Err(panic) => Err(ErrorObject::new(
-                codes::HANDLER_PANICKED,
-                format!("service handler panicked: {}", panic_message(&panic)),
-            )),
-        }
-    })
-    .await;
 }
 
 /// Runs `task` tracked: a `cancel` aborts it, and shutdown waits for it.

@@ -35,10 +35,7 @@ pub(super) async fn start_hook<S: Send + Sync + 'static>(
     run_tracked(shared, id, async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(reply) => Ok(reply.into_wire()),
-            Err(panic) => Err(ErrorObject::new(
-                codes::HANDLER_PANICKED,
-                format!("hook handler panicked: {}", panic_message(&panic)),
-            )),
+            Err(panic) => Err(panicked("hook", &panic)),
         }
     })
     .await;
@@ -73,11 +70,16 @@ pub(super) async fn start_service<S: Send + Sync + 'static>(
                 value: rmpv::ext::to_value(&value).unwrap_or(rmpv::Value::Nil),
             }),
             Ok(Err(message)) => Err(ErrorObject::new(codes::INTERNAL, message)),
-            Err(panic) => Err(ErrorObject::new(
-                codes::HANDLER_PANICKED,
-                format!("service handler panicked: {}", panic_message(&panic)),
-            )),
+            Err(panic) => Err(panicked("service", &panic)),
         }
     })
     .await;
+}
+
+/// The error a `kind` ("hook", "service") handler that panicked is answered with.
+fn panicked(kind: &str, panic: &Box<dyn std::any::Any + Send>) -> ErrorObject {
+    ErrorObject::new(
+        codes::HANDLER_PANICKED,
+        format!("{kind} handler panicked: {}", panic_message(panic)),
+    )
 }

@@ -183,15 +183,20 @@ fn load_settings(args: &ServeArgs) -> Result<Settings, ExitCode> {
     })
 }
 
+/// The async runtime: with one worker, tokio's current-thread scheduler on the calling thread
+/// (no work stealing, no wake-ups across threads); with more, the multi-thread scheduler.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("plugd: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("plugd: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Loads the settings, builds the async runtime and runs `work` on it; any failure is

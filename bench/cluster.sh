@@ -2,7 +2,9 @@
 # Propagation across workers: WORKERS plugd workers (10) on one throwaway PostgreSQL cluster
 # (started here from the machine's server binaries, as the postgres user when run as root).
 # Prints p50 and p99 of the time from an admin change on the first worker to the change being
-# live on all the others, and the sustained admin writes per second through all of them. Then
+# live on all the others (observed on each worker's live stream, then again by polling each
+# worker's /readyz every millisecond, which loads the same cores), and the sustained admin
+# writes per second through all of them. Then
 # an outage: wrk drives every worker's plugin route while PostgreSQL is stopped for
 # OUTAGE_SECONDS (5), and the script prints the requests served and failed meanwhile and the
 # time from PostgreSQL's return to an admin change being live on every worker. Settings:

@@ -2,13 +2,20 @@
 //!
 //! Usage: `plugd-bench-propagation TOKEN URL_A URL_B [URL_C …]` with a plugin named `echo` on
 //! every worker. Prints p50 and p99 of the time from an admin change on A until every other
-//! worker runs the new state, over `ROUNDS` changes (default 100), then the sustained rate of
-//! changes per second with clients writing through every worker for `WRITE_SECONDS` (default 5).
+//! worker runs the new state, over `ROUNDS` changes (default 100), measured twice:
+//!
+//! - **observed**: each other worker's live stream (`GET /admin/stream`) reports its own state
+//!   change the moment it is made, so nothing but the change itself loads the machine;
+//! - **polled**: each other worker's `/readyz` is asked every millisecond until it shows the
+//!   new state. The polling is load on the same cores, so this figure is the higher one.
+//!
 //! Then p50 and p99 of the time from a change of `echo`'s `greeting` setting on A until the
 //! plugin on every worker (A included) answers with the new value, which needs `echo` to
-//! declare `[settings.greeting]`.
+//! declare `[settings.greeting]`, and the sustained rate of changes per second with clients
+//! writing through every worker for `WRITE_SECONDS` (default 5).
 
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 async fn state(client: &reqwest::Client, base: &str) -> String {
     let Ok(r) = client.get(format!("{base}/readyz")).send().await else {
@@ -81,6 +88,98 @@ where
     }
 }
 
+/// A state change of `echo` one worker reported on its own stream: the worker's index among
+/// those watched, the state, and when it arrived.
+type Seen = (usize, String, Instant);
+
+/// Opens the live stream of every worker in `workers`, keeping `echo`'s state changes each
+/// reports about itself; they arrive on the returned channel.
+async fn watch(client: &reqwest::Client, token: &str, workers: &[String]) -> mpsc::Receiver<Seen> {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut opened = Vec::new();
+    for (i, base) in workers.iter().enumerate() {
+        let response = client
+            .get(format!("{base}/admin/stream?plugin=echo&kinds=state"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("open the live stream");
+        assert!(
+            response.status().is_success(),
+            "{base} refused its live stream: {}",
+            response.status()
+        );
+        let (tx, (ready_tx, ready_rx)) = (tx.clone(), tokio::sync::oneshot::channel());
+        tokio::spawn(follow(i, response, tx, ready_tx));
+        opened.push(ready_rx);
+    }
+    // Every stream said `hello`: changes from here on reach it.
+    for ready in opened {
+        ready.await.expect("a live stream ended before its hello");
+    }
+    rx
+}
+
+/// Reads one worker's stream: its `hello` names it; then its own `state` events go to `tx`.
+async fn follow(
+    i: usize,
+    mut response: reqwest::Response,
+    tx: mpsc::Sender<Seen>,
+    hello: tokio::sync::oneshot::Sender<()>,
+) {
+    let (mut buffer, mut me, mut hello) = (String::new(), None::<String>, Some(hello));
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let at = Instant::now();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
+            match v["kind"].as_str() {
+                Some("hello") => {
+                    me = v["worker"].as_str().map(str::to_owned);
+                    if let Some(hello) = hello.take() {
+                        let _ = hello.send(());
+                    }
+                }
+                Some("state") if me.is_some() && v["worker"].as_str() == me.as_deref() => {
+                    let state = v["state"].as_str().unwrap_or_default().to_owned();
+                    if tx.send((i, state, at)).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// How long after `start` each of the `workers` watched reported `want` (30 s at most).
+async fn observed(
+    seen: &mut mpsc::Receiver<Seen>,
+    workers: usize,
+    want: &str,
+    start: Instant,
+) -> Duration {
+    let mut there = vec![false; workers];
+    let mut last = start;
+    let deadline = tokio::time::Instant::from_std(start + Duration::from_secs(30));
+    while there.iter().any(|t| !t) {
+        let next = tokio::time::timeout_at(deadline, seen.recv()).await;
+        let Ok(Some((i, state, at))) = next else {
+            let missing: Vec<usize> = (0..workers).filter(|&i| !there[i]).collect();
+            panic!("workers {missing:?} never reported {want}");
+        };
+        if state == want && at >= start && !there[i] {
+            there[i] = true;
+            last = last.max(at);
+        }
+    }
+    last - start
+}
+
 fn report(what: &str, rounds: usize, latencies: &mut [Duration]) {
     latencies.sort();
     println!(
@@ -112,8 +211,35 @@ async fn main() {
         .build()
         .expect("client");
 
-    let mut latencies = Vec::with_capacity(rounds);
-    let (mut enables, mut disables) = (Vec::new(), Vec::new());
+    let mut watched = watch(&client, token, others).await;
+    let (mut latencies, mut enables, mut disables) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let enable = round % 2 == 1;
+        let want = if enable { "ready" } else { "disabled" };
+        let start = Instant::now();
+        assert!(
+            toggle(&client, a, token, enable).await,
+            "the change was refused"
+        );
+        let took = observed(&mut watched, others.len(), want, start).await;
+        latencies.push(took);
+        if enable { &mut enables } else { &mut disables }.push(took);
+    }
+    drop(watched);
+    let what = format!("propagation A -> {} other workers", others.len());
+    report(&format!("{what}, observed"), rounds, &mut latencies);
+    report(
+        "  of which enable (start on every worker)",
+        enables.len(),
+        &mut enables,
+    );
+    report(
+        "  of which disable (stop on every worker)",
+        disables.len(),
+        &mut disables,
+    );
+
+    let (mut latencies, mut enables, mut disables) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let enable = round % 2 == 1;
         let want = if enable { "ready" } else { "disabled" };
@@ -129,11 +255,7 @@ async fn main() {
         latencies.push(took);
         if enable { &mut enables } else { &mut disables }.push(took);
     }
-    report(
-        &format!("propagation A -> {} other workers", others.len()),
-        rounds,
-        &mut latencies,
-    );
+    report(&format!("{what}, polled"), rounds, &mut latencies);
     report(
         "  of which enable (start on every worker)",
         enables.len(),

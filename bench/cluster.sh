@@ -9,7 +9,8 @@
 # OUTAGE_SECONDS (5), and the script prints the requests served and failed meanwhile and the
 # time from PostgreSQL's return to an admin change being live on every worker. Settings:
 # WORKERS (10), ROUNDS (100), WRITE_SECONDS (5), OUTAGE_SECONDS (5), CG (true: a cgroup per
-# plugin instance where the machine allows it; false: none). Sockets go on tmpfs, as under
+# plugin instance where the machine allows it; false: none), PLUGD_BIN (the plugd to measure, by
+# default this checkout's release build). Sockets go on tmpfs, as under
 # systemd's RuntimeDirectory. Installs postgresql and wrk when absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,7 @@ for w in $(seq "$WORKERS"); do
   done
   port=$(free_port)
   PLUGD_CGROUPS=${CG:-true} PLUGD_LOG=${PLUGD_LOG:-warn} PLUGD_DATABASE_URL="$url" PLUGD_ADMIN_TOKEN="$token" \
-    PLUGD_SECRET_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= target/release/plugd serve \
+    PLUGD_SECRET_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= "${PLUGD_BIN:-target/release/plugd}" serve \
     --listen "127.0.0.1:$port" --plugins-dir "$work/$w/plugins" --data-dir "$work/$w/data" \
     --runtime-dir "$run/$w" >"$work/$w/out" 2>"$work/$w/err" &
   pids+=($!)

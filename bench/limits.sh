@@ -7,7 +7,8 @@
 #   2. GET /plugins/hello/hello through plugd with limits and monitoring on (a cgroup per
 #      plugin, samples every 2 s) against the same with them off; prints the ratio.
 # Installs wrk when absent. Settings: PLUGINS (200), IDLE_SECONDS (20), DURATION (10s),
-# CONNECTIONS (64), THREADS (2).
+# CONNECTIONS (64), THREADS (2), PLUGD_BIN (the plugd to measure, by default this checkout's
+# release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ echo_bin="$PWD/target/release/plugd-testkit-echo"
 start_plugd() {
   local dir=$1; shift
   port=$(free_port)
-  PLUGD_LOG=warn target/release/plugd serve --listen "127.0.0.1:$port" --plugins-dir "$dir" \
+  PLUGD_LOG=warn "${PLUGD_BIN:-target/release/plugd}" serve --listen "127.0.0.1:$port" --plugins-dir "$dir" \
     --data-dir "$work/data" --runtime-dir "$work/run" "$@" >"$work/plugd.out" 2>"$work/plugd.err" &
   plugd_pid=$!
   for _ in $(seq 3000); do

@@ -23,7 +23,9 @@ pub async fn run(m: &Manifest, logs: &Arc<LogRing>) -> BuildReport {
     let started_ms = plugd_protocol::time::now_unix_ms();
     let (ok, status, pid) = match spawn_build(m, logs, Rlimits::for_build()).await {
         Err(e) => (false, e.message, 0),
-        Ok(Spawned { mut child, output }) => {
+        Ok(Spawned {
+            mut child, output, ..
+        }) => {
             let pid = child.id().unwrap_or(0);
             let waited = tokio::time::timeout(m.build_timeout, child.wait()).await;
             // Nothing a build started outlives it.

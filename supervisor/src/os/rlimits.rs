@@ -8,8 +8,8 @@ use super::limits::EffectiveLimits;
 pub const BUILD_DATA: u64 = 8 << 30;
 
 /// The rlimits a child sets on itself before `exec`. Plain numbers, so applying them in the
-/// forked child allocates nothing.
-#[derive(Debug, Clone, Copy)]
+/// forked child allocates nothing; a start stub is sent them (see `stub`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Rlimits {
     open_files: u64,
     data: u64,

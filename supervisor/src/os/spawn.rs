@@ -10,6 +10,7 @@
 use super::cgroups::join_cgroups;
 use super::output::{LineBudget, LogRing, Verdict, LOG_BURST, LOG_LINES_PER_SEC};
 use super::rlimits::Rlimits;
+use super::stub::{Control, StubOrder, StubSetup};
 use crate::error::Failure;
 use crate::manifest::Manifest;
 use nix::sys::signal::{killpg, Signal};
@@ -19,6 +20,7 @@ use std::ffi::CString;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -53,35 +55,47 @@ pub struct Spawned {
     pub child: Child,
     /// Ends when both stdout and stderr reached their end (so every line is logged).
     pub output: tokio::task::JoinHandle<()>,
+    /// A prepared start's control socket, where its order goes (see [`super::stub`]).
+    pub control: Option<Control>,
 }
+
+/// What a started process runs.
+#[derive(Debug, Clone, Copy)]
+enum Run<'a> {
+    /// `program` with `args`, now.
+    Program {
+        program: &'a Path,
+        args: &'a [String],
+    },
+    /// The start stub `stub`, set up and waiting for its order: a prepared start.
+    Prepared { stub: &'a Path },
+}
+
+/// The longest a start stub may take to set itself up and start the program.
+const STUB_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the plugin's process and begins logging its output. A missing or non-executable
 /// command is a fatal failure: restarting cannot mend it.
 pub async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Failure> {
     let m = spec.manifest;
     let program = m.program();
-    let mut cmd = Command::new(&program);
-    cmd.args(&m.args)
-        .stdin(Stdio::null())
-        .env(ENV_SOCKET, spec.socket)
-        .env(ENV_TOKEN, spec.token)
-        .env(ENV_EPOCH, spec.epoch.to_string())
-        .env(ENV_MAX_FRAME, spec.max_frame.to_string());
-    start(
-        cmd,
-        m,
-        &program,
-        spec.rlimits,
-        spec.cgroup_procs.clone(),
-        &spec.logs,
-        None,
-    )
-    .await
+    let instance = vec![
+        (ENV_SOCKET, spec.socket.as_os_str().to_owned()),
+        (ENV_TOKEN, spec.token.into()),
+        (ENV_EPOCH, spec.epoch.to_string().into()),
+        (ENV_MAX_FRAME, spec.max_frame.to_string().into()),
+    ];
+    let run = Run::Program {
+        program: &program,
+        args: &m.args,
+    };
+    let procs = spec.cgroup_procs.clone();
+    start(run, instance, m, spec.rlimits, procs, &spec.logs, None).await
 }
 
 /// Starts a stub for the plugin's next instance (see [`super::stub`]): everything of a plugin
 /// start but the program and the instance's own variables, which [`order_stub`] hands it
-/// later. Its stdin is the pipe the order goes through.
+/// later.
 pub async fn spawn_stub(
     stub: &Path,
     m: &Manifest,
@@ -89,13 +103,8 @@ pub async fn spawn_stub(
     cgroup_procs: Vec<CString>,
     logs: &Arc<LogRing>,
 ) -> Result<Spawned, Failure> {
-    let mut cmd = Command::new(stub);
-    cmd.stdin(Stdio::piped());
-    let spawned = start(cmd, m, stub, rlimits, cgroup_procs, logs, None).await?;
-    if spawned.child.stdin.is_none() {
-        return Err(Failure::later("the start stub has no stdin"));
-    }
-    Ok(spawned)
+    let run = Run::Prepared { stub };
+    start(run, Vec::new(), m, rlimits, cgroup_procs, logs, None).await
 }
 
 /// Tells a stub to become the plugin: its program, arguments and the instance's variables
@@ -121,17 +130,22 @@ pub fn stub_order(spec: &SpawnSpec<'_>) -> Option<super::stub::StubOrder> {
     })
 }
 
-/// Writes `order` to a stub started by [`spawn_stub`] and closes its stdin, so it becomes
-/// the plugin.
-pub async fn order_stub(child: &mut Child, order: &super::stub::StubOrder) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| std::io::Error::other("the start stub's stdin is gone"))?;
-    let bytes = serde_json::to_vec(order).map_err(std::io::Error::other)?;
-    stdin.write_all(&bytes).await?;
-    stdin.shutdown().await
+/// Sends `order` to a stub started by [`spawn_stub`] and waits until it became the plugin.
+pub async fn order_stub(
+    spawned: &mut Spawned,
+    order: &super::stub::StubOrder,
+) -> std::io::Result<()> {
+    let control = spawned
+        .control
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("the start stub has no control socket"))?;
+    let ordered = async {
+        control.send(order).await?;
+        control.started().await
+    };
+    tokio::time::timeout(STUB_TIMEOUT, ordered)
+        .await
+        .map_err(|_| std::io::Error::other("the start stub did not start the plugin in time"))?
 }
 
 /// Starts the plugin's build command (`build` in its manifest) in its directory, in a process
@@ -149,71 +163,125 @@ pub async fn spawn_build(
     } else {
         first.into()
     };
-    let mut cmd = Command::new(&program);
-    cmd.args(args).stdin(Stdio::null());
-    start(cmd, m, &program, rlimits, Vec::new(), logs, Some("build")).await
+    let run = Run::Program {
+        program: &program,
+        args,
+    };
+    start(run, Vec::new(), m, rlimits, Vec::new(), logs, Some("build")).await
 }
 
 /// What every process started for a plugin shares: its directory and environment (plugd's own
-/// `PLUGD_*` variables removed: they hold tokens, keys and the database's address), its own
-/// process group, the death signal, rlimits and cgroup before `exec`, and its output logged.
-/// Its stdin is the caller's to set.
+/// `PLUGD_*` variables removed: they hold tokens, keys and the database's address, and
+/// `instance`, this instance's own, added), its own process group, the death signal, rlimits
+/// and cgroup before `exec`, and its output logged.
+///
+/// It is started through the start stub when that is installed (no fork of plugd, see
+/// [`super::stub`]), otherwise forked with those steps run in the child before `exec`.
 async fn start(
-    mut cmd: Command,
+    run: Run<'_>,
+    instance: Vec<(&'static str, std::ffi::OsString)>,
     m: &Manifest,
-    program: &Path,
     rlimits: Rlimits,
     cgroup_procs: Vec<CString>,
     logs: &Arc<LogRing>,
     tag: Option<&'static str>,
 ) -> Result<Spawned, Failure> {
-    let set: Vec<std::ffi::OsString> = cmd.as_std().get_envs().map(|(k, _)| k.to_owned()).collect();
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PLUGD_") && !set.contains(&key) {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(&m.dir)
-        .envs(&m.env)
-        .env(ENV_PLUGIN_NAME, &m.name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
     let supervisor = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, getppid, setrlimit, open, write, close); it allocates nothing, since
-    // the paths were prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The supervisor may have died between fork and prctl; then nobody would kill us.
-            if nix::unistd::getppid() != supervisor {
-                return Err(std::io::Error::other(
-                    "the supervisor exited during the spawn",
-                ));
-            }
-            // Into the plugin's cgroup before exec: nothing it forks can start outside it.
-            // Before the rlimits: until exec the child holds every descriptor plugd has open,
-            // and under a lower open-files limit opening `cgroup.procs` would fail.
-            join_cgroups(&cgroup_procs)?;
-            rlimits.apply()?;
-            Ok(())
+    let via = match run {
+        Run::Prepared { stub } => Some(stub),
+        Run::Program { .. } => installed_stub(),
+    };
+    let setup = cgroup_procs
+        .iter()
+        .map(|p| p.to_str().ok().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .map(|procs| StubSetup {
+            parent: supervisor.as_raw(),
+            cgroup_procs: procs,
+            rlimits,
         });
-    }
-    let mut child = on_spawner(cmd).await.map_err(|e| {
-        let (what, fatal) = match e.kind() {
-            std::io::ErrorKind::NotFound => ("command not found".to_string(), true),
-            std::io::ErrorKind::PermissionDenied => ("command is not executable".to_string(), true),
-            _ => (e.to_string(), false),
-        };
-        let message = format!("cannot start {}: {what}", program.display());
-        if fatal {
-            Failure::never(message)
-        } else {
-            Failure::from_io(message, &e)
+    let order = match run {
+        Run::Program { program, args } => program.to_str().map(|program| {
+            Some(StubOrder {
+                program: program.to_owned(),
+                args: args.to_vec(),
+                env: Vec::new(),
+            })
+        }),
+        Run::Prepared { .. } => Some(None),
+    };
+    let shown = match run {
+        Run::Program { program, .. } => program,
+        Run::Prepared { stub } => stub,
+    };
+    let (mut child, control) = match (via, setup, order) {
+        (Some(stub), Some(setup), Some(order)) => {
+            let (theirs, mut control) = Control::pair().map_err(|e| spawn_failure(shown, &e))?;
+            let mut cmd = Command::new(stub);
+            prepare(&mut cmd, m, instance);
+            cmd.stdin(Stdio::from(theirs));
+            let mut child = on_spawner(cmd).await.map_err(|e| spawn_failure(stub, &e))?;
+            let program = order.is_some();
+            let talk = async {
+                control.send(&setup).await?;
+                if let Some(order) = &order {
+                    control.send(order).await?;
+                }
+                control.ready().await?;
+                if program {
+                    control.started().await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let talked = tokio::time::timeout(STUB_TIMEOUT, talk)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::other(format!(
+                        "the start stub did not answer within {STUB_TIMEOUT:?}"
+                    )))
+                });
+            if let Err(e) = talked {
+                kill_and_reap(&mut child).await;
+                return Err(spawn_failure(shown, &e));
+            }
+            (child, (!program).then_some(control))
         }
-    })?;
+        _ => {
+            let Run::Program { program, args } = run else {
+                let why = std::io::Error::other("a cgroup path is not UTF-8");
+                return Err(spawn_failure(shown, &why));
+            };
+            let mut cmd = Command::new(program);
+            cmd.args(args).stdin(Stdio::null());
+            prepare(&mut cmd, m, instance);
+            // SAFETY: the closure runs in the forked child before exec and calls only
+            // async-signal-safe functions (prctl, getppid, setrlimit, open, write, close); it
+            // allocates nothing, since the paths were prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                    // The supervisor may have died between fork and prctl; then nobody would
+                    // kill us.
+                    if nix::unistd::getppid() != supervisor {
+                        return Err(std::io::Error::other(
+                            "the supervisor exited during the spawn",
+                        ));
+                    }
+                    // Into the plugin's cgroup before exec: nothing it forks can start outside
+                    // it. Before the rlimits: until exec the child holds every descriptor
+                    // plugd has open, and under a lower open-files limit opening
+                    // `cgroup.procs` would fail.
+                    join_cgroups(&cgroup_procs)?;
+                    rlimits.apply()?;
+                    Ok(())
+                });
+            }
+            let child = on_spawner(cmd)
+                .await
+                .map_err(|e| spawn_failure(program, &e))?;
+            (child, None)
+        }
+    };
     let pid = child
         .id()
         .ok_or_else(|| Failure::later("the process exited at once"))?;
@@ -233,7 +301,49 @@ async fn start(
         };
         tokio::join!(out, err);
     });
-    Ok(Spawned { child, output })
+    Ok(Spawned {
+        child,
+        output,
+        control,
+    })
+}
+
+/// The directory, environment, process group and output pipes every plugin process gets.
+fn prepare(cmd: &mut Command, m: &Manifest, instance: Vec<(&'static str, std::ffi::OsString)>) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PLUGD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(&m.dir)
+        .envs(&m.env)
+        .env(ENV_PLUGIN_NAME, &m.name)
+        .envs(instance)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+}
+
+/// A failed start of `program`: fatal when the command is missing or not executable.
+fn spawn_failure(program: &Path, e: &std::io::Error) -> Failure {
+    let (what, fatal) = match e.kind() {
+        std::io::ErrorKind::NotFound => ("command not found".to_string(), true),
+        std::io::ErrorKind::PermissionDenied => ("command is not executable".to_string(), true),
+        _ => (e.to_string(), false),
+    };
+    let message = format!("cannot start {}: {what}", program.display());
+    if fatal {
+        Failure::never(message)
+    } else {
+        Failure::from_io(message, e)
+    }
+}
+
+/// The start stub installed next to plugd's binary, looked up once.
+fn installed_stub() -> Option<&'static Path> {
+    static STUB: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    STUB.get_or_init(super::stub::stub_program).as_deref()
 }
 
 /// Spawns `cmd` on plugd's spawner thread and registers the child (see `orphans`).

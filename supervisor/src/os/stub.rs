@@ -1,23 +1,37 @@
-//! The start stub: a plugin's next process, prepared ahead of time.
+//! The start stub: the small program every plugin process begins as.
 //!
-//! Moving a process into a cgroup waits for an RCU grace period (about 7 ms on this kind of
-//! machine, whatever its load), and every plugin start pays it when its child joins its leaf
-//! before `exec`. A child started by a process already in the leaf is born there at no cost.
-//! So after a plugin becomes ready, plugd starts a stub for its next instance in the
-//! background: the small `plugd-start-stub` program installed next to plugd's binary
-//! ([`stub_program`]; without it, starts are not prepared), in a fresh leaf, in a process
-//! group of its own, with the plugin's directory, environment, rlimits and death signal, and
-//! its output already piped to the plugin's log. The stub waits on its stdin. When the plugin
-//! must start again, plugd writes the instance's own part ([`StubOrder`]: program, arguments,
-//! socket, token, epoch) to the stub, which replaces itself with the plugin (`exec`, so the
-//! pid, group, cgroup and pipes stay). A stub whose stdin closes without an order exits.
+//! plugd's own binary is large and its process holds many mappings, so forking it to start a
+//! plugin costs a copy of its page tables (about half a millisecond of CPU here, more as plugd
+//! grows) and makes every page plugd writes afterwards a copy-on-write fault. Instead plugd
+//! starts `plugd-start-stub`, installed next to its binary ([`stub_program`]), with
+//! `posix_spawn` (glibc's `vfork`-style clone: nothing copied), in the plugin's directory,
+//! environment and process group, its output already piped to the plugin's log, and its stdin
+//! one end of a socket pair: the *control* socket. Over it plugd sends two lines of JSON:
+//!
+//! 1. [`StubSetup`]: what the child must do to itself before the plugin runs: the death signal
+//!    tied to plugd (checked against plugd's pid, which may have died meanwhile), its cgroup
+//!    leaf and its rlimits. The stub answers `ready`, or the error and exits.
+//! 2. [`StubOrder`]: the program, its arguments and variables to add. The stub replaces itself
+//!    with the plugin (`exec`, so pid, group, cgroup and pipes stay, and stdin becomes
+//!    `/dev/null`). Its duplicate of the control socket is close-on-exec, so plugd reads the
+//!    end of the stream when the `exec` succeeded, and the error (its `errno`) when it failed:
+//!    the same outcome a fork-and-exec spawn reports.
+//!
+//! A plugin start sends both lines at once. A *prepared* start sends the setup only: moving a
+//! process into a cgroup waits for an RCU grace period (about 7 ms on this kind of machine,
+//! whatever its load), so after a plugin becomes ready plugd prepares its next start in the
+//! background, a stub already set up in a fresh leaf, and a restart sends just the order. A
+//! stub whose control socket closes without an order exits.
 //!
 //! The stub is a program of its own rather than plugd's binary run again: it is
 //! single-threaded, runs nothing but [`run`], and costs a fraction of the memory (plugd's
 //! large binary dirties over a mebibyte of pages just being loaded).
 
+use super::rlimits::Rlimits;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -25,9 +39,12 @@ use std::process::{Command, ExitCode, Stdio};
 /// The stub's program name, looked up next to plugd's own binary.
 pub const STUB_PROGRAM: &str = "plugd-start-stub";
 
-/// Largest order a stub reads: arguments and environment are small, and a stub must not be
-/// made to hold much.
-const MAX_ORDER: u64 = 1 << 20;
+/// Largest line a stub reads, and largest answer plugd reads from one: arguments and
+/// environment are small, and neither side must be made to hold much.
+pub const MAX_LINE: u64 = 1 << 20;
+
+/// The answer of a stub that set itself up.
+pub const READY: &str = "ready";
 
 /// The stub program next to the running plugd binary, if it is there.
 pub fn stub_program() -> Option<PathBuf> {
@@ -36,6 +53,39 @@ pub fn stub_program() -> Option<PathBuf> {
     nix::unistd::access(&stub, nix::unistd::AccessFlags::X_OK)
         .is_ok()
         .then_some(stub)
+}
+
+/// What the stub does to itself before anything of the plugin runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StubSetup {
+    /// plugd's pid: the stub dies with it, and gives up if it is already gone.
+    pub parent: i32,
+    /// `cgroup.procs` files to join (empty without cgroups).
+    pub cgroup_procs: Vec<String>,
+    /// rlimits to set, after joining the cgroups.
+    pub rlimits: Rlimits,
+}
+
+impl StubSetup {
+    /// Applies the setup to the calling process.
+    fn apply(&self) -> std::io::Result<()> {
+        use nix::sys::signal::Signal;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        // plugd may have died before the death signal was set; then nobody would kill us.
+        if nix::unistd::getppid() != nix::unistd::Pid::from_raw(self.parent) {
+            return Err(std::io::Error::other(
+                "the supervisor exited during the spawn",
+            ));
+        }
+        let procs = self
+            .cgroup_procs
+            .iter()
+            .map(|p| CString::new(p.as_str()).map_err(std::io::Error::other))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        // Into the cgroup before the rlimits, as a forked child does (see `spawn`).
+        super::cgroups::join_cgroups(&procs)?;
+        self.rlimits.apply()
+    }
 }
 
 /// What a stub becomes: the plugin's program with its arguments and the variables of this one
@@ -50,34 +100,170 @@ pub struct StubOrder {
     pub env: Vec<(String, String)>,
 }
 
-/// The stub's `main`: reads its order from stdin and becomes the plugin. Returns only when
-/// the order is missing (the start was discarded) or malformed, or the `exec` failed.
+/// A failure the stub reports on its control socket before it exits: the OS error number
+/// when there is one (so plugd maps it as it maps a failed spawn), and the message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StubError {
+    /// `errno`, when the failure was the system's.
+    pub errno: Option<i32>,
+    /// What failed.
+    pub message: String,
+}
+
+impl StubError {
+    /// The failure as the `std::io::Error` a spawn would have returned.
+    pub fn into_io(self) -> std::io::Error {
+        match self.errno {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::other(self.message),
+        }
+    }
+}
+
+/// The stub's `main`: sets itself up and becomes the plugin, as its control socket (stdin)
+/// says. Returns only when no order came (the start was discarded), on a malformed line, or
+/// when the setup or the `exec` failed.
 pub fn run() -> ExitCode {
-    let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().take(MAX_ORDER).read_to_end(&mut input) {
-        eprintln!("plugd start stub: cannot read its order: {e}");
-        return ExitCode::from(1);
-    }
-    if input.is_empty() {
-        // Discarded without an order: nothing to start.
-        return ExitCode::SUCCESS;
-    }
-    let order: StubOrder = match serde_json::from_slice(&input) {
-        Ok(order) => order,
+    // A close-on-exec duplicate: gone once the plugin runs, which is how plugd learns it does.
+    let control = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
         Err(e) => {
-            eprintln!("plugd start stub: malformed order: {e}");
+            eprintln!("plugd start stub: no control socket: {e}");
             return ExitCode::from(1);
         }
+    };
+    let mut reader = BufReader::new(&control);
+    let setup = match read_line::<StubSetup>(&mut reader) {
+        Ok(Some(setup)) => setup,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => return fail(&control, "malformed setup", &e),
+    };
+    if let Err(e) = setup.apply() {
+        return fail(&control, "cannot set the process up", &e);
+    }
+    if (&control)
+        .write_all(format!("{READY}\n").as_bytes())
+        .is_err()
+    {
+        // plugd went away: nothing to start for.
+        return ExitCode::from(1);
+    }
+    let order = match read_line::<StubOrder>(&mut reader) {
+        Ok(Some(order)) => order,
+        // Discarded without an order: nothing to start.
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => return fail(&control, "malformed order", &e),
     };
     let e = Command::new(&order.program)
         .args(&order.args)
         .envs(order.env)
         .stdin(Stdio::null())
         .exec();
-    eprintln!("plugd start stub: cannot start {}: {e}", order.program);
-    ExitCode::from(match e.kind() {
+    let code = match e.kind() {
         std::io::ErrorKind::NotFound => 127,
         std::io::ErrorKind::PermissionDenied => 126,
         _ => 1,
-    })
+    };
+    fail(&control, &format!("cannot start {}", order.program), &e);
+    ExitCode::from(code)
+}
+
+/// Reads one line of JSON; `None` at the end of the stream.
+fn read_line<T: serde::de::DeserializeOwned>(
+    reader: &mut impl BufRead,
+) -> std::io::Result<Option<T>> {
+    let mut line = Vec::new();
+    reader
+        .by_ref()
+        .take(MAX_LINE)
+        .read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&line)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
+/// Reports `e` on the control socket and on stderr (the plugin's log), and gives the exit code.
+fn fail(control: &std::fs::File, what: &str, e: &std::io::Error) -> ExitCode {
+    eprintln!("plugd start stub: {what}: {e}");
+    let report = StubError {
+        errno: e.raw_os_error(),
+        message: format!("{what}: {e}"),
+    };
+    if let Ok(mut line) = serde_json::to_vec(&report) {
+        line.push(b'\n');
+        let _ = (&*control).write_all(&line);
+    }
+    ExitCode::from(1)
+}
+
+/// The supervisor's side of a stub's control socket.
+#[derive(Debug)]
+pub struct Control {
+    stream: tokio::io::BufReader<tokio::net::UnixStream>,
+}
+
+impl Control {
+    /// A socket pair: the stub's end (for its stdin) and plugd's.
+    pub fn pair() -> std::io::Result<(std::os::fd::OwnedFd, Control)> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        Ok((
+            theirs.into(),
+            Control {
+                stream: tokio::io::BufReader::new(stream),
+            },
+        ))
+    }
+
+    /// Sends one line of JSON.
+    pub async fn send(&mut self, what: &impl Serialize) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut line = serde_json::to_vec(what).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.stream.get_mut().write_all(&line).await
+    }
+
+    /// Waits for the stub's answer to its setup: `Ok` once it is ready, the error it reported
+    /// otherwise.
+    pub async fn ready(&mut self) -> std::io::Result<()> {
+        match self.answer().await? {
+            Some(line) if line == READY => Ok(()),
+            Some(line) => Err(reported(&line)),
+            None => Err(std::io::Error::other(
+                "the start stub ended before it was set up",
+            )),
+        }
+    }
+
+    /// Waits for the outcome of the order: `Ok` when the stub's `exec` succeeded (its end of
+    /// the socket closed without a word), the error it reported otherwise.
+    pub async fn started(&mut self) -> std::io::Result<()> {
+        match self.answer().await? {
+            None => Ok(()),
+            Some(line) => Err(reported(&line)),
+        }
+    }
+
+    async fn answer(&mut self) -> std::io::Result<Option<String>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut line = Vec::new();
+        let mut limited = (&mut self.stream).take(MAX_LINE);
+        limited.read_until(b'\n', &mut line).await?;
+        if line.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&line).trim_end().to_owned()))
+    }
+}
+
+/// The error a stub reported on `line`.
+fn reported(line: &str) -> std::io::Error {
+    match serde_json::from_str::<StubError>(line) {
+        Ok(e) => e.into_io(),
+        Err(_) => std::io::Error::other(format!("the start stub answered {line:?}")),
+    }
 }

@@ -266,7 +266,9 @@ async fn start_in(
         Some(stub) => from_stub(stub, &spec).await,
         None => spawn::spawn(&spec).await,
     };
-    let spawn::Spawned { mut child, output } = match spawned {
+    let spawn::Spawned {
+        mut child, output, ..
+    } = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
@@ -361,7 +363,7 @@ async fn from_stub(
     spec: &SpawnSpec<'_>,
 ) -> Result<spawn::Spawned, Failure> {
     let ordered = match spawn::stub_order(spec) {
-        Some(order) => spawn::order_stub(&mut stub.child, &order).await,
+        Some(order) => spawn::order_stub(&mut stub, &order).await,
         None => Err(std::io::Error::other(
             "the program or socket path is not UTF-8",
         )),

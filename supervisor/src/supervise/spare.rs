@@ -223,7 +223,9 @@ impl Spares {
 /// Ends a stub that will not be used, and its leaf.
 async fn discard(spare: Spare) {
     let Spare {
-        spawned: Spawned { mut child, output },
+        spawned: Spawned {
+            mut child, output, ..
+        },
         leaf,
         ..
     } = spare;

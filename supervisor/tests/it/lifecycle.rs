@@ -372,6 +372,87 @@ async fn a_crashed_plugin_restarts_from_the_start_prepared_in_its_cgroup() {
     assert!(stubs_of(sup.pid()).is_empty());
 }
 
+/// Starts the start stub with its control socket, as plugd does.
+fn start_stub() -> (tokio::process::Child, plugd::os::stub::Control) {
+    let (theirs, control) = plugd::os::stub::Control::pair().expect("socket pair");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plugd-start-stub"))
+        .stdin(std::process::Stdio::from(theirs))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the stub");
+    (child, control)
+}
+
+#[tokio::test]
+async fn the_start_stub_becomes_the_program_or_says_what_failed() {
+    use plugd::os::rlimits::Rlimits;
+    use plugd::os::stub::{StubOrder, StubSetup};
+    let setup = |parent: u32| StubSetup {
+        parent: parent as i32,
+        cgroup_procs: Vec::new(),
+        rlimits: Rlimits::for_build(),
+    };
+    let order = |program: &str, args: &[&str]| StubOrder {
+        program: program.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![("STUB_TEST".into(), "given".into())],
+    };
+    let me = std::process::id();
+
+    // It becomes the program, with the order's variables and /dev/null for stdin; plugd learns
+    // the exec succeeded from the socket's end.
+    let (mut child, mut control) = start_stub();
+    control.send(&setup(me)).await.expect("setup");
+    let script = r#"[ "$STUB_TEST" = given ] && [ "$(readlink /proc/$$/fd/0)" = /dev/null ] && exit 7; exit 1"#;
+    control
+        .send(&order("/bin/sh", &["-c", script]))
+        .await
+        .expect("order");
+    control.ready().await.expect("set up");
+    control.started().await.expect("the program runs");
+    assert_eq!(child.wait().await.expect("wait").code(), Some(7));
+
+    // A missing program: the errno comes back, as from a failed spawn.
+    let (mut child, mut control) = start_stub();
+    control.send(&setup(me)).await.expect("setup");
+    control.ready().await.expect("set up");
+    control
+        .send(&order("/nonexistent/plugin", &[]))
+        .await
+        .expect("order");
+    let e = control.started().await.expect_err("nothing to run");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    assert_eq!(child.wait().await.expect("wait").code(), Some(127));
+
+    // Its parent is not the one named: plugd died meanwhile, so it refuses to go on.
+    let (mut child, mut control) = start_stub();
+    control.send(&setup(1)).await.expect("setup");
+    let e = control.ready().await.expect_err("wrong parent");
+    assert!(e.to_string().contains("the supervisor exited"), "{e}");
+    assert_eq!(child.wait().await.expect("wait").code(), Some(1));
+
+    // A malformed order is reported, and nothing runs.
+    let (mut child, mut control) = start_stub();
+    control.send(&setup(me)).await.expect("setup");
+    control.ready().await.expect("set up");
+    control
+        .send(&serde_json::json!({ "program": 3 }))
+        .await
+        .expect("order");
+    let e = control.started().await.expect_err("malformed");
+    assert!(e.to_string().contains("malformed order"), "{e}");
+    assert_eq!(child.wait().await.expect("wait").code(), Some(1));
+
+    // Discarded: the socket closes without an order, and the stub exits quietly.
+    let (mut child, mut control) = start_stub();
+    control.send(&setup(me)).await.expect("setup");
+    control.ready().await.expect("set up");
+    drop(control);
+    assert_eq!(child.wait().await.expect("wait").code(), Some(0));
+}
+
 /// The pid of the echo plugin's process that answers a request.
 async fn answering_pid(sup: &TestSupervisor) -> u64 {
     let r = sup.get("/plugins/echo/pid").await.expect("pid");

@@ -10,7 +10,8 @@
 # time from PostgreSQL's return to an admin change being live on every worker. Settings:
 # WORKERS (10), ROUNDS (100), WRITE_SECONDS (5), OUTAGE_SECONDS (5), CG (true: a cgroup per
 # plugin instance where the machine allows it; false: none), PLUGD_BIN (the plugd to measure, by
-# default this checkout's release build). Sockets go on tmpfs, as under
+# default this checkout's release build), ECHO_RUNTIME (passed through to the test plugin:
+# current_thread runs it on tokio's single-threaded runtime). Sockets go on tmpfs, as under
 # systemd's RuntimeDirectory. Installs postgresql and wrk when absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."

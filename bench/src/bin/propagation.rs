@@ -88,6 +88,61 @@ where
     }
 }
 
+/// How a round learns that every other worker applied the change.
+enum Observer {
+    /// From each worker's live stream.
+    Streams(mpsc::Receiver<Seen>),
+    /// By asking each worker's `/readyz` every millisecond.
+    Polling,
+}
+
+/// Rounds of enabling and disabling `echo` through worker A.
+struct Toggles<'a> {
+    client: &'a reqwest::Client,
+    token: &'a str,
+    a: &'a str,
+    others: &'a [String],
+    rounds: usize,
+}
+
+impl Toggles<'_> {
+    /// Runs the rounds, each until every other worker applied it, and reports the times.
+    async fn run(&self, what: &str, mut observer: Observer) {
+        let (mut latencies, mut enables, mut disables) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..self.rounds {
+            let enable = round % 2 == 1;
+            let want = if enable { "ready" } else { "disabled" };
+            let start = Instant::now();
+            assert!(
+                toggle(self.client, self.a, self.token, enable).await,
+                "the change was refused"
+            );
+            let took = match &mut observer {
+                Observer::Streams(seen) => observed(seen, self.others.len(), want, start).await,
+                Observer::Polling => {
+                    let seen = |client: reqwest::Client, base: String| async move {
+                        state(&client, &base).await == want
+                    };
+                    slowest(self.client, self.others, start, seen).await
+                }
+            };
+            latencies.push(took);
+            if enable { &mut enables } else { &mut disables }.push(took);
+        }
+        report(what, self.rounds, &mut latencies);
+        report(
+            "  of which enable (start on every worker)",
+            enables.len(),
+            &mut enables,
+        );
+        report(
+            "  of which disable (stop on every worker)",
+            disables.len(),
+            &mut disables,
+        );
+    }
+}
+
 /// A state change of `echo` one worker reported on its own stream: the worker's index among
 /// those watched, the state, and when it arrived.
 type Seen = (usize, String, Instant);
@@ -211,61 +266,21 @@ async fn main() {
         .build()
         .expect("client");
 
-    let mut watched = watch(&client, token, others).await;
-    let (mut latencies, mut enables, mut disables) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let enable = round % 2 == 1;
-        let want = if enable { "ready" } else { "disabled" };
-        let start = Instant::now();
-        assert!(
-            toggle(&client, a, token, enable).await,
-            "the change was refused"
-        );
-        let took = observed(&mut watched, others.len(), want, start).await;
-        latencies.push(took);
-        if enable { &mut enables } else { &mut disables }.push(took);
-    }
-    drop(watched);
+    let watched = watch(&client, token, others).await;
     let what = format!("propagation A -> {} other workers", others.len());
-    report(&format!("{what}, observed"), rounds, &mut latencies);
-    report(
-        "  of which enable (start on every worker)",
-        enables.len(),
-        &mut enables,
-    );
-    report(
-        "  of which disable (stop on every worker)",
-        disables.len(),
-        &mut disables,
-    );
-
-    let (mut latencies, mut enables, mut disables) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let enable = round % 2 == 1;
-        let want = if enable { "ready" } else { "disabled" };
-        let start = Instant::now();
-        assert!(
-            toggle(&client, a, token, enable).await,
-            "the change was refused"
-        );
-        let seen = |client: reqwest::Client, base: String| async move {
-            state(&client, &base).await == want
-        };
-        let took = slowest(&client, others, start, seen).await;
-        latencies.push(took);
-        if enable { &mut enables } else { &mut disables }.push(took);
-    }
-    report(&format!("{what}, polled"), rounds, &mut latencies);
-    report(
-        "  of which enable (start on every worker)",
-        enables.len(),
-        &mut enables,
-    );
-    report(
-        "  of which disable (stop on every worker)",
-        disables.len(),
-        &mut disables,
-    );
+    let toggles = Toggles {
+        client: &client,
+        token,
+        a,
+        others,
+        rounds,
+    };
+    toggles
+        .run(&format!("{what}, observed"), Observer::Streams(watched))
+        .await;
+    toggles
+        .run(&format!("{what}, polled"), Observer::Polling)
+        .await;
 
     // Settings: an admin change on A until the plugin's handler sees it on every worker.
     let all: Vec<String> = std::iter::once(a.clone())

@@ -216,35 +216,7 @@ async fn start(
     };
     let (mut child, control) = match (via, setup, order) {
         (Some(stub), Some(setup), Some(order)) => {
-            let (theirs, mut control) = Control::pair().map_err(|e| spawn_failure(shown, &e))?;
-            let mut cmd = Command::new(stub);
-            prepare(&mut cmd, m, instance);
-            cmd.stdin(Stdio::from(theirs));
-            let mut child = on_spawner(cmd).await.map_err(|e| spawn_failure(stub, &e))?;
-            let program = order.is_some();
-            let talk = async {
-                control.send(&setup).await?;
-                if let Some(order) = &order {
-                    control.send(order).await?;
-                }
-                control.ready().await?;
-                if program {
-                    control.started().await?;
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let talked = tokio::time::timeout(STUB_TIMEOUT, talk)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::other(format!(
-                        "the start stub did not answer within {STUB_TIMEOUT:?}"
-                    )))
-                });
-            if let Err(e) = talked {
-                kill_and_reap(&mut child).await;
-                return Err(spawn_failure(shown, &e));
-            }
-            (child, (!program).then_some(control))
+            via_stub(stub, shown, setup, order, m, instance).await?
         }
         _ => {
             let Run::Program { program, args } = run else {
@@ -306,6 +278,53 @@ async fn start(
         output,
         control,
     })
+}
+
+/// Starts `stub` with its control socket, sends it `setup` and, for a plugin start, the
+/// `order`, and waits until it is set up (and, with an order, became the program). A prepared
+/// start keeps the control socket for its order.
+async fn via_stub(
+    stub: &Path,
+    shown: &Path,
+    setup: StubSetup,
+    order: Option<StubOrder>,
+    m: &Manifest,
+    instance: Vec<(&'static str, std::ffi::OsString)>,
+) -> Result<(Child, Option<Control>), Failure> {
+    let (theirs, mut control) = Control::pair().map_err(|e| spawn_failure(shown, &e))?;
+    let mut cmd = Command::new(stub);
+    prepare(&mut cmd, m, instance);
+    cmd.stdin(Stdio::from(theirs));
+    // The stub missing or broken is plugd's installation at fault, not the plugin: retried.
+    let mut child = on_spawner(cmd).await.map_err(|e| {
+        Failure::from_io(
+            format!("cannot start the start stub {}: {e}", stub.display()),
+            &e,
+        )
+    })?;
+    let talk = async {
+        control.send(&setup).await?;
+        if let Some(order) = &order {
+            control.send(order).await?;
+        }
+        control.ready().await?;
+        if order.is_some() {
+            control.started().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let talked = tokio::time::timeout(STUB_TIMEOUT, talk)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(format!(
+                "the start stub did not answer within {STUB_TIMEOUT:?}"
+            )))
+        });
+    if let Err(e) = talked {
+        kill_and_reap(&mut child).await;
+        return Err(spawn_failure(shown, &e));
+    }
+    Ok((child, order.is_none().then_some(control)))
 }
 
 /// The directory, environment, process group and output pipes every plugin process gets.

@@ -230,23 +230,7 @@ async fn start(
             // async-signal-safe functions (prctl, getppid, setrlimit, open, write, close); it
             // allocates nothing, since the paths were prepared before the fork.
             unsafe {
-                cmd.pre_exec(move || {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                    // The supervisor may have died between fork and prctl; then nobody would
-                    // kill us.
-                    if nix::unistd::getppid() != supervisor {
-                        return Err(std::io::Error::other(
-                            "the supervisor exited during the spawn",
-                        ));
-                    }
-                    // Into the plugin's cgroup before exec: nothing it forks can start outside
-                    // it. Before the rlimits: until exec the child holds every descriptor
-                    // plugd has open, and under a lower open-files limit opening
-                    // `cgroup.procs` would fail.
-                    join_cgroups(&cgroup_procs)?;
-                    rlimits.apply()?;
-                    Ok(())
-                });
+                cmd.pre_exec(move || confine(supervisor, &cgroup_procs, rlimits));
             }
             let child = on_spawner(cmd)
                 .await
@@ -278,6 +262,24 @@ async fn start(
         output,
         control,
     })
+}
+
+/// What a plugin's process does to itself before the plugin runs: its death signal tied to
+/// plugd (`supervisor`, which may have died meanwhile), its cgroups, then its rlimits. Run in a
+/// forked child before `exec`, or by the start stub; async-signal-safe and allocation-free.
+pub fn confine(supervisor: Pid, cgroup_procs: &[CString], rlimits: Rlimits) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    // The supervisor may have died before the death signal was set; then nobody would kill us.
+    if nix::unistd::getppid() != supervisor {
+        return Err(std::io::Error::other(
+            "the supervisor exited during the spawn",
+        ));
+    }
+    // Into the plugin's cgroup first: nothing it forks can start outside it. Before the
+    // rlimits: a forked child holds every descriptor plugd has open until exec, and under a
+    // lower open-files limit opening `cgroup.procs` would fail.
+    join_cgroups(cgroup_procs)?;
+    rlimits.apply()
 }
 
 /// Starts `stub` with its control socket, sends it `setup` and, for a plugin start, the

@@ -69,22 +69,13 @@ pub struct StubSetup {
 impl StubSetup {
     /// Applies the setup to the calling process.
     fn apply(&self) -> std::io::Result<()> {
-        use nix::sys::signal::Signal;
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-        // plugd may have died before the death signal was set; then nobody would kill us.
-        if nix::unistd::getppid() != nix::unistd::Pid::from_raw(self.parent) {
-            return Err(std::io::Error::other(
-                "the supervisor exited during the spawn",
-            ));
-        }
         let procs = self
             .cgroup_procs
             .iter()
             .map(|p| CString::new(p.as_str()).map_err(std::io::Error::other))
             .collect::<std::io::Result<Vec<_>>>()?;
-        // Into the cgroup before the rlimits, as a forked child does (see `spawn`).
-        super::cgroups::join_cgroups(&procs)?;
-        self.rlimits.apply()
+        let parent = nix::unistd::Pid::from_raw(self.parent);
+        super::spawn::confine(parent, &procs, self.rlimits)
     }
 }
 

@@ -1,16 +1,15 @@
-//! The one helper that starts plugin processes. Nothing else calls `Command::new` for a plugin.
+//! The one helper that starts plugin processes (through [`super::process`]); nothing else does.
 //!
 //! Each child gets: its own process group (so a stop reaches its children too), a death signal
 //! tied to the supervisor (`PR_SET_PDEATHSIG`, so it cannot outlive a supervisor killed with
 //! SIGKILL), its rlimits and cgroup before `exec`, the protocol's environment variables (socket,
 //! one-time token, epoch), and piped stdout/stderr whose lines are logged under the plugin's
 //! name.
-#![allow(unsafe_code)]
 
-use super::cgroups::join_cgroups;
 use super::output::{LineBudget, LogRing, Verdict, LOG_BURST, LOG_LINES_PER_SEC};
+use super::process::{Launch, Process, Started};
 use super::rlimits::Rlimits;
-use super::stub::{Control, StubOrder, StubSetup};
+use super::stub::Control;
 use crate::error::Failure;
 use crate::manifest::Manifest;
 use nix::sys::signal::{killpg, Signal};
@@ -18,11 +17,9 @@ use nix::unistd::Pid;
 use plugd_protocol::{ENV_EPOCH, ENV_MAX_FRAME, ENV_PLUGIN_NAME, ENV_SOCKET, ENV_TOKEN};
 use std::ffi::CString;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Longest piece of a log line logged as one event; longer lines are split and marked.
 const MAX_LOG_LINE: usize = 16 * 1024;
@@ -52,7 +49,7 @@ pub struct SpawnSpec<'a> {
 #[derive(Debug)]
 pub struct Spawned {
     /// The process.
-    pub child: Child,
+    pub child: Process,
     /// Ends when both stdout and stderr reached their end (so every line is logged).
     pub output: tokio::task::JoinHandle<()>,
     /// A prepared start's control socket, where its order goes (see [`super::stub`]).
@@ -71,7 +68,7 @@ enum Run<'a> {
     Prepared { stub: &'a Path },
 }
 
-/// The longest a start stub may take to set itself up and start the program.
+/// The longest a start stub may take to start the program once ordered.
 const STUB_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the plugin's process and begins logging its output. A missing or non-executable
@@ -173,10 +170,8 @@ pub async fn spawn_build(
 /// What every process started for a plugin shares: its directory and environment (plugd's own
 /// `PLUGD_*` variables removed: they hold tokens, keys and the database's address, and
 /// `instance`, this instance's own, added), its own process group, the death signal, rlimits
-/// and cgroup before `exec`, and its output logged.
-///
-/// It is started through the start stub when that is installed (no fork of plugd, see
-/// [`super::stub`]), otherwise forked with those steps run in the child before `exec`.
+/// and cgroup before `exec`, and its output logged. Started without a copy of plugd (see
+/// [`super::process`]).
 async fn start(
     run: Run<'_>,
     instance: Vec<(&'static str, std::ffi::OsString)>,
@@ -186,58 +181,32 @@ async fn start(
     logs: &Arc<LogRing>,
     tag: Option<&'static str>,
 ) -> Result<Spawned, Failure> {
-    let supervisor = nix::unistd::getpid();
-    let via = match run {
-        Run::Prepared { stub } => Some(stub),
-        Run::Program { .. } => installed_stub(),
-    };
-    let setup = cgroup_procs
+    let env = m
+        .env
         .iter()
-        .map(|p| p.to_str().ok().map(str::to_owned))
-        .collect::<Option<Vec<_>>>()
-        .map(|procs| StubSetup {
-            parent: supervisor.as_raw(),
-            cgroup_procs: procs,
-            rlimits,
-        });
-    let order = match run {
-        Run::Program { program, args } => program.to_str().map(|program| {
-            Some(StubOrder {
-                program: program.to_owned(),
-                args: args.to_vec(),
-                env: Vec::new(),
-            })
-        }),
-        Run::Prepared { .. } => Some(None),
-    };
-    let shown = match run {
-        Run::Program { program, .. } => program,
-        Run::Prepared { stub } => stub,
-    };
-    let (mut child, control) = match (via, setup, order) {
-        (Some(stub), Some(setup), Some(order)) => {
-            via_stub(stub, shown, setup, order, m, instance).await?
-        }
-        _ => {
-            let Run::Program { program, args } = run else {
-                let why = std::io::Error::other("a cgroup path is not UTF-8");
-                return Err(spawn_failure(shown, &why));
-            };
-            let mut cmd = Command::new(program);
-            cmd.args(args).stdin(Stdio::null());
-            prepare(&mut cmd, m, instance);
-            // SAFETY: the closure runs in the forked child before exec and calls only
-            // async-signal-safe functions (prctl, getppid, setrlimit, open, write, close); it
-            // allocates nothing, since the paths were prepared before the fork.
-            unsafe {
-                cmd.pre_exec(move || confine(supervisor, &cgroup_procs, rlimits));
+        .map(|(k, v)| (k.into(), v.into()))
+        .chain([(ENV_PLUGIN_NAME.into(), m.name.clone().into())])
+        .chain(instance.into_iter().map(|(k, v)| (k.into(), v)));
+    let (program, args, control, failed): (_, &[String], _, fn(&Path, &std::io::Error) -> Failure) =
+        match run {
+            Run::Program { program, args } => (program, args, None, spawn_failure),
+            // The stub missing or broken is plugd's installation at fault, not the plugin's:
+            // retried.
+            Run::Prepared { stub } => {
+                let pair = Control::pair().map_err(|e| stub_failure(stub, &e))?;
+                (stub, &[], Some(pair), stub_failure)
             }
-            let child = on_spawner(cmd)
-                .await
-                .map_err(|e| spawn_failure(program, &e))?;
-            (child, None)
-        }
+        };
+    let launch = Launch::new(program, args, &m.dir, "PLUGD_", env, rlimits, cgroup_procs)
+        .map_err(|e| failed(program, &e))?;
+    let (launch, control) = match control {
+        Some((theirs, control)) => (launch.stdin(theirs), Some(control)),
+        None => (launch, None),
     };
+    let mut child = on_spawner(launch)
+        .await
+        .and_then(Started::watch)
+        .map_err(|e| failed(program, &e))?;
     let pid = child
         .id()
         .ok_or_else(|| Failure::later("the process exited at once"))?;
@@ -264,88 +233,6 @@ async fn start(
     })
 }
 
-/// What a plugin's process does to itself before the plugin runs: its death signal tied to
-/// plugd (`supervisor`, which may have died meanwhile), its cgroups, then its rlimits. Run in a
-/// forked child before `exec`, or by the start stub; async-signal-safe and allocation-free.
-pub fn confine(supervisor: Pid, cgroup_procs: &[CString], rlimits: Rlimits) -> std::io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    // The supervisor may have died before the death signal was set; then nobody would kill us.
-    if nix::unistd::getppid() != supervisor {
-        return Err(std::io::Error::other(
-            "the supervisor exited during the spawn",
-        ));
-    }
-    // Into the plugin's cgroup first: nothing it forks can start outside it. Before the
-    // rlimits: a forked child holds every descriptor plugd has open until exec, and under a
-    // lower open-files limit opening `cgroup.procs` would fail.
-    join_cgroups(cgroup_procs)?;
-    rlimits.apply()
-}
-
-/// Starts `stub` with its control socket, sends it `setup` and, for a plugin start, the
-/// `order`, and waits until it is set up (and, with an order, became the program). A prepared
-/// start keeps the control socket for its order.
-async fn via_stub(
-    stub: &Path,
-    shown: &Path,
-    setup: StubSetup,
-    order: Option<StubOrder>,
-    m: &Manifest,
-    instance: Vec<(&'static str, std::ffi::OsString)>,
-) -> Result<(Child, Option<Control>), Failure> {
-    let (theirs, mut control) = Control::pair().map_err(|e| spawn_failure(shown, &e))?;
-    let mut cmd = Command::new(stub);
-    prepare(&mut cmd, m, instance);
-    cmd.stdin(Stdio::from(theirs));
-    // The stub missing or broken is plugd's installation at fault, not the plugin: retried.
-    let mut child = on_spawner(cmd).await.map_err(|e| {
-        Failure::from_io(
-            format!("cannot start the start stub {}: {e}", stub.display()),
-            &e,
-        )
-    })?;
-    let talk = async {
-        control.send(&setup).await?;
-        if let Some(order) = &order {
-            control.send(order).await?;
-        }
-        control.ready().await?;
-        if order.is_some() {
-            control.started().await?;
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let talked = tokio::time::timeout(STUB_TIMEOUT, talk)
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::other(format!(
-                "the start stub did not answer within {STUB_TIMEOUT:?}"
-            )))
-        });
-    if let Err(e) = talked {
-        kill_and_reap(&mut child).await;
-        return Err(spawn_failure(shown, &e));
-    }
-    Ok((child, order.is_none().then_some(control)))
-}
-
-/// The directory, environment, process group and output pipes every plugin process gets.
-fn prepare(cmd: &mut Command, m: &Manifest, instance: Vec<(&'static str, std::ffi::OsString)>) {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PLUGD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(&m.dir)
-        .envs(&m.env)
-        .env(ENV_PLUGIN_NAME, &m.name)
-        .envs(instance)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-}
-
 /// A failed start of `program`: fatal when the command is missing or not executable.
 fn spawn_failure(program: &Path, e: &std::io::Error) -> Failure {
     let (what, fatal) = match e.kind() {
@@ -361,20 +248,22 @@ fn spawn_failure(program: &Path, e: &std::io::Error) -> Failure {
     }
 }
 
-/// The start stub installed next to plugd's binary, looked up once.
-fn installed_stub() -> Option<&'static Path> {
-    static STUB: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    STUB.get_or_init(super::stub::stub_program).as_deref()
+/// A failed start of the start stub `stub`: retried.
+fn stub_failure(stub: &Path, e: &std::io::Error) -> Failure {
+    Failure::from_io(
+        format!("cannot start the start stub {}: {e}", stub.display()),
+        e,
+    )
 }
 
-/// Spawns `cmd` on plugd's spawner thread and registers the child (see `orphans`).
+/// Starts `launch` on plugd's spawner thread and registers the child (see `orphans`).
 ///
-/// `fork` returns at once, but the spawn returns only once the child has run its `pre_exec`
-/// (joining a cgroup there can wait for an RCU grace period on cgroup v2, several milliseconds)
-/// and executed: that wait must not hold one of the runtime's workers. The thread is plugd's
-/// for its whole life, since a child's death signal (`PR_SET_PDEATHSIG`) fires when the
-/// *thread* that forked it ends, which rules out the runtime's blocking pool.
-async fn on_spawner(mut cmd: Command) -> std::io::Result<Child> {
+/// The clone returns only once the child has joined its cgroup (on cgroup v2 that can wait for
+/// an RCU grace period, several milliseconds) and executed: that wait must not hold one of the
+/// runtime's workers. The thread is plugd's for its whole life, since a child's death signal
+/// (`PR_SET_PDEATHSIG`) fires when the *thread* that cloned it ends, which rules out the
+/// runtime's blocking pool.
+async fn on_spawner(launch: Launch) -> std::io::Result<Started> {
     use std::sync::mpsc;
     type Job = Box<dyn FnOnce() + Send>;
     static SPAWNER: std::sync::OnceLock<mpsc::Sender<Job>> = std::sync::OnceLock::new();
@@ -393,19 +282,17 @@ async fn on_spawner(mut cmd: Command) -> std::io::Result<Child> {
         }
         tx
     });
-    let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        // The child is reaped by this runtime's process driver.
-        let _runtime = handle.enter();
         // Registered before anyone can see the child as a leftover (see `orphans`).
         let mut spawned = super::orphans::spawned();
-        let child = cmd.spawn();
-        if let Some(pid) = child.as_ref().ok().and_then(Child::id) {
-            spawned.insert(pid);
+        let started = launch.spawn();
+        if let Ok(started) = &started {
+            spawned.insert(started.pid);
         }
         drop(spawned);
-        let _ = tx.send(child);
+        drop(launch);
+        let _ = tx.send(started);
     });
     if spawner.send(job).is_err() {
         return Err(std::io::Error::other("the spawner thread is gone"));
@@ -432,7 +319,7 @@ pub fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String 
 
 /// Kills a process started here (its whole group) and reaps it, so it leaves the register of
 /// spawned processes (see `orphans`): for a start stub that will not be used.
-pub async fn kill_and_reap(child: &mut Child) {
+pub async fn kill_and_reap(child: &mut Process) {
     let pid = child.id().unwrap_or(0);
     signal_group(pid, Signal::SIGKILL);
     let _ = child.wait().await;

@@ -1,35 +1,24 @@
-//! The start stub: the small program every plugin process begins as.
+//! The start stub: a plugin's next process, prepared ahead of time.
 //!
-//! plugd's own binary is large and its process holds many mappings, so forking it to start a
-//! plugin costs a copy of its page tables (about half a millisecond of CPU here, more as plugd
-//! grows) and makes every page plugd writes afterwards a copy-on-write fault. Instead plugd
-//! starts `plugd-start-stub`, installed next to its binary ([`stub_program`]), with
-//! `posix_spawn` (glibc's `vfork`-style clone: nothing copied), in the plugin's directory,
-//! environment and process group, its output already piped to the plugin's log, and its stdin
-//! one end of a socket pair: the *control* socket. Over it plugd sends two lines of JSON:
-//!
-//! 1. [`StubSetup`]: what the child must do to itself before the plugin runs: the death signal
-//!    tied to plugd (checked against plugd's pid, which may have died meanwhile), its cgroup
-//!    leaf and its rlimits. The stub answers `ready`, or the error and exits.
-//! 2. [`StubOrder`]: the program, its arguments and variables to add. The stub replaces itself
-//!    with the plugin (`exec`, so pid, group, cgroup and pipes stay, and stdin becomes
-//!    `/dev/null`). Its duplicate of the control socket is close-on-exec, so plugd reads the
-//!    end of the stream when the `exec` succeeded, and the error (its `errno`) when it failed:
-//!    the same outcome a fork-and-exec spawn reports.
-//!
-//! A plugin start sends both lines at once. A *prepared* start sends the setup only: moving a
-//! process into a cgroup waits for an RCU grace period (about 7 ms on this kind of machine,
-//! whatever its load), so after a plugin becomes ready plugd prepares its next start in the
-//! background, a stub already set up in a fresh leaf, and a restart sends just the order. A
-//! stub whose control socket closes without an order exits.
+//! Moving a process into a cgroup can wait for an RCU grace period (about 7 ms on cgroup v2 on
+//! this kind of machine, whatever its load), and creating the cgroup takes the kernel's cgroup
+//! lock. So after a plugin becomes ready plugd prepares its next start in the background (see
+//! `supervise::spare`): a fresh leaf, and in it `plugd-start-stub`, installed next to plugd's
+//! binary ([`stub_program`]), started like any plugin process (see [`super::process`]: in the
+//! plugin's directory, environment and process group, with its death signal, cgroup and
+//! rlimits, its output piped to the plugin's log), its stdin one end of a socket pair: the
+//! *control* socket. A restart then only sends it, as one line of JSON, the [`StubOrder`]:
+//! the program, its arguments and the instance's variables. The stub replaces itself with the
+//! plugin (`exec`, so pid, group, cgroup and pipes stay, and stdin becomes `/dev/null`). Its
+//! duplicate of the control socket is close-on-exec, so plugd reads the end of the stream when
+//! the `exec` succeeded, and the error (its `errno`) when it failed: the same outcome a direct
+//! start reports. A stub whose control socket closes without an order exits.
 //!
 //! The stub is a program of its own rather than plugd's binary run again: it is
 //! single-threaded, runs nothing but [`run`], and costs a fraction of the memory (plugd's
 //! large binary dirties over a mebibyte of pages just being loaded).
 
-use super::rlimits::Rlimits;
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -43,9 +32,6 @@ pub const STUB_PROGRAM: &str = "plugd-start-stub";
 /// environment are small, and neither side must be made to hold much.
 pub const MAX_LINE: u64 = 1 << 20;
 
-/// The answer of a stub that set itself up.
-pub const READY: &str = "ready";
-
 /// The stub program next to the running plugd binary, if it is there.
 pub fn stub_program() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -53,30 +39,6 @@ pub fn stub_program() -> Option<PathBuf> {
     nix::unistd::access(&stub, nix::unistd::AccessFlags::X_OK)
         .is_ok()
         .then_some(stub)
-}
-
-/// What the stub does to itself before anything of the plugin runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StubSetup {
-    /// plugd's pid: the stub dies with it, and gives up if it is already gone.
-    pub parent: i32,
-    /// `cgroup.procs` files to join (empty without cgroups).
-    pub cgroup_procs: Vec<String>,
-    /// rlimits to set, after joining the cgroups.
-    pub rlimits: Rlimits,
-}
-
-impl StubSetup {
-    /// Applies the setup to the calling process.
-    fn apply(&self) -> std::io::Result<()> {
-        let procs = self
-            .cgroup_procs
-            .iter()
-            .map(|p| CString::new(p.as_str()).map_err(std::io::Error::other))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let parent = nix::unistd::Pid::from_raw(self.parent);
-        super::spawn::confine(parent, &procs, self.rlimits)
-    }
 }
 
 /// What a stub becomes: the plugin's program with its arguments and the variables of this one
@@ -111,9 +73,9 @@ impl StubError {
     }
 }
 
-/// The stub's `main`: sets itself up and becomes the plugin, as its control socket (stdin)
-/// says. Returns only when no order came (the start was discarded), on a malformed line, or
-/// when the setup or the `exec` failed.
+/// The stub's `main`: becomes the plugin, as its control socket (stdin) says. Returns only
+/// when no order came (the start was discarded), on a malformed line, or when the `exec`
+/// failed.
 pub fn run() -> ExitCode {
     // A close-on-exec duplicate: gone once the plugin runs, which is how plugd learns it does.
     let control = match std::io::stdin().as_fd().try_clone_to_owned() {
@@ -124,21 +86,6 @@ pub fn run() -> ExitCode {
         }
     };
     let mut reader = BufReader::new(&control);
-    let setup = match read_line::<StubSetup>(&mut reader) {
-        Ok(Some(setup)) => setup,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => return fail(&control, "malformed setup", &e),
-    };
-    if let Err(e) = setup.apply() {
-        return fail(&control, "cannot set the process up", &e);
-    }
-    if (&control)
-        .write_all(format!("{READY}\n").as_bytes())
-        .is_err()
-    {
-        // plugd went away: nothing to start for.
-        return ExitCode::from(1);
-    }
     let order = match read_line::<StubOrder>(&mut reader) {
         Ok(Some(order)) => order,
         // Discarded without an order: nothing to start.
@@ -216,18 +163,6 @@ impl Control {
         let mut line = serde_json::to_vec(what).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.stream.get_mut().write_all(&line).await
-    }
-
-    /// Waits for the stub's answer to its setup: `Ok` once it is ready, the error it reported
-    /// otherwise.
-    pub async fn ready(&mut self) -> std::io::Result<()> {
-        match self.answer().await? {
-            Some(line) if line == READY => Ok(()),
-            Some(line) => Err(reported(&line)),
-            None => Err(std::io::Error::other(
-                "the start stub ended before it was set up",
-            )),
-        }
     }
 
     /// Waits for the outcome of the order: `Ok` when the stub's `exec` succeeded (its end of

@@ -245,6 +245,17 @@ fn report(what: &str, rounds: usize, latencies: &mut [Duration]) {
     );
 }
 
+/// Waits until the plugin is ready on every worker of `all` (30 s at most each).
+async fn ready_everywhere(client: &reqwest::Client, all: &[String]) {
+    for base in all {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state(client, base).await != "ready" {
+            assert!(Instant::now() < deadline, "echo on {base} is not ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -266,6 +277,16 @@ async fn main() {
         .build()
         .expect("client");
 
+    // The rounds begin from the plugin enabled and ready everywhere, whatever an earlier run
+    // left.
+    assert!(
+        toggle(&client, a, token, true).await,
+        "the enable was refused"
+    );
+    let all: Vec<String> = std::iter::once(a.clone())
+        .chain(others.iter().cloned())
+        .collect();
+    ready_everywhere(&client, &all).await;
     let watched = watch(&client, token, others).await;
     let what = format!("propagation A -> {} other workers", others.len());
     let toggles = Toggles {
@@ -283,16 +304,7 @@ async fn main() {
         .await;
 
     // Settings: an admin change on A until the plugin's handler sees it on every worker.
-    let all: Vec<String> = std::iter::once(a.clone())
-        .chain(others.iter().cloned())
-        .collect();
-    for base in &all {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while state(&client, base).await != "ready" {
-            assert!(Instant::now() < deadline, "echo on {base} is not ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    ready_everywhere(&client, &all).await;
     let mut settings = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let want = format!("greeting {round}");
@@ -322,10 +334,7 @@ async fn main() {
 
     // Sustained writes through every worker at once.
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let workers: Vec<String> = std::iter::once(a.clone())
-        .chain(others.iter().cloned())
-        .collect();
-    let clients = workers.iter().enumerate().map(|(i, base)| {
+    let clients = all.iter().enumerate().map(|(i, base)| {
         let (client, base, token) = (client.clone(), base.clone(), token.clone());
         tokio::spawn(async move {
             let mut n = 0u64;
@@ -345,7 +354,7 @@ async fn main() {
     }
     println!(
         "sustained: {total} admin writes in {seconds} s through {} workers = {:.0} writes/s",
-        workers.len(),
+        all.len(),
         total as f64 / seconds as f64
     );
 }

@@ -288,20 +288,84 @@ async fn a_second_worker_on_the_same_sqlite_data_directory_is_refused() {
     );
 }
 
-/// The task limit of the plugin cgroup process `pid` is in (`None` outside a plugin's leaf).
-fn task_limit(pid: u32) -> Option<String> {
+/// The plugin leaf (its path in the pids hierarchy) process `pid` is in (`None` outside a
+/// plugin's leaf).
+fn leaf_of(pid: u32) -> Option<String> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let pids = cgroups
         .lines()
         .find_map(|l| l.split_once(":pids:").map(|(_, p)| p))
         .or_else(|| cgroups.lines().find_map(|l| l.strip_prefix("0::")))?;
-    if !pids.contains("plugd-p") {
-        return None;
-    }
+    pids.contains("plugd-p").then(|| pids.to_owned())
+}
+
+/// The task limit of the plugin cgroup process `pid` is in (`None` outside a plugin's leaf).
+fn task_limit(pid: u32) -> Option<String> {
+    let leaf = leaf_of(pid)?;
     ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
         .iter()
-        .find_map(|root| std::fs::read_to_string(format!("{root}{pids}/pids.max")).ok())
+        .find_map(|root| std::fs::read_to_string(format!("{root}{leaf}/pids.max")).ok())
         .map(|max| max.trim().to_owned())
+}
+
+#[tokio::test]
+async fn a_disabled_plugins_cgroup_is_kept_for_its_next_start() {
+    let sup = crate::admin::admin_sup(&[PluginDef::echo("echo", "[limits]\ntasks = 32\n")]).await;
+    let pid = |s: serde_json::Value| s["pid"].as_u64().expect("pid") as u32;
+    let first = pid(sup.plugin_status("echo").await);
+    let Some(leaf) = leaf_of(first) else {
+        assert!(
+            sup.logged(&["cgroups unavailable"]),
+            "no leaf, yet cgroups were found"
+        );
+        return;
+    };
+    // Whatever leaves the plugin has now (its instance's, maybe its prepared start's).
+    let parent = leaf.rsplit_once('/').expect("a parent").0.to_owned();
+    let root = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|r| std::path::Path::new(&format!("{r}{leaf}")).is_dir())
+        .expect("the leaf's directory");
+    let leaves = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(format!("{root}{parent}"))
+            .expect("plugd's cgroup")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-echo-"))
+            .collect()
+    };
+    let before = leaves();
+    for _ in 0..3 {
+        disable_echo(&sup).await;
+        sup.wait_until("disabled", || async {
+            sup.plugin_status("echo").await["state"] == "disabled"
+        })
+        .await;
+        // Kept, empty, rather than removed.
+        assert!(std::path::Path::new(&format!("{root}{leaf}")).is_dir());
+        let r = sup
+            .client
+            .post(sup.url("/admin/plugins/echo/enable?wait=10s"))
+            .bearer_auth(crate::admin::ADMIN)
+            .send()
+            .await
+            .expect("enable");
+        assert_eq!(r.status(), 200);
+        sup.wait_until("ready again", || async {
+            sup.plugin_status("echo").await["state"] == "ready"
+        })
+        .await;
+    }
+    let now = pid(sup.plugin_status("echo").await);
+    assert_ne!(now, first);
+    let reused = leaf_of(now).expect("in a leaf");
+    let name = reused.rsplit_once('/').expect("a name").1;
+    assert!(
+        before.contains(name),
+        "{name} is new; the plugin had {before:?}"
+    );
+    assert_eq!(task_limit(now).as_deref(), Some("32"));
+    assert!(leaves().len() <= 2, "{:?}", leaves());
 }
 
 /// Children of `parent` running the start stub (`plugd-start-stub`).

@@ -103,6 +103,7 @@ impl Reconciler {
             return;
         };
         entry.enabled = enabled;
+        entry.settings_generation = Some(record.settings_generation);
         if enabled {
             let state = entry.slot.state();
             if matches!(*state, PluginState::Disabled) {

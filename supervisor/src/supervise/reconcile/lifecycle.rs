@@ -249,6 +249,7 @@ impl Reconciler {
                 }
                 let old = entry.current.replace(instance.clone());
                 entry.slot.set(PluginState::Ready(instance.clone()));
+                let settings_heard = entry.settings_generation;
                 self.lifecycle_hook(
                     "plugd.plugin.loaded",
                     serde_json::json!({ "plugin": name, "version": instance.version, "pid": instance.pid }),
@@ -259,8 +260,9 @@ impl Reconciler {
                     // The deprecated name of the same hook, until protocol 1.2.
                     self.lifecycle_hook("plugd.plugin.config_changed", payload);
                 }
-                // A change of settings made while it started is delivered now.
-                self.follow_settings(instance.clone(), None);
+                // A change of settings made while it started is delivered now (the store is
+                // asked unless the instance started with the generation last heard of).
+                self.follow_settings(instance.clone(), settings_heard);
                 self.follow(name, instance.clone());
                 if let Some(old) = old {
                     tracing::info!(

@@ -204,6 +204,8 @@ struct Entry {
     store_wait_logged: bool,
     /// Its last start failed for want of settings: a change of them starts it again.
     awaiting_settings: bool,
+    /// The generation of its settings the store last told this worker of, if it did.
+    settings_generation: Option<i64>,
     /// Its sources when its build last succeeded (none: not built yet by this process).
     built: Option<ProgramStamp>,
     /// The start whose build failed, if the last build failed.
@@ -231,6 +233,7 @@ impl Entry {
             enabled,
             store_wait_logged: false,
             awaiting_settings: false,
+            settings_generation: None,
             built: None,
             build_failed: None,
             canary: None,

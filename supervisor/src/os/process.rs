@@ -16,8 +16,9 @@
 //! runs in the child.
 //!
 //! The started [`Process`] is watched through a pidfd (Linux 5.3 or later), which becomes
-//! readable when the process ends; it is then reaped with `waitpid`. Dropping a `Process` that
-//! has not been reaped kills it and reaps it in the background.
+//! readable when the process ends; it is then reaped with `waitpid`. Where there is no
+//! `pidfd_open` (older kernels, valgrind), each SIGCHLD is the cue to try `waitpid` again.
+//! Dropping a `Process` that has not been reaped kills it and reaps it in the background.
 #![allow(unsafe_code)]
 
 use super::cgroups::join_cgroups;
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::unix::pipe;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// The child's stack until `exec`: it calls nothing but a few system calls.
 const CHILD_STACK: usize = 64 * 1024;
@@ -172,17 +174,8 @@ impl Launch {
         // SAFETY: a plain system call; the pid is this process's unreaped child, so it cannot
         // have been reused.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            let e = std::io::Error::last_os_error();
-            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("cannot watch the process (pidfd_open needs Linux 5.3 or later): {e}"),
-            ));
-        }
         // SAFETY: `pidfd_open` returned a new descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
         Ok(Started {
             pid: pid as u32,
             pidfd,
@@ -197,7 +190,8 @@ impl Launch {
 pub struct Started {
     /// Its pid.
     pub pid: u32,
-    pidfd: OwnedFd,
+    /// `None` without `pidfd_open`.
+    pidfd: Option<OwnedFd>,
     stdout: OwnedFd,
     stderr: OwnedFd,
 }
@@ -207,27 +201,42 @@ impl Started {
     pub fn watch(self) -> std::io::Result<Process> {
         let mut process = Process {
             pid: self.pid,
-            pidfd: None,
+            exit: None,
             status: None,
             stdout: None,
             stderr: None,
         };
-        // SAFETY: the `AsyncFd` owns the pidfd, which stays open and the same until it is
-        // dropped.
-        let pidfd = unsafe { AsyncFd::register_with_interest(self.pidfd, Interest::READABLE) };
-        process.pidfd = Some(pidfd.map_err(std::io::Error::from)?);
+        process.exit = Some(match self.pidfd {
+            // SAFETY: the `AsyncFd` owns the pidfd, which stays open and the same until it is
+            // dropped.
+            Some(pidfd) => Exit::Pidfd(
+                unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                    .map_err(std::io::Error::from)?,
+            ),
+            None => Exit::Sigchld(signal(SignalKind::child())?),
+        });
         process.stdout = Some(pipe::Receiver::from_owned_fd(self.stdout)?);
         process.stderr = Some(pipe::Receiver::from_owned_fd(self.stderr)?);
         Ok(process)
     }
 }
 
-/// A started process: its exit is awaited through its pidfd. Killed and reaped when dropped
+/// How the end of a process is noticed.
+#[derive(Debug)]
+enum Exit {
+    /// Its pidfd becomes readable.
+    Pidfd(AsyncFd<OwnedFd>),
+    /// Some child ended (listened to from before the first `waitpid`, so none is missed).
+    Sigchld(Signal),
+}
+
+/// A started process, whose exit is awaited (see [`Exit`]). Killed and reaped when dropped
 /// before it was reaped.
 #[derive(Debug)]
 pub struct Process {
     pid: u32,
-    pidfd: Option<AsyncFd<OwnedFd>>,
+    /// `None` once reaped.
+    exit: Option<Exit>,
     status: Option<ExitStatus>,
     /// Its stdout, until taken.
     pub stdout: Option<pipe::Receiver>,
@@ -247,10 +256,13 @@ impl Process {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
-            let Some(pidfd) = &self.pidfd else {
-                return Err(std::io::Error::other("the process is not watched"));
-            };
-            pidfd.readable().await?.clear_ready();
+            match &mut self.exit {
+                Some(Exit::Pidfd(pidfd)) => pidfd.readable().await?.clear_ready(),
+                Some(Exit::Sigchld(sigchld)) => {
+                    sigchld.recv().await;
+                }
+                None => return Err(std::io::Error::other("the process is not watched")),
+            }
         }
     }
 
@@ -268,7 +280,7 @@ impl Process {
             _ => {
                 let status = ExitStatus::from_raw(raw);
                 self.status = Some(status);
-                self.pidfd = None;
+                self.exit = None;
                 Ok(Some(status))
             }
         }
@@ -295,8 +307,8 @@ impl Drop for Process {
         let reap = move || {
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
         };
-        match (self.pidfd.take(), tokio::runtime::Handle::try_current()) {
-            (Some(pidfd), Ok(runtime)) => {
+        match (self.exit.take(), tokio::runtime::Handle::try_current()) {
+            (Some(Exit::Pidfd(pidfd)), Ok(runtime)) => {
                 runtime.spawn(async move {
                     let _ = pidfd.readable().await;
                     reap();
@@ -572,6 +584,24 @@ mod tests {
                 .contains("cannot enter the plugin's directory"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_pidfd_the_exit_is_noticed_by_sigchld() {
+        // It ends once told to, after it is watched.
+        let (theirs, ours) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let l = launch("sh", &["-c", "read line; exit 5"], &[]).expect("launch");
+        let mut started = l.stdin(theirs.into()).spawn().expect("spawn");
+        started.pidfd = None;
+        let mut p = started.watch().expect("watch");
+        assert!(matches!(p.exit, Some(Exit::Sigchld(_))));
+        assert!(p.try_wait().expect("try").is_none());
+        std::io::Write::write_all(&mut &ours, b"go\n").expect("tell");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), p.wait())
+            .await
+            .expect("noticed")
+            .expect("wait");
+        assert_eq!(status.code(), Some(5));
     }
 
     #[tokio::test]

@@ -187,16 +187,16 @@ async fn start(
         .map(|(k, v)| (k.into(), v.into()))
         .chain([(ENV_PLUGIN_NAME.into(), m.name.clone().into())])
         .chain(instance.into_iter().map(|(k, v)| (k.into(), v)));
-    let (program, args, control, failed): (_, &[String], _, fn(&Path, &std::io::Error) -> Failure) =
-        match run {
-            Run::Program { program, args } => (program, args, None, spawn_failure),
-            // The stub missing or broken is plugd's installation at fault, not the plugin's:
-            // retried.
-            Run::Prepared { stub } => {
-                let pair = Control::pair().map_err(|e| stub_failure(stub, &e))?;
-                (stub, &[], Some(pair), stub_failure)
-            }
-        };
+    type Failed = fn(&Path, &std::io::Error) -> Failure;
+    let (program, args, control, failed): (_, &[String], _, Failed) = match run {
+        Run::Program { program, args } => (program, args, None, spawn_failure),
+        // The stub missing or broken is plugd's installation at fault, not the plugin's:
+        // retried.
+        Run::Prepared { stub } => {
+            let pair = Control::pair().map_err(|e| stub_failure(stub, &e))?;
+            (stub, &[], Some(pair), stub_failure)
+        }
+    };
     let launch = Launch::new(program, args, &m.dir, "PLUGD_", env, rlimits, cgroup_procs)
         .map_err(|e| failed(program, &e))?;
     let (launch, control) = match control {

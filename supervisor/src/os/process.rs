@@ -287,7 +287,7 @@ impl Process {
     }
 
     /// Sends it SIGKILL, unless it has been reaped.
-    pub fn start_kill(&mut self) {
+    fn start_kill(&mut self) {
         if self.status.is_none() {
             let _ = nix::sys::signal::kill(
                 Pid::from_raw(self.pid as i32),

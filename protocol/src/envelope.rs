@@ -119,6 +119,16 @@ pub fn check_one_value(raw: &[u8]) -> Result<(), DecodeError> {
     r.expect_end()
 }
 
+/// The end of the one well-formed value that starts at `start` in `buf`: where the next value
+/// would begin. The value sits inside `nested` containers already, so it may itself nest at
+/// most [`MAX_DEPTH`] less those levels: the message around it stays within the bound. Like
+/// [`check_one_value`], it never allocates and never recurses.
+pub(crate) fn value_end(buf: &[u8], start: usize, nested: usize) -> Result<usize, DecodeError> {
+    let mut r = Reader { buf, pos: start };
+    r.skip_value_within(MAX_DEPTH.saturating_sub(nested))?;
+    Ok(r.pos)
+}
+
 impl Message {
     /// Decodes one frame body (without its length prefix).
     pub fn decode(body: Bytes) -> Result<Message, DecodeError> {
@@ -498,11 +508,17 @@ impl Reader<'_> {
     /// crosses this once, so the one-byte forms (small integers, short strings, small arrays
     /// and maps, nil and booleans) are read without the general marker table.
     fn skip_value(&mut self) -> Result<(), DecodeError> {
+        self.skip_value_within(MAX_DEPTH)
+    }
+
+    /// [`Reader::skip_value`] for a value that may nest at most `limit` (≤ [`MAX_DEPTH`]) levels.
+    fn skip_value_within(&mut self, limit: usize) -> Result<(), DecodeError> {
         // `open[d]`: elements still to skip inside the container open at depth `d`.
         let mut open = [0usize; MAX_DEPTH + 1];
+        let limit = limit.min(MAX_DEPTH);
         let mut depth = 0usize;
         loop {
-            if depth > MAX_DEPTH {
+            if depth > limit {
                 return Err(DecodeError::Malformed(format!(
                     "values nest deeper than {MAX_DEPTH} levels"
                 )));

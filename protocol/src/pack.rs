@@ -205,6 +205,16 @@ impl<'a> Cursor<'a> {
         self.bytes(len)
     }
 
+    /// One whole value's byte range in the buffer, whatever its type, for a value kept as raw
+    /// MessagePack. It must be well formed and, inside the `nested` containers around it, stay
+    /// within [`crate::depth::MAX_DEPTH`].
+    pub(crate) fn value_range(&mut self, nested: usize) -> Option<(usize, usize)> {
+        let start = self.pos;
+        let end = crate::envelope::value_end(self.buf, start, nested).ok()?;
+        self.pos = end;
+        Some((start, end))
+    }
+
     pub(crate) fn uint(&mut self) -> Option<u64> {
         match self.byte()? {
             b @ 0x00..=0x7f => Some(u64::from(b)),

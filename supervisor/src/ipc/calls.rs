@@ -14,13 +14,13 @@ use crate::store::kv::{KvQuota, OverQuota};
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use plugd_protocol::envelope::{encode_error, encode_response};
+use plugd_protocol::envelope::{encode_error, encode_response, encode_response_packed};
 use plugd_protocol::message::hook::HookFire;
 use plugd_protocol::message::kv::{
     KvCas, KvCasResult, KvDelete, KvDeleted, KvEntries, KvEntry, KvGet, KvList, KvSet, KvValue,
     KvVersion,
 };
-use plugd_protocol::message::service::{ServiceCall, ServiceInput, ServiceOutput};
+use plugd_protocol::message::service::{ServiceCall, ServiceCallRaw};
 use plugd_protocol::message::Method;
 use plugd_protocol::{codes, ErrorObject, Request};
 use serde::Serialize;
@@ -48,11 +48,10 @@ pub const RESERVED_PREFIX: &str = "plugd.";
 
 /// The other plugins, as a plugin's calls reach them.
 pub trait Peers: Send + Sync + 'static {
-    /// Calls a service on the running plugin that provides it.
-    fn call_service(
-        &self,
-        input: ServiceInput,
-    ) -> BoxFuture<'static, Result<ServiceOutput, ErrorObject>>;
+    /// Calls a service on the running plugin that provides it; answers the provider's result
+    /// (a [`ServiceOutput`](plugd_protocol::message::service::ServiceOutput)) as checked raw
+    /// MessagePack, passed on to the caller as it is.
+    fn call_service(&self, input: ServiceCallRaw) -> BoxFuture<'static, Result<Bytes, ErrorObject>>;
 
     /// Fires a hook at every plugin that handles it; answers the combined result.
     fn fire_hook(
@@ -100,9 +99,9 @@ impl Calls {
     pub async fn answer(&self, plugin: &str, request: &Request, max: usize) -> Bytes {
         let id = request.id;
         let result = match request.method.as_str() {
-            ServiceCall::NAME => match params::<ServiceCall>(request) {
-                Ok(input) => self.peers.call_service(input).await.and_then(reply),
-                Err(e) => Err(e),
+            ServiceCall::NAME => match ServiceCallRaw::decode(&request.params) {
+                Ok(input) => self.peers.call_service(input).await.map(reply_raw),
+                Err(e) => Err(ErrorObject::new(codes::INVALID_PARAMS, e.to_string())),
             },
             HookFire::NAME => match params::<HookFire>(request) {
                 Ok(p) if p.hook.starts_with(RESERVED_PREFIX) => Err(ErrorObject::new(
@@ -133,6 +132,15 @@ impl Calls {
 }
 
 type Encoder = Box<dyn FnOnce(u64, usize) -> Result<Bytes, plugd_protocol::EncodeError> + Send>;
+
+/// An answer whose result is raw MessagePack checked already.
+fn reply_raw(result: Bytes) -> Encoder {
+    Box::new(move |id, max| {
+        encode_response_packed(id, 32 + result.len(), max, |buf| {
+            buf.extend_from_slice(&result)
+        })
+    })
+}
 
 fn reply<T: Serialize + Send + 'static>(value: T) -> Result<Encoder, ErrorObject> {
     Ok(Box::new(move |id, max| encode_response(id, &value, max)))

@@ -6,7 +6,8 @@ use super::hooks::{self, MAX_DEPTH};
 use super::reconcile::{PluginState, Registry};
 use crate::ipc::{CallError, Peers};
 use futures_util::future::BoxFuture;
-use plugd_protocol::message::service::{ServiceCall, ServiceInput, ServiceOutput};
+use bytes::Bytes;
+use plugd_protocol::message::service::{check_output, ServiceCall, ServiceCallRaw};
 use plugd_protocol::{codes, ErrorObject};
 use std::sync::Arc;
 
@@ -22,7 +23,9 @@ impl RegistryPeers {
         RegistryPeers { registry }
     }
 
-    async fn call_service(&self, p: ServiceInput) -> Result<ServiceOutput, ErrorObject> {
+    /// Finds the provider of `p.service` and forwards the call to it one level deeper, the
+    /// argument and the answer passed on as raw MessagePack (the answer checked first).
+    async fn call_service(&self, p: ServiceCallRaw) -> Result<Bytes, ErrorObject> {
         if p.depth >= MAX_DEPTH {
             return Err(ErrorObject::new(
                 codes::DEPTH_EXCEEDED,
@@ -46,16 +49,23 @@ impl RegistryPeers {
                 format!("no running plugin provides service {:?}", p.service),
             ));
         };
-        let forwarded = ServiceInput {
+        let forwarded = ServiceCallRaw {
             depth: p.depth + 1,
             ..p
         };
-        match provider
+        let answer = provider
             .conn
-            .call::<ServiceCall>(&forwarded, self.registry.hook_timeout())
+            .call_with::<ServiceCall>(
+                |id, max| forwarded.encode(id, max),
+                self.registry.hook_timeout(),
+            )
             .await
-        {
-            Ok(out) => Ok(out),
+            .and_then(|response| match &response.outcome {
+                Ok(raw) => check_output(raw).map_err(|e| CallError::Protocol(e.to_string())),
+                Err(e) => Err(CallError::Remote(e.clone())),
+            });
+        match answer {
+            Ok(raw) => Ok(raw),
             Err(CallError::Remote(e)) => Err(e),
             Err(e) => Err(ErrorObject::new(
                 codes::NOT_AVAILABLE,
@@ -71,8 +81,8 @@ impl RegistryPeers {
 impl Peers for RegistryPeers {
     fn call_service(
         &self,
-        input: ServiceInput,
-    ) -> BoxFuture<'static, Result<ServiceOutput, ErrorObject>> {
+        input: ServiceCallRaw,
+    ) -> BoxFuture<'static, Result<Bytes, ErrorObject>> {
         let this = self.clone();
         Box::pin(async move { RegistryPeers::call_service(&this, input).await })
     }

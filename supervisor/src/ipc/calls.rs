@@ -118,7 +118,9 @@ impl Calls {
                     .and_then(reply),
                 Err(e) => Err(e),
             },
-            _ => handle(&self.store, plugin, request, max).await,
+            // Boxed: the store's futures are large, and this future is moved into a task per
+            // call; boxed, the calls that do not touch the store do not copy them.
+            _ => Box::pin(handle(&self.store, plugin, request, max)).await,
         };
         let frame = match result {
             Ok(frame) => frame(id, max),

@@ -32,12 +32,15 @@
 //! }
 //! ```
 //!
-//! Handlers run concurrently on whatever tokio runtime `main` builds. For handlers that only
-//! compute a little, `#[tokio::main(flavor = "current_thread")]` is fastest: a request is read,
-//! handled and answered without waking another thread, and a handler that needs no waiting
-//! runs without a task of its own; the answers to requests that arrived together leave in one
-//! write. Keep the multi-threaded default when handlers do heavy work: each request is then a
-//! task, and other threads run them while the connection goes on reading.
+//! Handlers run concurrently on whatever tokio runtime `main` builds. A handler that answers
+//! without waiting is run by the connection's reader itself, with no task: a request is read,
+//! handled and answered without waking another thread, and the answers to requests that
+//! arrived together leave in one write. A handler that waits becomes a task where it first
+//! waited. On a multi-threaded runtime, a handler that computes for longer than 1 ms before it
+//! first waits, four requests in a row, runs as a task from the start from then on, so other
+//! threads run it while the reader goes on; for handlers that only compute a little,
+//! `#[tokio::main(flavor = "current_thread")]` is a little faster still (no threads to
+//! coordinate).
 //!
 //! The runtime makes mimalloc the plugin's global allocator (the default feature `mimalloc`):
 //! a request's strings and frames are allocated and freed in about half the instructions of

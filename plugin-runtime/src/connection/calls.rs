@@ -21,7 +21,12 @@ pub(super) async fn start_hook<S: Send + Sync + 'static>(
     let Some(input) = admit::<S, HookCall>(shared, &req).await else {
         return;
     };
-    let Some(route) = shared.hooks.iter().find(|h| h.decl.name == input.hook) else {
+    let Some((route, weight)) = shared
+        .hooks
+        .iter()
+        .zip(&shared.weights.hooks)
+        .find(|(h, _)| h.decl.name == input.hook)
+    else {
         let message = format!("this plugin does not handle hook {:?}", input.hook);
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
     };
@@ -32,7 +37,7 @@ pub(super) async fn start_hook<S: Send + Sync + 'static>(
         host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = (route.handler)(event, shared.state.clone());
-    run_tracked(shared, id, async move {
+    run_tracked(shared, id, weight, async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(reply) => Ok(reply.into_wire()),
             Err(panic) => Err(panicked("hook", &panic)),
@@ -49,10 +54,11 @@ pub(super) async fn start_service<S: Send + Sync + 'static>(
     let Some(input) = admit::<S, ServiceCall>(shared, &req).await else {
         return;
     };
-    let Some((_, handler)) = shared
+    let Some(((_, handler), weight)) = shared
         .services
         .iter()
-        .find(|(name, _)| *name == input.service)
+        .zip(&shared.weights.services)
+        .find(|((name, _), _)| *name == input.service)
     else {
         let message = format!("this plugin does not provide service {:?}", input.service);
         return shared.reply_error(id, codes::NOT_AVAILABLE, message).await;
@@ -64,7 +70,7 @@ pub(super) async fn start_service<S: Send + Sync + 'static>(
         host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = handler(event, shared.state.clone());
-    run_tracked(shared, id, async move {
+    run_tracked(shared, id, weight, async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(Ok(value)) => Ok(ServiceOutput {
                 value: rmpv::ext::to_value(&value).unwrap_or(rmpv::Value::Nil),

@@ -1,16 +1,17 @@
 //! The connection loop: handshake, then dispatch every incoming message until shutdown.
 //!
-//! One reader (this loop) decodes frames and runs each request's handler. On a single-threaded
-//! runtime, a handler that finishes on its first poll (most do: they compute an answer without
-//! waiting) is answered right there, with no task spawned: a task would run on the same thread
-//! anyway. The others, and every handler on a multi-threaded runtime (where other threads run
-//! them while the reader goes on), become a task each, tracked by id so a `cancel` can abort
+//! One reader (this loop) decodes frames and runs each request's handler. A handler that
+//! finishes on its first poll (most do: they compute an answer without waiting) is answered
+//! right there, with no task spawned and, on a multi-threaded runtime, no other thread woken.
+//! The others, handlers that proved heavy on a multi-threaded runtime (see [`weight`]) and
+//! streaming routes become a task each, tracked by id so a `cancel` can abort
 //! one and a `shutdown` can wait for all of them. Answers go through the
 //! connection's [`Outbox`]: while the reader works through frames that arrived together it
 //! keeps the outbox corked, so their answers leave in one write.
 
-use crate::answer::{http_answer, panic_message, poll_once, result_frame, send_body};
+use crate::answer::{http_answer, panic_message, result_frame, send_body};
 use crate::kv::{Caller, Host};
+use weight::{Threads, Weight};
 use crate::plugin::{
     Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
 };
@@ -37,7 +38,6 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
@@ -45,6 +45,7 @@ use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
 mod calls;
+mod weight;
 
 /// Bytes of frames that may wait to be written to the supervisor before handlers wait (a
 /// larger single frame still goes, once the queue is empty).
@@ -109,8 +110,28 @@ struct Shared<S> {
     streams: Arc<Streams>,
     /// Each side's credit per stream, from the welcome.
     window: u32,
-    /// Handlers are first polled by the reader itself (a single-threaded runtime).
-    inline: bool,
+    /// The runtime: which handlers the reader polls first (see [`weight`]).
+    threads: Threads,
+    /// How each route's, hook handler's and service's first polls went, in declaration order.
+    weights: Weights,
+}
+
+/// A [`Weight`] per handler, each list in the order of [`Shared`]'s.
+struct Weights {
+    routes: Vec<Weight>,
+    hooks: Vec<Weight>,
+    services: Vec<Weight>,
+}
+
+impl Weights {
+    fn new(routes: usize, hooks: usize, services: usize) -> Weights {
+        let list = |n| (0..n).map(|_| Weight::default()).collect();
+        Weights {
+            routes: list(routes),
+            hooks: list(hooks),
+            services: list(services),
+        }
+    }
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
@@ -231,6 +252,11 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
     tracing::debug!(supervisor = %welcome.supervisor, "handshake accepted");
 
+    let weights = Weights::new(
+        plugin.routes.len(),
+        plugin.hooks.len(),
+        plugin.services.len(),
+    );
     let shared = Arc::new(Shared {
         routes: plugin.routes,
         hooks: plugin.hooks,
@@ -254,8 +280,8 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         window: welcome
             .stream_window
             .unwrap_or(plugd_protocol::stream::DEFAULT_WINDOW),
-        inline: tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread,
+        threads: Threads::current(),
+        weights,
     });
 
     let (stopped_tx, stopped) = oneshot::channel::<()>();
@@ -428,10 +454,11 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
     let Some(params) = admit_with(shared, &req, HttpRequestBuf::decode).await else {
         return;
     };
-    let Some(route) = shared
+    let Some((route, weight)) = shared
         .routes
         .iter()
-        .find(|r| r.method == params.method() && r.path == params.route())
+        .zip(&shared.weights.routes)
+        .find(|(r, _)| r.method == params.method() && r.path == params.route())
     else {
         let message = format!("no route {} {}", params.method(), params.route());
         return shared.reply_error(id, codes::NO_ROUTE, message).await;
@@ -493,8 +520,8 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 AssertUnwindSafe(handler(request, shared.state.clone())).catch_unwind();
             // Most handlers answer without waiting: then the answer goes out from here, with no
             // task (a streaming route always gets one: its body flows after the head).
-            if link.is_none() && shared.inline {
-                if let Poll::Ready(outcome) = poll_once(&mut future) {
+            if link.is_none() {
+                if let Some(outcome) = weight.first_poll(shared.threads, &mut future) {
                     let (frame, _) =
                         http_answer(id, route_name, outcome, false, shared.max_frame());
                     if let Some(frame) = frame {
@@ -589,23 +616,21 @@ fn track<S: Send + Sync + 'static>(
     in_flight.insert(id, task.abort_handle());
 }
 
-/// Runs `work` and sends its answer: from here when it finishes on its first poll, otherwise
-/// as a tracked task (cancellable, awaited by shutdown).
+/// Runs `work` and sends its answer: from here when it finishes on the first poll `weight`
+/// lets the reader give it, otherwise as a tracked task (cancellable, awaited by shutdown).
 async fn run_tracked<S, T>(
     shared: &Arc<Shared<S>>,
     id: u64,
+    weight: &Weight,
     work: impl std::future::Future<Output = Result<T, ErrorObject>> + Send + 'static,
 ) where
     S: Send + Sync + 'static,
     T: serde::Serialize + Send + 'static,
 {
-    if !shared.inline {
-        return answer_later(shared, id, work);
-    }
     let mut work = Box::pin(work);
-    match poll_once(&mut work) {
-        Poll::Ready(outcome) => shared.answer(id, outcome).await,
-        Poll::Pending => answer_later(shared, id, work),
+    match weight.first_poll(shared.threads, &mut work) {
+        Some(outcome) => shared.answer(id, outcome).await,
+        None => answer_later(shared, id, work),
     }
 }
 

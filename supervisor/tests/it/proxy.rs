@@ -234,3 +234,33 @@ async fn a_hundred_concurrent_requests_to_one_plugin_all_succeed() {
         assert_eq!(status.expect("task"), 200);
     }
 }
+
+/// On a multi-threaded runtime the plugin's reader runs each handler's first poll itself (no
+/// task, no other thread woken), until a handler proves heavy: four first polls over 1 ms in a
+/// row. From then on that handler is a task, so a long computation in it does not hold up the
+/// requests behind it.
+#[tokio::test]
+async fn a_handler_that_proved_heavy_runs_beside_the_plugins_reader() {
+    let plugin = PluginDef::echo("echo", "[env]\nECHO_WORKERS = \"2\"\n");
+    let sup = TestSupervisor::start(&[plugin], &[]).await;
+    for _ in 0..4 {
+        let r = sup.get("/plugins/echo/compute?ms=5").await.expect("compute");
+        assert_eq!(r.status(), 200);
+    }
+    let long = {
+        let client = sup.client.clone();
+        let url = sup.url("/plugins/echo/compute?ms=4000");
+        tokio::spawn(async move { client.get(url).send().await.expect("long").status() })
+    };
+    // Answered while the long computation runs: the reader is free. Were the reader computing
+    // itself, /computing would answer only once it is done, and never say 1.
+    sup.wait_until("another request is answered during the computation", || async {
+        match sup.get("/plugins/echo/computing").await {
+            Ok(r) => r.text().await.is_ok_and(|t| t == "1"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(!long.is_finished(), "the long computation was still running");
+    assert_eq!(long.await.expect("task"), 200);
+}

@@ -19,6 +19,8 @@ struct Counters {
     in_flight: AtomicU64,
     /// /hang requests whose future was dropped (cancelled by the supervisor).
     cancelled: AtomicU64,
+    /// Requests to /compute currently computing.
+    computing: AtomicU64,
     /// Bytes /stream/endless has handed to plugd so far.
     produced: AtomicU64,
     /// When /stream/endless last saw its stream end early, in ms since the Unix epoch.
@@ -210,12 +212,18 @@ fn with_services(mut plugin: Plugin<Counters>) -> Plugin<Counters> {
     plugin
 }
 
-/// `ECHO_RUNTIME=current_thread` runs the plugin on a single-threaded runtime (where the
-/// runtime answers handlers that need no waiting without a task); otherwise multi-threaded.
+/// `ECHO_RUNTIME=current_thread` runs the plugin on a single-threaded runtime; otherwise it is
+/// multi-threaded, with `ECHO_WORKERS` worker threads when set (tokio's default otherwise).
 fn main() -> Result<(), plugd_runtime::Error> {
     let mut builder = match std::env::var("ECHO_RUNTIME").as_deref() {
         Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = std::env::var("ECHO_WORKERS").ok().and_then(|n| n.parse().ok()) {
+                b.worker_threads(n);
+            }
+            b
+        }
     };
     builder
         .enable_all()
@@ -353,6 +361,21 @@ async fn serve() -> Result<(), plugd_runtime::Error> {
                     .push(vec![1u8; 1 << 20]);
             }
             format!("holding {mb} MiB more")
+        })
+        // Computes for `ms` milliseconds right in the handler, without ever waiting: a heavy
+        // handler, as the runtime sees it.
+        .get("/compute", |req: Request, c: Arc<Counters>| async move {
+            let ms = req.query("ms").and_then(|s| s.parse().ok()).unwrap_or(5u64);
+            c.computing.fetch_add(1, Ordering::SeqCst);
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(ms) {
+                std::hint::spin_loop();
+            }
+            c.computing.fetch_sub(1, Ordering::SeqCst);
+            format!("computed for {ms} ms")
+        })
+        .get("/computing", |_, c: Arc<Counters>| async move {
+            c.computing.load(Ordering::SeqCst).to_string()
         })
         .get("/spin", |req: Request, _| async move {
             let ms = req

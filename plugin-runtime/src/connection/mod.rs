@@ -11,7 +11,6 @@
 
 use crate::answer::{http_answer, panic_message, result_frame, send_body};
 use crate::kv::{Caller, Host};
-use weight::{Threads, Weight};
 use crate::plugin::{
     Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
 };
@@ -43,6 +42,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
+use weight::{Threads, Weight};
 
 mod calls;
 mod weight;

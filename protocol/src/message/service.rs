@@ -152,7 +152,10 @@ mod tests {
     fn sample() -> rmpv::Value {
         rmpv::Value::Map(vec![
             ("text".into(), "hello".into()),
-            ("n".into(), rmpv::Value::Array(vec![1.into(), (-2).into(), 2.5.into()])),
+            (
+                "n".into(),
+                rmpv::Value::Array(vec![1.into(), (-2).into(), 2.5.into()]),
+            ),
         ])
     }
 
@@ -163,7 +166,10 @@ mod tests {
         let raw = ServiceCallRaw::read_in_place(&request.params).expect("the usual shape");
         assert_eq!(raw.service, "text.upper");
         assert_eq!(raw.depth, 3);
-        assert_eq!(rmpv::decode::read_value(&mut &raw.payload[..]).unwrap(), sample());
+        assert_eq!(
+            rmpv::decode::read_value(&mut &raw.payload[..]).unwrap(),
+            sample()
+        );
         assert_eq!(raw.encode(7, 1 << 20).unwrap(), frame);
     }
 
@@ -193,11 +199,17 @@ mod tests {
             // A map missing `depth`.
             (b"\x82\xa7service\xa1x\xa7payload\xc0", "depth"),
             // `service` not a string.
-            (b"\x83\xa7service\x01\xa7payload\xc0\xa5depth\x00", "service.call"),
+            (
+                b"\x83\xa7service\x01\xa7payload\xc0\xa5depth\x00",
+                "service.call",
+            ),
             // A truncated argument.
             (b"\x83\xa7service\xa1x\xa7payload\x92\x01", "remain"),
             // The same field twice.
-            (b"\x84\xa7service\xa1x\xa7service\xa1y\xa7payload\xc0\xa5depth\x00", "service"),
+            (
+                b"\x84\xa7service\xa1x\xa7service\xa1y\xa7payload\xc0\xa5depth\x00",
+                "service",
+            ),
         ];
         for (params, named) in cases {
             let err = ServiceCallRaw::decode(&Bytes::from_static(params))
@@ -234,7 +246,8 @@ mod tests {
 
     #[test]
     fn a_result_in_the_usual_shape_passes_as_it_is_and_others_are_packed_again() {
-        let usual = Bytes::from(rmp_serde::to_vec_named(&ServiceOutput { value: sample() }).unwrap());
+        let usual =
+            Bytes::from(rmp_serde::to_vec_named(&ServiceOutput { value: sample() }).unwrap());
         assert_eq!(check_output(&usual).unwrap(), usual);
         let as_array = Bytes::from(rmp_serde::to_vec(&ServiceOutput { value: sample() }).unwrap());
         assert_eq!(check_output(&as_array).unwrap(), usual);

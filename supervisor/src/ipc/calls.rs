@@ -51,7 +51,8 @@ pub trait Peers: Send + Sync + 'static {
     /// Calls a service on the running plugin that provides it; answers the provider's result
     /// (a [`ServiceOutput`](plugd_protocol::message::service::ServiceOutput)) as checked raw
     /// MessagePack, passed on to the caller as it is.
-    fn call_service(&self, input: ServiceCallRaw) -> BoxFuture<'static, Result<Bytes, ErrorObject>>;
+    fn call_service(&self, input: ServiceCallRaw)
+        -> BoxFuture<'static, Result<Bytes, ErrorObject>>;
 
     /// Fires a hook at every plugin that handles it; answers the combined result.
     fn fire_hook(

@@ -5,8 +5,8 @@
 use super::hooks::{self, MAX_DEPTH};
 use super::reconcile::{PluginState, Registry};
 use crate::ipc::{CallError, Peers};
-use futures_util::future::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use plugd_protocol::message::service::{check_output, ServiceCall, ServiceCallRaw};
 use plugd_protocol::{codes, ErrorObject};
 use std::sync::Arc;

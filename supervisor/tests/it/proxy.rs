@@ -244,7 +244,10 @@ async fn a_handler_that_proved_heavy_runs_beside_the_plugins_reader() {
     let plugin = PluginDef::echo("echo", "[env]\nECHO_WORKERS = \"2\"\n");
     let sup = TestSupervisor::start(&[plugin], &[]).await;
     for _ in 0..4 {
-        let r = sup.get("/plugins/echo/compute?ms=5").await.expect("compute");
+        let r = sup
+            .get("/plugins/echo/compute?ms=5")
+            .await
+            .expect("compute");
         assert_eq!(r.status(), 200);
     }
     let long = {
@@ -254,13 +257,19 @@ async fn a_handler_that_proved_heavy_runs_beside_the_plugins_reader() {
     };
     // Answered while the long computation runs: the reader is free. Were the reader computing
     // itself, /computing would answer only once it is done, and never say 1.
-    sup.wait_until("another request is answered during the computation", || async {
-        match sup.get("/plugins/echo/computing").await {
-            Ok(r) => r.text().await.is_ok_and(|t| t == "1"),
-            Err(_) => false,
-        }
-    })
+    sup.wait_until(
+        "another request is answered during the computation",
+        || async {
+            match sup.get("/plugins/echo/computing").await {
+                Ok(r) => r.text().await.is_ok_and(|t| t == "1"),
+                Err(_) => false,
+            }
+        },
+    )
     .await;
-    assert!(!long.is_finished(), "the long computation was still running");
+    assert!(
+        !long.is_finished(),
+        "the long computation was still running"
+    );
     assert_eq!(long.await.expect("task"), 200);
 }

@@ -219,7 +219,10 @@ fn main() -> Result<(), plugd_runtime::Error> {
         Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
         _ => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = std::env::var("ECHO_WORKERS").ok().and_then(|n| n.parse().ok()) {
+            if let Some(n) = std::env::var("ECHO_WORKERS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+            {
                 b.worker_threads(n);
             }
             b

@@ -119,13 +119,12 @@ pub fn check_one_value(raw: &[u8]) -> Result<(), DecodeError> {
     r.expect_end()
 }
 
-/// The end of the one well-formed value that starts at `start` in `buf`: where the next value
-/// would begin. The value sits inside `nested` containers already, so it may itself nest at
-/// most [`MAX_DEPTH`] less those levels: the message around it stays within the bound. Like
-/// [`check_one_value`], it never allocates and never recurses.
-pub(crate) fn value_end(buf: &[u8], start: usize, nested: usize) -> Result<usize, DecodeError> {
+/// The end of the one well-formed value that starts at `start` in `buf`, nested at most `limit`
+/// (≤ [`MAX_DEPTH`]) levels: where the next value would begin. Like [`check_one_value`], it
+/// never allocates and never recurses.
+pub(crate) fn value_end(buf: &[u8], start: usize, limit: usize) -> Result<usize, DecodeError> {
     let mut r = Reader { buf, pos: start };
-    r.skip_value_within(MAX_DEPTH.saturating_sub(nested))?;
+    r.skip_value_within(limit)?;
     Ok(r.pos)
 }
 
@@ -520,7 +519,7 @@ impl Reader<'_> {
         loop {
             if depth > limit {
                 return Err(DecodeError::Malformed(format!(
-                    "values nest deeper than {MAX_DEPTH} levels"
+                    "values nest deeper than {limit} levels"
                 )));
             }
             let marker = self.byte("a value")?;

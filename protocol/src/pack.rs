@@ -206,11 +206,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// One whole value's byte range in the buffer, whatever its type, for a value kept as raw
-    /// MessagePack. It must be well formed and, inside the `nested` containers around it, stay
-    /// within [`crate::depth::MAX_DEPTH`].
-    pub(crate) fn value_range(&mut self, nested: usize) -> Option<(usize, usize)> {
+    /// MessagePack. It must be well formed and nest at most `limit` levels.
+    pub(crate) fn value_range(&mut self, limit: usize) -> Option<(usize, usize)> {
         let start = self.pos;
-        let end = crate::envelope::value_end(self.buf, start, nested).ok()?;
+        let end = crate::envelope::value_end(self.buf, start, limit).ok()?;
         self.pos = end;
         Some((start, end))
     }

@@ -2,6 +2,7 @@
 //! calls one through the supervisor, which forwards the call to the provider.
 
 use super::Method;
+use crate::depth::{value_depth, MAX_PAYLOAD_DEPTH};
 use crate::envelope::{decode_payload, encode_request_packed};
 use crate::pack::{self, Cursor};
 use crate::{DecodeError, EncodeError};
@@ -44,7 +45,8 @@ impl Method for ServiceCall {
 pub struct ServiceCallRaw {
     /// The service's name.
     pub service: String,
-    /// The argument: exactly one well-formed MessagePack value.
+    /// The argument: exactly one well-formed MessagePack value, nested at most
+    /// [`MAX_PAYLOAD_DEPTH`] levels.
     pub payload: Bytes,
     /// As [`ServiceInput::depth`].
     pub depth: u32,
@@ -53,12 +55,14 @@ pub struct ServiceCallRaw {
 impl ServiceCallRaw {
     /// Reads a `service.call` request's raw parameters. The usual shape (a map of the three
     /// fields) is read in place, the argument kept as a slice of `params`; any other form
-    /// `serde` accepts is decoded and its argument packed again. An error names what is wrong.
+    /// `serde` accepts is decoded and its argument packed again. An argument nested deeper than
+    /// [`MAX_PAYLOAD_DEPTH`] is refused. An error names what is wrong.
     pub fn decode(params: &Bytes) -> Result<ServiceCallRaw, DecodeError> {
         if let Some(call) = Self::read_in_place(params) {
             return Ok(call);
         }
         let input: ServiceInput = decode_payload(params, ServiceCall::NAME)?;
+        too_deep("argument", &input.payload)?;
         let payload = rmp_serde::to_vec_named(&input.payload).map_err(|e| {
             DecodeError::Malformed(format!("cannot pack the service's argument again: {e}"))
         })?;
@@ -76,7 +80,9 @@ impl ServiceCallRaw {
             // A repeated or unknown field is left to serde, which names it.
             match c.str_bytes()? {
                 b"service" if service.is_none() => service = Some(c.str()?),
-                b"payload" if payload.is_none() => payload = Some(c.value_range(1)?),
+                b"payload" if payload.is_none() => {
+                    payload = Some(c.value_range(MAX_PAYLOAD_DEPTH)?)
+                }
                 b"depth" if depth.is_none() => depth = Some(u32::try_from(c.uint()?).ok()?),
                 _ => return None,
             }
@@ -110,20 +116,33 @@ impl ServiceCallRaw {
 
 /// Checks a provider's raw `service.call` result and gives the bytes to pass on as the
 /// caller's result: `raw` itself in the usual shape (a map with the one field `value`), else
-/// the result decoded and packed again in that shape. An error names what is wrong.
+/// the result decoded and packed again in that shape. A value nested deeper than
+/// [`MAX_PAYLOAD_DEPTH`] is refused. An error names what is wrong.
 pub fn check_output(raw: &Bytes) -> Result<Bytes, DecodeError> {
     let mut c = Cursor::new(raw);
     let usual = c.map_len() == Some(1)
         && c.str_bytes() == Some(b"value".as_slice())
-        && c.value_range(1).is_some()
+        && c.value_range(MAX_PAYLOAD_DEPTH).is_some()
         && c.at_end();
     if usual {
         return Ok(raw.clone());
     }
     let output: ServiceOutput = decode_payload(raw, "service.call result")?;
+    too_deep("result", &output.value)?;
     rmp_serde::to_vec_named(&output)
         .map(Bytes::from)
         .map_err(|e| DecodeError::Malformed(format!("cannot pack the service's result again: {e}")))
+}
+
+/// Refuses a service's `what` (argument, result) nested deeper than [`MAX_PAYLOAD_DEPTH`].
+fn too_deep(what: &str, value: &rmpv::Value) -> Result<(), DecodeError> {
+    let depth = value_depth(value);
+    if depth > MAX_PAYLOAD_DEPTH {
+        return Err(DecodeError::Malformed(format!(
+            "the service's {what} nests {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -227,20 +246,23 @@ mod tests {
     }
 
     #[test]
-    fn an_argument_nested_as_deep_as_the_whole_message_may_be_is_refused_as_decoding_refuses_it() {
-        for levels in [MAX_DEPTH - 1, MAX_DEPTH] {
-            let mut params = b"\x83\xa7service\xa1x\xa7payload".to_vec();
-            params.extend(nested(levels));
-            params.extend(b"\xa5depth\x00");
-            let request = Request {
-                id: 1,
-                method: ServiceCall::NAME.into(),
-                params: params.into(),
-            };
-            let raw = ServiceCallRaw::decode(&request.params);
-            let decoded = request.decode_params::<ServiceCall>();
-            assert_eq!(raw.is_ok(), decoded.is_ok(), "{levels} levels");
-            assert_eq!(raw.is_ok(), levels < MAX_DEPTH, "{levels} levels");
+    fn an_argument_nested_deeper_than_a_payload_may_be_is_refused_in_every_form() {
+        for levels in [MAX_PAYLOAD_DEPTH, MAX_PAYLOAD_DEPTH + 1, MAX_DEPTH] {
+            let mut as_map = b"\x83\xa7service\xa1x\xa7payload".to_vec();
+            as_map.extend(nested(levels));
+            as_map.extend(b"\xa5depth\x00");
+            let mut as_array = b"\x93\xa1x".to_vec();
+            as_array.extend(nested(levels));
+            as_array.push(0x00);
+            for params in [as_map, as_array] {
+                let read = ServiceCallRaw::decode(&Bytes::from(params));
+                if levels <= MAX_PAYLOAD_DEPTH {
+                    assert!(read.is_ok(), "{levels} levels: {read:?}");
+                } else {
+                    let err = read.expect_err("too deep").to_string();
+                    assert!(err.contains("levels"), "{levels} levels: {err}");
+                }
+            }
         }
     }
 
@@ -252,8 +274,16 @@ mod tests {
         let as_array = Bytes::from(rmp_serde::to_vec(&ServiceOutput { value: sample() }).unwrap());
         assert_eq!(check_output(&as_array).unwrap(), usual);
         let mut deep = b"\x81\xa5value".to_vec();
-        deep.extend(nested(MAX_DEPTH));
-        for bad in [&b"\x81\xa5other\x01"[..], b"\x81\xa5value", b"\x01", &deep] {
+        deep.extend(nested(MAX_PAYLOAD_DEPTH + 1));
+        let mut deepest = b"\x81\xa5value".to_vec();
+        deepest.extend(nested(MAX_DEPTH));
+        for bad in [
+            &b"\x81\xa5other\x01"[..],
+            b"\x81\xa5value",
+            b"\x01",
+            &deep,
+            &deepest,
+        ] {
             let err = check_output(&Bytes::copy_from_slice(bad)).expect_err("refused");
             assert!(!err.to_string().is_empty());
         }

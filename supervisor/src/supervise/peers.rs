@@ -60,9 +60,10 @@ impl RegistryPeers {
                 self.registry.hook_timeout(),
             )
             .await
-            .and_then(|response| match &response.outcome {
-                Ok(raw) => check_output(raw).map_err(|e| CallError::Protocol(e.to_string())),
-                Err(e) => Err(CallError::Remote(e.clone())),
+            .and_then(|response| {
+                // `call_with` turns an error answer into `CallError::Remote`: this is a result.
+                let raw = response.outcome.map_err(CallError::Remote)?;
+                check_output(&raw).map_err(|e| CallError::Protocol(e.to_string()))
             });
         match answer {
             Ok(raw) => Ok(raw),

@@ -1,6 +1,7 @@
 //! Hook and service calls from the supervisor: each is admitted, handed to the plugin's
 //! handler and answered like any other request (see [`super::run_tracked`]).
 
+use super::local::Local;
 use super::{admit, run_tracked, Shared};
 use crate::answer::panic_message;
 use crate::hook::{HookEvent, ServiceEvent};
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 pub(super) async fn start_hook<S: Send + Sync + 'static>(
     shared: &Arc<Shared<S>>,
+    local: &mut Local,
     req: WireRequest,
 ) {
     let id = req.id;
@@ -37,7 +39,7 @@ pub(super) async fn start_hook<S: Send + Sync + 'static>(
         host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = (route.handler)(event, shared.state.clone());
-    run_tracked(shared, id, weight, async move {
+    run_tracked(shared, local, (id, weight), async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(reply) => Ok(reply.into_wire()),
             Err(panic) => Err(panicked("hook", &panic)),
@@ -48,6 +50,7 @@ pub(super) async fn start_hook<S: Send + Sync + 'static>(
 
 pub(super) async fn start_service<S: Send + Sync + 'static>(
     shared: &Arc<Shared<S>>,
+    local: &mut Local,
     req: WireRequest,
 ) {
     let id = req.id;
@@ -70,7 +73,7 @@ pub(super) async fn start_service<S: Send + Sync + 'static>(
         host: Host::new(shared.caller.clone(), input.depth),
     };
     let future = handler(event, shared.state.clone());
-    run_tracked(shared, id, weight, async move {
+    run_tracked(shared, local, (id, weight), async move {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(Ok(value)) => Ok(ServiceOutput {
                 value: rmpv::ext::to_value(&value).unwrap_or(rmpv::Value::Nil),

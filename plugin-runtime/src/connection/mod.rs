@@ -18,7 +18,9 @@ use crate::request::Request;
 use crate::settings::Settings;
 use crate::stream::{BodyStream, Link, Streams, WebSocket};
 use bytes::Bytes;
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::{FutureExt, StreamExt};
+use local::Local;
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
 use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
@@ -40,11 +42,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
-use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
-use weight::{Threads, Weight};
+use weight::{Then, Threads, Weight};
 
 mod calls;
+mod local;
 mod weight;
 
 /// Bytes of frames that may wait to be written to the supervisor before handlers wait (a
@@ -118,14 +120,14 @@ struct Shared<S> {
 
 /// A [`Weight`] per handler, each list in the order of [`Shared`]'s.
 struct Weights {
-    routes: Vec<Weight>,
-    hooks: Vec<Weight>,
-    services: Vec<Weight>,
+    routes: Vec<Arc<Weight>>,
+    hooks: Vec<Arc<Weight>>,
+    services: Vec<Arc<Weight>>,
 }
 
 impl Weights {
     fn new(routes: usize, hooks: usize, services: usize) -> Weights {
-        let list = |n| (0..n).map(|_| Weight::default()).collect();
+        let list = |n| (0..n).map(|_| Arc::default()).collect();
         Weights {
             routes: list(routes),
             hooks: list(hooks),
@@ -289,43 +291,58 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     let mut stopped = WhenWoken::new(stopped);
     let mut stopped_tx = Some(stopped_tx);
     let mut corked = false;
-    let result = loop {
-        tokio::select! {
-            message = frames.next() => {
-                // Answers to frames that arrived together are written together: the outbox
-                // stays corked until no whole frame is left in the read buffer.
-                if !corked {
-                    shared.out.cork();
-                    corked = true;
-                }
-                match message {
-                    Some(Ok(Message::Request(req))) => {
-                        dispatch_request(&shared, req, &mut stopped_tx).await;
+    let mut local = Local::new();
+    let runner = local.runner();
+    let result = {
+        let reader = std::pin::pin!(async {
+            loop {
+                tokio::select! {
+                biased;
+                _ = &mut stopped => break Ok(()),
+                // Handlers woken from elsewhere (those woken by the frames just read ran below).
+                _ = local.run(), if local.len() > 0 => {},
+                message = frames.next() => {
+                    // Answers to frames that arrived together are written together: the outbox
+                    // stays corked until no whole frame is left in the read buffer.
+                    if !corked {
+                        shared.out.cork();
+                        corked = true;
                     }
-                    Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
-                    Some(Ok(Message::Response(resp))) => {
-                        let id = resp.id;
-                        if !shared.caller.answer(resp) {
-                            tracing::debug!(id, "late answer to a call that already ended");
+                    match message {
+                        Some(Ok(Message::Request(req))) => {
+                            dispatch_request(&shared, &mut local, req, &mut stopped_tx).await;
+                        }
+                        Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
+                        Some(Ok(Message::Response(resp))) => {
+                            let id = resp.id;
+                            if !shared.caller.answer(resp) {
+                                tracing::debug!(id, "late answer to a call that already ended");
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!("closing the connection after a bad frame from the supervisor: {e}");
+                            break Err(Error::Protocol(e));
+                        }
+                        None => {
+                            tracing::info!("the supervisor closed the connection; stopping");
+                            break Ok(());
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::error!("closing the connection after a bad frame from the supervisor: {e}");
-                        break Err(Error::Protocol(e));
+                    if !plugd_protocol::frame::frame_buffered(frames.read_buffer()) {
+                        // The handlers those frames woken (with their answers) answer in the
+                        // same write.
+                        local.run_woken().await;
+                        shared.out.uncork();
+                        corked = false;
                     }
-                    None => {
-                        tracing::info!("the supervisor closed the connection; stopping");
-                        break Ok(());
-                    }
+                },
                 }
-                if !plugd_protocol::frame::frame_buffered(frames.read_buffer()) {
-                    shared.out.uncork();
-                    corked = false;
-                }
-            },
-            _ = &mut stopped => break Ok(()),
-        }
+            }
+        });
+        runner.run(reader).await
     };
+    // The handlers still waiting end here, before the connection's state they hold.
+    drop(local);
 
     // Whatever ended the loop, nothing more can be answered: stop every task still running.
     shared.caller.close();
@@ -343,13 +360,14 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
 
 async fn dispatch_request<S: Send + Sync + 'static>(
     shared: &Arc<Shared<S>>,
+    local: &mut Local,
     req: WireRequest,
     stopped: &mut Option<oneshot::Sender<()>>,
 ) {
     match req.method.as_str() {
-        Http::NAME => start_http(shared, req).await,
-        HookCall::NAME => calls::start_hook(shared, req).await,
-        ServiceCall::NAME => calls::start_service(shared, req).await,
+        Http::NAME => start_http(shared, local, req).await,
+        HookCall::NAME => calls::start_hook(shared, local, req).await,
+        ServiceCall::NAME => calls::start_service(shared, local, req).await,
         SettingsMethod::NAME => {
             let params = match req.decode_params::<SettingsMethod>() {
                 Ok(p) => p,
@@ -449,7 +467,11 @@ async fn drain_and_stop<S: Send + Sync + 'static>(
     let _ = stopped.send(());
 }
 
-async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: WireRequest) {
+async fn start_http<S: Send + Sync + 'static>(
+    shared: &Arc<Shared<S>>,
+    local: &mut Local,
+    req: WireRequest,
+) {
     let id = req.id;
     let Some(params) = admit_with(shared, &req, HttpRequestBuf::decode).await else {
         return;
@@ -488,7 +510,7 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
             let future = handler(request, socket, shared.state.clone());
             let task_shared = shared.clone();
             let route_name = route_name.to_owned();
-            track(shared, id, async move {
+            track(shared, local, (id, weight), Then::Task, async move {
                 let _open = OpenStream(&task_shared, id);
                 let accept = plugd_protocol::message::http::HttpResponse {
                     status: 101,
@@ -520,19 +542,24 @@ async fn start_http<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, req: Wire
                 AssertUnwindSafe(handler(request, shared.state.clone())).catch_unwind();
             // Most handlers answer without waiting: then the answer goes out from here, with no
             // task (a streaming route always gets one: its body flows after the head).
-            if link.is_none() {
-                if let Some(outcome) = weight.first_poll(shared.threads, &mut future) {
-                    let (frame, _) =
-                        http_answer(id, route_name, outcome, false, shared.max_frame());
-                    if let Some(frame) = frame {
-                        shared.send(frame).await;
+            let then = if link.is_none() {
+                match weight.first_poll(shared.threads, &mut future) {
+                    Ok(outcome) => {
+                        let (frame, _) =
+                            http_answer(id, route_name, outcome, false, shared.max_frame());
+                        if let Some(frame) = frame {
+                            shared.send(frame).await;
+                        }
+                        return;
                     }
-                    return;
+                    Err(then) => then,
                 }
-            }
+            } else {
+                Then::Task
+            };
             let task_shared = shared.clone();
             let route_name = route_name.to_owned();
-            track(shared, id, async move {
+            track(shared, local, (id, weight), then, async move {
                 let _open = link.as_ref().map(|_| OpenStream(&task_shared, id));
                 let outcome = future.await;
                 let max = task_shared.max_frame();
@@ -599,29 +626,49 @@ async fn admit_with<S: Send + Sync + 'static, T>(
     Some(params)
 }
 
-/// Runs `task` tracked: a `cancel` aborts it, and shutdown waits for it.
+/// Runs `task`, the rest of request `id`'s handling by handler `weight`, tracked: a `cancel`
+/// aborts it, and shutdown waits for it. `then` says where: in the reader's set (`local`) or in
+/// a task of its own.
 fn track<S: Send + Sync + 'static>(
     shared: &Arc<Shared<S>>,
-    id: u64,
+    local: &mut Local,
+    (id, weight): (u64, &Arc<Weight>),
+    then: Then,
     task: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let task_shared = shared.clone();
-    let mut in_flight = shared.lock_in_flight();
-    // The task cannot finish before it is registered and counted: finish() needs this lock.
-    shared.count.fetch_add(1, Ordering::SeqCst);
-    let task = tokio::spawn(async move {
-        task.await;
-        task_shared.finish(id);
-    });
-    in_flight.insert(id, task.abort_handle());
+    let (abort, registration) = AbortHandle::new_pair();
+    let task = Abortable::new(
+        async move {
+            task.await;
+            task_shared.finish(id);
+        },
+        registration,
+    );
+    {
+        let mut in_flight = shared.lock_in_flight();
+        // Counted before it can finish: finish() needs this lock.
+        shared.count.fetch_add(1, Ordering::SeqCst);
+        in_flight.insert(id, abort);
+    }
+    match then {
+        Then::Task => {
+            tokio::spawn(task);
+        }
+        Then::Reader => {
+            // Timed on a multi-threaded runtime only, where a heavy handler can move to a task.
+            let weight = (shared.threads == Threads::Many).then(|| weight.clone());
+            local.push(Box::pin(task.map(drop)), weight);
+        }
+    }
 }
 
-/// Runs `work` and sends its answer: from here when it finishes on the first poll `weight`
-/// lets the reader give it, otherwise as a tracked task (cancellable, awaited by shutdown).
+/// Runs `work`, request `id`'s handling by handler `weight`, and sends its answer: from here
+/// when it finishes on its first poll, otherwise tracked (see [`track`]).
 async fn run_tracked<S, T>(
     shared: &Arc<Shared<S>>,
-    id: u64,
-    weight: &Weight,
+    local: &mut Local,
+    (id, weight): (u64, &Arc<Weight>),
     work: impl std::future::Future<Output = Result<T, ErrorObject>> + Send + 'static,
 ) where
     S: Send + Sync + 'static,
@@ -629,24 +676,14 @@ async fn run_tracked<S, T>(
 {
     let mut work = Box::pin(work);
     match weight.first_poll(shared.threads, &mut work) {
-        Some(outcome) => shared.answer(id, outcome).await,
-        None => answer_later(shared, id, work),
+        Ok(outcome) => shared.answer(id, outcome).await,
+        Err(then) => {
+            let task_shared = shared.clone();
+            track(shared, local, (id, weight), then, async move {
+                task_shared.answer(id, work.await).await;
+            });
+        }
     }
-}
-
-/// Runs `work` as a tracked task (cancellable, awaited by shutdown) that sends its answer.
-fn answer_later<S, T>(
-    shared: &Arc<Shared<S>>,
-    id: u64,
-    work: impl std::future::Future<Output = Result<T, ErrorObject>> + Send + 'static,
-) where
-    S: Send + Sync + 'static,
-    T: serde::Serialize + Send + 'static,
-{
-    let task_shared = shared.clone();
-    track(shared, id, async move {
-        task_shared.answer(id, work.await).await;
-    });
 }
 
 fn handle_notification<S: Send + Sync + 'static>(shared: &Arc<Shared<S>>, note: Notification) {

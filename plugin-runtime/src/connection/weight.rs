@@ -1,16 +1,19 @@
-//! Which handlers the reader polls itself before it gives them a task.
+//! Which handlers the reader polls itself, and which get a task.
 //!
 //! Most handlers answer on their first poll: they compute a reply without waiting. Polling such
 //! a handler right in the reader answers it with no task, and on a multi-threaded runtime with
 //! no wake-up of another worker thread to run that task (a wake-up costs more than most
-//! handlers). A handler that waits becomes a task from where its first poll left it.
+//! handlers). A handler that waits goes on in the reader's own set of handlers (see
+//! [`super::local`]), where the answer it waits for, read by the reader, wakes it on the same
+//! thread.
 //!
-//! A handler that computes for long on its first poll would hold the reader up meanwhile. On a
+//! A handler that computes for long in one of those polls holds the reader up meanwhile. On a
 //! single-threaded runtime that costs nothing more (a task would hold the same thread), but a
 //! multi-threaded runtime could run it beside the reader. So there each handler has a
-//! [`Weight`]: a first poll longer than [`HEAVY_POLL`] counts against it, a shorter one clears
-//! the count, and after [`HEAVY_STREAK`] heavy first polls in a row the handler runs as a task
-//! from the start, on whichever thread is free, for the rest of the connection. The streak (not
+//! [`Weight`]: a request whose polls in the reader took longer than [`HEAVY_POLL`] once counts
+//! against it, a light one clears the count, and after [`HEAVY_STREAK`] heavy requests in a row
+//! the handler runs as a task from the start, on whichever thread is free, for the rest of the
+//! connection. A handler that waits after a heavy poll moves to a task at once. The streak (not
 //! a single slow poll) is what counts, because on a loaded machine the reader's thread can be
 //! descheduled in the middle of a light handler's poll.
 
@@ -46,51 +49,79 @@ impl Threads {
     }
 }
 
-/// How one handler's recent first polls went (see the module documentation).
+/// How one handler's recent requests went in the reader (see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct Weight {
-    /// Heavy first polls in a row. Only the connection's reader changes it.
+    /// Heavy requests in a row. Only the connection's reader changes it.
     streak: AtomicU8,
+}
+
+/// Where a handler that did not finish on its first poll goes on running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// In the reader's own set (see [`super::local`]).
+    Reader,
+    /// In a task of its own, beside the reader.
+    Task,
 }
 
 impl Weight {
     /// Polls `future` (a handler's) once here, unless on `Many` threads it has proved heavy;
-    /// its output when that poll finished it. Otherwise the caller runs it as a task.
+    /// its output when that poll finished it, otherwise where it goes on running.
     pub(crate) fn first_poll<F: Future + Unpin>(
         &self,
         threads: Threads,
         future: &mut F,
-    ) -> Option<F::Output> {
-        let poll = match threads {
-            Threads::One => poll_once(future),
+    ) -> Result<F::Output, Then> {
+        match threads {
+            Threads::One => match poll_once(future) {
+                Poll::Ready(output) => Ok(output),
+                Poll::Pending => Err(Then::Reader),
+            },
             Threads::Many => {
-                let streak = self.streak.load(Ordering::Relaxed);
-                if streak >= HEAVY_STREAK {
-                    return None;
+                if self.heavy() {
+                    return Err(Then::Task);
                 }
                 let start = Instant::now();
                 let poll = poll_once(future);
-                self.record(streak, start.elapsed());
-                poll
+                let heavy = start.elapsed() > HEAVY_POLL;
+                match poll {
+                    Poll::Ready(output) => {
+                        self.record(heavy);
+                        Ok(output)
+                    }
+                    Poll::Pending if heavy => {
+                        self.record(true);
+                        Err(Then::Task)
+                    }
+                    // Counted when the reader is done with it.
+                    Poll::Pending => Err(Then::Reader),
+                }
             }
-        };
-        match poll {
-            Poll::Ready(output) => Some(output),
-            Poll::Pending => None,
         }
     }
 
-    /// Counts a first poll that took `took` after `streak` heavy ones in a row.
-    fn record(&self, streak: u8, took: Duration) {
-        if took > HEAVY_POLL {
-            self.streak.store(streak + 1, Ordering::Relaxed);
+    /// Counts one request the reader polled: `heavy` when one of its polls took longer than
+    /// [`HEAVY_POLL`].
+    pub(crate) fn record(&self, heavy: bool) {
+        let streak = self.streak.load(Ordering::Relaxed);
+        if heavy {
+            self.streak.store(
+                streak.saturating_add(1).min(HEAVY_STREAK),
+                Ordering::Relaxed,
+            );
         } else if streak != 0 {
             self.streak.store(0, Ordering::Relaxed);
         }
     }
 
-    /// Whether the handler runs as a task from the start now.
+    /// Heavy requests in a row.
     #[cfg(test)]
+    pub(crate) fn streak(&self) -> u8 {
+        self.streak.load(Ordering::Relaxed)
+    }
+
+    /// Whether the handler runs as a task from the start now.
     fn heavy(&self) -> bool {
         self.streak.load(Ordering::Relaxed) >= HEAVY_STREAK
     }
@@ -104,19 +135,17 @@ mod tests {
     #[test]
     fn only_heavy_polls_in_a_row_make_a_handler_heavy() {
         let weight = Weight::default();
-        let heavy = HEAVY_POLL * 2;
-        let light = HEAVY_POLL / 10;
         for _ in 1..HEAVY_STREAK {
-            weight.record(weight.streak.load(Ordering::Relaxed), heavy);
+            weight.record(true);
         }
         assert!(!weight.heavy());
-        // One light poll clears the streak: a stall on a loaded machine is forgotten.
-        weight.record(weight.streak.load(Ordering::Relaxed), light);
+        // One light request clears the streak: a stall on a loaded machine is forgotten.
+        weight.record(false);
         for _ in 1..HEAVY_STREAK {
-            weight.record(weight.streak.load(Ordering::Relaxed), heavy);
+            weight.record(true);
         }
         assert!(!weight.heavy());
-        weight.record(weight.streak.load(Ordering::Relaxed), heavy);
+        weight.record(true);
         assert!(weight.heavy());
     }
 
@@ -135,22 +164,40 @@ mod tests {
     fn a_proved_heavy_handler_is_left_to_a_task_on_many_threads_only() {
         let weight = Weight::default();
         for _ in 0..HEAVY_STREAK {
-            assert_eq!(weight.first_poll(Threads::Many, &mut computing()), Some(7));
+            assert_eq!(weight.first_poll(Threads::Many, &mut computing()), Ok(7));
         }
         assert!(weight.heavy());
         // Not polled at all now: the caller gives it a task.
         let mut untouched = computing();
-        assert_eq!(weight.first_poll(Threads::Many, &mut untouched), None);
+        assert_eq!(
+            weight.first_poll(Threads::Many, &mut untouched),
+            Err(Then::Task)
+        );
         // On one thread the reader polls it anyway: a task would take the same thread.
-        assert_eq!(weight.first_poll(Threads::One, &mut untouched), Some(7));
-        assert_eq!(weight.first_poll(Threads::One, &mut ready(3)), Some(3));
+        assert_eq!(weight.first_poll(Threads::One, &mut untouched), Ok(7));
+        assert_eq!(weight.first_poll(Threads::One, &mut ready(3)), Ok(3));
     }
 
     #[test]
-    fn a_handler_that_waits_is_left_to_a_task_after_its_first_poll() {
+    fn a_handler_that_waits_goes_on_in_the_reader_unless_its_first_poll_was_heavy() {
         let weight = Weight::default();
-        assert_eq!(weight.first_poll(Threads::Many, &mut pending::<()>()), None);
-        assert_eq!(weight.first_poll(Threads::One, &mut pending::<()>()), None);
+        assert_eq!(
+            weight.first_poll(Threads::Many, &mut pending::<()>()),
+            Err(Then::Reader)
+        );
+        assert_eq!(
+            weight.first_poll(Threads::One, &mut pending::<()>()),
+            Err(Then::Reader)
+        );
         assert!(!weight.heavy());
+        let mut heavy_then_waits = Box::pin(async {
+            computing().await;
+            pending::<()>().await
+        });
+        assert_eq!(
+            weight.first_poll(Threads::Many, &mut heavy_then_waits),
+            Err(Then::Task)
+        );
+        assert_eq!(weight.streak(), 1);
     }
 }

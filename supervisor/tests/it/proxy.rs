@@ -273,3 +273,27 @@ async fn a_handler_that_proved_heavy_runs_beside_the_plugins_reader() {
     );
     assert_eq!(long.await.expect("task"), 200);
 }
+
+/// A handler that waits first goes on in the plugin's reader; once one of its polls there
+/// computes for long, it moves to a task of its own. Two such requests then compute at the
+/// same time, which two runs in the one reader never do.
+#[tokio::test]
+async fn a_waiting_handler_that_computes_leaves_the_plugins_reader_for_a_task() {
+    let plugin = PluginDef::echo("echo", "[env]\nECHO_WORKERS = \"3\"\n");
+    let sup = TestSupervisor::start(&[plugin], &[]).await;
+    let long = || {
+        let client = sup.client.clone();
+        let url = sup.url("/plugins/echo/compute?ms=3000&rounds=6");
+        tokio::spawn(async move { client.get(url).send().await.expect("long").status() })
+    };
+    let (first, second) = (long(), long());
+    sup.wait_until("both requests compute at once", || async {
+        match sup.get("/plugins/echo/computing").await {
+            Ok(r) => r.text().await.is_ok_and(|t| t == "2"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(first.await.expect("task"), 200);
+    assert_eq!(second.await.expect("task"), 200);
+}

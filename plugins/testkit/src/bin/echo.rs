@@ -366,15 +366,28 @@ async fn serve() -> Result<(), plugd_runtime::Error> {
             format!("holding {mb} MiB more")
         })
         // Computes for `ms` milliseconds right in the handler, without ever waiting: a heavy
-        // handler, as the runtime sees it.
+        // handler, as the runtime sees it. With `rounds=N`, in N rounds that each first yield
+        // (so the handler waits before it computes) and then compute for ms/N.
         .get("/compute", |req: Request, c: Arc<Counters>| async move {
             let ms = req.query("ms").and_then(|s| s.parse().ok()).unwrap_or(5u64);
-            c.computing.fetch_add(1, Ordering::SeqCst);
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_millis(ms) {
-                std::hint::spin_loop();
+            let rounds = req.query("rounds").and_then(|s| s.parse().ok());
+            let spin = |ms: u64| {
+                c.computing.fetch_add(1, Ordering::SeqCst);
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_millis(ms) {
+                    std::hint::spin_loop();
+                }
+                c.computing.fetch_sub(1, Ordering::SeqCst);
+            };
+            match rounds {
+                Some(rounds) if rounds > 0 => {
+                    for _ in 0..rounds {
+                        tokio::task::yield_now().await;
+                        spin(ms / rounds);
+                    }
+                }
+                _ => spin(ms),
             }
-            c.computing.fetch_sub(1, Ordering::SeqCst);
             format!("computed for {ms} ms")
         })
         .get("/computing", |_, c: Arc<Counters>| async move {

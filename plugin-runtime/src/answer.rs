@@ -11,8 +11,8 @@ use plugd_protocol::{codes, EncodeError, ErrorObject};
 use std::task::Poll;
 
 /// Polls `future` once, without a task: `Ready` when it needs no waiting. (The waker is a
-/// no-op: a future that is not ready is spawned, and its task polls it again at once with its
-/// own waker.)
+/// no-op: a future that is not ready goes into the reader's set, which counts it as woken and
+/// polls it again at once with its own waker, or into a task, which does the same.)
 pub(crate) fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Poll<F::Output> {
     future.poll_unpin(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }

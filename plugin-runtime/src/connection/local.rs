@@ -10,8 +10,12 @@
 //! answers around it.
 //!
 //! A handler woken while the reader runs (the usual case: the reader read its answer) only
-//! marks the set, which the reader polls before it next waits ([`Running`] makes sure of that).
-//! One woken from anywhere else (a timer, another task) wakes the reader.
+//! marks the set, which the reader polls again before it goes back to its socket; should the
+//! reader stop somewhere else first (waiting for room in the outbox), [`Running`] wakes it once
+//! so that it comes back. One woken from anywhere else (a timer, another task) wakes the reader.
+//!
+//! A handler that blocks its thread (a synchronous wait) holds the reader up as long as it does,
+//! in whichever poll: only a poll that returns can be timed.
 //!
 //! On a multi-threaded runtime a poll that takes longer than [`HEAVY_POLL`] moves a handler
 //! that still waits to a task of its own, and every such request counts against the handler's
@@ -41,7 +45,7 @@ pub(crate) struct Local {
 /// How the handlers in the set tell the reader that they were woken.
 #[derive(Default)]
 struct Signal {
-    /// The reader is being polled: it polls the set before it waits again.
+    /// The reader is being polled: it polls the set again before it goes back to its socket.
     running: AtomicBool,
     /// A handler was woken since the reader last polled the set.
     woken: AtomicBool,
@@ -185,6 +189,7 @@ impl Future for Weighed {
         };
         let heavy = start.elapsed() > HEAVY_POLL;
         match poll {
+            // (A cancelled run ends here too, and counts as light.)
             Poll::Ready(()) => {
                 weight.record(heavy);
                 Poll::Ready(())
@@ -249,6 +254,46 @@ mod tests {
         assert!(poll.is_ready(), "the handler ran in the reader's poll");
         assert_eq!(done.load(Ordering::SeqCst), 1);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the reader was woken");
+    }
+
+    #[test]
+    fn a_handler_woken_where_the_reader_stops_elsewhere_brings_the_reader_back_once() {
+        let mut local = Local::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = oneshot::channel();
+        local.push(waiting(rx, &done), None);
+        let signal = local.signal.clone();
+        let mut tx = Some(tx);
+        // The reader polls the set, wakes the handler (reads its answer), then stops somewhere
+        // other than the set (as when it waits for room in the outbox); next time it polls the
+        // set again.
+        let mut polls = 0;
+        let reader = std::future::poll_fn(move |cx| {
+            polls += 1;
+            let set = local.poll_woken(cx);
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+                return Poll::Pending;
+            }
+            set
+        });
+        let mut running = Running {
+            reader: Box::pin(reader),
+            signal,
+        };
+        let wakes = Arc::new(Wakes::default());
+        let waker = futures_util::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut running).poll(&mut cx).is_pending());
+        assert_eq!(done.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "the reader is woken once"
+        );
+        assert!(Pin::new(&mut running).poll(&mut cx).is_ready());
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "and no more");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

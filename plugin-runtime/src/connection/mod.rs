@@ -114,7 +114,8 @@ struct Shared<S> {
     window: u32,
     /// The runtime: which handlers the reader polls first (see [`weight`]).
     threads: Threads,
-    /// How each route's, hook handler's and service's first polls went, in declaration order.
+    /// How each route's, hook handler's and service's recent requests went in the reader, in
+    /// declaration order.
     weights: Weights,
 }
 
@@ -329,7 +330,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                         }
                     }
                     if !plugd_protocol::frame::frame_buffered(frames.read_buffer()) {
-                        // The handlers those frames woken (with their answers) answer in the
+                        // The handlers those frames woke (with their answers) answer in the
                         // same write.
                         local.run_woken().await;
                         shared.out.uncork();
@@ -580,6 +581,15 @@ async fn start_http<S: Send + Sync + 'static>(
     }
 }
 
+/// Forgets request `id` when dropped (see [`Shared::finish`]: only the first removal counts).
+struct Finished<S: Send + Sync + 'static>(Arc<Shared<S>>, u64);
+
+impl<S: Send + Sync + 'static> Drop for Finished<S> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
+    }
+}
+
 /// Removes a stream's registration when its task ends (or is aborted by a cancel).
 struct OpenStream<'a, S: Send + Sync + 'static>(&'a Arc<Shared<S>>, u64);
 
@@ -636,12 +646,14 @@ fn track<S: Send + Sync + 'static>(
     then: Then,
     task: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let task_shared = shared.clone();
+    // Forgotten however the run ends: answered, aborted, dropped with the reader's set, or
+    // cut short by a panic.
+    let done = Finished(shared.clone(), id);
     let (abort, registration) = AbortHandle::new_pair();
     let task = Abortable::new(
         async move {
+            let _done = done;
             task.await;
-            task_shared.finish(id);
         },
         registration,
     );

@@ -13,9 +13,10 @@
 //! [`Weight`]: a request whose polls in the reader took longer than [`HEAVY_POLL`] once counts
 //! against it, a light one clears the count, and after [`HEAVY_STREAK`] heavy requests in a row
 //! the handler runs as a task from the start, on whichever thread is free, for the rest of the
-//! connection. A handler that waits after a heavy poll moves to a task at once. The streak (not
-//! a single slow poll) is what counts, because on a loaded machine the reader's thread can be
-//! descheduled in the middle of a light handler's poll.
+//! connection. The streak (not a single slow poll) is what counts, because on a loaded machine
+//! the reader's thread can be descheduled in the middle of a light handler's poll. A handler
+//! that still waits after a heavy poll moves to a task at once, though: moving one request
+//! costs little, even when the stall was the machine's.
 
 use crate::answer::poll_once;
 use std::future::Future;

@@ -274,6 +274,27 @@ async fn a_handler_that_proved_heavy_runs_beside_the_plugins_reader() {
     assert_eq!(long.await.expect("task"), 200);
 }
 
+/// A handler that waits goes on in the plugin's reader, which polled it first, on either
+/// runtime: no task is spawned for it.
+#[tokio::test]
+async fn a_handler_that_waits_goes_on_in_the_plugins_reader() {
+    let many = PluginDef::echo("many", "");
+    let one = PluginDef::echo("one", "[env]\nECHO_RUNTIME = \"current_thread\"\n");
+    let sup = TestSupervisor::start(&[many, one], &[]).await;
+    for plugin in ["many", "one"] {
+        let r = sup
+            .get(&format!("/plugins/{plugin}/where"))
+            .await
+            .expect("where");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.text().await.expect("body"),
+            "the task it started in",
+            "{plugin}"
+        );
+    }
+}
+
 /// A handler that waits first goes on in the plugin's reader; once one of its polls there
 /// computes for long, it moves to a task of its own. Two such requests then compute at the
 /// same time, which two runs in the one reader never do.

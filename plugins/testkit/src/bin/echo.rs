@@ -390,6 +390,17 @@ async fn serve() -> Result<(), plugd_runtime::Error> {
             }
             format!("computed for {ms} ms")
         })
+        // Waits once, then says whether it goes on in the task it started in (the plugin's
+        // reader, which polls a handler first) or in another.
+        .get("/where", |_, _| async move {
+            let before = tokio::task::try_id();
+            tokio::task::yield_now().await;
+            if tokio::task::try_id() == before {
+                "the task it started in"
+            } else {
+                "another task"
+            }
+        })
         .get("/computing", |_, c: Arc<Counters>| async move {
             c.computing.load(Ordering::SeqCst).to_string()
         })

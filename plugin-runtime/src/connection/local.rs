@@ -267,9 +267,7 @@ mod tests {
         // The reader polls the set, wakes the handler (reads its answer), then stops somewhere
         // other than the set (as when it waits for room in the outbox); next time it polls the
         // set again.
-        let mut polls = 0;
         let reader = std::future::poll_fn(move |cx| {
-            polls += 1;
             let set = local.poll_woken(cx);
             if let Some(tx) = tx.take() {
                 let _ = tx.send(());

@@ -3,20 +3,21 @@
 //! One reader (this loop) decodes frames and runs each request's handler. A handler that
 //! finishes on its first poll (most do: they compute an answer without waiting) is answered
 //! right there, with no task spawned and, on a multi-threaded runtime, no other thread woken.
-//! The others, handlers that proved heavy on a multi-threaded runtime (see [`weight`]) and
-//! streaming routes become a task each, tracked by id so a `cancel` can abort
-//! one and a `shutdown` can wait for all of them. Answers go through the
-//! connection's [`Outbox`]: while the reader works through frames that arrived together it
-//! keeps the outbox corked, so their answers leave in one write.
+//! One that waits goes on in the reader's own set (see [`local`]); handlers that proved heavy
+//! on a multi-threaded runtime (see [`weight`]) and streaming routes become a task each. All
+//! are tracked by id, so a `cancel` can abort one and a `shutdown` can wait for all of them.
+//! HTTP requests are started in [`http`], hook and service calls in [`calls`]. Answers go
+//! through the connection's [`Outbox`]: while the reader works through frames that arrived
+//! together, and the handlers they woke, it keeps the outbox corked, so their answers leave in
+//! one write.
 
-use crate::answer::{http_answer, panic_message, result_frame, send_body};
-use crate::kv::{Caller, Host};
+use crate::answer::result_frame;
+use crate::kv::Caller;
 use crate::plugin::{
     Callback, Error, HookRoute, Plugin, Route, RouteHandler, ServiceHandler, SettingsCallback,
 };
-use crate::request::Request;
 use crate::settings::Settings;
-use crate::stream::{BodyStream, Link, Streams, WebSocket};
+use crate::stream::Streams;
 use bytes::Bytes;
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::{FutureExt, StreamExt};
@@ -25,7 +26,7 @@ use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
 use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
 use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
 use plugd_protocol::message::hook::HookCall;
-use plugd_protocol::message::http::{Http, HttpRequestBuf};
+use plugd_protocol::message::http::Http;
 use plugd_protocol::message::service::ServiceCall;
 use plugd_protocol::message::settings::{Settings as SettingsMethod, SettingsParams};
 use plugd_protocol::message::{Method, NotificationKind};
@@ -36,7 +37,6 @@ use plugd_protocol::{
     DEFAULT_MAX_FRAME_LEN, ENV_EPOCH, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
 };
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +46,7 @@ use tokio_util::codec::FramedRead;
 use weight::{Then, Threads, Weight};
 
 mod calls;
+mod http;
 mod local;
 mod weight;
 
@@ -366,7 +367,7 @@ async fn dispatch_request<S: Send + Sync + 'static>(
     stopped: &mut Option<oneshot::Sender<()>>,
 ) {
     match req.method.as_str() {
-        Http::NAME => start_http(shared, local, req).await,
+        Http::NAME => http::start_http(shared, local, req).await,
         HookCall::NAME => calls::start_hook(shared, local, req).await,
         ServiceCall::NAME => calls::start_service(shared, local, req).await,
         SettingsMethod::NAME => {
@@ -468,134 +469,12 @@ async fn drain_and_stop<S: Send + Sync + 'static>(
     let _ = stopped.send(());
 }
 
-async fn start_http<S: Send + Sync + 'static>(
-    shared: &Arc<Shared<S>>,
-    local: &mut Local,
-    req: WireRequest,
-) {
-    let id = req.id;
-    let Some(params) = admit_with(shared, &req, HttpRequestBuf::decode).await else {
-        return;
-    };
-    let Some((route, weight)) = shared
-        .routes
-        .iter()
-        .zip(&shared.weights.routes)
-        .find(|(r, _)| r.method == params.method() && r.path == params.route())
-    else {
-        let message = format!("no route {} {}", params.method(), params.route());
-        return shared.reply_error(id, codes::NO_ROUTE, message).await;
-    };
-    let route_name = route.path.as_str();
-    let (streamed, websocket) = (params.stream, params.websocket);
-    let mut request = Request::new(params, Host::new(shared.caller.clone(), 0));
-    // Registered before the handler starts: what plugd sends next belongs to it.
-    let link = if streamed || websocket || route.stream {
-        let (rx, credit) = shared.streams.open(id, shared.window);
-        let link = Arc::new(Link {
-            id,
-            out: shared.out.clone(),
-            max_frame: shared.max_frame(),
-            credit,
-            window: shared.window,
-            closed: Default::default(),
-            streams: shared.streams.clone(),
-        });
-        Some((rx, link))
-    } else {
-        None
-    };
-    match (&route.handler, link) {
-        (RouteHandler::Ws(handler), Some((rx, link))) if websocket => {
-            let socket = WebSocket::new(rx, link.clone());
-            let future = handler(request, socket, shared.state.clone());
-            let task_shared = shared.clone();
-            let route_name = route_name.to_owned();
-            track(shared, local, (id, weight), Then::Task, async move {
-                let _open = OpenStream(&task_shared, id);
-                let accept = plugd_protocol::message::http::HttpResponse {
-                    status: 101,
-                    headers: Vec::new(),
-                    body: Bytes::new(),
-                    stream: false,
-                };
-                if let Ok(frame) = encode_response(id, &accept, task_shared.max_frame()) {
-                    task_shared.send(frame).await;
-                }
-                if let Err(panic) = AssertUnwindSafe(future).catch_unwind().await {
-                    let what = panic_message(&panic);
-                    tracing::error!(route = %route_name, "WebSocket handler panicked: {what}");
-                }
-                // Closes it when the handler did not.
-                let _ = link.close(1000, "").await;
-            });
-        }
-        (RouteHandler::Http(handler), link) => {
-            let link = link.map(|(rx, link)| {
-                if streamed {
-                    request = request
-                        .clone()
-                        .with_body_stream(BodyStream::new(rx, link.clone()));
-                }
-                link
-            });
-            let mut future =
-                AssertUnwindSafe(handler(request, shared.state.clone())).catch_unwind();
-            // Most handlers answer without waiting: then the answer goes out from here, with no
-            // task (a streaming route always gets one: its body flows after the head).
-            let then = if link.is_none() {
-                match weight.first_poll(shared.threads, &mut future) {
-                    Ok(outcome) => {
-                        let (frame, _) =
-                            http_answer(id, route_name, outcome, false, shared.max_frame());
-                        if let Some(frame) = frame {
-                            shared.send(frame).await;
-                        }
-                        return;
-                    }
-                    Err(then) => then,
-                }
-            } else {
-                Then::Task
-            };
-            let task_shared = shared.clone();
-            let route_name = route_name.to_owned();
-            track(shared, local, (id, weight), then, async move {
-                let _open = link.as_ref().map(|_| OpenStream(&task_shared, id));
-                let outcome = future.await;
-                let max = task_shared.max_frame();
-                let (frame, body) = http_answer(id, &route_name, outcome, link.is_some(), max);
-                if let Some(frame) = frame {
-                    task_shared.send(frame).await;
-                }
-                if let (Some(body), Some(link)) = (body, link) {
-                    send_body(&route_name, body, &link).await;
-                }
-            });
-        }
-        (RouteHandler::Ws(_), _) => {
-            shared.streams.remove(id);
-            let message = format!("route {route_name} takes WebSocket upgrades only");
-            shared.reply_error(id, codes::NO_ROUTE, message).await;
-        }
-    }
-}
-
 /// Forgets request `id` when dropped (see [`Shared::finish`]: only the first removal counts).
 struct Finished<S: Send + Sync + 'static>(Arc<Shared<S>>, u64);
 
 impl<S: Send + Sync + 'static> Drop for Finished<S> {
     fn drop(&mut self) {
         self.0.finish(self.1);
-    }
-}
-
-/// Removes a stream's registration when its task ends (or is aborted by a cancel).
-struct OpenStream<'a, S: Send + Sync + 'static>(&'a Arc<Shared<S>>, u64);
-
-impl<S: Send + Sync + 'static> Drop for OpenStream<'_, S> {
-    fn drop(&mut self) {
-        self.0.streams.remove(self.1);
     }
 }
 

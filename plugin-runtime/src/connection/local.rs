@@ -222,6 +222,17 @@ mod tests {
         })
     }
 
+    /// A set holding one run that waits for the sender given back; the set's signal, and the
+    /// count of runs ended.
+    fn one_waiting() -> (Local, Arc<Signal>, Arc<AtomicUsize>, oneshot::Sender<()>) {
+        let mut local = Local::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = oneshot::channel();
+        local.push(waiting(rx, &done), None);
+        let signal = local.signal.clone();
+        (local, signal, done, tx)
+    }
+
     /// A waker that counts its wakes.
     #[derive(Default)]
     struct Wakes(AtomicUsize);
@@ -234,11 +245,7 @@ mod tests {
 
     #[test]
     fn a_handler_the_reader_wakes_runs_in_the_same_poll_and_the_reader_is_not_woken() {
-        let mut local = Local::new();
-        let done = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = oneshot::channel();
-        local.push(waiting(rx, &done), None);
-        let signal = local.signal.clone();
+        let (mut local, signal, done, tx) = one_waiting();
         // As the reader does: polls the set (the handler now waits for its answer), reads the
         // answer (here, sends it), and polls the set again, all in one poll of its own.
         let reader = Box::pin(async move {
@@ -258,11 +265,7 @@ mod tests {
 
     #[test]
     fn a_handler_woken_where_the_reader_stops_elsewhere_brings_the_reader_back_once() {
-        let mut local = Local::new();
-        let done = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = oneshot::channel();
-        local.push(waiting(rx, &done), None);
-        let signal = local.signal.clone();
+        let (mut local, signal, done, tx) = one_waiting();
         let mut tx = Some(tx);
         // The reader polls the set, wakes the handler (reads its answer), then stops somewhere
         // other than the set (as when it waits for room in the outbox); next time it polls the
@@ -296,11 +299,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handler_woken_from_another_task_wakes_the_reader() {
-        let mut local = Local::new();
-        let done = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = oneshot::channel();
-        local.push(waiting(rx, &done), None);
-        let signal = local.signal.clone();
+        let (mut local, signal, done, tx) = one_waiting();
         let sender = tokio::spawn(async move {
             let _ = tx.send(());
         });

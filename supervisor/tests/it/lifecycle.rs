@@ -343,14 +343,7 @@ async fn a_disabled_plugins_cgroup_is_kept_for_its_next_start() {
         .await;
         // Kept, empty, rather than removed.
         assert!(std::path::Path::new(&format!("{root}{leaf}")).is_dir());
-        let r = sup
-            .client
-            .post(sup.url("/admin/plugins/echo/enable?wait=10s"))
-            .bearer_auth(crate::admin::ADMIN)
-            .send()
-            .await
-            .expect("enable");
-        assert_eq!(r.status(), 200);
+        echo_action(&sup, "enable?wait=10s").await;
         sup.wait_until("ready again", || async {
             sup.plugin_status("echo").await["state"] == "ready"
         })
@@ -592,12 +585,18 @@ async fn a_warm_standby_takes_over_when_the_plugin_dies_and_another_follows() {
 
 /// Disables the echo plugin through the admin API.
 async fn disable_echo(sup: &TestSupervisor) {
+    echo_action(sup, "disable").await;
+}
+
+/// Posts `action` (`disable`, `enable?wait=10s`, …) for the echo plugin to the admin API and
+/// expects a 200.
+async fn echo_action(sup: &TestSupervisor, action: &str) {
     let r = sup
         .client
-        .post(sup.url("/admin/plugins/echo/disable"))
+        .post(sup.url(&format!("/admin/plugins/echo/{action}")))
         .bearer_auth(crate::admin::ADMIN)
         .send()
         .await
-        .expect("disable");
-    assert_eq!(r.status(), 200);
+        .expect(action);
+    assert_eq!(r.status(), 200, "{action}");
 }

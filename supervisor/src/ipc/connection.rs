@@ -107,15 +107,26 @@ pub enum CallError {
     Protocol(String),
 }
 
+/// Why a call ended without the plugin's answer.
+#[derive(Debug)]
+enum Ended {
+    /// The connection closed, for this reason.
+    Closed(String),
+    /// The call's deadline passed.
+    TimedOut,
+}
+
 /// A live connection to one plugin instance.
 #[derive(Debug)]
 pub struct Connection {
     plugin: String,
     out: Arc<Outbox>,
-    pending: Pending<Result<Response, String>>,
+    pending: Pending<Result<Response, Ended>>,
     max_frame: usize,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
+    /// Set once `close_reason` is: the per-call checks read this, not the lock.
+    is_closing: AtomicBool,
     cut_off: AtomicBool,
     /// Set when plugd queues its shutdown request, under the outbox's lock with the queueing
     /// itself: no request is queued behind the shutdown (see [`Connection::send`]).
@@ -154,6 +165,7 @@ impl Connection {
             max_frame,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            is_closing: AtomicBool::new(false),
             cut_off: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             calls,
@@ -164,6 +176,7 @@ impl Connection {
             answers_dropped: AtomicU64::new(0),
         });
         tokio::spawn(read_loop(conn.clone(), frames));
+        tokio::spawn(expire_calls(conn.clone()));
         conn
     }
 
@@ -244,9 +257,15 @@ impl Connection {
         if let Some(reason) = self.close_reason() {
             return Err(CallError::NotSent(reason));
         }
+        // No timer per call: the connection's `expire_calls` task answers a call whose
+        // deadline passed.
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut guard = CancelOnDrop {
             conn: self,
-            call: Some(self.pending.register()),
+            call: Some(match deadline {
+                Some(deadline) => self.pending.register_until(deadline),
+                None => self.pending.register(),
+            }),
         };
         let Some(call) = guard.call.as_mut() else {
             return Err(CallError::Protocol("no call registered".into()));
@@ -263,45 +282,49 @@ impl Connection {
             guard.forget();
             return Err(CallError::NotSent(reason));
         }
-        // The deadline covers queueing the frame too: a plugin that stopped reading fills the
-        // socket and the queue, and its callers must still get their timeout.
         let what = if M::NAME == Shutdown::NAME {
             Outgoing::Shutdown
         } else {
             Outgoing::Request
         };
         let at_once = matches!(write, Write::AtOnceWhenAlone) && call.alone();
-        let exchange = async {
-            match self.send(frame, what, at_once).await {
-                Ok(()) => {}
-                Err(Unsent::Stopping) => {
-                    return Err(CallError::NotSent("the plugin is being stopped".into()))
-                }
-                Err(Unsent::Closed(reason)) => return Err(CallError::Closed(reason)),
+        // The deadline covers queueing the frame too: a plugin that stopped reading fills the
+        // socket and the queue, and its callers must still get their timeout. The frame is
+        // queued at once unless the outbox is full; only then is a timer armed for the wait.
+        let mut send = std::pin::pin!(self.send(frame, what, at_once));
+        let sent = match futures_util::poll!(send.as_mut()) {
+            std::task::Poll::Ready(sent) => sent,
+            std::task::Poll::Pending => match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
+                    Ok(sent) => sent,
+                    // The guard removes the pending entry and sends the cancel.
+                    Err(_) => return Err(CallError::Timeout(timeout.unwrap_or_default())),
+                },
+                None => send.await,
+            },
+        };
+        match sent {
+            Ok(()) => {}
+            Err(Unsent::Stopping) => {
+                guard.forget();
+                return Err(CallError::NotSent("the plugin is being stopped".into()));
             }
-            call.answer()
-                .await
-                .unwrap_or_else(|| Err("connection dropped".into()))
-                .map_err(CallError::Closed)
-        };
-        let answer = match timeout {
-            Some(timeout) => tokio::time::timeout(timeout, exchange).await,
-            None => Ok(exchange.await),
-        };
+            Err(Unsent::Closed(reason)) => {
+                guard.forget();
+                return Err(CallError::Closed(reason));
+            }
+        }
+        let answer = call.answer().await;
+        guard.forget();
         match answer {
-            Ok(Ok(response)) => {
-                guard.forget();
-                match response.outcome {
-                    Err(error) => Err(CallError::Remote(error)),
-                    Ok(_) => Ok(response),
-                }
-            }
-            Ok(Err(e)) => {
-                guard.forget();
-                Err(e)
-            }
-            // The guard removes the pending entry and sends the cancel.
-            Err(_) => Err(CallError::Timeout(timeout.unwrap_or_default())),
+            Some(Ok(response)) => match response.outcome {
+                Err(error) => Err(CallError::Remote(error)),
+                Ok(_) => Ok(response),
+            },
+            Some(Err(Ended::Closed(reason))) => Err(CallError::Closed(reason)),
+            // `expire_calls` took the entry out and sent the cancel.
+            Some(Err(Ended::TimedOut)) => Err(CallError::Timeout(timeout.unwrap_or_default())),
+            None => Err(CallError::Closed("connection dropped".into())),
         }
     }
 
@@ -318,18 +341,22 @@ impl Connection {
                 return;
             }
             *slot = Some(reason.to_owned());
+            self.is_closing.store(true, Ordering::Release);
         }
         self.closed.cancel();
         // Nobody waits for room in the outbox any more, and the plugin reads the end.
         self.out.close();
         for tx in self.pending.drain() {
-            let _ = tx.send(Err(reason.to_owned()));
+            let _ = tx.send(Err(Ended::Closed(reason.to_owned())));
         }
         self.streams.close_all(reason);
     }
 
     /// Why the connection closed, if it has.
     pub fn close_reason(&self) -> Option<String> {
+        if !self.is_closing.load(Ordering::Acquire) {
+            return None;
+        }
         self.close_reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -476,7 +503,7 @@ fn decode_answer<M: Method>(response: &Response) -> Result<M::Result, CallError>
 /// when the caller itself went away (an HTTP client hung up). The pending entry goes with it.
 struct CancelOnDrop<'a> {
     conn: &'a Connection,
-    call: Option<Call<'a, Result<Response, String>>>,
+    call: Option<Call<'a, Result<Response, Ended>>>,
 }
 
 impl CancelOnDrop<'_> {
@@ -495,10 +522,24 @@ impl Drop for CancelOnDrop<'_> {
         };
         let id = call.id();
         if call.abandon() && self.conn.close_reason().is_none() {
-            self.conn.cancelled.fetch_add(1, Ordering::Relaxed);
-            let params = CancelParams { id };
-            if let Ok(frame) = encode_notification::<Cancel>(&params, self.conn.max_frame) {
-                self.conn.try_send(frame);
+            self.conn.send_cancel(id);
+        }
+    }
+}
+
+/// Answers each call whose deadline passed with [`Ended::TimedOut`] and tells the plugin to
+/// stop working on it, until the connection closes (which answers the rest).
+async fn expire_calls(conn: Arc<Connection>) {
+    let closed = conn.closed.clone();
+    loop {
+        let expired = tokio::select! {
+            () = closed.cancelled() => return,
+            expired = conn.pending.expired() => expired,
+        };
+        for (id, tx) in expired {
+            let _ = tx.send(Err(Ended::TimedOut));
+            if conn.close_reason().is_none() {
+                conn.send_cancel(id);
             }
         }
     }

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+mod head_timer;
 pub mod health;
 pub mod hooks;
 pub mod metrics;

@@ -6,14 +6,17 @@
 //!   progress at a time; past that a connection is closed unanswered), never left hanging.
 //! - A request head must arrive within [`Limits::header_read_timeout`], which is also how long
 //!   a kept-alive connection may sit idle between requests (hyper starts the same timer then).
+//!   The timer is [`head_timer`](super::head_timer)'s: no runtime timer per request, and a
+//!   head's wait ends within a sixteenth of the timeout (at most 1 s) after its deadline.
 //! - An `accept` that fails for want of file descriptors waits a moment and tries again, rather
 //!   than spinning.
 //!
 //! On shutdown the loop stops accepting and waits for the requests in flight; the caller bounds
 //! that wait.
 
+use super::head_timer::HeadTimers;
 use super::App;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use plugd_protocol::when_woken::WhenWoken;
 use std::future::Future;
 use std::sync::Arc;
@@ -58,8 +61,13 @@ pub async fn serve(
     // costing less than the vectored path through the kernel. The copy is transient and at
     // most the body's size, which a plugin's frame limit bounds already.
     http.writev(false)
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    let timers = HeadTimers::new();
+    let _sweeping = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        timers
+            .clone()
+            .sweep(HeadTimers::tick_for(limits.header_read_timeout)),
+    ));
     // Connections are served with upgrades (WebSockets), which hyper-util's graceful helper
     // does not take: each connection task watches this token itself.
     let stopping = CancellationToken::new();
@@ -101,6 +109,8 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let connection = http
+            .clone()
+            .timer(timers.connection())
             .serve_connection(TokioIo::new(stream), service.clone())
             .with_upgrades();
         let stop = stopping.clone();

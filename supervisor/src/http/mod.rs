@@ -75,6 +75,9 @@ pub struct Edge {
     pub streams: Arc<tokio::sync::Semaphore>,
 }
 
+/// The longest request id plugd makes: an 8-digit prefix, a dash and up to 16 hex digits.
+const ID_LEN: usize = 32;
+
 /// Request ids: a random prefix per process and a counter, so ids are unique across workers
 /// and cheap to make.
 #[derive(Debug, Clone)]
@@ -95,23 +98,34 @@ impl Default for RequestIds {
 impl RequestIds {
     /// A fresh id.
     pub fn next_id(&self) -> String {
+        let mut buf = [0u8; ID_LEN];
+        let len = self.write_next(&mut buf);
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    }
+
+    /// Writes `{prefix}-{n:x}` for the next `n` into `buf` and returns its length; without the
+    /// formatting machinery or an allocation (once per request).
+    fn write_next(&self, buf: &mut [u8; ID_LEN]) -> usize {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // `{prefix}-{n:x}`, written without the formatting machinery (once per request).
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-        let mut id = String::with_capacity(self.prefix.len() + 1 + digits as usize);
-        id.push_str(&self.prefix);
-        id.push('-');
-        for i in (0..digits).rev() {
-            let nibble = ((n >> (4 * i)) & 0xf) as u32;
-            id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+        let prefix = self.prefix.as_bytes();
+        let prefix = &prefix[..prefix.len().min(ID_LEN - 17)];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()] = b'-';
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        let start = prefix.len() + 1;
+        for i in 0..digits {
+            let nibble = ((n >> (4 * (digits - 1 - i))) & 0xf) as usize;
+            buf[start + i] = b"0123456789abcdef"[nibble];
         }
-        id
+        start + digits
     }
 
     /// A fresh id as a header value.
     pub fn next_value(&self) -> HeaderValue {
+        let mut buf = [0u8; ID_LEN];
+        let len = self.write_next(&mut buf);
         // A hex prefix, a dash and hex digits: always a valid value.
-        HeaderValue::from_str(&self.next_id()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 

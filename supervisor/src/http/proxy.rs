@@ -18,7 +18,7 @@ use crate::ipc::CallError;
 use crate::settings::AdminToken;
 use crate::supervise::canary::{Served, Side};
 use crate::supervise::router::{normalize, Lookup};
-use crate::supervise::{PluginState, StandbyView};
+use crate::supervise::{PluginSlot, PluginState, StandbyView};
 use axum::body::Body;
 use axum::body::HttpBody as _;
 use axum::extract::State;
@@ -73,28 +73,36 @@ pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 /// Forwards one request to a plugin.
 pub async fn proxy(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();
-    let name = plugin_name(request.uri().path()).to_owned();
-    let (mut response, route, served) = match forward(&edge, request).await {
+    // The slot is taken out of the registry's map at once rather than the map held for the
+    // whole request: a request holds no reference into the map across its wait.
+    let name = plugin_name(request.uri().path());
+    let Some(slot) = edge.registry.get(name) else {
+        // Not counted: arbitrary names in URLs must not grow the metrics.
+        return ApiError::not_found(
+            "unknown plugin",
+            format!("no plugin named {name:?} is installed"),
+        )
+        .into_response();
+    };
+    let (mut response, route, served) = match forward(&edge, &slot, request).await {
         Ok(f) => (f.response, Some(f.route), f.served),
         Err(e) => (e.into_response(), None, None),
     };
+    let name = slot.name();
     // During a canary, each side's answers are what it is judged by.
     if let Some(served) = served {
         served
             .canary
             .record(served.side, response.status().as_u16(), started.elapsed());
         if served.set_cookie {
-            if let Ok(cookie) = HeaderValue::from_str(&served.canary.cookie(&name, served.side)) {
+            if let Ok(cookie) = HeaderValue::from_str(&served.canary.cookie(name, served.side)) {
                 response.headers_mut().append(SET_COOKIE, cookie);
             }
         }
     }
-    // Only plugins plugd knows are counted: arbitrary names in URLs must not grow the metrics.
-    if edge.registry.plugins().contains_key(&name) {
-        let route = route.as_deref().unwrap_or("(none)");
-        edge.metrics
-            .record(&name, route, response.status().as_u16(), started.elapsed());
-    }
+    let route = route.as_deref().unwrap_or("(none)");
+    edge.metrics
+        .record(name, route, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -111,20 +119,18 @@ fn plugin_name(path: &str) -> &str {
     rest.split('/').next().unwrap_or_default()
 }
 
-async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Forwarded, ApiError> {
+/// Forwards `request` to the plugin of `slot`, whose name is the path's first segment.
+async fn forward(
+    edge: &Edge,
+    slot: &PluginSlot,
+    request: axum::extract::Request,
+) -> Result<Forwarded, ApiError> {
     let (parts, body) = request.into_parts();
     let full_path = parts.uri.path();
     let rest = full_path.strip_prefix("/plugins/").unwrap_or_default();
     let (name, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
-    };
-    let plugins = edge.registry.plugins();
-    let Some(slot) = plugins.get(name) else {
-        return Err(ApiError::not_found(
-            "unknown plugin",
-            format!("no plugin named {name:?} is installed"),
-        ));
     };
     let state = slot.state();
     let stable = match &*state {
@@ -231,8 +237,9 @@ async fn forward(edge: &Edge, request: axum::extract::Request) -> Result<Forward
             deadline_unix_ms: plugd_protocol::time::deadline_after(instance.limits.request_timeout),
             ..head.to_owned_request()
         };
+        // The upgrade needs the request's parts, which `name` and the id borrow.
+        let request_id = request_id.into_owned();
         let answer = if kind.websocket {
-            // The upgrade needs the request's parts, which `name` borrows.
             let name = name.to_owned();
             Box::pin(super::stream::websocket(&name, instance, wire, parts)).await
         } else {
@@ -393,24 +400,36 @@ fn stream_limit(route: Option<u64>, plugin: Option<u64>) -> Option<u64> {
 
 /// The request's id: the `x-request-id` it carries when that is usable (the client's, or the
 /// one plugd gave it on the way in), otherwise a fresh one.
-struct RequestIdOf {
-    id: String,
+struct RequestIdOf<'a> {
+    /// Borrowed from the request's header when it has one (every request that took the
+    /// direct path has: [`with_request_id`] gave it one).
+    id: Cow<'a, str>,
     /// Not the request's header, so the answer must be given it here (the request's own header
     /// is copied onto the answer by the layer that set it: [`with_request_id`], or tower-http's
     /// `PropagateRequestIdLayer` when plugd writes an access log).
     fresh: bool,
 }
 
-fn request_id(edge: &Edge, headers: &HeaderMap) -> RequestIdOf {
+fn request_id<'a>(edge: &Edge, headers: &'a HeaderMap) -> RequestIdOf<'a> {
     match headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         Some(id) if !id.is_empty() && id.len() <= 128 => RequestIdOf {
-            id: id.to_owned(),
+            id: Cow::Borrowed(id),
             fresh: false,
         },
         _ => RequestIdOf {
-            id: edge.request_ids.next_id(),
+            id: Cow::Owned(edge.request_ids.next_id()),
             fresh: true,
         },
+    }
+}
+
+impl RequestIdOf<'_> {
+    /// The same id, owning its text (for when the request's parts go elsewhere).
+    fn into_owned(self) -> RequestIdOf<'static> {
+        RequestIdOf {
+            id: Cow::Owned(self.id.into_owned()),
+            fresh: self.fresh,
+        }
     }
 }
 
@@ -418,7 +437,7 @@ fn request_id(edge: &Edge, headers: &HeaderMap) -> RequestIdOf {
 /// served it for the metrics and the canary.
 fn finish(
     mut response: Response,
-    request_id: &RequestIdOf,
+    request_id: &RequestIdOf<'_>,
     route: String,
     served: Option<Served>,
 ) -> Forwarded {

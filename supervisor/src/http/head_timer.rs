@@ -125,7 +125,7 @@ impl Shared {
     /// `at` in milliseconds since `base`, rounded up.
     fn ms_at(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.base);
-        let ms = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+        let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
         u64::try_from(ms).unwrap_or(DISARMED - 1)
     }
 }

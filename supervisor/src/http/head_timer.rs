@@ -9,6 +9,9 @@
 //! head ends at most one tick after its deadline and never before it: a head's wait is ready
 //! only once the clock the sweeping task publishes (which lags the real one) reached it.
 //!
+//! hyper's HTTP/1 server has one such wait at a time per connection (the header read); a
+//! second wait at once would share the slot, and the later deadline would wake both.
+//!
 //! Memory: one slot (about 64 bytes) per open connection, which the server's connection cap
 //! bounds; the sweep drops the slots of closed connections.
 

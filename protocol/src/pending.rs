@@ -77,6 +77,7 @@ impl<T> Pending<T> {
             waiting.sweep_at = wake;
         }
         drop(waiting);
+        // Woken after the lock is released; a wake before the task waits is kept for it.
         if wake.is_some() {
             self.sweep.notify_one();
         }
@@ -131,19 +132,15 @@ impl<T> Pending<T> {
             let wake = {
                 let mut waiting = self.lock();
                 let now = Instant::now();
-                let due: Vec<u64> = waiting
+                let due: Vec<(u64, oneshot::Sender<T>)> = waiting
                     .calls
-                    .iter()
-                    .filter(|(_, e)| e.deadline.is_some_and(|d| d <= now))
-                    .map(|(id, _)| *id)
+                    .extract_if(|_, e| e.deadline.is_some_and(|d| d <= now))
+                    .map(|(id, e)| (id, e.tx))
                     .collect();
                 if !due.is_empty() {
                     // The caller comes straight back: registrations meanwhile need not wake it.
                     waiting.sweep_at = Some(now);
-                    return due
-                        .into_iter()
-                        .filter_map(|id| waiting.calls.remove(&id).map(|e| (id, e.tx)))
-                        .collect();
+                    return due;
                 }
                 let next = waiting.calls.values().filter_map(|e| e.deadline).min();
                 waiting.sweep_at = next;

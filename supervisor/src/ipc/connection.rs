@@ -125,7 +125,8 @@ pub struct Connection {
     max_frame: usize,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
-    /// Set once `close_reason` is: the per-call checks read this, not the lock.
+    /// Set once `close_reason` is, before `closed` is cancelled: the checks made per call and
+    /// per request read this flag, not a lock (the token's flag sits behind a mutex).
     is_closing: AtomicBool,
     cut_off: AtomicBool,
     /// Set when plugd queues its shutdown request, under the outbox's lock with the queueing
@@ -354,7 +355,7 @@ impl Connection {
 
     /// Why the connection closed, if it has.
     pub fn close_reason(&self) -> Option<String> {
-        if !self.is_closing.load(Ordering::Acquire) {
+        if !self.is_closed() {
             return None;
         }
         self.close_reason
@@ -370,7 +371,7 @@ impl Connection {
 
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.is_closing.load(Ordering::Acquire)
     }
 
     /// Resolves once the connection has closed.
@@ -530,10 +531,9 @@ impl Drop for CancelOnDrop<'_> {
 /// Answers each call whose deadline passed with [`Ended::TimedOut`] and tells the plugin to
 /// stop working on it, until the connection closes (which answers the rest).
 async fn expire_calls(conn: Arc<Connection>) {
-    let closed = conn.closed.clone();
     loop {
         let expired = tokio::select! {
-            () = closed.cancelled() => return,
+            () = conn.closed() => return,
             expired = conn.pending.expired() => expired,
         };
         for (id, tx) in expired {

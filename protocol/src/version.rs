@@ -14,7 +14,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this crate implements.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
 
     /// Whether a peer speaking `other` can talk to a peer speaking `self`.
     pub fn is_compatible_with(self, other: ProtocolVersion) -> bool {

@@ -101,6 +101,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                     .collect(),
                 services: vec![],
                 permissions: vec![],
+                lanes: max_frame % 5,
             },
         )
 }

@@ -11,7 +11,7 @@ use plugd_protocol::envelope::{
 use plugd_protocol::message::control::{
     Cancel, CancelParams, Empty, Ping, Shutdown, ShutdownParams,
 };
-use plugd_protocol::message::handshake::Handshake;
+use plugd_protocol::message::handshake::{Handshake, Lane};
 use plugd_protocol::message::http::Http;
 use plugd_protocol::message::settings::Settings;
 use plugd_protocol::message::stream::{
@@ -140,6 +140,42 @@ fn cases() -> Vec<Case> {
                 Message::Response(r) => {
                     let welcome = r.decode_result::<Handshake>().expect("decode").expect("ok");
                     assert_eq!(welcome, common::welcome_with_settings());
+                }
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "handshake_request_lanes",
+            frame: encode_request::<Handshake>(0, &common::hello_lanes(), MAX).expect("encode"),
+            check: |m| match m {
+                Message::Request(r) => {
+                    let hello = r.decode_params::<Handshake>().expect("hello");
+                    assert_eq!(hello, common::hello_lanes());
+                }
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "handshake_welcome_lanes",
+            frame: encode_response(0, &common::welcome_lanes(), MAX).expect("encode"),
+            check: |m| match m {
+                Message::Response(r) => {
+                    let welcome = r.decode_result::<Handshake>().expect("decode").expect("ok");
+                    assert_eq!(welcome, common::welcome_lanes());
+                }
+                other => panic!("{other:?}"),
+            },
+        },
+        Case {
+            name: "lane_request",
+            frame: encode_request::<Lane>(0, &common::lane_hello(), MAX).expect("encode"),
+            check: |m| match m {
+                Message::Request(r) => {
+                    assert_eq!((r.id, r.method.as_str()), (0, "lane"));
+                    assert_eq!(
+                        r.decode_params::<Lane>().expect("lane"),
+                        common::lane_hello()
+                    );
                 }
                 other => panic!("{other:?}"),
             },

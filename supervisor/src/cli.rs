@@ -118,6 +118,10 @@ struct ServeArgs {
     /// at least 1].
     #[arg(long)]
     worker_threads: Option<String>,
+    /// Threads taking HTTP connections, each with its own lane to each plugin [default: the
+    /// CPUs, at most 4].
+    #[arg(long)]
+    http_threads: Option<String>,
 }
 
 impl ServeArgs {
@@ -140,6 +144,7 @@ impl ServeArgs {
             ("max_connections", &self.max_connections),
             ("header_read_timeout", &self.header_read_timeout),
             ("worker_threads", &self.worker_threads),
+            ("http_threads", &self.http_threads),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

@@ -78,6 +78,12 @@ pub struct Settings {
     /// (at least one), since the plugins, separate processes, do the work and need the rest.
     /// Blocking work (unpacking bundles, killing process trees) runs on threads of its own.
     pub worker_threads: Option<usize>,
+    /// Threads that take HTTP connections, the main runtime's included: each of the others is
+    /// a thread with a single-threaded runtime, its own listening socket on the same address
+    /// and its own lane to each plugin that offers lanes (protocol 1.3), so a request and its
+    /// plugin's answer stay on one thread. None means the CPUs, at most
+    /// [`DEFAULT_MAX_HTTP_THREADS`].
+    pub http_threads: Option<usize>,
     /// Bearer tokens for the admin API (config file only; `PLUGD_ADMIN_TOKEN` adds one).
     pub admin_tokens: Vec<AdminToken>,
 }
@@ -140,6 +146,7 @@ impl Default for Settings {
             canary_latency_factor: 2.0,
             canary_latency_floor: Duration::from_millis(10),
             worker_threads: None,
+            http_threads: None,
             admin_tokens: Vec::new(),
         }
     }
@@ -184,7 +191,15 @@ pub const KEYS: &[(&str, &str)] = &[
     ("canary_latency_factor", "PLUGD_CANARY_LATENCY_FACTOR"),
     ("canary_latency_floor", "PLUGD_CANARY_LATENCY_FLOOR"),
     ("worker_threads", "PLUGD_WORKER_THREADS"),
+    ("http_threads", "PLUGD_HTTP_THREADS"),
 ];
+
+/// Most HTTP threads by default: each costs every plugin instance a lane (a socket and its
+/// buffers on both sides), so a large machine does not multiply that by its CPUs.
+pub const DEFAULT_MAX_HTTP_THREADS: usize = 4;
+
+/// Most HTTP threads allowed: a plugin built with plugd's runtime offers at most 16 lanes.
+pub const MAX_HTTP_THREADS: usize = 17;
 
 /// The environment variable holding an admin token (named `env`, role `admin`).
 pub const ENV_ADMIN_TOKEN: &str = "PLUGD_ADMIN_TOKEN";
@@ -202,6 +217,15 @@ impl Settings {
         self.worker_threads.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism().map_or(1, usize::from);
             (cpus / 2).max(1)
+        })
+    }
+
+    /// Threads taking HTTP connections: `http_threads`, or the CPUs, at most
+    /// [`DEFAULT_MAX_HTTP_THREADS`].
+    pub fn http_threads(&self) -> usize {
+        self.http_threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            cpus.min(DEFAULT_MAX_HTTP_THREADS)
         })
     }
 
@@ -276,6 +300,11 @@ impl Settings {
         }
         if settings.worker_threads == Some(0) {
             bail!("worker_threads must be at least 1 (leave it out for half the CPUs)");
+        }
+        match settings.http_threads {
+            Some(0) => bail!("http_threads must be at least 1 (leave it out for the CPUs, at most {DEFAULT_MAX_HTTP_THREADS})"),
+            Some(n) if n > MAX_HTTP_THREADS => bail!("http_threads is {n}, at most {MAX_HTTP_THREADS} are allowed"),
+            _ => {}
         }
         if settings.header_read_timeout.is_zero() {
             bail!("header_read_timeout must be longer than 0s");

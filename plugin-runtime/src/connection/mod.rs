@@ -24,7 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use local::Local;
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
 use plugd_protocol::message::control::{Cancel, Empty, Ping, Shutdown};
-use plugd_protocol::message::handshake::{Handshake, Hello, RouteDecl};
+use plugd_protocol::message::handshake::{Handshake, Hello, Lane, LaneHello, RouteDecl};
 use plugd_protocol::message::hook::HookCall;
 use plugd_protocol::message::http::Http;
 use plugd_protocol::message::service::ServiceCall;
@@ -43,6 +43,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use weight::{Then, Threads, Weight};
 
 mod calls;
@@ -91,26 +92,24 @@ impl Env {
     }
 }
 
-/// State shared by the reader loop and the request tasks.
-struct Shared<S> {
+/// What every connection of the plugin shares (the first one and its lanes): the handlers,
+/// the state, the plugin's own calls, and the count of requests in flight that shutdown
+/// drains.
+struct Common<S> {
     routes: Vec<Route<S>>,
     hooks: Vec<HookRoute<S>>,
     services: Vec<(String, ServiceHandler<S>)>,
     state: Arc<S>,
-    out: Arc<Outbox>,
-    max_frame: AtomicUsize,
     draining: AtomicBool,
-    in_flight: Mutex<HashMap<u64, AbortHandle>>,
-    /// Number of tracked requests in flight, so shutdown can wait for zero ...
+    /// Number of tracked requests in flight on every connection, so shutdown can wait for
+    /// zero ...
     count: AtomicUsize,
     /// ... told when it gets there.
     idle: Notify,
     on_unload: Mutex<Option<Callback<S>>>,
     on_settings: Option<SettingsCallback<S>>,
-    /// The plugin's own calls to the supervisor.
+    /// The plugin's own calls to the supervisor (on the first connection).
     caller: Arc<Caller>,
-    /// Open streams (streaming routes' bodies, WebSockets).
-    streams: Arc<Streams>,
     /// Each side's credit per stream, from the welcome.
     window: u32,
     /// The runtime: which handlers the reader polls first (see [`weight`]).
@@ -118,6 +117,26 @@ struct Shared<S> {
     /// How each route's, hook handler's and service's recent requests went in the reader, in
     /// declaration order.
     weights: Weights,
+}
+
+/// State of one connection, shared by its reader loop and its request tasks; the plugin-wide
+/// part is [`Common`], reached through it.
+struct Shared<S> {
+    common: Arc<Common<S>>,
+    out: Arc<Outbox>,
+    max_frame: AtomicUsize,
+    /// This connection's requests in flight, by id (ids are per connection).
+    in_flight: Mutex<HashMap<u64, AbortHandle>>,
+    /// Open streams (streaming routes' bodies, WebSockets).
+    streams: Arc<Streams>,
+}
+
+impl<S> std::ops::Deref for Shared<S> {
+    type Target = Common<S>;
+
+    fn deref(&self) -> &Common<S> {
+        &self.common
+    }
 }
 
 /// A [`Weight`] per handler, each list in the order of [`Shared`]'s.
@@ -139,6 +158,23 @@ impl Weights {
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
+    fn new(common: Arc<Common<S>>, out: Arc<Outbox>, max_frame: usize) -> Arc<Shared<S>> {
+        Arc::new(Shared {
+            common,
+            out,
+            max_frame: AtomicUsize::new(max_frame),
+            in_flight: Mutex::new(HashMap::new()),
+            streams: Arc::default(),
+        })
+    }
+
+    /// Stops every request of this connection still running.
+    fn abort_all(&self) {
+        for (_, handle) in self.lock_in_flight().drain() {
+            handle.abort();
+        }
+    }
+
     fn max_frame(&self) -> usize {
         self.max_frame.load(Ordering::Relaxed)
     }
@@ -191,7 +227,8 @@ impl<S: Send + Sync + 'static> Shared<S> {
     }
 }
 
-/// Handshakes on `stream` and serves until shutdown or until the supervisor closes the socket.
+/// Handshakes on `stream` and serves until shutdown or until the supervisor closes the socket;
+/// opens the lanes the welcome asks for and serves them beside it.
 pub(crate) async fn serve<S: Send + Sync + 'static>(
     plugin: Plugin<S>,
     stream: UnixStream,
@@ -207,7 +244,7 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
         name: plugin.name.clone(),
         version: plugin.version.clone(),
         epoch: env.epoch,
-        token: env.token,
+        token: env.token.clone(),
         max_frame: u32::try_from(env.max_frame).unwrap_or(u32::MAX),
         routes: plugin
             .routes
@@ -228,40 +265,28 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
             .map(|(name, _)| name.clone())
             .collect(),
         permissions: plugin.permissions.clone(),
+        lanes: MAX_LANES,
     };
     let _ = out
         .send(encode_request::<Handshake>(0, &hello, env.max_frame)?)
         .await;
-    let welcome = match frames.next().await {
-        Some(Ok(Message::Response(resp))) if resp.id == 0 => {
-            match resp.decode_result::<Handshake>()? {
-                Ok(welcome) => welcome,
-                Err(refusal) => return Err(Error::Refused(refusal)),
-            }
-        }
-        Some(Ok(other)) => {
-            return Err(Error::Protocol(plugd_protocol::DecodeError::Malformed(
-                format!("expected the handshake response, got {other:?}"),
-            )))
-        }
-        Some(Err(e)) => return Err(e.into()),
-        None => {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the supervisor closed the connection during the handshake",
-            )))
-        }
+    let welcome = match first_answer(&mut frames, "handshake")
+        .await?
+        .decode_result::<Handshake>()?
+    {
+        Ok(welcome) => welcome,
+        Err(refusal) => return Err(Error::Refused(refusal)),
     };
     let max_frame = (welcome.max_frame as usize).min(env.max_frame);
     frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
-    tracing::debug!(supervisor = %welcome.supervisor, "handshake accepted");
+    tracing::debug!(supervisor = %welcome.supervisor, lanes = welcome.lanes, "handshake accepted");
 
     let weights = Weights::new(
         plugin.routes.len(),
         plugin.hooks.len(),
         plugin.services.len(),
     );
-    let shared = Arc::new(Shared {
+    let common = Arc::new(Common {
         routes: plugin.routes,
         hooks: plugin.hooks,
         services: plugin.services,
@@ -271,27 +296,170 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
             max_frame,
             Settings::from_wire(&welcome.settings),
         ),
-        // Moved, not cloned: the writer ends when the last sender is gone.
-        out,
-        max_frame: AtomicUsize::new(max_frame),
         draining: AtomicBool::new(false),
-        in_flight: Mutex::new(HashMap::new()),
         count: AtomicUsize::new(0),
         idle: Notify::new(),
         on_unload: Mutex::new(plugin.on_unload),
         on_settings: plugin.on_settings,
-        streams: Arc::default(),
         window: welcome
             .stream_window
             .unwrap_or(plugd_protocol::stream::DEFAULT_WINDOW),
         threads: Threads::current(),
         weights,
     });
+    // Moved, not cloned: the writer ends when the last sender is gone.
+    let shared = Shared::new(common.clone(), out, max_frame);
+
+    // The lanes end when this connection does.
+    let lanes_stop = CancellationToken::new();
+    let lanes: Vec<_> = (1..=welcome.lanes.min(MAX_LANES))
+        .map(|lane| {
+            let opening = Opening {
+                socket: env.socket.clone(),
+                token: env.token.clone(),
+                epoch: env.epoch,
+                lane,
+                max_frame,
+            };
+            tokio::spawn(serve_lane(
+                common.clone(),
+                opening,
+                lanes_stop.clone().cancelled_owned(),
+            ))
+        })
+        .collect();
 
     let (stopped_tx, stopped) = oneshot::channel::<()>();
-    // Polled only when the shutdown answer wakes it, not on every frame.
-    let mut stopped = WhenWoken::new(stopped);
-    let mut stopped_tx = Some(stopped_tx);
+    let result = read_loop(&shared, frames, Role::First(Some(stopped_tx)), async {
+        let _ = stopped.await;
+    })
+    .await;
+
+    // Whatever ended the loop, nothing more can be answered: stop every task still running.
+    shared.caller.close();
+    shared.abort_all();
+    lanes_stop.cancel();
+    for lane in lanes {
+        let _ = lane.await;
+    }
+    shared.run_unload().await;
+    // What is queued is written, then the socket's sending side is shut.
+    shared.out.finish();
+    drop(shared);
+    let _ = writer.await;
+    result
+}
+
+/// Most lanes a plugin offers to open (see [`Lane`]): plugd asks for one per thread it serves
+/// HTTP on beyond the first.
+const MAX_LANES: u32 = 16;
+
+/// What opening a lane takes.
+struct Opening {
+    socket: String,
+    token: String,
+    epoch: u64,
+    lane: u32,
+    max_frame: usize,
+}
+
+/// Opens lane `opening.lane` to the supervisor and serves the requests that come on it until
+/// `stop` resolves (the first connection ended) or the supervisor closes it. A lane that cannot
+/// be opened is logged and left: its requests go on the first connection.
+async fn serve_lane<S: Send + Sync + 'static>(
+    common: Arc<Common<S>>,
+    opening: Opening,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let lane = opening.lane;
+    let not_opened = |e: Error| {
+        tracing::debug!(
+            lane,
+            "lane not opened ({e}); its requests come on the first connection"
+        );
+    };
+    let connected = async {
+        let stream = UnixStream::connect(&opening.socket).await?;
+        Ok::<_, Error>(plugd_protocol::socket::split(stream)?)
+    };
+    let (rd, wr) = match connected.await {
+        Ok(halves) => halves,
+        Err(e) => return not_opened(e),
+    };
+    let mut frames = FramedRead::new(rd, FrameCodec::new(opening.max_frame));
+    let out = Outbox::new(wr, OUTGOING_LIMIT);
+    let writer = tokio::spawn(out.flusher());
+    let params = LaneHello {
+        epoch: opening.epoch,
+        token: opening.token,
+        lane,
+    };
+    let answered = async {
+        let frame = encode_request::<Lane>(0, &params, opening.max_frame)?;
+        if out.send(frame).await.is_err() {
+            return Err(Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        match first_answer(&mut frames, "lane")
+            .await?
+            .decode_result::<Lane>()?
+        {
+            Ok(_) => Ok(()),
+            Err(refusal) => Err(Error::Refused(refusal)),
+        }
+    };
+    if let Err(e) = answered.await {
+        out.finish();
+        let _ = writer.await;
+        return not_opened(e);
+    }
+    let shared = Shared::new(common, out, opening.max_frame);
+    if let Err(e) = read_loop(&shared, frames, Role::Lane, stop).await {
+        tracing::warn!(lane, "lane closed: {e}");
+    }
+    shared.abort_all();
+    shared.out.finish();
+    drop(shared);
+    let _ = writer.await;
+}
+
+/// The first frame the supervisor sends on a connection: the answer to the plugin's opening
+/// request (`what`) with id 0.
+async fn first_answer(
+    frames: &mut FramedRead<plugd_protocol::socket::ReadHalf, FrameCodec>,
+    what: &str,
+) -> Result<plugd_protocol::Response, Error> {
+    match frames.next().await {
+        Some(Ok(Message::Response(resp))) if resp.id == 0 => Ok(resp),
+        Some(Ok(other)) => Err(Error::Protocol(plugd_protocol::DecodeError::Malformed(
+            format!("expected the {what} response, got {other:?}"),
+        ))),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the supervisor closed the connection during the {what}"),
+        ))),
+    }
+}
+
+/// Which connection a reader loop serves.
+enum Role {
+    /// The first connection: every method; holds the sender that ends the loop once a
+    /// shutdown has drained.
+    First(Option<oneshot::Sender<()>>),
+    /// A lane: HTTP requests (and hook and service calls) with their cancels only.
+    Lane,
+}
+
+/// Reads and dispatches the frames of one connection until `stop` resolves, the supervisor
+/// closes it, or a bad frame arrives.
+async fn read_loop<S: Send + Sync + 'static>(
+    shared: &Arc<Shared<S>>,
+    mut frames: FramedRead<plugd_protocol::socket::ReadHalf, FrameCodec>,
+    mut role: Role,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    // Polled only when what ends the loop wakes it, not on every frame.
+    let mut stopped = std::pin::pin!(WhenWoken::new(stop));
     let mut corked = false;
     let mut local = Local::new();
     let runner = local.runner();
@@ -311,13 +479,16 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                         corked = true;
                     }
                     match message {
-                        Some(Ok(Message::Request(req))) => {
-                            dispatch_request(&shared, &mut local, req, &mut stopped_tx).await;
-                        }
-                        Some(Ok(Message::Notification(note))) => handle_notification(&shared, note),
+                        Some(Ok(Message::Request(req))) => match &mut role {
+                            Role::First(stopped_tx) => {
+                                dispatch_request(shared, &mut local, req, stopped_tx).await;
+                            }
+                            Role::Lane => dispatch_on_lane(shared, &mut local, req).await,
+                        },
+                        Some(Ok(Message::Notification(note))) => handle_notification(shared, note),
                         Some(Ok(Message::Response(resp))) => {
                             let id = resp.id;
-                            if !shared.caller.answer(resp) {
+                            if matches!(role, Role::Lane) || !shared.caller.answer(resp) {
                                 tracing::debug!(id, "late answer to a call that already ended");
                             }
                         }
@@ -326,7 +497,9 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                             break Err(Error::Protocol(e));
                         }
                         None => {
-                            tracing::info!("the supervisor closed the connection; stopping");
+                            if matches!(role, Role::First(_)) {
+                                tracing::info!("the supervisor closed the connection; stopping");
+                            }
                             break Ok(());
                         }
                     }
@@ -345,19 +518,27 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     };
     // The handlers still waiting end here, before the connection's state they hold.
     drop(local);
-
-    // Whatever ended the loop, nothing more can be answered: stop every task still running.
-    shared.caller.close();
-    for (_, handle) in shared.lock_in_flight().drain() {
-        handle.abort();
-    }
-    shared.run_unload().await;
-    // What is queued is written, then the socket's sending side is shut.
-    shared.out.finish();
-    drop(shared);
-    drop(frames);
-    let _ = writer.await;
     result
+}
+
+/// Dispatches a request that came on a lane: HTTP requests, hook and service calls and pings
+/// as on the first connection; the rest belongs to the first connection only.
+async fn dispatch_on_lane<S: Send + Sync + 'static>(
+    shared: &Arc<Shared<S>>,
+    local: &mut Local,
+    req: WireRequest,
+) {
+    match req.method.as_str() {
+        Http::NAME | HookCall::NAME | ServiceCall::NAME | Ping::NAME => {
+            dispatch_request(shared, local, req, &mut None).await;
+        }
+        other => {
+            let message = format!("{other:?} is sent on the first connection, not on a lane");
+            shared
+                .reply_error(req.id, codes::METHOD_NOT_FOUND, message)
+                .await;
+        }
+    }
 }
 
 async fn dispatch_request<S: Send + Sync + 'static>(

@@ -5,8 +5,9 @@
 //! (`HANDSHAKE_REFUSED` for a version mismatch, `UNAUTHORIZED` for a wrong token or epoch) and
 //! closes the connection.
 
+use super::control::Empty;
 use super::settings::SettingsMap;
-use super::{is_false, Method};
+use super::{is_false, is_zero, Method};
 use crate::version::ProtocolVersion;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,10 @@ pub struct Hello {
     /// Permissions the plugin defines.
     #[serde(default)]
     pub permissions: Vec<PermissionDecl>,
+    /// 1.3: how many lanes (extra connections for plain HTTP requests, see [`Lane`]) the
+    /// plugin can open; 0, the default, means none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lanes: u32,
 }
 
 /// One HTTP route: a method and a path pattern such as `/items/{id}`.
@@ -127,4 +132,36 @@ pub struct Welcome {
     /// [`crate::stream::DEFAULT_WINDOW`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_window: Option<u32>,
+    /// 1.3: how many lanes the plugin is to open now, at most the `lanes` of its hello;
+    /// omitted means none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lanes: u32,
+}
+
+/// `lane` (1.3): plugin → supervisor, the first and only request of the plugin on a lane.
+///
+/// A lane is an extra connection to the same socket, opened after the handshake when the
+/// welcome asks for lanes. On a lane plugd sends only `http` requests for routes that do not
+/// stream, and `cancel` notifications for them; the plugin answers each on the lane it came
+/// on. Everything else (pings, hooks, services, settings, shutdown, the plugin's own calls)
+/// stays on the first connection. plugd serves HTTP on several threads, each with its own lane
+/// to each plugin, so a request and its answer never cross to another thread.
+#[derive(Debug)]
+pub struct Lane;
+
+impl Method for Lane {
+    const NAME: &'static str = "lane";
+    type Params = LaneHello;
+    type Result = Empty;
+}
+
+/// Who opens a lane: the same token and epoch as the handshake, and the lane's number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneHello {
+    /// The instance epoch from `PLUGD_EPOCH`.
+    pub epoch: u64,
+    /// The one-time token from `PLUGD_TOKEN`.
+    pub token: String,
+    /// The lane's number, from 1 to the welcome's `lanes`.
+    pub lane: u32,
 }

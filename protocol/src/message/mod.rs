@@ -18,6 +18,11 @@ pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// For `skip_serializing_if`: a zero count is left out, so older peers see what they know.
+pub(crate) fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A request/response method.
 pub trait Method {
     /// The method name on the wire.

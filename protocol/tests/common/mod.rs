@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use plugd_protocol::message::handshake::{
-    Hello, HookDecl, HookMode, PermissionDecl, RouteDecl, Welcome,
+    Hello, HookDecl, HookMode, LaneHello, PermissionDecl, RouteDecl, Welcome,
 };
 use plugd_protocol::message::http::{HttpRequest, HttpResponse};
 use plugd_protocol::message::settings::{SettingsMap, SettingsParams};
@@ -42,6 +42,7 @@ pub fn hello() -> Hello {
             key: "notes.write".into(),
             description: "create and change notes".into(),
         }],
+        lanes: 0,
     }
 }
 
@@ -74,6 +75,35 @@ pub fn welcome() -> Welcome {
         max_frame: 16 * 1024 * 1024,
         settings: Default::default(),
         stream_window: None,
+        lanes: 0,
+    }
+}
+
+/// A 1.3 plugin's handshake: it can open up to 8 lanes.
+pub fn hello_lanes() -> Hello {
+    Hello {
+        protocol: ProtocolVersion { major: 1, minor: 3 },
+        lanes: 8,
+        ..hello()
+    }
+}
+
+/// A 1.3 welcome that asks for one lane.
+pub fn welcome_lanes() -> Welcome {
+    Welcome {
+        protocol: ProtocolVersion { major: 1, minor: 3 },
+        stream_window: Some(256 * 1024),
+        lanes: 1,
+        ..welcome()
+    }
+}
+
+/// The first request on lane 1.
+pub fn lane_hello() -> LaneHello {
+    LaneHello {
+        epoch: 1_763_900_000_000_001,
+        token: "3f1c9a".into(),
+        lane: 1,
     }
 }
 

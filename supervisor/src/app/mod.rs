@@ -7,6 +7,7 @@
 //! the HTTP edge with the loop's handle.
 
 mod setup;
+mod shards;
 
 use crate::feed::Feed;
 use crate::http::{self, Edge, RequestIds};
@@ -119,6 +120,7 @@ impl Application {
             );
         }
         let spares = Arc::new(Spares::new(stub));
+        let shards = shards::Shards::start(settings.http_threads() - 1)?;
         let ctx = StartContext {
             socket_dir: socket_dir.clone(),
             handshake_timeout: settings.handshake_timeout,
@@ -129,6 +131,7 @@ impl Application {
             monitor_interval: settings.monitor_interval,
             calls: Some(Arc::new(Calls::new(store.clone(), peers))),
             spares: spares.clone(),
+            lanes: shards.lane_runtimes(),
         };
         let (reconciler, handle) = Reconciler::new(
             settings.plugins_dir.clone(),
@@ -155,15 +158,33 @@ impl Application {
                 http::admin::stream::MAX_STREAMS,
             )),
         });
-        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let stop_http = tokio_util::sync::CancellationToken::new();
         let app = http::App::new(edge.clone(), settings.access_log);
-        let limits = http::serve::Limits {
+        let gate = http::serve::Gate::new(http::serve::Limits {
             max_connections: setup::connection_cap(settings.max_connections),
             header_read_timeout: settings.header_read_timeout,
-        };
-        let server = tokio::spawn(http::serve::serve(listener, app, limits, async {
-            let _ = http_stopped.await;
-        }));
+        });
+        // The other HTTP threads listen on the address the main one got (port 0 resolved).
+        let mut servers = Vec::new();
+        for handle in shards.handles() {
+            let listener = setup::bind_std(addr)
+                .with_context(|| format!("cannot listen on {addr} for another HTTP thread"))?;
+            let (app, gate, stop) = (app.clone(), gate.clone(), stop_http.clone());
+            servers.push(handle.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        http::serve::serve(listener, app, gate, stop.cancelled_owned()).await;
+                    }
+                    Err(e) => tracing::error!("an HTTP thread cannot listen: {e}"),
+                }
+            }));
+        }
+        servers.push(tokio::spawn(http::serve::serve(
+            listener,
+            app,
+            gate,
+            stop_http.clone().cancelled_owned(),
+        )));
         tracing::info!(%addr, "listening");
         if !edge
             .admin_tokens
@@ -214,10 +235,15 @@ impl Application {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         // One budget for the whole stop: HTTP requests in flight, then the plugins.
         let deadline = std::time::Instant::now() + settings.shutdown_timeout;
-        let _ = stop_http.send(());
-        match tokio::time::timeout_at(deadline.into(), server).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+        stop_http.cancel();
+        match tokio::time::timeout_at(deadline.into(), futures_util::future::join_all(servers))
+            .await
+        {
+            Ok(ended) => {
+                for e in ended.into_iter().filter_map(Result::err) {
+                    tracing::warn!("HTTP server task failed: {e}");
+                }
+            }
             Err(_) => tracing::warn!(
                 "requests still in flight after {:?}; stopping anyway",
                 settings.shutdown_timeout
@@ -232,6 +258,7 @@ impl Application {
             let _ = tokio::task::spawn_blocking(|| orphans::kill(orphans::Whose::All)).await;
         }
         spares.close().await;
+        shards.stop().await;
         cgroups.cleanup().await;
         let _ = std::fs::remove_dir_all(&socket_dir);
         tracing::info!("stopped");

@@ -13,6 +13,11 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Binds the listen address with `SO_REUSEPORT`, so several plugd workers on one host (on the
 /// PostgreSQL store) can share the port; the kernel spreads connections across them.
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
+}
+
+/// [`bind`] without a runtime: for a thread whose own runtime will register it.
+pub(super) fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -20,7 +25,7 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// File descriptors kept back from HTTP connections, for plugins, the store and plugd itself:

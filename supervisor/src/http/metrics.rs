@@ -287,7 +287,7 @@ impl Collector for PluginCollector {
             }
         }
         type Pick = fn(&Instance) -> Option<i64>;
-        let gauges: [(&str, &str, Pick); 10] = [
+        let gauges: [(&str, &str, Pick); 11] = [
             (
                 "plugd_plugin_memory_bytes",
                 "Memory charged to the plugin",
@@ -331,7 +331,12 @@ impl Collector for PluginCollector {
             (
                 "plugd_plugin_ipc_calls_pending",
                 "Calls to the plugin waiting for an answer",
-                |i| Some(int(i.conn.in_flight() as u64)),
+                |i| Some(int(i.calls_in_flight() as u64)),
+            ),
+            (
+                "plugd_plugin_lanes_open",
+                "Lanes open to the plugin: extra connections, one per HTTP thread beyond the first",
+                |i| Some(int(i.lanes.open() as u64)),
             ),
         ];
         for (name, help, pick) in gauges {

@@ -334,8 +334,9 @@ async fn forward(
     let mut serving = instance.clone();
     let mut retried = false;
     let answer = loop {
+        // On its lane when this thread has one to the instance: the answer is read here too.
         let answer = serving
-            .conn
+            .http_conn()
             .call_with::<Http>(
                 |id, max| wire.encode(id, max),
                 serving.limits.request_timeout,

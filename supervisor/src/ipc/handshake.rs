@@ -139,6 +139,9 @@ pub struct Expected<'a> {
     pub settings: SettingsMap,
     /// Each side's credit per stream and direction, sent in the welcome.
     pub stream_window: u32,
+    /// Lanes offered (protocol 1.3): the welcome asks for this many, or fewer if the plugin
+    /// can open fewer.
+    pub lanes: u32,
 }
 
 /// Reads the plugin's handshake from `stream`, checks it, lets `accept` inspect it (for example
@@ -247,6 +250,7 @@ where
         max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
         settings: expected.settings.clone(),
         stream_window: Some(expected.stream_window),
+        lanes: expected.lanes.min(hello.lanes),
     };
     let frame = encode_response(id, &welcome, expected.max_frame)
         .map_err(|e| Failure::later(e.to_string()))?;

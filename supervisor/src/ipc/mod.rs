@@ -8,8 +8,10 @@
 pub mod calls;
 pub mod connection;
 pub mod handshake;
+pub mod lane;
 pub mod stream;
 
 pub use calls::{Calls, Peers, RESERVED_PREFIX};
 pub use connection::{CallError, Connection};
 pub use handshake::{handshake, Expected};
+pub use lane::{LaneExpected, LaneRuntimes, Lanes};

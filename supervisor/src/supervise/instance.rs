@@ -11,7 +11,7 @@ use super::router::RouteTable;
 use super::settings::{to_wire, Applied};
 use super::spare::Spares;
 use crate::error::Failure;
-use crate::ipc::{self, CallError, Calls, Connection, Expected};
+use crate::ipc::{self, CallError, Calls, Connection, Expected, LaneExpected, LaneRuntimes, Lanes};
 use crate::manifest::Manifest;
 use crate::os::cgroups::{Cgroups, Leaf};
 use crate::os::limits::EffectiveLimits;
@@ -51,8 +51,11 @@ pub struct Instance {
     pub usage: Mutex<Option<Usage>>,
     /// Its cgroup, when plugd can create one.
     leaf: Option<Leaf>,
-    /// The protocol connection.
+    /// The protocol connection: the first one, which carries everything but the HTTP
+    /// requests that have a lane.
     pub conn: Arc<Connection>,
+    /// Its lanes (see [`ipc::lane`]), each set once open.
+    pub lanes: Arc<Lanes>,
     /// Its routes.
     pub routes: RouteTable,
     /// The hooks it handles.
@@ -89,6 +92,7 @@ impl Instance {
             usage: Mutex::new(None),
             leaf: None,
             conn: Connection::detached(&manifest.name),
+            lanes: Arc::default(),
             manifest,
             routes: RouteTable::build(&[]).expect("an empty route table"),
             hooks: Vec::new(),
@@ -112,6 +116,27 @@ impl Instance {
                 end_leftovers(&self.manifest.name, self.epoch).await;
             })
             .await;
+    }
+
+    /// The connection for a plain HTTP request made on this thread: its lane when open, the
+    /// first connection otherwise.
+    pub fn http_conn(&self) -> &Arc<Connection> {
+        match ipc::lane::current() {
+            0 => &self.conn,
+            lane => self.lanes.get(lane).unwrap_or(&self.conn),
+        }
+    }
+
+    /// Closes the first connection and the lanes, failing every call waiting on them with
+    /// `reason`.
+    pub fn close(&self, reason: &str) {
+        self.conn.close(reason);
+        self.lanes.close(reason);
+    }
+
+    /// Calls waiting for the plugin's answer, on every connection.
+    pub fn calls_in_flight(&self) -> usize {
+        self.conn.in_flight() + self.lanes.in_flight()
     }
 
     /// The latest resource sample, if one was taken.
@@ -141,6 +166,8 @@ pub struct StartContext {
     pub calls: Option<Arc<Calls>>,
     /// Each plugin's next start, prepared ahead of time.
     pub spares: Arc<Spares>,
+    /// The runtimes of the lanes offered to each instance (none: no lanes).
+    pub lanes: LaneRuntimes,
 }
 
 /// A number that is new at every start, also across supervisor restarts: the time in
@@ -294,6 +321,7 @@ async fn start_in(
         max_frame: ctx.max_frame,
         settings: to_wire(&settings.values),
         stream_window: limits.stream_window,
+        lanes: ctx.lanes.count(),
     };
     let connect_and_handshake = async {
         let (stream, _) = listener
@@ -324,16 +352,42 @@ async fn start_in(
             "{reason} before completing the handshake"
         ))),
     };
-    drop(listener);
-    let _ = std::fs::remove_file(&socket);
     let (hello, routes, conn) = match outcome {
         Ok(done) => done,
         Err(e) => {
+            drop(listener);
+            let _ = std::fs::remove_file(&socket);
             spawn::signal_group(pid, Signal::SIGKILL);
             end_leftovers(&manifest.name, epoch).await;
             return Err(e);
         }
     };
+    // The lanes the welcome asked for open after it, while the instance already serves on its
+    // first connection; the socket stays until they are open or their time is up.
+    let lane_count = expected.lanes.min(hello.lanes);
+    let lanes = Arc::new(Lanes::new(lane_count as usize));
+    if lane_count == 0 {
+        drop(listener);
+        let _ = std::fs::remove_file(&socket);
+    } else {
+        let opening = ipc::lane::accept(
+            listener,
+            LaneExpected {
+                plugin: manifest.name.clone(),
+                token: token.clone(),
+                epoch,
+                max_frame: ctx.max_frame.min(hello.max_frame as usize),
+            },
+            lanes.clone(),
+            ctx.lanes.clone(),
+            conn.clone(),
+            tokio::time::Instant::now() + ctx.handshake_timeout,
+        );
+        tokio::spawn(async move {
+            opening.await;
+            let _ = std::fs::remove_file(&socket);
+        });
+    }
     Ok(Instance {
         pid,
         epoch,
@@ -345,6 +399,7 @@ async fn start_in(
         leaf: None,
         manifest,
         conn,
+        lanes,
         routes,
         hooks: hello.hooks,
         permissions: hello.permissions,
@@ -487,7 +542,7 @@ pub async fn follow_instance(
         ),
         _ => exit,
     };
-    instance.conn.close(&reason);
+    instance.close(&reason);
     // Children it left in its group go with it, and so does its cgroup. The exit is reported
     // first: the restart need not wait for the kernel to let go of the old cgroup, and the
     // leftovers are this instance's only (by epoch and leaf).
@@ -527,7 +582,7 @@ pub async fn stop_instance(instance: &Instance, grace: Duration) -> String {
     };
     spawn::signal_group(instance.pid, Signal::SIGKILL);
     read_the_rest(&instance.conn).await;
-    instance.conn.close("the plugin was stopped");
+    instance.close("the plugin was stopped");
     instance.clean_up().await;
     exit
 }

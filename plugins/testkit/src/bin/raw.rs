@@ -102,6 +102,7 @@ fn main() {
         hooks: vec![],
         services: vec![],
         permissions: vec![],
+        lanes: 0,
     };
     let frame = encode_request::<Handshake>(0, &hello, 64 << 20).expect("encode");
     if stream.write_all(&frame).is_err() {

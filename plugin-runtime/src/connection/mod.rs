@@ -20,6 +20,7 @@ use crate::settings::Settings;
 use crate::stream::Streams;
 use bytes::Bytes;
 use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use local::Local;
 use plugd_protocol::envelope::{encode_error, encode_request, encode_response};
@@ -310,9 +311,13 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
     // Moved, not cloned: the writer ends when the last sender is gone.
     let shared = Shared::new(common.clone(), out, max_frame);
 
-    // The lanes end when this connection does.
+    // The lanes end when this connection does. They are polled here, beside this connection's
+    // reader, not spawned: on a multi-threaded runtime a reader that is a worker's task would
+    // put the handlers it spawns in that worker's own next-task slot, where no other worker
+    // takes them, and a long handler there holds the runtime's I/O up with it. Polled here,
+    // their handlers start like the first connection's.
     let lanes_stop = CancellationToken::new();
-    let lanes: Vec<_> = (1..=welcome.lanes.min(MAX_LANES))
+    let lanes: FuturesUnordered<_> = (1..=welcome.lanes.min(MAX_LANES))
         .map(|lane| {
             let opening = Opening {
                 socket: env.socket.clone(),
@@ -321,27 +326,27 @@ pub(crate) async fn serve<S: Send + Sync + 'static>(
                 lane,
                 max_frame,
             };
-            tokio::spawn(serve_lane(
+            serve_lane(
                 common.clone(),
                 opening,
                 lanes_stop.clone().cancelled_owned(),
-            ))
+            )
         })
         .collect();
 
     let (stopped_tx, stopped) = oneshot::channel::<()>();
-    let result = read_loop(&shared, frames, Role::First(Some(stopped_tx)), async {
-        let _ = stopped.await;
-    })
-    .await;
-
-    // Whatever ended the loop, nothing more can be answered: stop every task still running.
-    shared.caller.close();
-    shared.abort_all();
-    lanes_stop.cancel();
-    for lane in lanes {
-        let _ = lane.await;
-    }
+    let first = async {
+        let result = read_loop(&shared, frames, Role::First(Some(stopped_tx)), async {
+            let _ = stopped.await;
+        })
+        .await;
+        // Whatever ended the loop, nothing more can be answered: stop every task still running.
+        shared.caller.close();
+        shared.abort_all();
+        lanes_stop.cancel();
+        result
+    };
+    let (result, ()) = tokio::join!(first, lanes.collect::<()>());
     shared.run_unload().await;
     // What is queued is written, then the socket's sending side is shut.
     shared.out.finish();

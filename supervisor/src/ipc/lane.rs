@@ -12,7 +12,7 @@
 //! Opening a lane is bounded like the handshake: its first frame is at most
 //! [`MAX_LANE_FRAME`] bytes and must arrive by the deadline, it must carry the instance's
 //! token (compared in constant time) and epoch and a lane not open yet, and at most twice as
-//! many connections as lanes are taken. A refused lane is answered with the reason and closed;
+//! many connections as lanes, and four more, are taken. A refused lane is answered with the reason and closed;
 //! the instance serves on without it.
 
 use super::connection::Connection;
@@ -136,7 +136,7 @@ pub async fn accept(
     // Which lanes were taken (their connections are set in `lanes` once on their threads).
     let mut taken = vec![false; wanted];
     let accepting = async {
-        for _ in 0..wanted * 2 {
+        for _ in 0..wanted * 2 + 4 {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };

@@ -95,7 +95,7 @@ async fn plugins_that_cannot_start_are_503_with_the_reason_and_the_rest_serve() 
         ("liar", "wrong token", 1),
         (
             "future",
-            "the plugin speaks 99.0, the supervisor speaks 1.2",
+            "the plugin speaks 99.0, the supervisor speaks 1.3",
             0,
         ),
         ("missing", "command not found", 0),

@@ -487,9 +487,35 @@ async fn slow_and_flooding_clients_are_cut_off_or_refused_fast() {
     let sup =
         TestSupervisor::start(&[PluginDef::echo("echo", "")], &["--max-connections", "40"]).await;
     let addr = sup.addr();
-    let held: Vec<TcpStream> = (0..40)
-        .map(|_| TcpStream::connect(addr).expect("connect"))
-        .collect();
+    // Connections are held until the cap refuses one (the harness's own client may hold one
+    // too). Each is served once, so it is known to be accepted, by whichever HTTP thread the
+    // kernel gave it to, before the next one is made.
+    let mut held: Vec<TcpStream> = Vec::new();
+    let refused = loop {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"ok\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        if !answer.starts_with(b"HTTP/1.1 200") {
+            break String::from_utf8_lossy(&answer).into_owned();
+        }
+        held.push(s);
+        assert!(held.len() <= 40, "more than 40 connections were served");
+    };
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        held.len() >= 38,
+        "only {} connections were served",
+        held.len()
+    );
     sup.wait_until("the cap is reached", || async {
         sup.logged(&["connection limit reached"])
             || raw_http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -512,5 +538,60 @@ async fn slow_and_flooding_clients_are_cut_off_or_refused_fast() {
     })
     .await;
     still_responsive(&sup, "after a connection flood").await;
+    stops_within_budget(sup).await;
+}
+
+#[tokio::test]
+async fn each_http_thread_takes_its_lane_and_bad_lanes_are_refused() {
+    let sup = TestSupervisor::start(
+        &[PluginDef::echo("echo", ""), raw("lanes", "lanes", ONCE)],
+        &["--http-threads", "2"],
+    )
+    .await;
+    // The hand-written plugin opens three bad lanes before its good one; each is refused with
+    // its reason and costs the instance nothing.
+    for reason in [
+        "lane refused: wrong token",
+        "lane refused: lane 99 was not asked for (lanes 1 to 1 were)",
+        "opening frame of 1073741824 bytes, at most 4096 are allowed",
+    ] {
+        sup.wait_until(reason, || async { sup.logged(&["lanes", reason]) })
+            .await;
+    }
+    // plugd-runtime's plugin and the hand-written one each have their lane open.
+    sup.wait_until("both lanes open", || async {
+        let metrics = sup
+            .get("/metrics")
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        ["echo", "lanes"]
+            .iter()
+            .all(|p| metrics.contains(&format!("plugd_plugin_lanes_open{{plugin=\"{p}\"}} 1")))
+    })
+    .await;
+    // Fresh connections are spread over both threads by the kernel: the main thread's requests
+    // come on the first connection, the other's on lane 1 (40 connections all on one thread
+    // would happen once in 2^39 runs).
+    let addr = sup.addr();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let answer = raw_http(
+            addr,
+            "GET /plugins/lanes/x HTTP/1.1\r\nhost: plugd\r\nconnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        seen.insert(body.to_owned());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["first", "lane 1"],
+        "which connection answered"
+    );
+    assert_eq!(sup.plugin_status("lanes").await["state"], "ready");
+    still_responsive(&sup, "bad lanes").await;
     stops_within_budget(sup).await;
 }

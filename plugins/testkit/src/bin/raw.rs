@@ -19,7 +19,10 @@
 //!   head and then one 2 MiB chunk of body, past the credit plugd gave (answering pings all
 //!   the while);
 //! - `spew`: handshakes, then writes `RAW_SPEW_MB` MiB (default 256) of lines to stderr as fast
-//!   as it can, answering pings all the while.
+//!   as it can, answering pings all the while;
+//! - `lanes`: offers lanes (protocol 1.3), opens three bad ones (a wrong token, lane 99, a
+//!   1 GiB first frame) and then lane 1, and answers each `http` request with the name of the
+//!   connection it came on (`first` or `lane 1`).
 
 use plugd_protocol::envelope::{encode_request, encode_response};
 use plugd_protocol::message::control::{Empty, Ping};
@@ -50,7 +53,7 @@ fn main() {
         },
         "exit-early" => std::process::exit(3),
         "bad-token" | "bad-version" | "garbage" | "oversized" | "deaf" | "flood" | "stray-ids"
-        | "routes" | "max-frame-zero" | "deep" | "spew" | "overrun" => {}
+        | "routes" | "max-frame-zero" | "deep" | "spew" | "overrun" | "lanes" => {}
         other => {
             eprintln!("unknown mode {other:?}");
             std::process::exit(2);
@@ -102,7 +105,7 @@ fn main() {
         hooks: vec![],
         services: vec![],
         permissions: vec![],
-        lanes: 0,
+        lanes: if mode == "lanes" { 16 } else { 0 },
     };
     let frame = encode_request::<Handshake>(0, &hello, 64 << 20).expect("encode");
     if stream.write_all(&frame).is_err() {
@@ -158,6 +161,7 @@ fn main() {
             }
         }
         "overrun" => overrun(&mut stream),
+        "lanes" => lanes(stream.try_clone().expect("clone"), &answer),
         "spew" => {
             let reader = stream.try_clone().expect("clone");
             std::thread::spawn(move || answer_pings(reader));
@@ -293,4 +297,87 @@ fn spew() {
     // After a pause, so the line is not lost among the suppressed ones.
     std::thread::sleep(Duration::from_millis(1500));
     eprintln!("spewed {mb} MiB");
+}
+
+/// Offers lanes, then opens them badly (a wrong token, a lane not asked for, a first frame
+/// over the bound) before opening lane 1 properly; answers each `http` request with its
+/// connection's name ("first" or "lane 1") and pings on the first connection.
+fn lanes(first: UnixStream, welcome: &[u8]) {
+    use plugd_protocol::message::handshake::{Lane, LaneHello};
+    use plugd_protocol::message::http::{Http, HttpResponse};
+    let asked = match Message::decode(welcome.to_vec().into()) {
+        Ok(Message::Response(r)) => r
+            .decode_result::<Handshake>()
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |w| w.lanes),
+        _ => 0,
+    };
+    eprintln!("welcome asks for {asked} lanes");
+    let open = |token: String, lane: u32| -> (UnixStream, Result<(), String>) {
+        let mut stream = UnixStream::connect(env("PLUGD_SOCKET")).expect("connect a lane");
+        let hello = LaneHello {
+            epoch: env("PLUGD_EPOCH").parse().expect("epoch"),
+            token,
+            lane,
+        };
+        let frame = encode_request::<Lane>(0, &hello, 1024).expect("encode");
+        stream.write_all(&frame).expect("send the lane request");
+        let answer = read_frame(&mut stream).expect("the lane's answer");
+        let outcome = match Message::decode(answer.into()) {
+            Ok(Message::Response(r)) => match r.decode_result::<Lane>() {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.message),
+                Err(e) => Err(e.to_string()),
+            },
+            other => Err(format!("{other:?}")),
+        };
+        (stream, outcome)
+    };
+    let (_, wrong_token) = open("wrong".into(), 1);
+    eprintln!("lane with a wrong token: {wrong_token:?}");
+    let (_, not_asked) = open(env("PLUGD_TOKEN"), 99);
+    eprintln!("lane 99: {not_asked:?}");
+    let mut huge = UnixStream::connect(env("PLUGD_SOCKET")).expect("connect");
+    huge.write_all(&(1u32 << 30).to_be_bytes()).expect("header");
+    let mut rest = Vec::new();
+    let cut = huge.read_to_end(&mut rest);
+    eprintln!("lane with a 1 GiB first frame: closed after {cut:?} bytes");
+    let mut connections = vec![("first".to_owned(), first.try_clone().expect("clone"))];
+    if asked > 0 {
+        let (lane, ok) = open(env("PLUGD_TOKEN"), 1);
+        eprintln!("lane 1: {ok:?}");
+        connections.push(("lane 1".to_owned(), lane));
+    }
+    let serve = |name: String, mut stream: UnixStream| {
+        std::thread::spawn(move || {
+            while let Ok(body) = read_frame(&mut stream) {
+                let Ok(Message::Request(request)) = Message::decode(body.into()) else {
+                    continue;
+                };
+                let frame = if request.method == Http::NAME {
+                    let answer = HttpResponse {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: name.clone().into_bytes().into(),
+                        stream: false,
+                    };
+                    encode_response(request.id, &answer, 1 << 20).expect("encode")
+                } else {
+                    encode_response(request.id, &Empty {}, 1024).expect("encode")
+                };
+                if stream.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+            std::process::exit(0);
+        })
+    };
+    let threads: Vec<_> = connections
+        .into_iter()
+        .map(|(name, stream)| serve(name, stream))
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
 }

@@ -118,8 +118,8 @@ struct ServeArgs {
     /// at least 1].
     #[arg(long)]
     worker_threads: Option<String>,
-    /// Threads taking HTTP connections, each with its own lane to each plugin [default: the
-    /// CPUs, at most 4].
+    /// Threads taking HTTP connections, each with its own lane to each plugin [default: half
+    /// the CPUs, at least 1, at most 4].
     #[arg(long)]
     http_threads: Option<String>,
 }

@@ -377,6 +377,8 @@ async fn serve_lane<S: Send + Sync + 'static>(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let lane = opening.lane;
+    // Opening waits on the supervisor's answer: it too ends when the first connection does.
+    let mut stop = std::pin::pin!(stop);
     let not_opened = |e: Error| {
         tracing::debug!(
             lane,
@@ -387,7 +389,17 @@ async fn serve_lane<S: Send + Sync + 'static>(
         let stream = UnixStream::connect(&opening.socket).await?;
         Ok::<_, Error>(plugd_protocol::socket::split(stream)?)
     };
-    let (rd, wr) = match connected.await {
+    let ended = || {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "the first connection ended first",
+        ))
+    };
+    let connected = tokio::select! {
+        connected = connected => connected,
+        () = &mut stop => Err(ended()),
+    };
+    let (rd, wr) = match connected {
         Ok(halves) => halves,
         Err(e) => return not_opened(e),
     };
@@ -412,7 +424,11 @@ async fn serve_lane<S: Send + Sync + 'static>(
             Err(refusal) => Err(Error::Refused(refusal)),
         }
     };
-    if let Err(e) = answered.await {
+    let answered = tokio::select! {
+        answered = answered => answered,
+        () = &mut stop => Err(ended()),
+    };
+    if let Err(e) = answered {
         out.finish();
         let _ = writer.await;
         return not_opened(e);

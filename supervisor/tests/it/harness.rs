@@ -281,6 +281,12 @@ impl TestSupervisor {
         self.client.get(self.url(path)).send().await
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = self.get("/metrics").await.expect("metrics");
+        r.text().await.expect("metrics text")
+    }
+
     /// GET `path` and parse the JSON body, asserting the status.
     pub async fn get_json(&self, path: &str, status: u16) -> serde_json::Value {
         let r = self.get(path).await.expect("request");

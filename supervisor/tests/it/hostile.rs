@@ -560,13 +560,7 @@ async fn each_http_thread_takes_its_lane_and_bad_lanes_are_refused() {
     }
     // plugd-runtime's plugin and the hand-written one each have their lane open.
     sup.wait_until("both lanes open", || async {
-        let metrics = sup
-            .get("/metrics")
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = sup.metrics().await;
         ["echo", "lanes"]
             .iter()
             .all(|p| metrics.contains(&format!("plugd_plugin_lanes_open{{plugin=\"{p}\"}} 1")))

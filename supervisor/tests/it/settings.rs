@@ -297,13 +297,7 @@ async fn the_settings_api_works_on(url: Option<&str>) {
         let (_, body, _) = call(&sup, reqwest::Method::GET, path, None, None).await;
         assert!(!body.to_string().contains(SECRET), "{path}: {body}");
     }
-    let metrics = sup
-        .get("/metrics")
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = sup.metrics().await;
     assert!(!metrics.contains(SECRET));
     let log = std::fs::read_to_string(sup.dir().join("plugd.log")).expect("log");
     assert!(!log.contains(SECRET), "the log holds the secret");

@@ -243,14 +243,14 @@ where
             ))
         }
     };
-    let max_frame = expected.max_frame.min(hello.max_frame as usize);
+    let Agreed { max_frame, lanes } = agreed(expected, &hello);
     let welcome = Welcome {
         protocol: ours,
         supervisor: format!("plugd {}", env!("CARGO_PKG_VERSION")),
         max_frame: u32::try_from(max_frame).unwrap_or(u32::MAX),
         settings: expected.settings.clone(),
         stream_window: Some(expected.stream_window),
-        lanes: expected.lanes.min(hello.lanes),
+        lanes,
     };
     let frame = encode_response(id, &welcome, expected.max_frame)
         .map_err(|e| Failure::later(e.to_string()))?;
@@ -260,6 +260,23 @@ where
     frames.decoder_mut().clone_from(&FrameCodec::new(max_frame));
     let conn = Connection::start(expected.name.to_owned(), frames, wr, max_frame, calls);
     Ok((hello, accepted, conn))
+}
+
+/// What the welcome settles with a plugin from its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreed {
+    /// The largest frame either side may send: the smaller of both limits.
+    pub max_frame: usize,
+    /// The lanes the plugin is asked to open: the fewer of plugd's offer and the plugin's.
+    pub lanes: u32,
+}
+
+/// What the welcome to `hello` settles (see [`Agreed`]).
+pub fn agreed(expected: &Expected<'_>, hello: &Hello) -> Agreed {
+    Agreed {
+        max_frame: expected.max_frame.min(hello.max_frame as usize),
+        lanes: expected.lanes.min(hello.lanes),
+    }
 }
 
 /// Sends the plugin an error answer to its handshake, closes our side, and returns the message.

@@ -364,9 +364,9 @@ async fn start_in(
     };
     // The lanes the welcome asked for open after it, while the instance already serves on its
     // first connection; the socket stays until they are open or their time is up.
-    let lane_count = expected.lanes.min(hello.lanes);
-    let lanes = Arc::new(Lanes::new(lane_count as usize));
-    if lane_count == 0 {
+    let agreed = ipc::handshake::agreed(&expected, &hello);
+    let lanes = Arc::new(Lanes::new(agreed.lanes as usize));
+    if agreed.lanes == 0 {
         drop(listener);
         let _ = std::fs::remove_file(&socket);
     } else {
@@ -376,7 +376,7 @@ async fn start_in(
                 plugin: manifest.name.clone(),
                 token: token.clone(),
                 epoch,
-                max_frame: ctx.max_frame.min(hello.max_frame as usize),
+                max_frame: agreed.max_frame,
             },
             lanes.clone(),
             ctx.lanes.clone(),

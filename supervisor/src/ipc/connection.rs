@@ -185,12 +185,19 @@ impl Connection {
     /// a plugin process.
     #[cfg(test)]
     pub(crate) fn detached(plugin: &str) -> Arc<Connection> {
-        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        Connection::with_peer(plugin).0
+    }
+
+    /// A connection and the socket at its other end, which stays open while it is held.
+    #[cfg(test)]
+    fn with_peer(plugin: &str) -> (Arc<Connection>, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
         ours.set_nonblocking(true).expect("non-blocking");
         let stream = tokio::net::UnixStream::from_std(ours).expect("a tokio socket");
         let (rd, wr) = plugd_protocol::socket::split(stream).expect("split");
         let frames = FramedRead::new(rd, FrameCodec::new(1 << 20));
-        Connection::start(plugin.to_owned(), frames, wr, 1 << 20, None)
+        let conn = Connection::start(plugin.to_owned(), frames, wr, 1 << 20, None);
+        (conn, theirs)
     }
 
     /// Sends request `M` and waits at most `timeout` for its result. On timeout the plugin is
@@ -344,13 +351,16 @@ impl Connection {
             *slot = Some(reason.to_owned());
             self.is_closing.store(true, Ordering::Release);
         }
-        self.closed.cancel();
         // Nobody waits for room in the outbox any more, and the plugin reads the end.
         self.out.close();
+        // The callers first: on a current-thread runtime tasks run in the order they are woken,
+        // and a caller may take its request elsewhere (a warm standby) while those who watch
+        // for the close (the instance's bookkeeping) can wait a moment.
         for tx in self.pending.drain() {
             let _ = tx.send(Err(Ended::Closed(reason.to_owned())));
         }
         self.streams.close_all(reason);
+        self.closed.cancel();
     }
 
     /// Why the connection closed, if it has.
@@ -659,4 +669,45 @@ fn on_request(conn: &Arc<Connection>, request: plugd_protocol::Request) {
         }
         drop(permit);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller waiting on a connection that closes may take its request elsewhere (a warm
+    /// standby); it runs before the tasks that watch for the close do their bookkeeping.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_close_wakes_the_callers_before_those_watching_for_it() {
+        let (conn, _peer) = Connection::with_peer("p");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let watcher = tokio::spawn({
+            let (conn, order) = (conn.clone(), order.clone());
+            async move {
+                conn.closed().await;
+                order.lock().unwrap().push("watcher");
+            }
+        });
+        let caller = tokio::spawn({
+            let (conn, order) = (conn.clone(), order.clone());
+            async move {
+                let answer = conn.ping(Duration::from_secs(30)).await;
+                assert!(matches!(answer, Err(CallError::Closed(_))), "{answer:?}");
+                order.lock().unwrap().push("caller");
+            }
+        });
+        // Both wait: the call is in flight (the watcher was polled before it, in spawn order).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while conn.in_flight() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ping was never sent"
+            );
+            tokio::task::yield_now().await;
+        }
+        conn.close("the plugin went away");
+        caller.await.unwrap();
+        watcher.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["caller", "watcher"]);
+    }
 }

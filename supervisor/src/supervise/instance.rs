@@ -533,6 +533,8 @@ pub async fn follow_instance(
         _ = pings => unreachable!("the ping loop never ends by itself"),
         _ = monitor => unreachable!("the monitor never ends by itself"),
     };
+    // The requests this death failed over (to a warm standby) go out before its bookkeeping.
+    tokio::task::yield_now().await;
     let oom = instance.leaf.as_ref().map_or(0, Leaf::oom_kills);
     let reason = match instance.conn.close_reason() {
         Some(cut) if instance.conn.was_cut_off() => format!("{cut}; {exit}"),

@@ -2,8 +2,8 @@
 //!
 //! `plugd-bench-restart BASE_URL PLUGIN PATH ROUNDS SPACING_MS [standby]`: each round reads the
 //! plugin's pid from `/readyz` (with `standby`, once its warm standby is ready too), sends it
-//! SIGKILL, and polls `PATH` over one keep-alive connection until
-//! it answers 2xx from a new process; it prints each round's time in µs, one per line. Rounds
+//! SIGKILL, and polls `PATH` over one keep-alive connection until it answers 2xx with the old
+//! process dead (a zombie, or reaped); it prints each round's time in µs, one per line. Rounds
 //! are `SPACING_MS` apart, which should be beyond the plugin's restart `window` and
 //! `stable_after`, so every crash is a first one (restarted at once, no backoff).
 
@@ -30,6 +30,17 @@ async fn pid_of(
     match (status["state"].as_str(), status["pid"].as_u64()) {
         (Some("ready"), Some(pid)) => Ok(pid),
         _ => Err(format!("{plugin} is not ready: {status}").into()),
+    }
+}
+
+/// Whether process `pid` has died: gone, or a zombie its parent has not reaped yet.
+fn dead(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
     }
 }
 
@@ -62,8 +73,9 @@ async fn round(
         };
         let ok = response.status().is_success();
         let _ = response.bytes().await;
-        // A 2xx can only come from a new process: the old one is dead.
-        if ok && nix::sys::signal::kill(pid_t, None).is_err() {
+        // The request was sent after the SIGKILL, which the old process cannot outlive to
+        // answer; its death (a zombie, or reaped) is checked all the same.
+        if ok && dead(pid) {
             return Ok(crashed.elapsed().as_micros());
         }
     }
